@@ -1,0 +1,1 @@
+"""Segmentation inference: bundles, runtimes, sliding windows, metrics (pure compute)."""

@@ -1,0 +1,1 @@
+"""The image viewer: server-side rendering of slices, reformations and projections."""

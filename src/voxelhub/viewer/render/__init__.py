@@ -1,0 +1,1 @@
+"""The pure render core: volumes, planes, slabs, window/level and encoding."""
