@@ -77,9 +77,8 @@ class StepTimer:
 def timed_steps(timer: StepTimer) -> Iterator[None]:
     """Wrap the steps of a job run with timers, and put the originals back afterwards."""
     patches: list[tuple[Any, str, str]] = [
-        (engine, "claim", "claim (UPDATE … RETURNING)"),
-        (engine, "running_counts", "limit checks: running_counts"),
-        (tasks, "_algorithm_limit", "limit checks: _algorithm_limit"),
+        (engine, "claim", "claim with its limit checks (lock, UPDATE … RETURNING)"),
+        (engine, "waiting_for_limits", "limit reached: waiting_for_limits"),
         (engine, "finish", "finish (UPDATE … RETURNING)"),
         (io, "materialise", "materialise"),
         (runner, "_request", "build request"),
@@ -164,8 +163,8 @@ def breakdown(
         states = list(db.scalars(select(Job.state).where(Job.id.in_(ids))))
     steps = {label: spread(values) for label, values in timer.samples.items()}
     samples = timer.samples
-    steps["execute other (load job, cancel watcher)"] = _rest(
-        samples, TOTAL, ("claim", "limit checks", "finish", "commits", "handler", "on_finish")
+    steps["execute other (cancel watch)"] = _rest(
+        samples, TOTAL, ("claim", "limit reached", "finish", "commits", "handler", "on_finish")
     )
     steps["handler other (load version, its commit)"] = _rest(
         samples,

@@ -166,9 +166,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
 
-def write_results(results: dict[str, Any], folder: Path, *, quick: bool) -> Path:
+def write_results(
+    results: dict[str, Any], folder: Path, *, quick: bool, label: str | None = None
+) -> Path:
     folder.mkdir(exist_ok=True)
     stamp = datetime.now().strftime("%Y-%m-%d")
-    path = folder / f"jobs-{stamp}{'-quick' if quick else ''}.json"
+    suffix = ("-quick" if quick else "") + (f"-{label}" if label else "")
+    path = folder / f"jobs-{stamp}{suffix}.json"
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     return path

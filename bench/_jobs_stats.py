@@ -16,9 +16,8 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 # Each phase of a job in the worker's main thread, by the first of these frames found in a
 # stack. The order matters: a finish inside `execute` is a finish, not "execute other".
 JOB_PHASES: tuple[tuple[str, str], ...] = (
-    ("claim (UPDATE … RETURNING)", "claim (voxelhub/jobs/engine.py"),
-    ("limit checks (running_counts, _algorithm_limit)", "running_counts (voxelhub/jobs/engine.py"),
-    ("limit checks (running_counts, _algorithm_limit)", "_algorithm_limit (voxelhub/jobs/tasks.py"),
+    ("claim with its limit checks (lock, UPDATE … RETURNING)", "claim (voxelhub/jobs/engine.py"),
+    ("limit reached (waiting_for_limits)", "waiting_for_limits (voxelhub/jobs/engine.py"),
     ("materialise (io.materialise)", "materialise (voxelhub/algorithms/io.py"),
     ("workdir (mkdtemp, prepare, rmtree)", "prepare_workdir ("),
     ("workdir (mkdtemp, prepare, rmtree)", "mkdtemp ("),
@@ -27,7 +26,8 @@ JOB_PHASES: tuple[tuple[str, str], ...] = (
     ("collect (io.collect + commit)", "_collect (voxelhub/algorithms/runner.py"),
     ("finish (UPDATE … RETURNING)", "finish (voxelhub/jobs/engine.py"),
     ("on_finish (webhooks.notify: loads the job again)", "notify (voxelhub/algorithms/webhooks.py"),
-    ("cancel watcher (thread start/stop)", "Thread.start ("),
+    ("cancel watch (register, unregister)", "add (voxelhub/jobs/tasks.py"),
+    ("cancel watch (register, unregister)", "remove (voxelhub/jobs/tasks.py"),
     (
         "handler other (load version + algorithm)",
         "run_algorithm_job (voxelhub/algorithms/runner.py",

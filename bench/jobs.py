@@ -143,6 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time budget of the whole run; later dispatch runs get fewer jobs to keep it "
         "(default 840 full, 170 quick)",
     )
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="added to the results' file name (jobs-<date>[-quick]-<label>.json), so that "
+        "repeated runs of a day do not overwrite each other",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temp folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles)")
     args = parser.parse_args(argv)
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     for key, error in results["errors"].items():
         print(f"failed: {key}: {error[:600]}")
-    path = write_results(results, HERE / "results", quick=args.quick)
+    path = write_results(results, HERE / "results", quick=args.quick, label=args.label)
     print(f"\nfigures written to {path} (wall {results['wall_seconds']:.0f} s)")
     return 1 if results["errors"] else 0
 

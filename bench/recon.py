@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from voxelhub.recon.compression import compress
 from voxelhub.recon.image import kspace_to_images
 from voxelhub.recon.methods import accepted_settings, available_methods, reconstruct
 from voxelhub.recon.metrics import evaluate
@@ -70,6 +71,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--methods", default=None, help="subset, e.g. grappa,cgrappa,raki")
     parser.add_argument("--blas-threads", default=None, help="OPENBLAS_NUM_THREADS for this run")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads of RAKI/rRAKI [one per core]"
+    )
+    parser.add_argument(
+        "--coil-compression",
+        type=int,
+        default=None,
+        help="also run grappa and raki on the data SVD-compressed to this many virtual coils",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     return parser.parse_args(argv)
 
@@ -114,10 +124,19 @@ def cgrappa_runner() -> Runner | None:
     return run
 
 
-def registered_runner(name: str, seed: int) -> Runner:
-    settings = {"seed": seed} if "seed" in accepted_settings(name) else {}
+def registered_runner(
+    name: str, seed: int, *, threads: int | None = None, virtual_coils: int | None = None
+) -> Runner:
+    """A registered method with its defaults (a seed and CPU threads where it takes them);
+    with `virtual_coils` the k-space is SVD-compressed first (timed with the method)."""
+    accepted = accepted_settings(name)
+    settings: dict[str, Any] = {"seed": seed} if "seed" in accepted else {}
+    if threads is not None and "threads" in accepted:
+        settings["threads"] = threads
 
     def run(kspace: KSpace) -> np.ndarray:
+        if virtual_coils is not None:
+            kspace, _ = compress(kspace, virtual_coils=virtual_coils)
         return reconstruct(kspace, name, **settings).images
 
     return run
@@ -125,8 +144,14 @@ def registered_runner(name: str, seed: int) -> Runner:
 
 def runners(args: argparse.Namespace) -> dict[str, Runner]:
     found: dict[str, Runner] = {
-        name: registered_runner(name, args.seed) for name in available_methods()
+        name: registered_runner(name, args.seed, threads=args.threads)
+        for name in available_methods()
     }
+    if args.coil_compression:
+        for name in ("grappa", "raki"):
+            found[f"{name} cc{args.coil_compression}"] = registered_runner(
+                name, args.seed, threads=args.threads, virtual_coils=args.coil_compression
+            )
     peer = cgrappa_runner()
     if peer is not None:
         found = {
@@ -137,7 +162,11 @@ def runners(args: argparse.Namespace) -> dict[str, Runner]:
         }
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",")}
-        found = {k: v for k, v in found.items() if k in wanted or k.split()[-1] in wanted}
+        found = {
+            k: v
+            for k, v in found.items()
+            if k in wanted or k.split()[-1] in wanted or k.split()[0] in wanted
+        }
     return found
 
 
@@ -195,8 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     methods = runners(args)
     print(f"methods: {', '.join(methods)}", flush=True)
-    results: dict[str, Any] = {"environment": environment(), "specs": {}, "rows": []}
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "arguments": {k: v for k, v in vars(args).items() if k != "json"},
+        "specs": {},
+        "rows": [],
+    }
     rows: list[Row] = []
+    path = args.json or HERE / "results" / (
+        f"recon-{datetime.now():%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
     for rate in (int(r) for r in args.rates.split(",")):
         spec = spec_for(args, rate)
         acq = simulate(spec, seed=args.seed)
@@ -209,14 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row.seconds_per_slice:.2f} s/slice {row.error}",
                 flush=True,
             )
-    results["rows"] = [asdict(row) for row in rows]
-    results["environment"]["load_average_after"] = os.getloadavg()
+            # Written after every row, so a long run that is stopped keeps what it measured.
+            results["rows"] = [asdict(row) for row in rows]
+            results["environment"]["load_average_after"] = os.getloadavg()
+            path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print_table(rows)
-    path = args.json or HERE / "results" / (
-        f"recon-{datetime.now():%Y-%m-%d}{'-quick' if args.quick else ''}.json"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"wrote {path}")
     return 0
 

@@ -325,3 +325,76 @@ def test_killed_during_stow_leaves_nothing_visible(home: Path) -> None:
     assert f"removed {len(written)} " in swept.stdout, swept.stdout + swept.stderr
     assert [p for p in objects.rglob("*") if p.is_file()] == []
     assert second.stop() == 0
+
+
+def _wait_for(serve: Serve, ready: Any, what: str, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if serve.proc.poll() is not None:
+            pytest.fail(f"serve exited with {serve.proc.returncode}:\n{serve.log.read_text()}")
+        health = serve.get("/healthz")
+        if ready(health["parts"]["workers"]):
+            return health
+        time.sleep(0.3)
+    pytest.fail(f"{what} not seen in {timeout}s ({health}):\n{serve.log.read_text()}")
+
+
+def test_two_workers_on_a_fresh_home_and_a_killed_worker_is_restarted(home: Path) -> None:
+    serve = Serve(home, {}, "--workers", "2")
+    serve.wait_healthy()
+    # Both workers of a fresh home come up: neither loses a race for the broker's tables.
+    health = _wait_for(serve, lambda w: w.get("live") == 2, "two live workers")
+    slots = health["parts"]["workers"]["supervised"]
+    assert [(s["running"], s["restarts"], s["last_exit"]) for s in slots] == [
+        (True, 0, None),
+        (True, 0, None),
+    ]
+    assert "stopped after" not in serve.log.read_text()
+
+    victim = slots[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced(workers: dict[str, Any]) -> bool:
+        slot = workers.get("supervised", [{}])[0]
+        hosts = workers.get("hosts", [])
+        return bool(
+            slot.get("restarts") == 1
+            and slot.get("pid") != victim
+            and any(h.endswith(f":{slot.get('pid')}") for h in hosts)
+        )
+
+    health = _wait_for(serve, replaced, "the killed worker replaced")
+    slot = health["parts"]["workers"]["supervised"][0]
+    assert slot["last_exit"] == "killed by SIGKILL"
+    assert "restarting it in" in serve.log.read_text()
+
+    # Jobs still run (on both the survivor and the replacement).
+    token = serve.admin_token()
+    archive = serve.request("POST", "/api/v1/archives", {"name": "Restarted"}, token=token)
+    ids = []
+    for n in range(4):
+        case = serve.request(
+            "POST", f"/api/v1/archives/{archive['id']}/cases", {"title": f"c{n}"}, token=token
+        )
+        job = serve.request(
+            "POST",
+            "/api/v1/algorithms/echo/jobs",
+            {
+                "archive_id": archive["id"],
+                "case_id": case["id"],
+                "inputs": {"payload": {"value": {"n": n}}},
+            },
+            token=token,
+        )
+        ids.append(job["id"])
+    deadline = time.monotonic() + 60
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        states = [serve.get(f"/api/v1/jobs/{i}", token=token)["state"] for i in ids]
+        if all(s in ("succeeded", "failed", "cancelled") for s in states):
+            break
+        time.sleep(0.3)
+    assert states == ["succeeded"] * 4
+    assert serve.stop() == 0
+    assert not (home / "run" / "workers.json").exists()

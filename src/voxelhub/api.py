@@ -25,6 +25,9 @@ from voxelhub.core.runtime import Runtime
 from voxelhub.ingest.router import router as uploads_router
 from voxelhub.jobs.metrics import router as metrics_router
 from voxelhub.store.dicomweb.router import router as dicomweb_router
+from voxelhub.viewer import page as viewer_page
+from voxelhub.viewer.router import router as viewer_api_router
+from voxelhub.web import deps as web_deps
 from voxelhub.web.compute import router as compute_pages_router
 from voxelhub.web.router import router as web_router
 
@@ -128,7 +131,15 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(dicomweb_router, prefix="/dicom-web/archives/{archive_id}")
+    app.include_router(viewer_api_router)
     app.include_router(compute_pages_router)
     app.include_router(web_router)
+    app.include_router(
+        viewer_page.build_page_router(
+            environment=web_deps.environment, route_class=web_deps.PageRoute,
+            signed_in=web_deps.signed_in, headers=web_deps.PAGE_HEADERS,
+        )
+    )  # fmt: skip
+    app.mount("/viewer/static", StaticFiles(directory=viewer_page.STATIC_DIR), name="viewer-static")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -19,6 +19,7 @@ from voxelhub.core.settings import load_settings
 from voxelhub.ingest.cli import upload_command
 from voxelhub.jobs.scaler import autoscale_command
 from voxelhub.recon.cli import recon_command
+from voxelhub.segment.cli import segment_command
 
 app = typer.Typer(
     help="voxelhub: an open platform for medical imaging AI.",
@@ -320,6 +321,7 @@ app.command("upload")(upload_command)
 app.command("autoscale")(autoscale_command)
 app.command("run")(run_command)
 app.command("recon")(recon_command)
+app.command("segment")(segment_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

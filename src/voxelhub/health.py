@@ -11,6 +11,7 @@ from sqlalchemy import select
 from voxelhub.core import migrate
 from voxelhub.core.db import ping, session_scope, utcnow
 from voxelhub.core.runtime import Runtime
+from voxelhub.jobs import supervisor
 from voxelhub.jobs.models import WorkerHeartbeat
 
 # A worker beats every few seconds; silence for this long means it is gone.
@@ -48,9 +49,22 @@ def report(runtime: Runtime) -> dict[str, Any]:
         with session_scope(url) as db:
             beats = list(db.scalars(select(WorkerHeartbeat)))
         live = [b for b in beats if utcnow() - b.seen_at < WORKER_STALE_AFTER]
+        supervised = supervisor.read_state(runtime.settings.home)
+        given_up = [w for w in (supervised or {}).get("workers", []) if w.get("given_up")]
+        if given_up:
+            raise RuntimeError(
+                f"{len(given_up)} worker(s) of serve kept failing and are no longer restarted "
+                f"(last: {given_up[0].get('last_exit')}); see serve's log and restart it"
+            )
         if not live:
             raise RuntimeError("no worker has reported in the last 30 s")
-        return {"live": len(live), "hosts": sorted(f"{b.hostname}" for b in live)}
+        detail: dict[str, Any] = {
+            "live": len(live),
+            "hosts": sorted(f"{b.hostname}" for b in live),
+        }
+        if supervised is not None:
+            detail["supervised"] = supervised["workers"]
+        return detail
 
     parts = {"database": _timed(database), "objects": _timed(objects), "workers": _timed(workers)}
     if not (parts["database"]["ok"] and parts["objects"]["ok"]):

@@ -31,6 +31,9 @@ from voxelhub.core.db import engine_for, session_scope
 from voxelhub.core.errors import ConfigurationError
 from voxelhub.core.runtime import Runtime, build_runtime
 from voxelhub.core.settings import Settings
+from voxelhub.jobs import broker, celery_app
+from voxelhub.jobs.celery_app import celery_for
+from voxelhub.jobs.supervisor import Supervisor
 from voxelhub.store.dimse import DimseConfig, DimseServer, start_dimse
 
 logger = logging.getLogger(__name__)
@@ -96,13 +99,17 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+def start_workers(settings: Settings, count: int) -> Supervisor:
+    """Start `count` worker processes, restarted with backoff whenever one dies."""
     env = {**os.environ, "VOXELHUB_HOME": str(settings.home)}
     command = [sys.executable, "-m", "voxelhub.cli", "worker", "--queues", "cpu,gpu"]
-    return [
-        subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
-        for _ in range(count)
-    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+    supervisor = Supervisor(start, count, home=settings.home)
+    supervisor.start()
+    return supervisor
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -211,6 +218,10 @@ def _prepare(settings: Settings, options: ServeOptions) -> Runtime:
     if settings.default_archive:
         _ensure_archive(runtime, settings.default_archive)
     _sync_builtins(runtime)
+    # Before any worker starts: several creating the embedded broker's tables at once race.
+    broker.prepare(
+        celery_for(settings, runtime.database_url), runtime.database_url, celery_app.QUEUES
+    )
     if options.demo:
         from voxelhub.demo import load_demo
 
@@ -286,7 +297,7 @@ def run_serve(settings: Settings, options: ServeOptions) -> None:
             if drop is not None:
                 drop[1].set()
                 drop[0].join(timeout=30)
-            stop_workers(workers)
+            stop_workers(workers.stop())
             engine_for(runtime.database_url).dispose()
             if runtime.embedded_pg is not None:
                 runtime.embedded_pg.stop()

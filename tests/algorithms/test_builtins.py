@@ -243,6 +243,9 @@ def test_specs_are_valid_registry_entries() -> None:
         "series-statistics",
         "echo",
         *(f"mri-recon-{m}" for m in ("zero-filled", "grappa", "raki", "rraki")),
+        "mri-recon",
+        "mri-preprocess",
+        "mri-preprocess-cc",
     }
     for slug, spec in BUILTINS.items():
         assert spec.slug == slug

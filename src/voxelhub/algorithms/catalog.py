@@ -27,8 +27,10 @@ def builtin_specs() -> dict[str, Any]:
 
 def register_builtins() -> None:
     """Make the built-in algorithms runnable in this process."""
-    from voxelhub.algorithms.builtins import register_all
+    from voxelhub.algorithms.builtins import mri_reconstruction, register_all
+    from voxelhub.core.settings import get_settings
 
+    mri_reconstruction.configure(outbox=get_settings().recon_outbox)
     register_all()
 
 

@@ -29,6 +29,7 @@ from voxelhub.algorithms.contract import (
 )
 from voxelhub.algorithms.errors import InvalidInputs
 from voxelhub.algorithms.models import Algorithm
+from voxelhub.algorithms.runner import memory_scratch
 from voxelhub.archives import service as archives
 from voxelhub.archives.values import ValueKind
 from voxelhub.auth.roles import ArchiveRole
@@ -123,8 +124,6 @@ def invoke(
     from voxelhub.algorithms.catalog import register_builtins
     from voxelhub.algorithms.executors.builtin import BuiltinExecutor, builtin_names
 
-    if not builtin_names():
-        register_builtins()
     service.require_use(db, principal, algorithm)
     version = service.latest_version(db, algorithm)
     if version is None or version.kind != "builtin":
@@ -132,6 +131,8 @@ def invoke(
             f"{algorithm.slug!r} is not a built-in algorithm: real-time endpoints "
             "run built-ins; start a job for packages and containers"
         )
+    if version.entrypoint not in builtin_names():
+        register_builtins()
     unusable = [
         o["interface"] for o in version.outputs if ValueKind(o["kind"]) not in REALTIME_OUTPUTS
     ]
@@ -142,7 +143,7 @@ def invoke(
     missing = [i["interface"] for i in version.inputs if i["interface"] not in inputs]
     if missing:
         raise InvalidInputs(f"missing input(s): {', '.join(missing)}")
-    workdir = Path(tempfile.mkdtemp(prefix="vxh-rt-"))
+    workdir = Path(tempfile.mkdtemp(prefix="vxh-rt-", dir=memory_scratch()))
     try:
         prepare_workdir(workdir)
         entries = [

@@ -129,6 +129,10 @@ def _check_upload(kind: str, file: UploadFile) -> None:
                 raise InvalidAlgorithm(f"the container upload is not usable: {err}") from err
         elif not (zipfile.is_zipfile(copy.name) or tarfile.is_tarfile(copy.name)):
             raise InvalidAlgorithm("a package is uploaded as a zip or tar archive of its folder")
+        else:
+            from voxelhub.algorithms.bundles import check_bundle_archive
+
+            check_bundle_archive(Path(copy.name))
 
 
 @router.post("/algorithms/{slug}/versions", status_code=status.HTTP_201_CREATED)

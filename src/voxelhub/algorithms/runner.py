@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 import tarfile
 import tempfile
 import threading
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from voxelhub.algorithms import io
 from voxelhub.algorithms.contract import (
@@ -122,6 +126,26 @@ def _request(
     )
 
 
+_version_lock = threading.Lock()
+_versions: dict[uuid.UUID, tuple[AlgorithmVersion, str]] = {}
+
+
+def _version_of(db: Session, job: Job) -> tuple[AlgorithmVersion, str] | None:
+    """The job's version and its algorithm's slug; cached, since a version never changes."""
+    with _version_lock:
+        cached = _versions.get(job.version_id)
+    if cached is not None:
+        return cached
+    version = db.get(AlgorithmVersion, job.version_id)
+    algorithm = db.get(Algorithm, job.algorithm_id)
+    if version is None or algorithm is None:
+        return None
+    db.expunge(version)
+    with _version_lock:
+        _versions[job.version_id] = (version, algorithm.slug)
+    return version, algorithm.slug
+
+
 def _failure(result: ExecutionResult) -> engine.Finish:
     state = engine.CANCELLED if result.outcome is Outcome.cancelled else engine.FAILED
     return engine.Finish(
@@ -138,26 +162,48 @@ def _resources(result: ExecutionResult) -> dict[str, Any]:
     return {"duration_s": round(result.duration_s, 3), "max_rss_mb": result.max_rss_mb}
 
 
+# Memory-backed scratch space: creating and removing a working folder there takes well
+# under a millisecond, on a disk file system often ten or more (the journal's writes).
+MEMORY_SCRATCH = Path("/dev/shm")
+
+
+def memory_scratch() -> str | None:
+    """/dev/shm when this host has a writable one, else None (the default temp folder)."""
+    ok = MEMORY_SCRATCH.is_dir() and os.access(MEMORY_SCRATCH, os.W_OK | os.X_OK)
+    return str(MEMORY_SCRATCH) if ok else None
+
+
+def _scratch_for(job: Job) -> str | None:
+    """Memory for a built-in whose inputs are all inline (small, and no files to copy)."""
+    cached = _versions.get(job.version_id)
+    values = job.inputs.get("values", {}).values()
+    if cached is None or cached[0].kind != "builtin" or any("value" not in v for v in values):
+        return None
+    return memory_scratch()
+
+
 def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) -> engine.Finish:
     """The job handler of every algorithm job (built-in, package or container)."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"vxh-job-{job.id}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"vxh-job-{job.id}-", dir=_scratch_for(job)))
     try:
         prepare_workdir(workdir)
+        # A session connects on its first query only: a job whose version is cached and
+        # whose inputs are all inline never opens a transaction here.
         with session_scope(runtime.database_url) as db:
-            version = db.get(AlgorithmVersion, job.version_id)
-            algorithm = db.get(Algorithm, job.algorithm_id)
-            if version is None or algorithm is None:
+            found = _version_of(db, job)
+            if found is None:
                 return engine.Finish(engine.FAILED, "error", "the algorithm version was deleted")
+            version, slug = found
             io.materialise(
                 db,
                 runtime.store,
                 job.id,
-                algorithm.slug,
+                slug,
                 archive_id=job.archive_id,
                 values=job.inputs.get("values", {}),
                 input_dir=workdir / "input",
             )
-            slug, outputs = algorithm.slug, list(version.outputs)
+            outputs = list(version.outputs)
             request = _request(runtime, job, version, workdir)
         result = executor_for(version.kind).run(request, cancelled=cancelled)
         if result.outcome is not Outcome.succeeded:

@@ -26,6 +26,9 @@ class Interface(Frozen):
 
 class Resources(Frozen):
     queue: Literal["cpu", "gpu"] = "cpu"
+    fallback_queue: Literal["cpu", "gpu"] | None = Field(
+        default=None, description="Where jobs go while no live worker serves `queue`"
+    )
     memory_mb: int = Field(default=2048, gt=0, le=1024 * 1024)
     time_limit_s: float = Field(default=600, gt=0, le=7 * 24 * 3600)
     cpus: float = Field(default=1, gt=0, le=256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,8 +19,10 @@ from voxelhub.auth import permissions
 from voxelhub.auth.models import User
 from voxelhub.auth.roles import ArchiveRole, register_object_type
 from voxelhub.auth.service import Principal
+from voxelhub.core.db import utcnow
+from voxelhub.core.settings import get_settings
 from voxelhub.jobs import engine
-from voxelhub.jobs.models import Job
+from voxelhub.jobs.models import Job, WorkerHeartbeat
 
 ALGORITHM = "algorithm"
 USER, EDITOR = "user", "editor"
@@ -131,6 +134,20 @@ def _check_scalar(interface: str, kind: ValueKind, value: Any) -> Any:
     return value
 
 
+def queue_for(db: Session, resources: dict[str, Any]) -> str:
+    """The algorithm's queue, or its `fallback_queue` while no live worker serves it (a
+    GPU algorithm that also runs on CPUs goes to `cpu` where there is no GPU worker)."""
+    queue = str(resources.get("queue", "cpu"))
+    fallback = resources.get("fallback_queue")
+    if not fallback or fallback == queue:
+        return queue
+    fresh = utcnow() - timedelta(seconds=get_settings().worker_stale_seconds)
+    served = db.scalars(select(WorkerHeartbeat.queues).where(WorkerHeartbeat.seen_at > fresh)).all()
+    if any(queue in listed.split(",") for listed in served):
+        return queue
+    return str(fallback)
+
+
 def start_job(
     db: Session,
     principal: Principal,
@@ -168,7 +185,7 @@ def start_job(
         case_id=case_id,
         created_by=principal.user_id,
         trigger_id=trigger_id,
-        queue=version.resources.get("queue", "cpu"),
+        queue=queue_for(db, version.resources),
         priority=priority,
         inputs={"values": resolved, **(extra or {})},
     )

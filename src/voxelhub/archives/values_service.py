@@ -125,13 +125,15 @@ def put_file(
     filename: str,
     data: BinaryIO,
     content_type: str | None = None,
+    key_prefix: str = "archives",
 ) -> CaseValue:
-    """Store a file or image value, streaming its bytes into the object store."""
+    """Store a file or image value, streaming its bytes into the object store (under
+    `key_prefix`: another prefix puts the bytes in a tier of their own, e.g. raw data)."""
     check_interface(interface)
     name = safe_filename(filename)
     ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
     value_id = uuid.uuid4()
-    key = f"archives/{case.archive_id}/cases/{case.id}/{interface}/{value_id}/{name}"
+    key = f"{key_prefix}/{case.archive_id}/cases/{case.id}/{interface}/{value_id}/{name}"
     reader = _HashingReader(data)
     store.put(key, reader, content_type=ctype)  # type: ignore[arg-type]
     # Should the transaction fail, the object has no row; the orphan sweep removes it.
@@ -171,10 +173,18 @@ def delete_value(db: Session, store: ObjectStore, case: Case, interface: str) ->
 
 def delete_case(db: Session, store: ObjectStore, case: Case) -> None:
     prefix = f"archives/{case.archive_id}/cases/{case.id}/"
+    elsewhere = [  # values kept under another prefix (the raw-data tier)
+        key
+        for keys in db.scalars(select(CaseValue.object_keys).where(CaseValue.case_id == case.id))
+        for key in keys
+        if not key.startswith(prefix)
+    ]
     db.delete(case)
     db.flush()
 
     def remove() -> None:
         store.delete_prefix(prefix)
+        for key in elsewhere:
+            store.delete(key)
 
     after_commit(db, remove)

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from voxelhub.auth import service
 from voxelhub.auth.errors import PermissionDenied
 from voxelhub.auth.models import User
+from voxelhub.auth.tokencache import TokenIdentity
 from voxelhub.core import security
 from voxelhub.core.deps import DbDep, SettingsDep
 from voxelhub.core.errors import Forbidden, Unauthenticated
@@ -34,10 +35,13 @@ def client_ip(request: Request) -> str | None:
 
 
 def _principal(
-    request: Request, user: User, via: str, session_id: str | None = None
+    request: Request,
+    user: User | TokenIdentity,
+    via: str,
+    session_id: str | None = None,
 ) -> service.Principal:
     return service.Principal(
-        user_id=user.id,
+        user_id=user.user_id if isinstance(user, TokenIdentity) else user.id,
         username=user.username,
         is_admin=user.is_admin,
         via=via,
@@ -54,7 +58,7 @@ def _from_bearer(request: Request, db: DbDep, header: str) -> service.Principal:
             "the Authorization header must be 'Bearer <token>'; "
             "create a token with `voxelhub token create --user NAME`"
         )
-    return _principal(request, service.user_for_token(db, token.strip()), "token")
+    return _principal(request, service.identity_for_token(db, token.strip()), "token")
 
 
 def optional_principal(

@@ -10,8 +10,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from voxelhub.auth import tokencache
 from voxelhub.auth.errors import InvalidCredentials, TokenRejected, UserExists, UserNotFound
 from voxelhub.auth.models import ApiToken, BrowserSession, User
+from voxelhub.auth.tokencache import TokenIdentity
 from voxelhub.core import security
 from voxelhub.core.db import utcnow
 
@@ -125,6 +127,10 @@ def revoke_token(db: Session, user_id: uuid.UUID, token_id: uuid.UUID) -> ApiTok
 
 def user_for_token(db: Session, token: str) -> User:
     """The active user a bearer token belongs to, or TokenRejected saying why."""
+    return _check_token(db, token)[1]
+
+
+def _check_token(db: Session, token: str) -> tuple[ApiToken, User]:
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == security.hash_token(token)))
     if row is None:
         raise TokenRejected("the API token is not valid; create one with `voxelhub token create`")
@@ -141,7 +147,20 @@ def user_for_token(db: Session, token: str) -> User:
     # Touch at most once a minute: a busy client must not write on every request.
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         db.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
-    return user
+    return row, user
+
+
+def identity_for_token(db: Session, token: str) -> TokenIdentity:
+    """Who a bearer token belongs to, from a cache of a few seconds (see `tokencache`)."""
+    token_hash = security.hash_token(token)
+    database = tokencache.database_of(db)
+    cached = tokencache.CACHE.get(database, token_hash)
+    if cached is not None:
+        return cached
+    row, user = _check_token(db, token)
+    identity = TokenIdentity(user.id, user.username, user.is_admin)
+    tokencache.CACHE.put(database, token_hash, identity, expires_at=row.expires_at)
+    return identity
 
 
 def create_session(

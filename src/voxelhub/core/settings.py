@@ -81,6 +81,26 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"], description="Origins allowed to call the APIs from a browser"
     )
     max_upload_part_mb: int = Field(default=2048, gt=0)
+    recon_outbox: Path | None = Field(
+        default=None,
+        description="A folder every reconstructed MR series is also written to, one "
+        "sub-folder per series (for the hospital to collect)",
+    )
+    raw_data_prefix: str = Field(
+        default="raw",
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="Object-store prefix raw k-space is kept under (a tier of its own: "
+        "give it its own lifecycle or storage class)",
+    )
+    raw_data_compression: Literal["gzip", "lzf", "none"] = Field(
+        default="gzip", description="How raw k-space (HDF5) is compressed when stored"
+    )
+    viewer_cache_mb: int = Field(
+        default=2048,
+        gt=0,
+        description="Memory for decoded series in the viewer, per web process (least "
+        "recently used series are dropped first)",
+    )
     session_hours: float = Field(default=12.0, gt=0)
     signed_url_seconds: int = Field(default=300, gt=0, le=7 * 24 * 3600)
     cookie_secure: bool = False

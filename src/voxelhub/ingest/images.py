@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -95,10 +97,22 @@ KSPACE_INTERFACE = "kspace"
 def store_raw(
     db: Session, store: ObjectStore, *, archive_id: uuid.UUID, member: Member, interface: str
 ) -> FileReport:
-    """Store raw data (MRI k-space) as it came, as the `interface` file value of its case."""
+    """Store raw data (MRI k-space), losslessly recompressed into the raw-data tier (the
+    settings `raw_data_prefix` and `raw_data_compression`), as the `interface` file value of
+    its case."""
+    from voxelhub.core.settings import get_settings
+    from voxelhub.recon.errors import ReconError
+    from voxelhub.recon.repack import repack
+
     base = FileReport(path=member.path, format="kspace", outcome="stored")
+    settings = get_settings()
+    # Never beside the source: that may be a watched drop folder.
+    handle, name = tempfile.mkstemp(prefix="voxelhub-raw-", suffix=".h5")
+    os.close(handle)
+    packed = Path(name)
     try:
-        digest = _sha256(member.local)
+        repack(member.local, packed, codec=settings.raw_data_compression)
+        digest = _sha256(packed)
         with db.begin_nested():
             case = cases.case_titled(db, archive_id, image_title(member.path))
             current = cases.value_at(db, case, interface)
@@ -112,7 +126,7 @@ def store_raw(
                         "value_id": current.id,
                     }
                 )
-            with member.local.open("rb") as data:
+            with packed.open("rb") as data:
                 row = values_service.put_file(
                     db,
                     store,
@@ -121,10 +135,13 @@ def store_raw(
                     filename=Path(member.path).name,
                     data=data,
                     content_type="application/x-hdf5",
+                    key_prefix=settings.raw_data_prefix,
                 )
-    except (OSError, VoxelhubError, SQLAlchemyError) as err:
+    except (OSError, VoxelhubError, SQLAlchemyError, ReconError) as err:
         logger.warning("storing raw data %s failed", member.path, exc_info=True)
         return base.model_copy(update={"outcome": "rejected", "reason": _short(err)})
+    finally:
+        packed.unlink(missing_ok=True)
     return base.model_copy(update={"case_id": case.id, "interface": interface, "value_id": row.id})
 
 

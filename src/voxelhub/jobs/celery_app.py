@@ -1,7 +1,8 @@
 """The Celery application and the house task decorator.
 
 Embedded default: the broker is kombu's SQLAlchemy transport on the platform's own
-PostgreSQL (no extra server). Scale-out: `VOXELHUB_BROKER_URL` (Redis, RabbitMQ, SQS).
+PostgreSQL (no extra server), polling faster than kombu's default (see `broker`).
+Scale-out: `VOXELHUB_BROKER_URL` (Redis, RabbitMQ, SQS).
 The broker only carries job ids; job state lives in PostgreSQL.
 """
 
@@ -15,6 +16,7 @@ from celery import Celery, shared_task
 from celery.app.task import Task
 
 from voxelhub.core.settings import Settings
+from voxelhub.jobs import broker
 from voxelhub.jobs.errors import RetryableError
 
 DEFAULT_QUEUES = ("cpu",)
@@ -24,7 +26,7 @@ QUEUES = ("cpu", "gpu", "realtime")
 def broker_url_for(settings: Settings, database_url: str) -> str:
     if settings.broker_url:
         return settings.broker_url
-    return "sqla+" + database_url
+    return f"{broker.SCHEME}+{database_url}"
 
 
 def house_task(
@@ -57,6 +59,7 @@ def make_celery(settings: Settings, database_url: str) -> Celery:
 
 
 def _make(broker_url: str) -> Celery:
+    broker.register()
     app = Celery("voxelhub", broker=broker_url)
     app.conf.update(
         task_acks_late=True,

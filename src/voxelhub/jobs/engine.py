@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, column, func, or_, select, table, text, update
+from sqlalchemy.orm import Session, aliased
 
 from voxelhub.core.db import after_commit, utcnow
 from voxelhub.jobs.errors import JobNotFound, JobStateError
@@ -57,25 +57,76 @@ def _later(send: Sender, job_id: uuid.UUID, queue: str, priority: int) -> Callab
     return go
 
 
-def mark_queued(db: Session, job_id: uuid.UUID) -> None:
+def mark_queued(db: Session, *job_ids: uuid.UUID) -> None:
+    """Pending jobs whose messages went out are queued (one UPDATE for all of them)."""
     db.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == PENDING)
+        .where(Job.id.in_(job_ids), Job.state == PENDING)
         .values(state=QUEUED, queued_at=utcnow())
     )
 
 
-def claim(db: Session, job_id: uuid.UUID, worker: str) -> Job | None:
-    """Move a queued job to running for this worker; None if it is not ours to run."""
-    claimed = db.execute(
+# Claims take turns (for the milliseconds of one statement), so that two workers claiming
+# at once cannot both see room under a limit: a count in one statement cannot see a claim
+# that another transaction has not committed yet.
+_CLAIM_LOCK = 0x766F78656C636C6D
+_algorithms = table("algorithms", column("id"), column("max_concurrent_jobs"))
+NO_LIMIT = 1_000_000
+
+
+def claim(
+    db: Session, job_id: uuid.UUID, worker: str, *, max_jobs_per_user: int = NO_LIMIT
+) -> Job | None:
+    """Move a queued job to running for this worker; None if it is not ours to run now.
+
+    One guarded UPDATE checks the state, cancellation and both limits (running jobs of the
+    job's user, and of its algorithm) and returns the claimed row. None also when a limit
+    is reached: `waiting_for_limits` tells that case apart.
+    """
+    running = aliased(Job)
+    by_user = (
+        select(func.count())
+        .select_from(running)
+        .where(running.state == RUNNING, running.created_by.is_not_distinct_from(Job.created_by))
+        .scalar_subquery()
+    )
+    by_algorithm = (
+        select(func.count())
+        .select_from(running)
+        .where(running.state == RUNNING, running.algorithm_id == Job.algorithm_id)
+        .scalar_subquery()
+    )
+    algorithm_limit = func.coalesce(
+        select(_algorithms.c.max_concurrent_jobs)
+        .where(_algorithms.c.id == Job.algorithm_id)
+        .scalar_subquery(),
+        NO_LIMIT,
+    )
+    db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
+    return db.scalars(
         update(Job)
-        .where(Job.id == job_id, Job.state.in_((PENDING, QUEUED)), Job.cancel_requested.is_(False))
+        .where(
+            Job.id == job_id,
+            Job.state.in_((PENDING, QUEUED)),
+            Job.cancel_requested.is_(False),
+            by_user < max_jobs_per_user,
+            by_algorithm < algorithm_limit,
+        )
         .values(state=RUNNING, attempts=Job.attempts + 1, started_at=utcnow(), worker=worker)
-        .returning(Job.id)
-    ).scalar_one_or_none()
-    if claimed is None:
-        return None
-    return db.get(Job, job_id, populate_existing=True)
+        .returning(Job),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
+
+
+def waiting_for_limits(db: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
+    """After a failed claim: (queue, priority) when the job still waits to run (a limit was
+    reached), None when it is not to be run at all (gone, finished, taken, cancelled)."""
+    row = db.execute(
+        select(Job.queue, Job.priority).where(
+            Job.id == job_id, Job.state.in_((PENDING, QUEUED)), Job.cancel_requested.is_(False)
+        )
+    ).one_or_none()
+    return None if row is None else (row.queue, row.priority)
 
 
 @dataclass(frozen=True)
@@ -129,17 +180,6 @@ def cancel(db: Session, job: Job) -> Job:
     job.cancel_requested = True
     db.flush()
     return job
-
-
-def running_counts(db: Session, job: Job) -> tuple[int, int]:
-    """Jobs running now for the job's user and for its algorithm."""
-    by_user = db.scalar(
-        select(func.count()).where(Job.state == RUNNING, Job.created_by == job.created_by)
-    )
-    by_algorithm = db.scalar(
-        select(func.count()).where(Job.state == RUNNING, Job.algorithm_id == job.algorithm_id)
-    )
-    return int(by_user or 0), int(by_algorithm or 0)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from sqlalchemy import select
 
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
@@ -46,17 +50,74 @@ def install(context: WorkerContext) -> None:
 
 
 def sender(runtime: Runtime) -> engine.Sender:
-    """How this process puts a job on its queue."""
+    """How this process puts a job on its queue (see `Dispatcher`)."""
+    key = (runtime.database_url, celery_for(runtime.settings, runtime.database_url).conf.broker_url)
+    with _dispatchers_lock:
+        dispatcher = _dispatchers.get(key)
+        if dispatcher is None:
+            dispatcher = _dispatchers[key] = Dispatcher(runtime)
+    return dispatcher.send
 
-    app = celery_for(runtime.settings, runtime.database_url)
 
-    def send(job_id: uuid.UUID, queue: str, priority: int) -> None:
+class Dispatcher:
+    """Sends job messages from a thread of its own and marks the jobs queued in batches.
+
+    Called after a commit, `send` only hands the job over, so a request that created a job
+    answers without waiting for the broker; the thread sends every message waiting, then
+    marks all of them queued in one UPDATE. A message this process could not send (or that
+    a crash lost before it went out) leaves its job pending: the reconciler sends it.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.database_url = runtime.database_url
         # Through this runtime's own app: the "current" Celery app may be another broker's.
-        app.send_task(TASK_NAME, kwargs={"job_id": str(job_id)}, queue=queue, priority=priority)
-        with session_scope(runtime.database_url) as db:
-            engine.mark_queued(db, job_id)
+        self.app = celery_for(runtime.settings, runtime.database_url)
+        self._waiting: queue.SimpleQueue[tuple[uuid.UUID, str, int]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    return send
+    def send(self, job_id: uuid.UUID, queue_name: str, priority: int) -> None:
+        self._waiting.put((job_id, queue_name, priority))
+        with self._lock:
+            # Started lazily, also after a fork (threads do not survive one).
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dispatch", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._waiting.get()]
+            while len(batch) < DISPATCH_BATCH:
+                try:
+                    batch.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.dispatch(batch)
+            except Exception:
+                logger.warning("could not dispatch %d job(s) now; the reconciler will",
+                               len(batch), exc_info=True)  # fmt: skip
+
+    def dispatch(self, batch: list[tuple[uuid.UUID, str, int]]) -> None:
+        sent = []
+        for job_id, queue_name, priority in batch:
+            try:
+                self.app.send_task(
+                    TASK_NAME, kwargs={"job_id": str(job_id)}, queue=queue_name, priority=priority
+                )
+            except Exception:
+                logger.warning("could not send job %s now; the reconciler will", job_id,
+                               exc_info=True)  # fmt: skip
+                continue
+            sent.append(job_id)
+        if sent:
+            with session_scope(self.database_url) as db:
+                engine.mark_queued(db, *sent)
+
+
+DISPATCH_BATCH = 200
+_dispatchers: dict[tuple[str, str], Dispatcher] = {}
+_dispatchers_lock = threading.Lock()
 
 
 @house_task(name=TASK_NAME)
@@ -70,32 +131,29 @@ def run_job(*, job_id: str) -> None:
 def execute(context: WorkerContext, job_id: uuid.UUID) -> None:
     runtime = context.runtime
     with session_scope(runtime.database_url) as db:
-        job = db.get(Job, job_id)
-        if job is None or job.state in engine.FINAL or job.cancel_requested:
-            return
-        algorithm_limit = _algorithm_limit(db, job)
-        by_user, by_algorithm = engine.running_counts(db, job)
-        if by_user >= context.max_jobs_per_user or by_algorithm >= algorithm_limit:
-            run_job.apply_async(
-                kwargs={"job_id": str(job_id)},
-                queue=job.queue,
-                priority=job.priority,
-                countdown=LIMIT_RETRY_SECONDS,
-            )
-            return
-        claimed = engine.claim(db, job_id, context.hostname)
+        claimed = engine.claim(
+            db, job_id, context.hostname, max_jobs_per_user=context.max_jobs_per_user
+        )
+        waiting = engine.waiting_for_limits(db, job_id) if claimed is None else None
+    if waiting is not None:
+        queue, priority = waiting
+        run_job.apply_async(
+            kwargs={"job_id": str(job_id)},
+            queue=queue,
+            priority=priority,
+            countdown=LIMIT_RETRY_SECONDS,
+        )
+        return
     if claimed is None:
         return
-    cancelled = threading.Event()
-    watcher = threading.Thread(target=_watch_cancel, args=(runtime, job_id, cancelled), daemon=True)
-    watcher.start()
+    cancelled = _watch_for(runtime.database_url).add(job_id)
     try:
         result = context.handler(runtime, claimed, cancelled)
     except Exception as err:
         logger.error("job %s failed in the platform", job_id, exc_info=True)
         result = engine.Finish(engine.FAILED, "error", f"{type(err).__name__}: {err}")
     finally:
-        cancelled.set()  # also stops the watcher
+        _watch_for(runtime.database_url).remove(job_id)
     if result.outcome == "cancelled":
         result = engine.Finish(
             engine.CANCELLED,
@@ -112,21 +170,63 @@ def execute(context: WorkerContext, job_id: uuid.UUID) -> None:
         context.on_finish(runtime, job_id)
 
 
-def _algorithm_limit(db: Any, job: Job) -> int:
-    from sqlalchemy import text
-
-    limit = db.execute(
-        text("SELECT max_concurrent_jobs FROM algorithms WHERE id = :id"), {"id": job.algorithm_id}
-    ).scalar()
-    return int(limit or 1_000_000)
+CANCEL_POLL_S = 1.0
 
 
-def _watch_cancel(runtime: Runtime, job_id: uuid.UUID, cancelled: threading.Event) -> None:
-    while not cancelled.wait(1.0):
-        try:
-            with session_scope(runtime.database_url) as db:
-                job = db.get(Job, job_id)
-                if job is not None and job.cancel_requested:
-                    cancelled.set()
-        except Exception:
-            logger.debug("cancel watch failed once", exc_info=True)
+class CancelWatch:
+    """One thread per process that asks, once a second, whether any of its running jobs
+    should stop, in one query for all of them (not a thread and a query per job)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._jobs: dict[uuid.UUID, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, job_id: uuid.UUID) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._jobs[job_id] = event
+            # Started lazily, also in a forked pool process (threads do not survive a fork).
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="cancel-watch", daemon=True)
+                self._thread.start()
+        return event
+
+    def remove(self, job_id: uuid.UUID) -> None:
+        with self._lock:
+            event = self._jobs.pop(job_id, None)
+        if event is not None:
+            event.set()  # whatever still waits on it (an executor's poll) stops waiting
+
+    def poll(self) -> None:
+        with self._lock:
+            ids = list(self._jobs)
+        if not ids:
+            return
+        with session_scope(self.database_url) as db:
+            stop = list(
+                db.scalars(select(Job.id).where(Job.id.in_(ids), Job.cancel_requested.is_(True)))
+            )
+        with self._lock:
+            for job_id in stop:
+                if job_id in self._jobs:
+                    self._jobs[job_id].set()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CANCEL_POLL_S)
+            try:
+                self.poll()
+            except Exception:
+                logger.debug("cancel watch failed once", exc_info=True)
+
+
+_watches: dict[str, CancelWatch] = {}
+
+
+def _watch_for(database_url: str) -> CancelWatch:
+    watch = _watches.get(database_url)
+    if watch is None:
+        watch = _watches.setdefault(database_url, CancelWatch(database_url))
+    return watch

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from voxelhub.core.db import session_scope, utcnow
+from voxelhub.jobs import broker
 from voxelhub.jobs.models import WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def run_worker(
 
     if on_start is not None:
         on_start(heartbeat.hostname)
+    broker.prepare(app, database_url, tuple(queues))
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)

@@ -9,11 +9,15 @@ from voxelhub.recon.h5 import open_h5
 from voxelhub.recon.io_fastmri import read_fastmri
 from voxelhub.recon.io_ismrmrd import read_ismrmrd
 from voxelhub.recon.model import KSpace
+from voxelhub.recon.preprocess import is_preprocessed, read_preprocessed
 
 
 def detect_format(path: str | Path) -> str:
-    """ "fastmri" (a `kspace` dataset) or "ismrmrd" (`/dataset/data`); ReconError otherwise."""
+    """ "preprocessed" (written by `voxelhub.recon.preprocess`), "fastmri" (a `kspace`
+    dataset) or "ismrmrd" (`/dataset/data`); ReconError otherwise."""
     with open_h5(path) as handle:
+        if is_preprocessed(handle):
+            return "preprocessed"
         if "kspace" in handle:
             return "fastmri"
         if "dataset" in handle and "data" in handle["dataset"]:
@@ -28,6 +32,9 @@ def detect_format(path: str | Path) -> str:
 def read_kspace(path: str | Path, *, prewhiten_noise: bool = False) -> KSpace:
     """k-space of a fastMRI or ISMRMRD file (`prewhiten_noise` applies to ISMRMRD files with
     noise scans)."""
-    if detect_format(path) == "fastmri":
+    found = detect_format(path)
+    if found == "preprocessed":
+        return read_preprocessed(path)
+    if found == "fastmri":
         return read_fastmri(path)
     return read_ismrmrd(path, prewhiten_noise=prewhiten_noise)

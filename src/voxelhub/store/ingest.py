@@ -12,14 +12,18 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import any_, case, func, literal, select, update
+from sqlalchemy import any_, case, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from voxelhub.core.db import utcnow
+from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.model import SplitInstance
 from voxelhub.store.errors import UidConflict
@@ -29,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 IMAGESET_PREFIX = "imagesets"
 _META_GROUP = "0002"
+# Object writes of one batch overlap (file system and S3 calls release the GIL).
+_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-put")
 
 
 def bulkdata_uri(study: str, series: str, instance: str) -> Any:
@@ -141,6 +147,12 @@ def _same_or_conflict(existing: Instance, split: SplitInstance, digest: str) -> 
     )
 
 
+def _new(split: SplitInstance, instance_id: uuid.UUID) -> Stored:
+    k = split.keys
+    return Stored(instance_id, k.study_instance_uid, k.series_instance_uid,
+                  k.sop_instance_uid, k.sop_class_uid, already_stored=False)  # fmt: skip
+
+
 def _layout(split: SplitInstance) -> tuple[list[int], int]:
     """Frame offsets in the instance object (header first), and its total size."""
     offsets, position = [], len(split.header)
@@ -224,46 +236,146 @@ class Ingest:
             self._series.clear()
             raise
 
-    def _add(self, split: SplitInstance) -> Stored:
+    def _row(self, split: SplitInstance, series_id: uuid.UUID, digest: str) -> dict[str, Any]:
         k = split.keys
-        digest = content_hash(split)
-        study_id, series_id = self._series_for(split)
         offsets, size = _layout(split)
         key = f"{IMAGESET_PREFIX}/{series_id}/{k.sop_instance_uid}.{uuid.uuid4().hex[:8]}"
-        statement = (
-            insert(Instance)
-            .values(
-                id=uuid.uuid4(), created_at=utcnow(), archive_id=self.archive_id,
-                series_id=series_id, sop_instance_uid=k.sop_instance_uid,
-                sop_class_uid=k.sop_class_uid, instance_number=k.instance_number,
-                transfer_syntax_uid=split.original_transfer_syntax,
-                frames_transfer_syntax_uid=split.frames_transfer_syntax,
-                number_of_frames=len(split.frames), rows=k.rows, columns=k.columns,
-                pixel=split.pixel.__dict__ if split.pixel is not None else None,
-                object_key=key, header_length=len(split.header), frame_offsets=offsets,
-                size_bytes=size, content_sha256=digest, dataset_json=split.dataset_json,
-            )
-            .on_conflict_do_nothing(constraint="uq_dicom_instances_uid")
-            .returning(Instance.id)
+        return dict(
+            id=uuid.uuid4(), created_at=utcnow(), archive_id=self.archive_id,
+            series_id=series_id, sop_instance_uid=k.sop_instance_uid,
+            sop_class_uid=k.sop_class_uid, instance_number=k.instance_number,
+            transfer_syntax_uid=split.original_transfer_syntax,
+            frames_transfer_syntax_uid=split.frames_transfer_syntax,
+            number_of_frames=len(split.frames), rows=k.rows, columns=k.columns,
+            pixel=split.pixel.__dict__ if split.pixel is not None else None,
+            object_key=key, header_length=len(split.header), frame_offsets=offsets,
+            size_bytes=size, content_sha256=digest, dataset_json=split.dataset_json,
         )  # fmt: skip
-        instance_id = self.db.execute(statement).scalar_one_or_none()
-        if instance_id is None:  # stored before: the same object, or a reused UID
-            existing = _existing(self.db, self.archive_id, k.sop_instance_uid)
-            assert existing is not None
-            return _same_or_conflict(existing, split, digest)
+
+    def _put(self, split: SplitInstance, key: str) -> None:
         # The row is not visible before the commit, and the commit comes after this write.
         # Not fsynced one by one: finish() makes the whole batch durable before the commit.
         self.store.put(key, _Concat([split.header, *split.frames]),  # type: ignore[arg-type]
                        content_type="application/octet-stream", durable=False)  # fmt: skip
         self._unsynced = True
+
+    def _count(self, split: SplitInstance, study_id: uuid.UUID, series_id: uuid.UUID) -> None:
+        size = _layout(split)[1]
         for tally, owner in ((self._series_tally, series_id), (self._study_tally, study_id)):
             entry = tally.setdefault(owner, _Tally())
             entry.instances += 1
             entry.size += size
-            if k.modality:
-                entry.modalities.add(k.modality)
-        return Stored(instance_id, k.study_instance_uid, k.series_instance_uid,
-                      k.sop_instance_uid, k.sop_class_uid, already_stored=False)  # fmt: skip
+            if split.keys.modality:
+                entry.modalities.add(split.keys.modality)
+
+    def _add(self, split: SplitInstance) -> Stored:
+        k = split.keys
+        digest = content_hash(split)
+        study_id, series_id = self._series_for(split)
+        row = self._row(split, series_id, digest)
+        statement = (
+            insert(Instance)
+            .values(**row)
+            .on_conflict_do_nothing(constraint="uq_dicom_instances_uid")
+            .returning(Instance.id)
+        )
+        instance_id = self.db.execute(statement).scalar_one_or_none()
+        if instance_id is None:  # stored before: the same object, or a reused UID
+            existing = _existing(self.db, self.archive_id, k.sop_instance_uid)
+            assert existing is not None
+            return _same_or_conflict(existing, split, digest)
+        self._put(split, row["object_key"])
+        self._count(split, study_id, series_id)
+        return _new(split, instance_id)
+
+    def add_many(self, splits: Sequence[SplitInstance]) -> list[Stored | VoxelhubError]:
+        """Index many instances with one INSERT; each gets its outcome, in order.
+
+        An instance refused (a UID conflict, an object that could not be written) is
+        reported in its place and leaves no row; the others are kept. Should the batch
+        statement fail as a whole, every instance is tried on its own.
+        """
+        outcomes: list[Stored | VoxelhubError | None] = [None] * len(splits)
+        batch: dict[str, tuple[int, dict[str, Any], uuid.UUID, uuid.UUID]] = {}
+        alone: list[int] = []
+        for index, split in enumerate(splits):
+            uid = split.keys.sop_instance_uid
+            if uid in batch:  # the same UID twice in one batch: compared after the first
+                alone.append(index)
+                continue
+            try:
+                study_id, series_id = self._series_for(split)
+            except UidConflict as err:
+                outcomes[index] = err
+                continue
+            batch[uid] = (index, self._row(split, series_id, content_hash(split)),
+                          study_id, series_id)  # fmt: skip
+        if batch:
+            try:
+                self._insert_batch(splits, batch, outcomes)
+            except DBAPIError:
+                logger.warning("a batch insert failed; storing its instances one by one",
+                               exc_info=True)  # fmt: skip
+                self._studies.clear()
+                self._series.clear()
+                alone.extend(index for index, *_ in batch.values())
+        for index in sorted(alone):
+            try:
+                with self.db.begin_nested():
+                    outcomes[index] = self.add(splits[index])
+            except VoxelhubError as err:
+                outcomes[index] = err
+        return [
+            outcome if outcome is not None else VoxelhubError("the instance was not indexed")
+            for outcome in outcomes
+        ]
+
+    def _insert_batch(
+        self,
+        splits: Sequence[SplitInstance],
+        batch: dict[str, tuple[int, dict[str, Any], uuid.UUID, uuid.UUID]],
+        outcomes: list[Stored | VoxelhubError | None],
+    ) -> None:
+        with self.db.begin_nested():
+            returned = self.db.execute(
+                insert(Instance)
+                .values([row for _, row, _, _ in batch.values()])
+                .on_conflict_do_nothing(constraint="uq_dicom_instances_uid")
+                .returning(Instance.sop_instance_uid, Instance.id)
+            )
+            inserted: dict[str, uuid.UUID] = {uid: id_ for uid, id_ in returned}
+        missing = [uid for uid in batch if uid not in inserted]
+        if missing:  # stored before: the same object, or a reused UID
+            for existing in self.db.scalars(
+                select(Instance).where(
+                    Instance.archive_id == self.archive_id, Instance.sop_instance_uid.in_(missing)
+                )
+            ):
+                index, row, _, _ = batch[existing.sop_instance_uid]
+                try:
+                    outcomes[index] = _same_or_conflict(
+                        existing, splits[index], row["content_sha256"]
+                    )
+                except UidConflict as err:
+                    outcomes[index] = err
+        writes = {
+            uid: _writers.submit(self._put, splits[batch[uid][0]], batch[uid][1]["object_key"])
+            for uid in inserted
+        }
+        failed = []
+        for uid, write in writes.items():
+            index, row, study_id, series_id = batch[uid]
+            split = splits[index]
+            try:
+                write.result()
+            except VoxelhubError as err:
+                outcomes[index] = err
+                failed.append(inserted[uid])
+                continue
+            self._count(split, study_id, series_id)
+            outcomes[index] = _new(split, inserted[uid])
+        if failed:
+            self.db.execute(delete(Instance).where(Instance.id.in_(failed)))
 
     def finish(self) -> None:
         """Make the objects durable and write the counters; call before the commit."""

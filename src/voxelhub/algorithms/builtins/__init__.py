@@ -11,6 +11,7 @@ import importlib
 
 from voxelhub.algorithms.builtins import (
     echo,
+    mri_preprocess,
     mri_reconstruction,
     series_statistics,
     threshold_segmentation,
@@ -22,8 +23,9 @@ _MODULES = (threshold_segmentation, series_statistics, echo)
 
 BUILTINS: dict[str, BuiltinSpec] = {module.SPEC.slug: module.SPEC for module in _MODULES}
 RUNNERS: dict[str, BuiltinFn] = {module.SPEC.slug: module.run for module in _MODULES}
-BUILTINS.update(mri_reconstruction.SPECS)
-RUNNERS.update(mri_reconstruction.RUNNERS)
+for _recon in (mri_preprocess, mri_reconstruction):
+    BUILTINS.update(_recon.SPECS)
+    RUNNERS.update(_recon.RUNNERS)
 
 
 def register_all() -> None:

@@ -1,19 +1,32 @@
-"""`mri-recon-*`: raw multi-coil k-space (fastMRI or ISMRMRD HDF5) → a DICOM MR series.
+"""`mri-recon-*`: raw multi-coil k-space (fastMRI, ISMRMRD or preprocessed HDF5) → a DICOM
+MR series.
 
-One built-in per method (zero-filled, GRAPPA, RAKI, residual RAKI), so a trigger or a user
-picks the method by the algorithm; the method and its settings are recorded in the series
-(DerivationDescription) and as the `settings` JSON output.
+One built-in per method (zero-filled, GRAPPA, RAKI, residual RAKI) with its default
+settings, so a trigger picks the method by the algorithm; and `mri-recon`, which takes the
+method and its settings as a `parameters` JSON input, to reconstruct stored raw data again
+with other settings. The method, its settings and the raw file (name and SHA-256) are
+recorded in every image (DerivationDescription, ImageComments) and as the `settings` output.
+They run on the `gpu` queue while a live worker serves it, else on `cpu`. When an outbox
+folder is configured (`configure`), each series is also written there.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.filewriter import dcmwrite
 
-from voxelhub.algorithms.builtins.manifest import input_entry, read_manifest
+from voxelhub.algorithms.builtins.manifest import (
+    InputError,
+    input_entry,
+    input_json,
+    input_path,
+    read_manifest,
+)
 from voxelhub.algorithms.builtins.spec import BuiltinFn, BuiltinSpec, InterfaceSpec, Resources
 from voxelhub.dicom.mr_series import MrContext, mr_series
 
@@ -23,6 +36,30 @@ METHODS = {
     "raki": "RAKI (scan-specific CNN trained on the ACS)",
     "rraki": "Residual RAKI (linear branch + CNN on its residual)",
 }
+GENERIC = "mri-recon"
+RESOURCES = Resources(queue="gpu", fallback_queue="cpu", memory_mb=8192, time_limit_s=3600)
+KSPACE = InterfaceSpec(
+    interface="kspace", kind="file", description="fastMRI, ISMRMRD or preprocessed HDF5"
+)
+OUTPUTS = (
+    InterfaceSpec(interface="images", kind="dicom_series"),
+    InterfaceSpec(interface="settings", kind="json"),
+)
+
+
+@dataclass
+class OutputOptions:
+    """Where reconstructions go besides the image store (set once per worker process)."""
+
+    outbox: Path | None = None
+
+
+OPTIONS = OutputOptions()
+
+
+def configure(*, outbox: Path | None) -> None:
+    """Write every reconstructed series to `outbox` as well (None: only to the store)."""
+    OPTIONS.outbox = outbox
 
 
 def spec_for(method: str) -> BuiltinSpec:
@@ -30,49 +67,108 @@ def spec_for(method: str) -> BuiltinSpec:
         slug=f"mri-recon-{method}",
         title=f"MRI reconstruction: {method}",
         description=METHODS[method] + ", from undersampled Cartesian k-space to an MR series.",
-        inputs=(
-            InterfaceSpec(interface="kspace", kind="file", description="fastMRI or ISMRMRD HDF5"),
-        ),
-        outputs=(
-            InterfaceSpec(interface="images", kind="dicom_series"),
-            InterfaceSpec(interface="settings", kind="json"),
-        ),
-        resources=Resources(queue="cpu", memory_mb=8192, time_limit_s=3600),
+        inputs=(KSPACE,),
+        outputs=OUTPUTS,
+        resources=RESOURCES,
     )
+
+
+GENERIC_SPEC = BuiltinSpec(
+    slug=GENERIC,
+    title="MRI reconstruction with chosen settings",
+    description="Reconstruct k-space with the method and settings given as parameters, e.g. "
+    '{"method": "grappa", "kernel": [7, 2], "regularization": 0.05}.',
+    inputs=(
+        KSPACE,
+        InterfaceSpec(
+            interface="parameters", kind="json", description='{"method": ..., settings...}'
+        ),
+    ),
+    outputs=OUTPUTS,
+    resources=RESOURCES,
+)
+
+
+def _raw_link(path: Path, header: dict[str, Any]) -> dict[str, str]:
+    from voxelhub.recon.preprocess import sha256_of
+
+    provenance = header.get("provenance") or {}
+    if provenance.get("raw_sha256"):
+        return {"file": str(provenance["raw_file"]), "sha256": str(provenance["raw_sha256"])}
+    return {"file": path.name, "sha256": sha256_of(path)}
+
+
+def reconstruct_to(
+    input_dir: Path, output_dir: Path, *, method: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Reconstruct the job's `kspace` input with `method` and write the series and the
+    settings JSON under `output_dir`; returns what was recorded."""
+    from voxelhub.recon.errors import ReconError
+    from voxelhub.recon.methods import reconstruct
+    from voxelhub.recon.outbox import write_series
+    from voxelhub.recon.readers import read_kspace
+
+    path = input_path(input_dir, input_entry(read_manifest(input_dir), "kspace"))
+    try:
+        kspace = read_kspace(path)
+        result = reconstruct(kspace, method, **settings)
+    except ReconError as err:
+        raise InputError(str(err)) from err
+    raw = _raw_link(path, kspace.header)
+    recorded = {
+        "method": method,
+        **result.settings,
+        "seconds_per_slice": round(result.seconds_per_slice, 3),
+        "raw_data": raw,
+        "coil_compression": (kspace.header.get("provenance") or {}).get("coil_compression"),
+    }
+    fov = kspace.header.get("recon_fov_mm") or [220.0, 220.0, 5.0]
+    fov_mm = (float(fov[0]), float(fov[1]), float(fov[2]) if len(fov) > 2 else 5.0)
+    context = MrContext(
+        series_description=f"{method} reconstruction",
+        derivation=json.dumps(recorded, default=str),
+        source=f"{raw['file']} sha256:{raw['sha256']}",
+        settings=recorded,
+    )
+    folder = output_dir / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets = mr_series(result.images, fov_mm=fov_mm, context=context)
+    files = []
+    for index, ds in enumerate(datasets):
+        files.append(folder / f"{index + 1:04d}.dcm")
+        dcmwrite(files[-1], ds, enforce_file_format=True)
+    (output_dir / "settings.json").write_text(json.dumps(recorded, default=str))
+    if OPTIONS.outbox is not None and datasets:
+        try:
+            write_series(OPTIONS.outbox, str(datasets[0].SeriesInstanceUID), files)
+        except ReconError as err:
+            raise InputError(f"the series was reconstructed but not delivered: {err}") from err
+    return recorded
 
 
 def runner_for(method: str) -> BuiltinFn:
     def run(input_dir: Path, output_dir: Path, model_dir: Path) -> None:
-        from voxelhub.recon.methods import reconstruct
-        from voxelhub.recon.readers import read_kspace
-
-        entry = input_entry(read_manifest(input_dir), "kspace")
-        path = input_dir / str(entry.path)
-        kspace = read_kspace(path)
-        result = reconstruct(kspace, method)
-        fov = kspace.header.get("recon_fov_mm") or [220.0, 220.0, 5.0]
-        settings = {
-            "method": method,
-            **result.settings,
-            "seconds_per_slice": round(result.seconds_per_slice, 3),
-        }
-        context = MrContext(
-            series_description=f"{method} reconstruction",
-            derivation=json.dumps(settings, default=str),
-            source=path.name,
-            settings=settings,
-        )
-        folder = output_dir / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        fov_mm = (float(fov[0]), float(fov[1]), float(fov[2]) if len(fov) > 2 else 5.0)
-        for index, ds in enumerate(mr_series(result.images, fov_mm=fov_mm, context=context)):
-            dcmwrite(folder / f"{index + 1:04d}.dcm", ds, enforce_file_format=True)
-        (output_dir / "settings.json").write_text(json.dumps(settings, default=str))
+        reconstruct_to(input_dir, output_dir, method=method, settings={})
 
     return run
 
 
+def run_generic(input_dir: Path, output_dir: Path, model_dir: Path) -> None:
+    """`mri-recon`: the method and settings come from the `parameters` input."""
+    manifest = read_manifest(input_dir)
+    parameters = input_json(input_dir, input_entry(manifest, "parameters"))
+    if not isinstance(parameters, dict) or not isinstance(parameters.get("method"), str):
+        raise InputError(
+            'parameters must be a JSON object naming the method, e.g. {"method": "grappa", '
+            f'"kernel": [5, 2]}}; got {json.dumps(parameters)[:200]}'
+        )
+    settings = {key: value for key, value in parameters.items() if key != "method"}
+    reconstruct_to(input_dir, output_dir, method=parameters["method"], settings=settings)
+
+
 SPECS: dict[str, BuiltinSpec] = {spec_for(m).slug: spec_for(m) for m in METHODS}
+SPECS[GENERIC] = GENERIC_SPEC
 RUNNERS: dict[str, Callable[[Path, Path, Path], None]] = {
     f"mri-recon-{m}": runner_for(m) for m in METHODS
 }
+RUNNERS[GENERIC] = run_generic

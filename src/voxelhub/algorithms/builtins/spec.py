@@ -33,6 +33,7 @@ class Resources(_Frozen):
     """Where a job of the algorithm runs and what it may use."""
 
     queue: Literal["cpu", "gpu"] = "cpu"
+    fallback_queue: Literal["cpu", "gpu"] | None = None
     memory_mb: int = Field(default=2048, gt=0)
     time_limit_s: float = Field(default=600, gt=0)
 

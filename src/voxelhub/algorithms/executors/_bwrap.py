@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import voxelhub
 from voxelhub.algorithms.contract import (
     CONTAINER_INPUT,
     CONTAINER_MODEL,
@@ -89,8 +90,15 @@ def bwrap_argv(
 
 
 def python_roots() -> list[str]:
-    """The directories of the running Python installation (venv and base), outside /usr."""
+    """The directories of the running Python installation (venv and base), outside /usr.
+
+    With voxelhub installed from a source checkout (editable), its `src/` folder too, so
+    that the platform's own entry points run inside.
+    """
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    source = Path(voxelhub.__file__).resolve().parents[1]
+    if not any(source.is_relative_to(r) for r in roots):
+        roots.add(str(source))
     return sorted(r for r in roots if not Path(r).is_relative_to("/usr"))
 
 

@@ -3,8 +3,11 @@
 The rule, first match wins, inside the sandbox where the package is `/opt/algorithm`:
 
 1. `request.command`, as given.
-2. A MONAI bundle (the package has `configs/` and `models/`):
-   `python -m monai.bundle run --bundle_root /opt/algorithm --config_file configs/inference.json
+2. A MONAI bundle (the package has `configs/` and `models/`) whose job has a DICOM series
+   or image input: the platform's segmentation entry point,
+   `python -m voxelhub.algorithms.executors._segment_entry /opt/algorithm`, which segments
+   the inputs with `voxelhub.segment` and writes the mask, DICOM SEG, SR and volumes JSON.
+   Any other MONAI bundle: `python -m monai.bundle run --bundle_root /opt/algorithm --config_file configs/inference.json
    [--meta_file configs/metadata.json] [--logging_file configs/logging.conf]
    --dataset_dir /input --output_dir /output` (`inference.yaml` also does); needs MONAI in the
    platform's Python environment.
@@ -19,14 +22,22 @@ has installed.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
-from voxelhub.algorithms.contract import CONTAINER_INPUT, CONTAINER_OUTPUT, ExecutionRequest
+from voxelhub.algorithms.contract import (
+    CONTAINER_INPUT,
+    CONTAINER_OUTPUT,
+    INPUTS_JSON,
+    ExecutionRequest,
+)
 from voxelhub.algorithms.executors._bwrap import PACKAGE_MOUNT
 from voxelhub.algorithms.executors.errors import PackageError
 
 _BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
+SEGMENT_ENTRY = "voxelhub.algorithms.executors._segment_entry"
+_IMAGE_KINDS = ("dicom_series", "image")
 
 
 def entry_command(request: ExecutionRequest) -> list[str]:
@@ -37,6 +48,8 @@ def entry_command(request: ExecutionRequest) -> list[str]:
     if package is None or not package.is_dir():
         raise PackageError(f"the package directory {package} does not exist")
     if (package / "configs").is_dir() and (package / "models").is_dir():
+        if takes_images(request):
+            return [sys.executable, "-m", SEGMENT_ENTRY, PACKAGE_MOUNT]
         return bundle_command(package)
     if (package / "main.py").is_file():
         return [sys.executable, f"{PACKAGE_MOUNT}/main.py"]
@@ -50,6 +63,15 @@ def entry_command(request: ExecutionRequest) -> list[str]:
         "the package has no entry point: add main.py, or __main__.py, or one package directory "
         f"with a __main__.py{found}, or give the command to run"
     )
+
+
+def takes_images(request: ExecutionRequest) -> bool:
+    """Whether the job's inputs.json lists a DICOM series or an image."""
+    try:
+        manifest = json.loads((request.input_dir / INPUTS_JSON).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(entry.get("kind") in _IMAGE_KINDS for entry in manifest.get("inputs", []))
 
 
 def bundle_command(bundle: Path) -> list[str]:

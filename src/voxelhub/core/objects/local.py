@@ -51,6 +51,9 @@ class LocalObjectStore:
         self.root = Path(root).absolute()
         self._pending: set[Path] = set()
         self._pending_lock = threading.Lock()
+        # Held while a sync runs, so a sync that finds nothing pending returns only after
+        # the files another thread took from `_pending` are durable too.
+        self._sync_lock = threading.Lock()
         self._secret_key = secret_key
 
     def __repr__(self) -> str:
@@ -66,20 +69,28 @@ class LocalObjectStore:
     def sync(self) -> None:
         """Make the objects written with `durable=False` durable: each file once, and each
         of their folders once (a batch of instances of a series shares one folder)."""
+        with self._sync_lock:
+            self._sync_pending()
+
+    def _sync_pending(self) -> None:
         with self._pending_lock:
             files, self._pending = self._pending, set()
-        folders = {path.parent for path in files}
-        for path in files:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:  # replaced or deleted since: nothing to keep
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        for folder in folders:
-            localfiles.fsync_directory(folder)
+        try:
+            for path in files:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:  # replaced or deleted since: nothing to keep
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for folder in {path.parent for path in files}:
+                localfiles.fsync_directory(folder)
+        except BaseException:
+            with self._pending_lock:  # the next sync tries them again
+                self._pending |= files
+            raise
 
     def put(
         self,

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.deidentify import DeidReport
 from voxelhub.dicom.errors import DicomError
@@ -136,6 +135,31 @@ def split_prepared(
     return split, report
 
 
+# Instances indexed per INSERT, and the most bytes of split instances held for one.
+BATCH_INSTANCES = 64
+BATCH_BYTES = 64 * 1024 * 1024
+
+
+class _Batches:
+    """Split instances gathered and indexed a batch at a time, in a thread."""
+
+    def __init__(self, ingest: Ingest, result: StowResult) -> None:
+        self.ingest, self.result = ingest, result
+        self.splits: list[SplitInstance] = []
+        self.held = 0
+
+    async def add(self, split: SplitInstance) -> None:
+        self.splits.append(split)
+        self.held += _size(split)
+        if len(self.splits) >= BATCH_INSTANCES or self.held >= BATCH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        taken, self.splits, self.held = self.splits, [], 0
+        if taken:
+            await asyncio.to_thread(_index, self.ingest, taken, self.result)
+
+
 async def store_parts(
     parts: AsyncIterator[Part],
     *,
@@ -145,9 +169,10 @@ async def store_parts(
     study_uid: str | None,
     prepare: Prepare | None = None,
 ) -> StowResult:
-    """Split parts in parallel (bounded) and index them in order, one savepoint each."""
+    """Split parts in parallel (bounded) and index them in batches, one INSERT each."""
     result = StowResult()
     ingest = Ingest(db, store, archive_id)
+    batches = _Batches(ingest, result)
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future[tuple[SplitInstance, DeidReport | None]]] = []
     window = (_pool._max_workers or 1) * 2
@@ -163,8 +188,8 @@ async def store_parts(
             return
         result.deid.add(report)
         # De-identification remaps UIDs: the study named in the URL is the original one.
-        expected = study_uid if prepare is None else None
-        await asyncio.to_thread(_index, db, ingest, expected, split, result)
+        if not _mismatch(study_uid if prepare is None else None, split, result):
+            await batches.add(split)
 
     async for part in parts:
         media = parse_media_type(part.content_type or "application/dicom").type
@@ -180,30 +205,34 @@ async def store_parts(
             await finish(pending.pop(0))
     for future in pending:
         await finish(future)
+    await batches.flush()
     await asyncio.to_thread(ingest.finish)
     return result
 
 
-def _index(
-    db: Session,
-    ingest: Ingest,
-    study_uid: str | None,
-    split: SplitInstance,
-    result: StowResult,
-) -> None:
+def _size(split: SplitInstance) -> int:
+    return len(split.header) + sum(len(frame) for frame in split.frames)
+
+
+def _mismatch(study_uid: str | None, split: SplitInstance, result: StowResult) -> bool:
     keys = split.keys
-    if study_uid is not None and keys.study_instance_uid != study_uid:
-        result.fail(
-            STUDY_UID_MISMATCH,
-            f"the instance belongs to study {keys.study_instance_uid}"
-            f", not to {study_uid} named in the URL",
-            keys.sop_class_uid,
-            keys.sop_instance_uid,
-        )
-        return
-    try:
-        with db.begin_nested():
-            result.stored.append(ingest.add(split))
-    except VoxelhubError as err:
-        reason = DUPLICATE_SOP_INSTANCE if err.code == "uid_conflict" else PROCESSING_FAILURE
-        result.fail(reason, err.message, keys.sop_class_uid, keys.sop_instance_uid)
+    if study_uid is None or keys.study_instance_uid == study_uid:
+        return False
+    result.fail(
+        STUDY_UID_MISMATCH,
+        f"the instance belongs to study {keys.study_instance_uid}"
+        f", not to {study_uid} named in the URL",
+        keys.sop_class_uid,
+        keys.sop_instance_uid,
+    )
+    return True
+
+
+def _index(ingest: Ingest, splits: list[SplitInstance], result: StowResult) -> None:
+    for split, outcome in zip(splits, ingest.add_many(splits), strict=True):
+        if isinstance(outcome, Stored):
+            result.stored.append(outcome)
+            continue
+        keys = split.keys
+        reason = DUPLICATE_SOP_INSTANCE if outcome.code == "uid_conflict" else PROCESSING_FAILURE
+        result.fail(reason, outcome.message, keys.sop_class_uid, keys.sop_instance_uid)

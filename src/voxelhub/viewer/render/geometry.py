@@ -1,0 +1,214 @@
+"""Where a series' slices lie in patient space, and whether they form one volume.
+
+A volume is (slice, row, column): slices ordered along the normal of their common
+orientation (row cosine x column cosine), evenly spaced, all of one size. Patient space
+is DICOM's LPS (x to the patient's left, y to posterior, z to the head), in millimetres.
+
+>>> slices = [SliceInfo(position=(0.0, 0.0, 2.0 * k), orientation=AXIAL_COSINES,
+...                     pixel_spacing=(0.5, 0.5), rows=4, columns=4) for k in (2, 0, 1)]
+>>> plan = plan_volume(slices)
+>>> plan.order, plan.geometry.spacing if plan.geometry else None
+((1, 2, 0), (2.0, 0.5, 0.5))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = tuple[float, float, float]
+AXIAL_COSINES = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+_COSINE_TOLERANCE = 1e-3
+_SPACING_TOLERANCE_MM = 1e-3
+_RELATIVE_GAP_TOLERANCE = 0.01
+
+
+class Plane(StrEnum):
+    """The three planes of a volume: across slices (axial), rows (coronal), columns."""
+
+    AXIAL = "axial"
+    CORONAL = "coronal"
+    SAGITTAL = "sagittal"
+
+
+@dataclass(frozen=True)
+class SliceInfo:
+    """What the geometry of one image needs (None where the attribute is missing)."""
+
+    position: Vector | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns), mm
+    rows: int
+    columns: int
+    frames: int = 1
+    samples: int = 1
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """The grid of a volume: dims and spacing are (slices, rows, columns)."""
+
+    dims: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: Vector
+    row_cosine: Vector  # direction of increasing column index
+    column_cosine: Vector  # direction of increasing row index
+    normal: Vector  # direction of increasing slice index
+
+    def axis(self, plane: Plane) -> int:
+        return {Plane.AXIAL: 0, Plane.CORONAL: 1, Plane.SAGITTAL: 2}[plane]
+
+    def plane_size(self, plane: Plane) -> int:
+        """How many images the plane has (axial: slices, coronal: rows, sagittal: columns)."""
+        return self.dims[self.axis(plane)]
+
+    def image_spacing(self, plane: Plane) -> tuple[float, float]:
+        """(vertical, horizontal) millimetres between pixels of an image in `plane`."""
+        slice_mm, row_mm, column_mm = self.spacing
+        if plane is Plane.AXIAL:
+            return row_mm, column_mm
+        if plane is Plane.CORONAL:
+            return slice_mm, column_mm
+        return slice_mm, row_mm
+
+    def flipped(self, plane: Plane) -> bool:
+        """Whether a reformatted image is turned upside down so that the head is at the top."""
+        return plane is not Plane.AXIAL and self.normal[2] > 0
+
+    def screen_axes(self, plane: Plane) -> tuple[Vector, Vector]:
+        """The patient directions of moving right and moving down in an image of `plane`."""
+        if plane is Plane.AXIAL:
+            return self.row_cosine, self.column_cosine
+        down = _neg(self.normal) if self.flipped(plane) else self.normal
+        across = self.row_cosine if plane is Plane.CORONAL else self.column_cosine
+        return across, down
+
+    def orientation_labels(self) -> dict[str, dict[str, str]]:
+        """The patient direction at each edge of each plane (L/R, A/P, S/I)."""
+        labels = {}
+        for plane in Plane:
+            right, down = self.screen_axes(plane)
+            labels[plane.value] = {
+                "top": direction_letter(_neg(down)),
+                "bottom": direction_letter(down),
+                "left": direction_letter(_neg(right)),
+                "right": direction_letter(right),
+            }
+        return labels
+
+    def position_mm(self, voxel: tuple[int, int, int]) -> Vector:
+        """The patient position (LPS, mm) of the centre of voxel (slice, row, column)."""
+        k, r, c = voxel
+        slice_mm, row_mm, column_mm = self.spacing
+        point = (
+            np.array(self.origin)
+            + k * slice_mm * np.array(self.normal)
+            + r * row_mm * np.array(self.column_cosine)
+            + c * column_mm * np.array(self.row_cosine)
+        )
+        return (float(point[0]), float(point[1]), float(point[2]))
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """The order of the images in the volume, and its grid; or why they form none."""
+
+    order: tuple[int, ...]
+    geometry: VolumeGeometry | None
+    reason: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.geometry is not None
+
+
+def direction_letter(vector: Vector) -> str:
+    """The patient direction a vector points to most: L, R, A, P, S or I."""
+    axis = int(np.argmax(np.abs(vector)))
+    positive = vector[axis] >= 0
+    return ("L", "P", "S")[axis] if positive else ("R", "A", "I")[axis]
+
+
+def plan_volume(slices: Sequence[SliceInfo]) -> VolumePlan:
+    """Order `slices` along their normal and check that they form one volume."""
+    as_given = tuple(range(len(slices)))
+    reason = _not_a_volume(slices)
+    if reason is not None:
+        return VolumePlan(as_given, None, reason)
+    cosines = np.array(slices[0].orientation, dtype=np.float64)
+    row, column = (
+        cosines[:3] / np.linalg.norm(cosines[:3]),
+        cosines[3:] / np.linalg.norm(cosines[3:]),
+    )
+    normal = np.cross(row, column)
+    positions = np.array([s.position for s in slices], dtype=np.float64)
+    distances = positions @ normal
+    order = np.argsort(distances, kind="stable")
+    gaps = np.diff(distances[order])
+    mean = float(gaps.mean())
+    if mean <= _SPACING_TOLERANCE_MM:
+        return VolumePlan(as_given, None, "two or more images lie at the same position")
+    if np.abs(gaps - mean).max() > _SPACING_TOLERANCE_MM + _RELATIVE_GAP_TOLERANCE * mean:
+        return VolumePlan(
+            as_given,
+            None,
+            f"the images are not evenly spaced (gaps from {gaps.min():.3f} to "
+            f"{gaps.max():.3f} mm): a slice is missing or duplicated",
+        )
+    spacing = slices[0].pixel_spacing or (1.0, 1.0)  # present: checked by _not_a_volume
+    first = positions[order[0]]
+    geometry = VolumeGeometry(
+        dims=(len(slices), slices[0].rows, slices[0].columns),
+        spacing=(mean, float(spacing[0]), float(spacing[1])),
+        origin=_vec(first),
+        row_cosine=_vec(row),
+        column_cosine=_vec(column),
+        normal=_vec(normal),
+    )
+    return VolumePlan(tuple(int(i) for i in order), geometry)
+
+
+def _not_a_volume(slices: Sequence[SliceInfo]) -> str | None:
+    if len(slices) < 2:
+        return "the series has a single image"
+    if any(s.frames != 1 for s in slices):
+        return "the series holds multi-frame images"
+    if any(s.samples != 1 for s in slices):
+        return "the series holds colour images"
+    if len({(s.rows, s.columns) for s in slices}) > 1:
+        return "the images have different sizes"
+    return _geometry_problem(slices)
+
+
+def _geometry_problem(slices: Sequence[SliceInfo]) -> str | None:
+    orientations = [s.orientation for s in slices]
+    positions = [s.position for s in slices]
+    spacings = [s.pixel_spacing for s in slices]
+    if any(p is None for p in positions) or any(o is None or len(o) != 6 for o in orientations):
+        return "an image has no ImagePositionPatient or ImageOrientationPatient"
+    if any(p is None for p in spacings):
+        return "an image has no PixelSpacing"
+    if not _all_close(orientations, _COSINE_TOLERANCE):
+        return "the images have different orientations"
+    if not _all_close(spacings, _SPACING_TOLERANCE_MM):
+        return "the images have different pixel spacings"
+    if min(spacings[0] or (0.0,)) <= 0:
+        return "PixelSpacing is not positive"
+    return None
+
+
+def _all_close(values: Sequence[tuple[float, ...] | None], tolerance: float) -> bool:
+    array = np.array(values, dtype=np.float64)
+    return bool(np.allclose(array, array[0], atol=tolerance))
+
+
+def _vec(values: npt.NDArray[np.float64]) -> Vector:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _neg(vector: Vector) -> Vector:
+    return (-vector[0], -vector[1], -vector[2])

@@ -1,0 +1,81 @@
+"""Preprocessed k-space files: exact round trip, compressed, refused when damaged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.recon.helpers import fastmri_file, padded
+from voxelhub.recon.errors import ReconError
+from voxelhub.recon.image import kspace_to_images
+from voxelhub.recon.phantom import PhantomAcquisition
+from voxelhub.recon.preprocess import preprocess, read_preprocessed, sha256_of, write_preprocessed
+from voxelhub.recon.readers import detect_format, read_kspace
+
+
+@pytest.mark.parametrize("codec", ["gzip", "lzf", "none"])
+def test_round_trip_is_exact(tiny: PhantomAcquisition, tmp_path: Path, codec: str) -> None:
+    raw = fastmri_file(tmp_path / "knee.h5", padded(tiny.kspace))
+    kspace = read_kspace(raw)
+    prepared = preprocess(kspace, source_sha256=sha256_of(raw))
+    target = tmp_path / "knee.pre.h5"
+    sizes = write_preprocessed(target, prepared.kspace, codec=codec)  # type: ignore[arg-type]
+    assert detect_format(target) == "preprocessed"
+    back = read_kspace(target)
+    np.testing.assert_array_equal(back.data, kspace.data)
+    np.testing.assert_array_equal(back.sampling.mask, kspace.sampling.mask)
+    assert back.sampling.acs == kspace.sampling.acs
+    assert back.sampling.acceleration == kspace.sampling.acceleration
+    np.testing.assert_array_equal(
+        kspace_to_images(back.data, back.header), kspace_to_images(kspace.data, kspace.header)
+    )
+    assert back.header["provenance"]["raw_sha256"] == sha256_of(raw)
+    assert back.header["provenance"]["raw_file"] == "knee.h5"
+    assert sizes["raw_bytes"] == kspace.data.nbytes
+    if codec != "none":  # the unsampled lines of R = 2 data compress
+        assert sizes["stored_bytes"] < (0.8 if codec == "gzip" else 0.98) * sizes["raw_bytes"]
+
+
+def test_report_says_what_was_found(tiny: PhantomAcquisition) -> None:
+    report = preprocess(tiny.kspace).report
+    assert report["acceleration"] == 2 and report["acs_lines"] == 12
+    assert report["coils"] == 4 and report["slices"] == 2
+    assert report["provenance"]["coil_compression"] is None
+
+
+def test_coil_compression_is_recorded(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    prepared = preprocess(tiny.kspace, virtual_coils=2)
+    write_preprocessed(tmp_path / "cc.h5", prepared.kspace)
+    back = read_preprocessed(tmp_path / "cc.h5")
+    assert back.coils == 2
+    assert back.header["provenance"]["coil_compression"]["virtual_coils"] == 2
+
+
+def test_disagreeing_mask_is_refused(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    target = tmp_path / "bad.h5"
+    write_preprocessed(target, tiny.kspace)
+    with h5py.File(target, "r+") as handle:
+        del handle["mask"]
+        handle.create_dataset("mask", data=np.ones(5, dtype=bool))
+    with pytest.raises(ReconError, match="disagree; preprocess the raw file again"):
+        read_kspace(target)
+
+
+def test_other_format_version_is_refused(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    target = tmp_path / "future.h5"
+    write_preprocessed(target, tiny.kspace)
+    with h5py.File(target, "r+") as handle:
+        handle.attrs["voxelhub_kspace"] = 99
+    with pytest.raises(ReconError, match="format version 99"):
+        read_kspace(target)
+
+
+def test_truncated_file_is_refused(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    target = tmp_path / "cut.h5"
+    write_preprocessed(target, tiny.kspace)
+    target.write_bytes(target.read_bytes()[:4000])
+    with pytest.raises(ReconError, match=r"cut\.h5"):
+        read_kspace(target)

@@ -1,0 +1,85 @@
+"""Every runtime agrees with eager PyTorch: Dice ≥ 0.99 between label maps."""
+
+from pathlib import Path
+
+import pytest
+import SimpleITK
+
+from tests.segment.conftest import image_of
+from voxelhub.segment import load_model
+from voxelhub.segment.choose import MIN_DICE, choose_runtime, label_agreement
+from voxelhub.segment.engine import representative_patches
+from voxelhub.segment.inference import discretize
+from voxelhub.segment.synthetic import SyntheticCase
+
+
+def _labels(model_path: Path, card: Path, runtime: str, ct: SyntheticCase):  # type: ignore[no-untyped-def]
+    model = load_model(model_path, card=card, runtime=runtime, threads=2)
+    return SimpleITK.GetArrayFromImage(model.predict([image_of(ct)]))
+
+
+@pytest.mark.parametrize("runtime", ["torchscript", "onnx", "int8"])
+def test_runtime_agrees_with_eager(
+    runtime: str, tent_model: tuple[Path, Path], ct: SyntheticCase
+) -> None:
+    eager = _labels(*tent_model, "eager", ct)
+    other = _labels(*tent_model, runtime, ct)
+    assert eager.any()
+    assert label_agreement(eager, other) >= MIN_DICE
+
+
+@pytest.mark.slow
+def test_compiled_runtime_agrees_with_eager(
+    tent_model: tuple[Path, Path], ct: SyntheticCase
+) -> None:
+    eager = _labels(*tent_model, "eager", ct)
+    assert label_agreement(eager, _labels(*tent_model, "compile", ct)) >= MIN_DICE
+
+
+def test_bundle_unet_runtimes_agree_with_eager(spleen_bundle: Path, ct: SyntheticCase) -> None:
+    """The zoo's U-Net (small channels, random weights) through ONNX, int8 and TorchScript."""
+    eager = SimpleITK.GetArrayFromImage(
+        load_model(spleen_bundle, runtime="eager").predict([image_of(ct)])
+    )
+    for runtime in ("onnx", "torchscript", "int8"):
+        other = load_model(spleen_bundle, runtime=runtime).predict([image_of(ct)])
+        assert label_agreement(eager, SimpleITK.GetArrayFromImage(other)) >= MIN_DICE, runtime
+
+
+def test_choose_runtime_measures_caches_and_picks_an_agreeing_runtime(
+    tent_model: tuple[Path, Path], ct: SyntheticCase
+) -> None:
+    model = load_model(tent_model[0], card=tent_model[1], runtime="eager")
+    engine = model.engine  # type: ignore[attr-defined]
+    volume = ct.image[None].astype("float32")
+    example = representative_patches((volume + 57) / 221, engine.patch)
+    for cached in (False, True):
+        choice = choose_runtime(
+            engine.source, engine.patch, discretize=engine._labels, example=example,
+            candidates=["eager", "torchscript", "onnx", "int8"],
+        )
+        assert choice.cached is cached
+        assert choice.runtime in {"eager", "torchscript", "onnx", "int8"}
+        chosen = next(t for t in choice.trials if t.runtime == choice.runtime)
+        assert chosen.usable and chosen.dice is not None and chosen.dice >= MIN_DICE
+        assert {t.runtime for t in choice.trials} == {"eager", "torchscript", "onnx", "int8"}
+    assert list(engine.source.cache_dir.glob("runtime-*.json"))
+
+
+def test_auto_settles_on_a_measured_runtime(tent_model: tuple[Path, Path],
+                                            ct: SyntheticCase) -> None:
+    model = load_model(tent_model[0], card=tent_model[1], runtime="auto")
+    assert model.runtime == "auto"
+    labels = model.predict([image_of(ct)])
+    assert model.runtime in {"eager", "torchscript", "onnx", "compile", "int8"}
+    assert SimpleITK.GetArrayFromImage(labels).max() == 1
+
+
+def test_discretize_paints_nested_regions_most_specific_last() -> None:
+    import numpy as np
+
+    whole = np.zeros((3, 1, 4))
+    whole[1, 0, :] = 0.9  # whole tumour everywhere
+    whole[0, 0, 1:3] = 0.9  # core inside it
+    whole[2, 0, 2] = 0.9  # enhancing inside the core
+    assert discretize(whole, "sigmoid", [1, 2, 3]).tolist() == [[2, 1, 3, 2]]

@@ -1,0 +1,201 @@
+"""The pure render core: planes, slabs, window, square-mm resampling, labels, ROI statistics."""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+import pytest
+
+from voxelhub.viewer.render.display import ImageFormat, encode, output_grid, window
+from voxelhub.viewer.render.geometry import (
+    AXIAL_COSINES,
+    Plane,
+    SliceInfo,
+    VolumeGeometry,
+    plan_volume,
+)
+from voxelhub.viewer.render.labels import SegFrame, label_volume
+from voxelhub.viewer.render.planes import Mode, RenderError, Volume, cut, slab_range, to_voxel
+from voxelhub.viewer.render.stats import Shape, roi_stats
+
+# Axial slices going up (+z, towards the head): slice k at z = 3k mm.
+AXIAL_UP = VolumeGeometry(
+    dims=(4, 3, 2),
+    spacing=(3.0, 2.0, 1.0),
+    origin=(0.0, 0.0, 0.0),
+    row_cosine=(1.0, 0.0, 0.0),
+    column_cosine=(0.0, 1.0, 0.0),
+    normal=(0.0, 0.0, 1.0),
+)
+
+
+def numbered() -> Volume:
+    """Voxel (k, r, c) holds 100k + 10r + c."""
+    k, r, c = np.mgrid[0:4, 0:3, 0:2]
+    return Volume((100 * k + 10 * r + c).astype(np.int16), AXIAL_UP)
+
+
+def axial_slices(z_values: list[float], **changes: object) -> list[SliceInfo]:
+    base = {"orientation": AXIAL_COSINES, "pixel_spacing": (0.5, 0.5), "rows": 4, "columns": 4}
+    return [
+        SliceInfo(position=(0.0, 0.0, z), **{**base, **changes})  # type: ignore[arg-type]
+        for z in z_values
+    ]
+
+
+def test_plan_orders_slices_along_the_normal() -> None:
+    plan = plan_volume(axial_slices([4.0, 0.0, 2.0, 6.0]))
+    assert plan.valid and plan.order == (1, 2, 0, 3)
+    assert plan.geometry is not None
+    assert plan.geometry.dims == (4, 4, 4) and plan.geometry.spacing == (2.0, 0.5, 0.5)
+    assert plan.geometry.origin == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("slices", "reason"),
+    [
+        (axial_slices([0.0]), "single image"),
+        (axial_slices([0.0, 2.0, 6.0]), "not evenly spaced"),
+        (axial_slices([0.0, 0.0]), "same position"),
+        (axial_slices([0.0, 2.0]) + axial_slices([4.0], rows=8), "different sizes"),
+        (
+            axial_slices([0.0, 2.0]) + axial_slices([4.0], orientation=(0, 1, 0, 0, 0, -1)),
+            "different orientations",
+        ),
+        (axial_slices([0.0, 2.0], pixel_spacing=None), "PixelSpacing"),
+        (axial_slices([0.0, 2.0], frames=3), "multi-frame"),
+    ],
+)
+def test_plan_says_why_images_form_no_volume(slices: list[SliceInfo], reason: str) -> None:
+    plan = plan_volume(slices)
+    assert not plan.valid and plan.reason is not None and reason in plan.reason
+    assert plan.order == tuple(range(len(slices)))
+
+
+def test_axial_is_as_stored() -> None:
+    image = cut(numbered(), Plane.AXIAL, 2, mode=Mode.SLICE, slab_mm=0)
+    assert image.values.tolist() == [[200, 201], [210, 211], [220, 221]]
+    assert image.spacing == (2.0, 1.0)
+
+
+def test_reformatted_planes_have_the_head_at_the_top() -> None:
+    coronal = cut(numbered(), Plane.CORONAL, 1, mode=Mode.SLICE, slab_mm=0)
+    # rows: slices from the top (k=3, the highest z) down; columns: image columns.
+    assert coronal.values.tolist() == [[310, 311], [210, 211], [110, 111], [10, 11]]
+    assert coronal.spacing == (3.0, 1.0)
+    sagittal = cut(numbered(), Plane.SAGITTAL, 1, mode=Mode.SLICE, slab_mm=0)
+    assert sagittal.values.tolist() == [
+        [301, 311, 321],
+        [201, 211, 221],
+        [101, 111, 121],
+        [1, 11, 21],
+    ]
+    assert sagittal.spacing == (3.0, 2.0)
+    labels = AXIAL_UP.orientation_labels()
+    assert labels["axial"] == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert labels["coronal"] == {"top": "S", "bottom": "I", "left": "R", "right": "L"}
+    assert labels["sagittal"] == {"top": "S", "bottom": "I", "left": "A", "right": "P"}
+
+
+def test_voxel_and_position_under_a_reformatted_pixel() -> None:
+    assert to_voxel(AXIAL_UP, Plane.CORONAL, 1, 0, 1) == (3, 1, 1)
+    assert to_voxel(AXIAL_UP, Plane.SAGITTAL, 1, 3, 2) == (0, 2, 1)
+    assert AXIAL_UP.position_mm((3, 1, 1)) == (1.0, 2.0, 9.0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (Mode.MIP, [[210, 211], [220, 221]]),
+        (Mode.MINIP, [[10, 11], [20, 21]]),
+        (Mode.AVG, [[110, 111], [120, 121]]),
+    ],
+)
+def test_slab_projections(mode: Mode, expected: list[list[int]]) -> None:
+    # A 9 mm slab at 3 mm spacing: slices 0, 1, 2 around slice 1; rows 1..2 checked.
+    image = cut(numbered(), Plane.AXIAL, 1, mode=mode, slab_mm=9.0)
+    assert image.values[1:].tolist() == expected
+
+
+def test_slab_in_a_reformatted_plane_and_at_the_edge() -> None:
+    # Coronal slab of 4 mm at 2 mm row spacing: rows 1 and 2 around row 1 (even counts go up).
+    image = cut(numbered(), Plane.CORONAL, 1, mode=Mode.MIP, slab_mm=4.0)
+    assert image.values[:, 0].tolist() == [320, 220, 120, 20]
+    assert slab_range(0, 4, slab_mm=9.0, spacing_mm=3.0) == (0, 2)
+    assert slab_range(3, 4, slab_mm=9.0, spacing_mm=3.0) == (2, 4)
+
+
+def test_rescale_applies_after_projection() -> None:
+    volume = Volume(numbered().data.astype(np.uint16), AXIAL_UP, slope=2.0, intercept=-1000.0)
+    image = cut(volume, Plane.AXIAL, 3, mode=Mode.SLICE, slab_mm=0)
+    assert image.values[0].tolist() == [-400.0, -398.0]
+
+
+def test_index_outside_the_plane_is_refused() -> None:
+    with pytest.raises(RenderError, match=r"use 0\.\.2"):
+        cut(numbered(), Plane.CORONAL, 3, mode=Mode.SLICE, slab_mm=0)
+
+
+def test_window_level() -> None:
+    values = np.array([[-1000, -160.5, 40, 239.5, 3000]], dtype=np.float32)
+    assert window(values, center=40, width=400).tolist() == [[0, 0, 127, 255, 255]]
+    assert window(values, center=40, width=400, invert=True).tolist() == [[255, 255, 128, 0, 0]]
+    with pytest.raises(RenderError):
+        window(values, center=0, width=0)
+
+
+def test_resampling_gives_square_millimetre_pixels() -> None:
+    # 4 rows of 3 mm by 6 columns of 1 mm: 12 x 6 mm, shown 12 px high at 1 mm per pixel.
+    image = np.arange(24).reshape(4, 6)
+    grid = output_grid(image.shape, (3.0, 1.0), 12)
+    assert grid.shape == (12, 6) and grid.pixel_mm == 1.0
+    resampled = grid.apply(image)
+    assert resampled[:, 0].tolist() == [0, 0, 0, 6, 6, 6, 12, 12, 12, 18, 18, 18]
+    assert resampled[0].tolist() == [0, 1, 2, 3, 4, 5]
+    half = output_grid(image.shape, (3.0, 1.0), 6)
+    assert half.shape == (6, 3) and half.pixel_mm == 2.0
+    # output pixel centres at 1, 3, 5, ... mm fall in rows 0, 1, 1, 2, 3, 3 and column 1
+    assert half.apply(image)[:, 0].tolist() == [1, 7, 7, 13, 19, 19]
+    assert half.source(5, 2) == (3, 5)
+    same = output_grid((8, 8), (0.5, 0.5), 8)
+    assert same.identity and same.pixel_mm == 0.5
+    with pytest.raises(RenderError):
+        output_grid((8, 8), (0.5, 0.5), 4096)
+
+
+@pytest.mark.parametrize("image_format", list(ImageFormat))
+def test_encoding_round_trips(image_format: ImageFormat) -> None:
+    image = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)
+    data = encode(image, image_format)
+    decoded = imagecodecs.imread(data)
+    assert decoded.shape[:2] == (48, 64)
+    if image_format is ImageFormat.PNG:
+        assert np.array_equal(decoded, image)
+
+
+def test_labels_align_by_reference_and_by_position() -> None:
+    mask = np.zeros((3, 2), dtype=bool)
+    mask[1, 1] = True
+    full = np.ones((3, 2), dtype=bool)
+    frames = [
+        SegFrame(segment=1, mask=full, referenced_sop_instance_uid="1.2.3"),
+        SegFrame(segment=3, mask=mask, position=(0.0, 0.0, 6.0)),
+        SegFrame(segment=2, mask=full, position=(0.0, 0.0, 6.0)),
+    ]
+    labels = label_volume(AXIAL_UP, frames, {"1.2.3": 1})
+    assert labels[1].tolist() == [[1, 1], [1, 1], [1, 1]]
+    assert labels[2].tolist() == [[2, 2], [2, 3], [2, 2]]  # the highest number wins
+    assert labels[0].max() == 0 and labels[3].max() == 0
+    off_grid = SegFrame(segment=1, mask=full, position=(0.0, 0.0, 4.5))
+    with pytest.raises(RenderError, match="does not lie on a slice"):
+        label_volume(AXIAL_UP, [off_grid], {})
+
+
+def test_roi_statistics_on_the_rendered_grid() -> None:
+    values = np.arange(25, dtype=np.float32).reshape(5, 5)
+    rect = roi_stats(values, (3, 3, 1, 1), shape=Shape.RECT, pixel_mm=2.0)
+    assert (rect.n, rect.mean, rect.min, rect.max, rect.area_mm2) == (9, 12.0, 6.0, 18.0, 36.0)
+    ellipse = roi_stats(values, (0, 0, 4, 4), shape=Shape.ELLIPSE, pixel_mm=1.0)
+    assert ellipse.n == 13 and ellipse.mean == 12.0  # the disc of radius 2 about the centre
+    with pytest.raises(RenderError, match="leaves"):
+        roi_stats(values, (0, 0, 5, 4), shape=Shape.RECT, pixel_mm=1.0)
