@@ -152,16 +152,12 @@ class Platform:
         return time.monotonic() - started
 
     def create_broker_tables(self) -> None:
-        """Make the embedded broker's tables and queue rows now. kombu's SQLAlchemy
-        transport creates both on first use, in every process at once, and on a new home
-        one of several workers starting together can die of the race (CREATE SEQUENCE …
-        already exists; duplicate key in kombu_queue_name_key)."""
+        """Make the embedded broker's tables and queue rows now (`voxelhub serve` does so
+        itself before its workers start; this is for workers the benchmark adds)."""
+        from voxelhub.jobs import broker
         from voxelhub.jobs.celery_app import QUEUES, celery_for
 
-        app = celery_for(self.rt.settings, self.database_url)
-        with app.connection_for_write() as connection:
-            for queue in QUEUES:
-                connection.default_channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
+        broker.prepare(celery_for(self.rt.settings, self.database_url), self.database_url, QUEUES)
 
     def _wait_http(self, log: Path) -> None:
         assert self.proc is not None
@@ -272,12 +268,13 @@ def _forget_broker_clients() -> None:
     a database about to stop, and the next serve's would fail once on each."""
     from kombu.transport.sqlalchemy import Channel
 
-    from voxelhub.jobs import celery_app
+    from voxelhub.jobs import celery_app, tasks
 
     for engine, _ in list(Channel._engines.values()):
         engine.dispose()
     Channel._engines.clear()
     celery_app._cached.cache_clear()
+    tasks._dispatchers.clear()
 
 
 def _cpu(pid: int, *, tree: bool) -> dict[int, float]:

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,10 +46,11 @@ sys.path.insert(0, str(HERE))
 
 from _common import MB, Data, Sizes  # noqa: E402
 from _dicomweb import stow_concurrently  # noqa: E402
-from _servers import Voxelhub, tree_rss  # noqa: E402
+from _servers import ORTHANC_BINARY, Orthanc, Voxelhub, tree_rss  # noqa: E402
 
 WINDOW = {"wc": 40, "ww": 400}
 PEER_CLIENTS = 4
+PEER_WINDOW = "40,400,linear"  # PS3.18 8.3.5.1.4: center, width, function
 READY_TIMEOUT_S = 300
 
 
@@ -56,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="100 slices, fewer requests")
     parser.add_argument("--workdir", type=Path, default=None, help="data and server home")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--no-orthanc", action="store_true", help="leave out Orthanc's /rendered (needs root)"
+    )
+    parser.add_argument("--in-netns", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -125,14 +132,16 @@ def open_study(
     }
 
 
-def peer_scroll_ready(server: Voxelhub, study: str, series: str, sops: list[str]) -> float:
+def peer_scroll_ready(
+    server: Voxelhub | Orthanc, study: str, series: str, sops: list[str]
+) -> float:
     """Seconds to fetch every slice through /rendered with a few parallel clients."""
     base = f"{server.dicomweb}/studies/{study}/series/{series}/instances"
 
     def fetch(chunk: list[str]) -> None:
         with httpx.Client(headers=server.headers, timeout=120) as http:
             for sop in chunk:
-                response = http.get(f"{base}/{sop}/rendered", params={"window": "40,400"})
+                response = http.get(f"{base}/{sop}/rendered", params={"window": PEER_WINDOW})
                 response.raise_for_status()
 
     chunks = [sops[i::PEER_CLIENTS] for i in range(PEER_CLIENTS)]
@@ -225,18 +234,62 @@ def measure(server: Voxelhub, sizes: Sizes, series_files: Any, quick: bool) -> d
         figures["peer_axial_rendered"] = timed_gets(
             http,
             [
-                (f"{base}/{sops[(i * step) % slices]}/rendered", {"window": "40,400"})
+                (f"{base}/{sops[(i * step) % slices]}/rendered", {"window": PEER_WINDOW})
                 for i in range(repeats)
             ],
         )
     figures["peer_scroll_ready_s"] = peer_scroll_ready(server, study, series, sops)
+    figures["sop_instance_uids"] = sops
     return figures
+
+
+def measure_orthanc(
+    orthanc: Orthanc, sizes: Sizes, series_files: Any, sops: list[str], quick: bool
+) -> dict[str, Any]:
+    """Orthanc's DICOMweb /rendered of the same instances, with the same window."""
+    study, series = series_files.study_instance_uid, series_files.series_instance_uid
+    repeats = 60 if quick else 200
+    step = max(1, sizes.slices // repeats)
+    base = f"{orthanc.dicomweb}/studies/{study}/series/{series}/instances"
+    with httpx.Client(timeout=120) as http:
+        axial = timed_gets(
+            http,
+            [
+                (f"{base}/{sops[(i * step) % sizes.slices]}/rendered", {"window": PEER_WINDOW})
+                for i in range(repeats)
+            ],
+        )
+    return {
+        "axial_rendered": axial,
+        "scroll_ready_s": peer_scroll_ready(orthanc, study, series, sops),
+    }
+
+
+def orthanc_figures(
+    orthanc: Orthanc, sizes: Sizes, series_files: Any, sops: list[str], quick: bool
+) -> dict[str, Any]:
+    print("starting Orthanc…", flush=True)
+    orthanc.start()
+    sent, _ = stow_concurrently(
+        orthanc.stow_url,
+        {},
+        [series_files.paths],
+        batch=sizes.batch,
+        time_limit_s=sizes.stow_time_limit_s,
+    )
+    if sent.stored != sizes.slices:
+        raise RuntimeError(f"Orthanc stored {sent.stored} of {sizes.slices}: {sent.errors}")
+    return {
+        "version": orthanc.version(),
+        **measure_orthanc(orthanc, sizes, series_files, sops, quick),
+    }
 
 
 def table(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     opened = figures["open_study"]
     peer = figures["peer_axial_rendered"]
     rows = [("figure", "viewer", "peer (/rendered)", "ratio", "goal")]
+    orthanc = figures.get("orthanc")
 
     def latency(name: str, key: str, goal: str, with_peer: bool) -> None:
         value = figures[key]
@@ -253,6 +306,17 @@ def table(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     latency("axial MIP 30 mm p50/p99 ms", "axial_mip_30mm", "p50 < 100", False)
     latency("coronal MIP 30 mm p50/p99 ms", "coronal_mip_30mm", "p50 < 100", False)
     latency("sagittal MIP 30 mm p50/p99 ms", "sagittal_mip_30mm", "", False)
+    if orthanc:
+        theirs = orthanc["axial_rendered"]
+        rows.append(
+            (
+                "Orthanc /rendered axial p50/p99 ms",
+                f"{figures['axial_png']['p50_ms']:.1f} / {figures['axial_png']['p99_ms']:.1f}",
+                f"{theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f}",
+                f"{figures['axial_png']['p50_ms'] / theirs['p50_ms']:.2f}",
+                "",
+            )
+        )
     rows.append(("first image s", f"{opened['first_image_s']:.3f}", "", "", "< 1"))
     ready, peer_ready = opened["ready_for_scrolling_s"], figures["peer_scroll_ready_s"]
     rows.append(
@@ -264,6 +328,16 @@ def table(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             "< 3 (anchor < 10)",
         )
     )
+    if orthanc:
+        rows.append(
+            (
+                "ready to scroll vs Orthanc s",
+                f"{ready:.2f}",
+                f"{orthanc['scroll_ready_s']:.2f}",
+                f"{ready / orthanc['scroll_ready_s']:.2f}",
+                "",
+            )
+        )
     cache = figures["cache"]
     rows.append(
         (
@@ -280,11 +354,53 @@ def table(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    wants_orthanc = not args.no_orthanc and shutil.which(ORTHANC_BINARY) is not None
+    if args.in_netns or not wants_orthanc:
+        return run(args, with_orthanc=bool(args.in_netns))
+    if os.geteuid() != 0:
+        print(
+            "Orthanc listens on every address, so it runs in a private network namespace, "
+            "which needs root; run as root or add --no-orthanc",
+            file=sys.stderr,
+        )
+        return 2
+    import _netns
+
+    name = _netns.namespace_name()
+    _netns.create(name)
+    try:
+        command = [
+            *_netns.prefix(name),
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *(argv if argv is not None else sys.argv[1:]),
+            "--in-netns",
+            name,
+        ]
+        return subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _netns.remove(name)
+
+
+def run(args: argparse.Namespace, *, with_orthanc: bool) -> int:
+    """Everything, in this network namespace (a private one when Orthanc takes part)."""
+    if with_orthanc:
+        import _netns
+
+        _netns.check_isolated()
     sizes = Sizes.pick(quick=args.quick)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vxhviewer-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"slices": sizes.slices, "size": sizes.size, "quick": args.quick}
+    results: dict[str, Any] = {
+        "slices": sizes.slices,
+        "size": sizes.size,
+        "quick": args.quick,
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }
     server = Voxelhub(work / "voxelhub", [], http_port=free_port(), dimse_port=free_port())
+    orthanc = Orthanc(work / "orthanc", [], http_port=free_port(), dicom_port=free_port())
     started = time.monotonic()
     try:
         print(f"writing a {sizes.slices}-slice {sizes.size}² CT…", flush=True)
@@ -302,16 +418,26 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.stored != sizes.slices:
             raise RuntimeError(f"STOW stored {outcome.stored} of {sizes.slices}: {outcome.errors}")
         print(f"stored {outcome.stored} instances; measuring…", flush=True)
-        results["figures"] = measure(server, sizes, series_files, args.quick)
+        results["figures"] = figures = measure(server, sizes, series_files, args.quick)
+        server.stop()
+        sops = figures.pop("sop_instance_uids")
+        if with_orthanc:
+            try:
+                figures["orthanc"] = orthanc_figures(orthanc, sizes, series_files, sops, args.quick)
+            except (RuntimeError, OSError, httpx.HTTPError) as err:
+                results["orthanc_error"] = f"{type(err).__name__}: {err}"[:2000]
+                print(f"  Orthanc left out: {results['orthanc_error']}", flush=True)
     finally:
         server.stop()
+        orthanc.stop()
         results["wall_seconds"] = time.monotonic() - started
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     results["machine"] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
+        "load_average_1min_at_end": os.getloadavg()[0],
     }
     rows = table(results["figures"])
     results["table"] = rows

@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 
 from voxelhub import bootstrap
 from voxelhub.algorithms.cli import run_command
+from voxelhub.algorithms.training import train_app
 from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.settings import load_settings
 from voxelhub.ingest.cli import upload_command
@@ -32,6 +33,7 @@ archive_app = typer.Typer(help="Manage archives.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(archive_app, name="archive")
+app.add_typer(train_app, name="train")
 
 console = Console(stderr=True)
 out = Console()

@@ -24,21 +24,23 @@ from voxelhub.segment.synthetic import SyntheticCase, ct_case, dicom_series, wri
 SPLEEN_LOW, SPLEEN_PEAK, SPLEEN_HIGH = 0.65, 0.755, 0.86
 
 
-def tent_network() -> torch.nn.Module:
+def tent_network(threshold: float = 0.03) -> torch.nn.Module:
     network = torch.nn.Sequential(
         torch.nn.Conv3d(1, 3, 3, padding=1),
         torch.nn.ReLU(),
-        torch.nn.Conv3d(3, 2, 1),
+        torch.nn.Conv3d(3, 1, 1, bias=False),
+        torch.nn.Conv3d(1, 2, 3, padding=1),
     )
-    first, second = network[0], network[2]
-    assert isinstance(first, torch.nn.Conv3d) and isinstance(second, torch.nn.Conv3d)
+    mean, tent, score = network[0], network[2], network[3]
     with torch.no_grad():
-        first.weight.fill_(1.0 / 27.0)
-        assert first.bias is not None and second.bias is not None
-        first.bias.copy_(torch.tensor([-SPLEEN_LOW, -SPLEEN_PEAK, -SPLEEN_HIGH]))
-        second.weight.zero_()
-        second.weight[1, :, 0, 0, 0] = torch.tensor([40.0, -80.0, 40.0])
-        second.bias.copy_(torch.tensor([0.0, -1.0]))
+        mean.weight.fill_(1.0 / 27.0)
+        mean.bias.copy_(torch.tensor([-SPLEEN_LOW, -SPLEEN_PEAK, -SPLEEN_HIGH]))
+        tent.weight.copy_(torch.tensor([1.0, -2.0, 1.0]).reshape(1, 3, 1, 1, 1))
+        # The tent response averaged again: thin shells where other tissues' edges pass
+        # through 110 HU score low; the spleen's interior scores high.
+        score.weight.zero_()
+        score.weight[1].fill_(40.0 / 27.0)
+        score.bias.copy_(torch.tensor([0.0, -40.0 * threshold]))
     return network.eval()
 
 
@@ -52,7 +54,7 @@ SPLEEN_CARD: dict[str, Any] = {
     "roi_size": [32, 32, 32],
     "overlap": 0.25,
     "sw_batch_size": 2,
-    "spacing": [3.0, 3.0, 4.0],
+    "spacing": [2.5, 2.5, 4.0],
     "orientation": "RAS",
     "intensity": {"window": [-57, 164]},
 }
@@ -71,7 +73,7 @@ def tent_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def ct() -> SyntheticCase:
-    return ct_case(shape=(24, 48, 48), spacing=(3.0, 3.0, 4.0), seed=3)
+    return ct_case(shape=(24, 64, 64), spacing=(2.5, 2.5, 4.0), seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,13 @@ def test_study_list_and_study_document(client: TestClient, stored: dict[str, Any
         client.get(f"{API}/studies", params={"modality": "MR"}, headers=headers).json()["total"]
         == 0
     )
+    for bad, words in (
+        ({"date_from": "2024-01-01"}, "YYYYMMDD"),
+        ({"limit": 0}, "limit=0 is out of range"),
+        ({"archive": "imaging"}, "archive id"),
+    ):
+        refused = client.get(f"{API}/studies", params=bad, headers=headers)
+        assert refused.status_code == 400 and words in refused.json()["detail"]
     both = client.get(f"{API}/studies", params={"archive": stored["archive"]}, headers=headers)
     assert both.json()["total"] == 2
 

@@ -9,6 +9,7 @@ kept under $VOXELHUB_TEST_ARTIFACTS (or the test's tmp directory).
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,10 +75,17 @@ CANVAS_STATS = """(selector) => {
     colour: coloured ? colour.map((c) => c / coloured) : null,
   };
 }"""
+# The red channel of the image canvas, base64-encoded (a JSON array of a million numbers is slow).
 CANVAS_PIXELS = """(selector) => {
   const canvas = document.querySelector(selector + " canvas");
-  return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data
-    .filter((_, i) => i % 4 === 0));
+  const rgba = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let text = "";
+  for (let i = 0; i < rgba.length; i += 4 * 8192) {
+    const chunk = [];
+    for (let j = i; j < Math.min(rgba.length, i + 4 * 8192); j += 4) chunk.push(rgba[j]);
+    text += String.fromCharCode(...chunk);
+  }
+  return btoa(text);
 }"""
 
 
@@ -119,7 +127,9 @@ def _seg_of_box(series: list[Dataset]) -> Dataset:
 
 
 @pytest.fixture
-def stored_study(live_server: str, make_user: Callable[..., Account]) -> Iterator[tuple[Account, list[Dataset]]]:
+def stored_study(
+    live_server: str, make_user: Callable[..., Account]
+) -> Iterator[tuple[Account, list[Dataset]]]:
     reader = make_user("reader")
     series = ct_phantom(
         slices=SLICES, size=SIZE, spacing_mm=SPACING_MM, slice_thickness_mm=THICKNESS_MM,
@@ -128,8 +138,9 @@ def stored_study(live_server: str, make_user: Callable[..., Account]) -> Iterato
     with httpx.Client(base_url=live_server, timeout=60) as http:
         archive = http.post("/api/v1/archives", json={"name": "Chest"}, headers=reader.headers)
         assert archive.status_code == 201, archive.text
-        stow(http, reader, archive.json()["id"], [*series, _seg_of_box(series)])  # type: ignore[arg-type]
-    yield reader, series
+        single = ct_phantom(slices=1, size=SIZE, patient=PatientInfo(patient_name="Solo^Slice"))
+        stow(http, reader, archive.json()["id"], [*series, _seg_of_box(series), *single])  # type: ignore[arg-type]
+    yield reader, [*series, *single]
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -156,7 +167,8 @@ def _stats(page: Page) -> dict[str, Any]:
 
 
 def _pixels(page: Page) -> np.ndarray:
-    return np.asarray(page.evaluate(CANVAS_PIXELS, VIEWPORT), dtype=np.float64)
+    encoded = page.evaluate(CANVAS_PIXELS, VIEWPORT)
+    return np.frombuffer(base64.b64decode(encoded), dtype=np.uint8).astype(np.float64)
 
 
 def _data(page: Page, name: str) -> str:
@@ -193,7 +205,7 @@ def _sign_in_and_find_the_study(page: Page, server: str, reader: Account, shots:
     page.click("button:has-text('Sign in')")
     page.wait_for_url(f"{server}/viewer")
     page.wait_for_selector("#study-table tbody tr")
-    assert page.get_attribute("#study-count", "data-total") == "1"
+    assert page.get_attribute("#study-count", "data-total") == "2"
     page.fill("input[name=patient]", "nobody-by-this-name")
     page.click("button:has-text('Search')")
     page.wait_for_selector("#study-count[data-total='0']")
@@ -230,6 +242,22 @@ def _scroll(page: Page, shots: Path) -> None:
     _wait(page, index=SLICES // 2 + 1)
     page.screenshot(path=shots / "03-scrolled.png")
 
+    # Cine plays forward (wrapping at the end) until paused.
+    page.fill("#fps", "20")
+    page.click("button[data-action=cine]")
+    page.wait_for_selector(f"{VIEWPORT}[data-index='{SLICES // 2 + 4}']", timeout=WAIT_MS)
+    page.click("button[data-action=cine]")
+    assert page.inner_text("button[data-action=cine]") == "Play"
+    page.keyboard.press("Home")
+    _wait(page, index=0)
+    page.keyboard.press("End")
+    _wait(page, index=SLICES - 1)
+    page.keyboard.press("PageUp")
+    _wait(page, index=SLICES - 11)
+    for _ in range(SLICES // 2 + 1 - (SLICES - 11)):
+        page.keyboard.press("ArrowDown")
+    _wait(page, index=SLICES // 2 + 1)
+
 
 def _window(page: Page, shots: Path) -> None:
     soft = _stats(page)
@@ -252,6 +280,30 @@ def _window(page: Page, shots: Path) -> None:
     page.screenshot(path=shots / "05-dragged-window.png")
     page.click("button[data-preset=mediastinum]")
     _wait(page, ww=350, wc=50)
+
+    # Invert: every pixel of the image becomes its complement (the black margin stays).
+    plain = _pixels(page)
+    page.click("button[data-action=invert]")
+    _wait(page, invert="1")
+    inverted = _pixels(page)
+    inside = _image_mask(page)
+    assert np.abs(inverted[inside] - (255 - plain[inside])).mean() < 2
+    page.keyboard.press("i")
+    _wait(page, invert="0")
+
+
+def _image_mask(page: Page) -> np.ndarray:
+    """Which canvas pixels (flattened) lie well inside the drawn image."""
+    box = page.locator(VIEWPORT).bounding_box()
+    assert box is not None
+    scale, x0, y0 = _image_box(page)
+    width, height = float(_data(page, "image-width")), float(_data(page, "image-height"))
+    ys, xs = np.mgrid[0 : int(box["height"]), 0 : int(box["width"])]
+    margin = 2
+    return (
+        (xs >= x0 + margin) & (xs < x0 + width * scale - margin)
+        & (ys >= y0 + margin) & (ys < y0 + height * scale - margin)
+    ).ravel()  # fmt: skip
 
 
 def _coronal_and_mip(page: Page, shots: Path) -> None:
@@ -356,44 +408,63 @@ def _measure(page: Page, shots: Path) -> None:
 
 def _layouts(page: Page, shots: Path) -> None:
     page.click("button[data-layout=mpr]")
-    page.wait_for_selector('.vx-viewport[data-viewport="2"][data-plane="sagittal"][data-state="ready"]')
-    page.wait_for_selector('.vx-viewport[data-viewport="1"][data-plane="coronal"][data-state="ready"]')
+    page.wait_for_selector(
+        '.vx-viewport[data-viewport="2"][data-plane="sagittal"][data-state="ready"]'
+    )
+    page.wait_for_selector(
+        '.vx-viewport[data-viewport="1"][data-plane="coronal"][data-state="ready"]'
+    )
+    _wait(page, plane="axial")
     coronal = page.locator('.vx-viewport[data-viewport="1"]')
     sagittal = page.locator('.vx-viewport[data-viewport="2"]')
     # A click in the axial view at column 12, row 20 moves the other planes there.
     page.mouse.click(*_to_page(page, 12.5 * float(_data(page, "image-width")) / SIZE,
                                20.5 * float(_data(page, "image-width")) / SIZE))  # fmt: skip
-    page.wait_for_function(
-        """() => document.querySelector('.vx-viewport[data-viewport="1"]').dataset.index === "20"
-             && document.querySelector('.vx-viewport[data-viewport="2"]').dataset.index === "12" """,
-        timeout=WAIT_MS,
-    )
+    page.wait_for_selector('.vx-viewport[data-viewport="1"][data-index="20"]', timeout=WAIT_MS)
+    page.wait_for_selector('.vx-viewport[data-viewport="2"][data-index="12"]', timeout=WAIT_MS)
     assert coronal.locator(".vx-crosshair").count() == 1
     assert sagittal.locator(".vx-crosshair").count() == 1
     page.screenshot(path=shots / "10-mpr.png")
     page.click("button[data-layout='4']")
     page.wait_for_selector('.vx-viewport[data-viewport="3"][data-state="ready"]', timeout=WAIT_MS)
     assert page.locator(".vx-viewport").count() == 4
+    # Drag the series from the list onto the coronal viewport: it shows it axially again.
+    page.drag_and_drop(
+        ".vx-serieslist li[data-kind=image] button", '.vx-viewport[data-viewport="1"]'
+    )
+    page.wait_for_selector(
+        '.vx-viewport[data-viewport="1"][data-plane="axial"][data-state="ready"]',
+        timeout=WAIT_MS,
+    )
     page.screenshot(path=shots / "11-four-viewports.png")
+
+
+def _a_series_that_is_no_volume(page: Page, server: str, study_uid: str, shots: Path) -> None:
+    page.goto(f"{server}/viewer/studies/{study_uid}")
+    _wait(page, index=0, count=1)
+    status = page.inner_text("#volume-status")
+    assert status.startswith("Slice by slice only: "), status
+    assert "single image" in status
+    assert page.is_disabled("button[data-plane=coronal]")
+    assert page.is_disabled("button[data-mode=mip]")
+    assert page.is_disabled("button[data-layout=mpr]")
+    page.screenshot(path=shots / "12-no-volume.png")
 
 
 def test_read_a_ct_in_the_browser(
     live_server: str, stored_study: tuple[Account, list[Dataset]], artifacts: Path
 ) -> None:
-    reader, _ = stored_study
+    reader, stored = stored_study
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = chromium.new_page(viewport={"width": 1280, "height": 800})
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            import time
-            t = time.monotonic()
             _sign_in_and_find_the_study(page, live_server, reader, artifacts)
             for step in (_scroll, _window, _coronal_and_mip, _segmentation, _measure, _layouts):
-                print(step.__name__, time.monotonic() - t); t = time.monotonic()
                 step(page, artifacts)
-            print("end", time.monotonic() - t)
+            _a_series_that_is_no_volume(page, live_server, stored[-1].StudyInstanceUID, artifacts)
             assert errors == [], f"the viewer raised JavaScript errors: {errors}"
         finally:
             chromium.close()

@@ -121,6 +121,10 @@ def test_slab_in_a_reformatted_plane_and_at_the_edge() -> None:
     # Coronal slab of 4 mm at 2 mm row spacing: rows 1 and 2 around row 1 (even counts go up).
     image = cut(numbered(), Plane.CORONAL, 1, mode=Mode.MIP, slab_mm=4.0)
     assert image.values[:, 0].tolist() == [320, 220, 120, 20]
+    sagittal = cut(numbered(), Plane.SAGITTAL, 0, mode=Mode.MINIP, slab_mm=2.0)
+    assert sagittal.values[0].tolist() == [300, 310, 320]  # columns 0 and 1: the min is column 0
+    sagittal = cut(numbered(), Plane.SAGITTAL, 0, mode=Mode.MIP, slab_mm=2.0)
+    assert sagittal.values[3].tolist() == [1, 11, 21]
     assert slab_range(0, 4, slab_mm=9.0, spacing_mm=3.0) == (0, 2)
     assert slab_range(3, 4, slab_mm=9.0, spacing_mm=3.0) == (2, 4)
 

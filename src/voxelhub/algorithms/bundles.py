@@ -128,7 +128,7 @@ def _read_config(root: Path) -> dict[str, Any]:
         if path.suffix == ".json":
             config = json.loads(path.read_text())
         else:
-            import yaml
+            import yaml  # type: ignore[import-untyped]
 
             config = yaml.safe_load(path.read_text())
     except json.JSONDecodeError as err:

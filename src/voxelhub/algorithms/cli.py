@@ -59,7 +59,10 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
 def run_command(
     algorithm: Annotated[str, typer.Argument(help="The algorithm's slug")],
     archive: Annotated[str, typer.Option(help="Archive id")],
-    case: Annotated[str, typer.Option(help="Case id (its values are the inputs)")],
+    case: Annotated[
+        str | None,
+        typer.Option(help="Case id (its values are the inputs); leave out to run every case"),
+    ] = None,
     *,
     inputs: Annotated[
         list[str] | None,
@@ -72,10 +75,24 @@ def run_command(
     token: Annotated[str | None, typer.Option(envvar="VOXELHUB_TOKEN", help="API token")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600,
 ) -> None:
-    """Run an algorithm on a case; with --wait, exit 0 only when the job succeeded."""
+    """Run an algorithm on a case; with --wait, exit 0 only when the job succeeded.
+
+    Without --case it runs on every case of the archive, shows a progress bar, waits and
+    prints a summary (done, failed with reasons); exit 0 only when every case succeeded.
+    """
     if not token:
         console.print("[bold red]error:[/] give --token or set VOXELHUB_TOKEN")
         raise typer.Exit(code=2)
+    if case is None:
+        _run_archive(
+            server,
+            token,
+            algorithm,
+            archive=archive,
+            inputs=_parse_inputs(inputs or []),
+            timeout=timeout,
+        )
+        return
     body = {"archive_id": archive, "case_id": case, "inputs": _parse_inputs(inputs or [])}
     job = _call(server, token, "POST", f"/api/v1/algorithms/{algorithm}/jobs", body)
     out.print(f"job {job['id']} {job['state']}")
@@ -93,4 +110,27 @@ def run_command(
     for name, value in (job.get("outputs") or {}).items():
         out.print(f"  {name} → {value.get('interface')} ({value.get('kind')})")
     if job["state"] != "succeeded":
+        raise typer.Exit(code=1)
+
+
+def _run_archive(
+    server: str, token: str, algorithm: str, *, archive: str, inputs: dict[str, Any], timeout: float
+) -> None:
+    from voxelhub.algorithms import batch
+
+    try:
+        runs = batch.run_archive(
+            server,
+            token,
+            algorithm=algorithm,
+            archive=archive,
+            inputs=inputs,
+            console=console,
+            timeout=timeout,
+        )
+    except batch.ApiError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=2) from err
+    batch.summary(runs, out)
+    if any(run.state != "succeeded" for run in runs):
         raise typer.Exit(code=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 
@@ -16,6 +17,16 @@ from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.frames import ENCAPSULATION_KEYWORDS, PIXEL_KEYWORDS
 
 _PIXEL_ELEMENTS = (*PIXEL_KEYWORDS, *ENCAPSULATION_KEYWORDS)
+_PIXEL_DATA_TAG = 0x7FE00010
+_PART10_PREFIX = 132  # the preamble and "DICM"
+_REQUIRED_META = (
+    "FileMetaInformationGroupLength",
+    "FileMetaInformationVersion",
+    "MediaStorageSOPClassUID",
+    "MediaStorageSOPInstanceUID",
+    "TransferSyntaxUID",
+    "ImplementationClassUID",
+)
 
 
 def header_bytes(ds: Dataset) -> bytes:
@@ -26,6 +37,48 @@ def header_bytes(ds: Dataset) -> bytes:
     finally:
         for keyword, elem in removed.items():
             ds[keyword] = elem
+
+
+def header_of_file(data: bytes, ds: Dataset) -> bytes:
+    """`header_bytes(ds)` for `ds` read from the Part-10 file `data`, without rewriting it.
+
+    When the file has complete file meta, a native Pixel Data element as its last element,
+    and its dataset is encoded as its syntax says, the header is the file up to that
+    element: the bytes `header_bytes` would write. Otherwise the dataset is written anew.
+    """
+    start = _pixel_data_start(data, ds)
+    return data[:start] if start is not None else header_bytes(ds)
+
+
+def _plain_file(data: bytes, ds: Dataset) -> bool:
+    """A Part-10 file with complete meta, native little endian, encoded as declared."""
+    if data[_PART10_PREFIX - 4 : _PART10_PREFIX] != b"DICM" or not ds.keys():
+        return False
+    meta = ds.file_meta
+    if any(keyword not in meta for keyword in _REQUIRED_META):
+        return False
+    implicit, little = ds.original_encoding
+    syntax = meta.TransferSyntaxUID
+    return bool(
+        little
+        and syntax.is_little_endian
+        and syntax.is_implicit_VR == implicit
+        and not syntax.is_compressed
+        and not syntax.is_deflated
+    )
+
+
+def _pixel_data_start(data: bytes, ds: Dataset) -> int | None:
+    if not _plain_file(data, ds) or max(ds.keys()) != _PIXEL_DATA_TAG:
+        return None
+    elem = ds.get_item(_PIXEL_DATA_TAG)
+    if not isinstance(elem, RawDataElement) or elem.value_tell is None:
+        return None
+    if elem.length == 0xFFFFFFFF or elem.value_tell + elem.length != len(data):
+        return None
+    # Explicit VR: tag, VR, two reserved bytes and a 4-byte length; implicit: tag, length.
+    start = int(elem.value_tell) - (8 if ds.original_encoding[0] else 12)
+    return start if data[start : start + 4] == b"\xe0\x7f\x10\x00" else None
 
 
 def write_part10(ds: Dataset) -> bytes:

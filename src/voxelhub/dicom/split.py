@@ -22,7 +22,7 @@ from voxelhub.dicom.frames import (
     native_frames,
     pixel_description,
 )
-from voxelhub.dicom.header import header_bytes
+from voxelhub.dicom.header import header_of_file
 from voxelhub.dicom.keys import instance_keys
 from voxelhub.dicom.model import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -53,7 +53,7 @@ def split_instance(
     original = str(ds.file_meta.TransferSyntaxUID)
     pixel = pixel_description(ds)
     frames, frames_syntax = _frames(ds, pixel, original, encode=encode)
-    header = header_bytes(ds)
+    header = header_of_file(data, ds)
     if ds.original_encoding[1] is False:
         # DICOM JSON binary values are little endian; the header above kept big endian.
         swap_binary_values(ds, skip=frozenset(PIXEL_KEYWORDS))

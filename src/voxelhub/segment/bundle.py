@@ -122,7 +122,14 @@ def bundle_metadata(root: Path, document: Mapping[str, Any]) -> tuple[ModelMetad
 class BundleModel(SegmentationModel):
     """A MONAI bundle folder; see the module docstring for what runs and how."""
 
-    def __init__(self, root: Path, *, runtime: str = "auto", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        runtime: str = "auto",
+        device: str = "cpu",
+        sw_batch_size: int | None = None,
+    ) -> None:
         from monai.bundle.config_parser import ConfigParser
 
         self.root = root
@@ -149,6 +156,8 @@ class BundleModel(SegmentationModel):
         self.preprocessing = self._parsed("preprocessing")
         self.inferer = self._parsed("inferer")
         self.postprocessing = _without_saving(self._parsed("postprocessing"))
+        if sw_batch_size is not None:
+            self.inferer.sw_batch_size = sw_batch_size
         network, weights = self._network()
         roi = tuple(int(v) for v in self.inferer.roi_size)
         self.multi_label = bool(self.metadata.extra.get("multi_label"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ class CardModel(SegmentationModel):
         *,
         runtime: str = "auto",
         device: str = "cpu",
+        sw_batch_size: int | None = None,
     ) -> None:
         self.card = card if isinstance(card, ModelCard) else read_card(card)
         self.metadata = self.card.metadata()
@@ -48,11 +50,15 @@ class CardModel(SegmentationModel):
             cache_dir=cache_dir_for(model_path.parent, digest),
         )
         if runtime not in ("auto", *source.runtimes):
+            kind = "an ONNX file" if source.module is None else "a TorchScript file"
             raise SegmentError(
-                f"runtime {runtime!r} cannot run an ONNX file; use onnx, int8 or auto.",
+                f"runtime {runtime!r} cannot run {kind}; use {', '.join(source.runtimes)} "
+                "or auto.",
                 source=str(model_path),
             )
         window = self.card.window()
+        if sw_batch_size is not None:
+            window = replace(window, sw_batch_size=sw_batch_size)
         self.window = window
         self.engine = Engine(
             source,

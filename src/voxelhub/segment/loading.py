@@ -18,12 +18,14 @@ def load_model(
     runtime: str = "auto",
     device: str | None = None,
     threads: int | None = None,
+    sw_batch_size: int | None = None,
 ) -> SegmentationModel:
     """The model at `path`: a MONAI bundle folder, or a network file with `card`.
 
     `runtime` is one of eager, torchscript, onnx, compile, int8 or auto (measured on the
     first case, decision cached beside the model); `device` is "cpu" (default) or "cuda";
-    `threads` caps the CPU threads of torch and onnxruntime.
+    `threads` caps the CPU threads of torch and onnxruntime; `sw_batch_size` overrides the
+    number of sliding-window patches per network call that the config or card sets.
     """
     path = Path(path)
     if runtime != "auto" and runtime not in RUNTIMES:
@@ -50,11 +52,13 @@ def load_model(
             )
         if card is not None:
             raise SegmentError("a bundle carries its own configs; give no model card with it.")
-        return BundleModel(path, runtime=runtime, device=device)
+        return BundleModel(path, runtime=runtime, device=device, sw_batch_size=sw_batch_size)
     if card is None:
         raise SegmentError(
             "a plain network file needs a model card (--card card.json) that "
             "says its inputs, labels, window and preprocessing.",
             source=str(path),
         )
-    return CardModel(path, Path(card), runtime=runtime, device=device)
+    return CardModel(
+        path, Path(card), runtime=runtime, device=device, sw_batch_size=sw_batch_size
+    )

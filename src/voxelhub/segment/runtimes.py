@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,12 @@ class NetworkSource:
 
     @property
     def runtimes(self) -> tuple[str, ...]:
-        return RUNTIMES if self.module is not None else ("onnx", "int8")
+        """The runtimes this source can use (torch.compile cannot take TorchScript)."""
+        if self.module is None:
+            return ("onnx", "int8")
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return tuple(r for r in RUNTIMES if r != "compile")
+        return RUNTIMES
 
 
 def file_digest(*paths: Path) -> str:
@@ -188,7 +194,10 @@ def export_onnx(source: NetworkSource, patch: PatchShape) -> Path:
     module = source.module.to("cpu").eval()
     partial = path.with_suffix(".partial")
     try:
-        with torch.no_grad():
+        # The TorchScript-based exporter is deprecated in favour of one that needs
+        # onnxscript, which is not a dependency; it still exports these networks exactly.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 module,
                 (patch.example(),),
@@ -207,14 +216,27 @@ def export_onnx(source: NetworkSource, patch: PatchShape) -> Path:
 
 
 def quantized_onnx(path: Path) -> Path:
-    """`path` with int8 weights (onnxruntime dynamic quantization), cached beside it."""
+    """`path` with int8 weights (onnxruntime dynamic quantization), cached beside it.
+
+    The first and the last convolution stay in float32: they see raw intensities and
+    produce the logits, and quantizing them costs the most agreement for the least speed.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target = path.with_name(path.stem + "-int8.onnx")
     if target.exists():
         return target
+    convolutions = [
+        node.name for node in onnx.load(str(path)).graph.node if node.op_type.startswith("Conv")
+    ]
     partial = target.with_suffix(".partial")
-    quantize_dynamic(path, partial, weight_type=QuantType.QUInt8)
+    quantize_dynamic(
+        path,
+        partial,
+        weight_type=QuantType.QUInt8,
+        nodes_to_exclude=[convolutions[0], convolutions[-1]] if convolutions else [],
+    )
     partial.replace(target)
     return target
 

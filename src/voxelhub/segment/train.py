@@ -67,7 +67,7 @@ class TrainingCase:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """How to train. `roi` is the patch (and sliding window) size in voxels."""
+    """How to train. `roi` is the patch (and sliding window) size in voxels, (x, y, z)."""
 
     epochs: int = 30
     roi: tuple[int, int, int] = (32, 32, 32)
@@ -79,6 +79,7 @@ class TrainingSettings:
     seed: int = 0
     intensity_range: tuple[float, float] | None = None  # e.g. a CT window in HU; else z-score
     labels: tuple[str, ...] = ()  # names of labels 1…N; default "label 1"…
+    modality: str | None = None  # what the model segments (e.g. "CT"); checked on use
     device: str | None = None  # "cpu", "cuda"; default CUDA when present
 
     def __post_init__(self) -> None:
@@ -140,7 +141,7 @@ def train_segmentation(
 ) -> TrainedBundle:
     """Train a U-Net on `cases` and write the best epoch's model as a bundle in `output_dir`."""
     import torch
-    from monai.utils import set_determinism
+    from monai.utils.misc import set_determinism
 
     training, validation = split_cases(
         cases, fraction=settings.validation_fraction, seed=settings.seed
@@ -154,7 +155,9 @@ def train_segmentation(
     with tempfile.TemporaryDirectory(prefix="vxh-train-") as scratch:
         train_files = _write_cases(training, Path(scratch))
         val_files = _write_cases(validation, Path(scratch))
-        state, history = _fit(train_files, val_files, config, settings, device, on_epoch)
+        state, history = _fit(
+            train_files, val_files, config, settings, device=device, on_epoch=on_epoch
+        )
     set_determinism(seed=None)
     best = max(history, key=lambda e: e.dice)
     metadata = bundle_metadata(settings, names=names, pixdim=pixdim, best=best, cases=len(cases))
@@ -200,7 +203,7 @@ def _write_cases(cases: Sequence[TrainingCase], folder: Path) -> list[dict[str, 
         paths = {}
         for key, array in (("image", case.image.astype(np.float32)), ("label", case.label)):
             image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-            image.SetSpacing(tuple(float(s) for s in reversed(case.spacing)))
+            image.SetSpacing(tuple(float(s) for s in reversed(case.spacing)))  # type: ignore[no-untyped-call]
             path = folder / f"{key}-{i:04d}-{id(case)}.nii.gz"
             sitk.WriteImage(image, str(path))
             paths[key] = str(path)
@@ -333,7 +336,7 @@ def network_definition(settings: TrainingSettings, *, n_labels: int) -> dict[str
 
 def _transforms(config: dict[str, Any], settings: TrainingSettings, *, train: bool) -> Any:
     """The bundle's preprocessing applied to image and label, plus random patches to train."""
-    from monai.bundle import ConfigParser
+    from monai.bundle.config_parser import ConfigParser
 
     keys = ["image", "label"]
     steps = []
@@ -367,13 +370,15 @@ def _fit(
     val_files: list[dict[str, str]],
     config: dict[str, Any],
     settings: TrainingSettings,
+    *,
     device: Any,
     on_epoch: Callable[[EpochResult], None] | None,
 ) -> tuple[dict[str, Any], list[EpochResult]]:
     import torch
-    from monai.bundle import ConfigParser
-    from monai.data import CacheDataset, DataLoader
-    from monai.losses import DiceCELoss
+    from monai.bundle.config_parser import ConfigParser
+    from monai.data.dataloader import DataLoader
+    from monai.data.dataset import CacheDataset
+    from monai.losses.dice import DiceCELoss
 
     network = ConfigParser({"net": config["network_def"]}).get_parsed_content("net").to(device)
     train_data = CacheDataset(
@@ -417,8 +422,8 @@ def _fit(
 def _validate(network: Any, val_data: Any, settings: TrainingSettings, device: Any) -> float:
     """Mean Dice over the validation volumes and structures (background excluded)."""
     import torch
-    from monai.inferers import sliding_window_inference
-    from monai.metrics import DiceMetric
+    from monai.inferers.utils import sliding_window_inference
+    from monai.metrics.meandice import DiceMetric
     from monai.networks.utils import one_hot
 
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
@@ -426,12 +431,15 @@ def _validate(network: Any, val_data: Any, settings: TrainingSettings, device: A
     with torch.inference_mode():
         for item in val_data:
             image = item["image"].unsqueeze(0).to(device)
-            logits = sliding_window_inference(image, settings.roi, 4, network, overlap=0.25)
+            logits = torch.as_tensor(
+                sliding_window_inference(image, settings.roi, 4, network, overlap=0.25)
+            )
             classes = int(logits.shape[1])
             pred = one_hot(torch.argmax(logits, dim=1, keepdim=True), classes)
             truth = one_hot(item["label"].unsqueeze(0).to(device).long(), classes)
             metric(y_pred=pred, y=truth)
-    return float(metric.aggregate().item())
+    aggregate = metric.aggregate()
+    return float(torch.as_tensor(aggregate).item())
 
 
 def bundle_metadata(
@@ -475,8 +483,8 @@ def bundle_metadata(
             "inputs": {
                 "image": {
                     "type": "image",
-                    "format": "hounsfield" if settings.intensity_range else "magnitude",
-                    "modality": "CT" if settings.intensity_range else "any",
+                    "format": "hounsfield" if settings.modality == "CT" else "magnitude",
+                    **({"modality": settings.modality} if settings.modality else {}),
                     "num_channels": 1,
                     "spatial_shape": list(settings.roi),
                     "dtype": "float32",
@@ -519,8 +527,8 @@ def write_bundle(
 ) -> None:
     """Write the bundle's files: configs, the weights, and the TorchScript export."""
     import torch
-    from monai.bundle import ConfigParser
-    from monai.data import save_net_with_metadata
+    from monai.bundle.config_parser import ConfigParser
+    from monai.data.torchscript_utils import save_net_with_metadata
 
     for sub in ("configs", "models", "docs"):
         (output_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from voxelhub.core.objects import ObjectStore
 from voxelhub.store.access import View
 from voxelhub.viewer import service
-from voxelhub.viewer.cache import LoadStatus, VolumeCache, VolumeNotReady
+from voxelhub.viewer.cache import LoadState, LoadStatus, VolumeCache, VolumeNotReady
 from voxelhub.viewer.errors import InvalidParameter, NotRenderable
 from voxelhub.viewer.params import Display, View2D
 from voxelhub.viewer.render.display import OutputGrid, output_grid
@@ -61,8 +61,8 @@ def invalid_parameters() -> Iterator[None]:
         raise InvalidParameter(str(err)) from err
 
 
-def visible_info(db: Session, store: ObjectStore, view: View, series_uid: str) -> SeriesInfo:
-    return series_info(db, store, service.find_visible_series(db, view, series_uid))
+def visible_info(db: Session, view: View, series_uid: str) -> SeriesInfo:
+    return series_info(db, service.find_visible_series(db, view, series_uid))
 
 
 def status_json(status: LoadStatus, *, volume: bool) -> dict[str, Any]:
@@ -116,8 +116,10 @@ def plane_image(store: ObjectStore, info: SeriesInfo, wanted: View2D, cache: Vol
         if wanted.plane is Plane.AXIAL and single:
             data = cache.get(info.key)
             if data is None:
-                # The first image comes from one decoded frame; the volume loads meanwhile.
-                cache.load(info.key, volume_source(store, info))
+                # The first image comes from one decoded frame; the volume loads meanwhile
+                # (a load that failed is retried only when asked for, not on every slice).
+                if cache.status(info.key).state is LoadState.ABSENT:
+                    cache.load(info.key, volume_source(store, info))
                 image = info.images[wanted.index]
                 values = rescale(decode_image(store, image), image.slope, image.intercept)
                 return Shown(values, geometry.image_spacing(Plane.AXIAL), size)
@@ -209,7 +211,7 @@ def label_image(
     wanted: View2D,
 ) -> Shown:
     seg_series = service.find_visible_series(db, view, seg_uid)
-    seg = series_info(db, store, seg_series)
+    seg = series_info(db, seg_series)
     if seg.kind != "seg":
         raise NotRenderable(f"series {seg_uid} is not a SEG; /labels shows SEG series only")
     source_uid = source_uid or seg.referenced_series_uid or ""
@@ -222,7 +224,7 @@ def label_image(
             f"this SEG labels series {seg.referenced_series_uid}, not {source_uid}; "
             f"use source={seg.referenced_series_uid}"
         )
-    source = visible_info(db, store, view, source_uid)
+    source = visible_info(db, view, source_uid)
     geometry = source.plan.geometry
     if geometry is None:
         raise NotRenderable(

@@ -81,7 +81,7 @@ def load_series(
     cache: CacheDep,
 ) -> JSONResponse:
     """Start decoding the series into this process's volume cache."""
-    info = rendering.visible_info(db, store, view, series_uid)
+    info = rendering.visible_info(db, view, series_uid)
     audit.record(db, principal, "viewer.load", object_type="series", object_id=series_uid)
     if info.plan.valid and info.kind == "image":
         status = cache.load(info.key, volume_source(store, info))
@@ -90,11 +90,9 @@ def load_series(
 
 
 @router.get("/series/{series_uid}/status")
-def load_status(
-    series_uid: str, db: DbDep, store: StoreDep, view: ViewDep, cache: CacheDep
-) -> JSONResponse:
+def load_status(series_uid: str, db: DbDep, view: ViewDep, cache: CacheDep) -> JSONResponse:
     """Whether the series' volume is absent, loading, ready or failed, and how far along."""
-    info = rendering.visible_info(db, store, view, series_uid)
+    info = rendering.visible_info(db, view, series_uid)
     if info.plan.valid and info.kind == "image":
         return JSONResponse(rendering.status_json(cache.status(info.key), volume=True))
     return JSONResponse(rendering.flat_status(info))
@@ -105,7 +103,7 @@ def render(
     series_uid: str, request: Request, db: DbDep, store: StoreDep, view: ViewDep, cache: CacheDep
 ) -> Response:
     """One image of a plane (or a slab projection), windowed, square in mm, encoded."""
-    info = rendering.visible_info(db, store, view, series_uid)
+    info = rendering.visible_info(db, view, series_uid)
     wanted = View2D.parse(request.query_params)
     display = Display.parse(request.query_params)
     image = rendering.plane_image(store, info, wanted, cache)
@@ -155,7 +153,7 @@ def roi(
     cache: CacheDep,
 ) -> JSONResponse:
     """Mean, spread and extremes of the real values in a region of the rendered image."""
-    info = rendering.visible_info(db, store, view, series_uid)
+    info = rendering.visible_info(db, view, series_uid)
     wanted = View2D.parse(request.query_params)
     region = Region.parse(request.query_params)
     image = rendering.grey_image(store, info, wanted, cache)
@@ -181,7 +179,7 @@ def value(
     series_uid: str, request: Request, db: DbDep, store: StoreDep, view: ViewDep, cache: CacheDep
 ) -> JSONResponse:
     """The real value under one output pixel, and where that pixel lies in the patient."""
-    info = rendering.visible_info(db, store, view, series_uid)
+    info = rendering.visible_info(db, view, series_uid)
     wanted = View2D.parse(request.query_params)
     query = request.query_params
     x, y = integer(query, "x", low=0), integer(query, "y", low=0)

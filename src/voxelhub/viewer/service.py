@@ -100,8 +100,7 @@ def study_document(db: Session, store: ObjectStore, view: View, study_uid: str) 
         raise SeriesNotVisible(f"no study {study_uid} that you can see") from None
     archive_name = db.scalar(select(Archive.name).where(Archive.id == study.archive_id)) or ""
     series = [
-        series_json(study, s, series_info(db, store, s), store)
-        for s in series_of_studies(db, [study])
+        series_json(study, s, series_info(db, s), store) for s in series_of_studies(db, [study])
     ]
     return {"study": study_json(study, archive_name), "series": series}
 

@@ -15,19 +15,22 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.codecs import decode_frame, decoded_description, numpy_dtype
 from voxelhub.dicom.model import PixelDescription
-from voxelhub.store.imagesets import instances_of, pixel_of, series_metadata
-from voxelhub.store.models import Series
+from voxelhub.store.imagesets import pixel_of
+from voxelhub.store.models import Instance, Series
 from voxelhub.viewer.cache import VolumeSource
 from voxelhub.viewer.render.geometry import SliceInfo, VolumePlan, plan_volume
 from voxelhub.viewer.render.planes import Volume, rescale
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _INFO_CACHE_SIZE = 128
+# Position, orientation, pixel spacing, rescale intercept and slope.
+_GEOMETRY_TAGS = ("00200032", "00200037", "00280030", "00281052", "00281053")
 _info_lock = threading.Lock()
 _infos: OrderedDict[tuple[uuid.UUID, int], SeriesInfo] = OrderedDict()
 
@@ -95,7 +98,7 @@ def _number(dataset: dict[str, Any], tag: str, default: float) -> float:
     return numbers[0] if numbers else default
 
 
-def series_info(db: Session, store: ObjectStore, series: Series) -> SeriesInfo:
+def series_info(db: Session, series: Series) -> SeriesInfo:
     """The viewer's view of `series`, built once per series version in this process."""
     key = (series.id, series.version)
     with _info_lock:
@@ -103,7 +106,7 @@ def series_info(db: Session, store: ObjectStore, series: Series) -> SeriesInfo:
         if found is not None:
             _infos.move_to_end(key)
             return found
-    info = _build(db, store, series)
+    info = _build(db, series)
     with _info_lock:
         _infos[key] = info
         while len(_infos) > _INFO_CACHE_SIZE:
@@ -111,9 +114,8 @@ def series_info(db: Session, store: ObjectStore, series: Series) -> SeriesInfo:
     return info
 
 
-def _build(db: Session, store: ObjectStore, series: Series) -> SeriesInfo:
-    rows = instances_of(db, series.id)
-    documents = {first_value(d, "00080018"): d for d in series_metadata(db, store, series)}
+def _build(db: Session, series: Series) -> SeriesInfo:
+    rows, documents = _instances(db, series)
     images: list[ImageRef] = []
     slices: list[SliceInfo] = []
     for row in rows:
@@ -148,7 +150,7 @@ def _build(db: Session, store: ObjectStore, series: Series) -> SeriesInfo:
     )
     if plan.valid:
         images = [images[i] for i in plan.order]
-    first = documents.get(rows[0].sop_instance_uid, {}) if rows else {}
+    first = _full_dataset(db, rows[0]) if rows else {}
     sop_class = rows[0].sop_class_uid if rows else ""
     modality = series.modality or str(first_value(first, "00080060") or "")
     kind = "seg" if modality == "SEG" or sop_class == SEGMENTATION_STORAGE else "image"
@@ -169,6 +171,33 @@ def _build(db: Session, store: ObjectStore, series: Series) -> SeriesInfo:
         first=first,
         sop_uids=tuple(r.sop_instance_uid for r in rows),
     )
+
+
+def _instances(db: Session, series: Series) -> tuple[list[Instance], dict[str, dict[str, Any]]]:
+    """The instance rows in index order, with just the attributes geometry needs.
+
+    PostgreSQL picks the few attributes out of each instance's DICOM JSON, which is much
+    less to read than the series' whole metadata document.
+    """
+    fields = [Instance.dataset_json[tag] for tag in _GEOMETRY_TAGS]
+    found = db.execute(
+        select(Instance, *fields)
+        .where(Instance.series_id == series.id)
+        .order_by(Instance.instance_number.nulls_last(), Instance.sop_instance_uid)
+    ).all()
+    rows = [row[0] for row in found]
+    documents = {
+        row[0].sop_instance_uid: {
+            tag: value for tag, value in zip(_GEOMETRY_TAGS, row[1:], strict=True) if value
+        }
+        for row in found
+    }
+    return rows, documents
+
+
+def _full_dataset(db: Session, instance: Instance) -> dict[str, Any]:
+    found = db.scalar(select(Instance.dataset_json).where(Instance.id == instance.id))
+    return dict(found or {})
 
 
 def _slice_info(dataset: dict[str, Any], pixel: PixelDescription) -> SliceInfo:

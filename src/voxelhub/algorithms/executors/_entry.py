@@ -7,10 +7,10 @@ The rule, first match wins, inside the sandbox where the package is `/opt/algori
    or image input: the platform's segmentation entry point,
    `python -m voxelhub.algorithms.executors._segment_entry /opt/algorithm`, which segments
    the inputs with `voxelhub.segment` and writes the mask, DICOM SEG, SR and volumes JSON.
-   Any other MONAI bundle: `python -m monai.bundle run --bundle_root /opt/algorithm --config_file configs/inference.json
-   [--meta_file configs/metadata.json] [--logging_file configs/logging.conf]
-   --dataset_dir /input --output_dir /output` (`inference.yaml` also does); needs MONAI in the
-   platform's Python environment.
+   Any other MONAI bundle: `python -m monai.bundle run --bundle_root /opt/algorithm
+   --config_file configs/inference.json [--meta_file configs/metadata.json]
+   [--logging_file configs/logging.conf] --dataset_dir /input --output_dir /output`
+   (`inference.yaml` also does); needs MONAI in the platform's Python environment.
 3. `main.py` at the top: `python /opt/algorithm/main.py`.
 4. `__main__.py` at the top: `python /opt/algorithm`.
 5. Exactly one directory with a `__main__.py` (a package `name/`): `python -m name`.

@@ -95,7 +95,10 @@ def segment(
 
 def _publish(written: Any, output_dir: Path) -> None:
     """Move the finished files into the contract's layout under /output."""
-    moves = [(written.mask, output_dir / f"{MASK}.mha"), (written.volumes, output_dir / f"{VOLUMES}.json")]
+    moves = [
+        (written.mask, output_dir / f"{MASK}.mha"),
+        (written.volumes, output_dir / f"{VOLUMES}.json"),
+    ]
     if written.seg is not None:
         moves.append((written.seg, output_dir / SEGMENTATION / "seg.dcm"))
     if written.sr is not None:

@@ -68,6 +68,8 @@ class PartReader:
         self.buffer = bytearray()
         self.started = False
         self.finished = False
+        # Where the search for the current part's end goes on: bytes before it were searched.
+        self._scanned = 0
 
     def feed(self, chunk: bytes) -> Iterator[Part]:
         self.buffer += chunk
@@ -91,16 +93,20 @@ class PartReader:
                 if len(self.buffer) > MAX_HEADER_BYTES:
                     raise InvalidQuery("a multipart part's headers exceed 16 KiB")
                 return
-            end = self.buffer.find(CRLF + self.delimiter, header_end + 4)
+            closing = CRLF + self.delimiter
+            end = self.buffer.find(closing, max(header_end + 4, self._scanned))
             if end < 0:
+                self._scanned = max(len(self.buffer) - len(closing) + 1, 0)
                 if len(self.buffer) > self.max_part_bytes + MAX_HEADER_BYTES:
                     raise InvalidQuery(
                         f"a multipart part is larger than {self.max_part_bytes} bytes"
                     )
                 return
             headers = _parse_headers(bytes(self.buffer[:header_end]))
-            body = bytes(self.buffer[header_end + 4 : end])
+            with memoryview(self.buffer) as view:
+                body = bytes(view[header_end + 4 : end])
             del self.buffer[: end + 2 + len(self.delimiter)]
+            self._scanned = 0
             yield Part(headers, body)
 
     def close(self) -> None:
@@ -124,11 +130,22 @@ def new_boundary() -> str:
     return "voxelhub-" + secrets.token_hex(12)
 
 
+# Small parts are sent together in chunks of about this size: each chunk the server sends
+# costs a hop between threads, which dominates for many small parts (frames, CT slices).
+WRITE_CHUNK_BYTES = 1024 * 1024
+
+
 def write_parts(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
-    """Serialise (content type, body) pairs as a multipart/related body, part by part."""
+    """Serialise (content type, body) pairs as a multipart/related body, as it is produced."""
     delimiter = b"--" + boundary.encode()
+    pending: list[bytes] = []
+    size = 0
     for content_type, body in parts:
-        yield delimiter + CRLF + f"Content-Type: {content_type}".encode() + CRLF + CRLF
-        yield body
-        yield CRLF
-    yield delimiter + b"--" + CRLF
+        pending += [delimiter, CRLF, f"Content-Type: {content_type}".encode(), CRLF, CRLF]
+        pending += [body, CRLF]
+        size += len(body) + 128
+        if size >= WRITE_CHUNK_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    pending += [delimiter, b"--", CRLF]
+    yield b"".join(pending)

@@ -8,6 +8,7 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
 from voxelhub.core.objects import ObjectStore
+from voxelhub.dicom.fastjoin import join_as_stored
 from voxelhub.dicom.join import frame_for_transfer_syntax, join_instance
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store.dicomweb.negotiate import ANY_SYNTAX, Wanted, frame_media_type
@@ -23,13 +24,13 @@ def instance_parts(
     for instance in instances:
         header, frames = read_instance(store, instance)
         target = _instance_target(instance, syntax)
-        body = join_instance(
-            header,
-            frames,
-            instance.frames_transfer_syntax_uid,
-            target_transfer_syntax=target,
-            pixel=pixel_of(instance),
-        )
+        pixel = pixel_of(instance)
+        stored = instance.frames_transfer_syntax_uid
+        body = None
+        if pixel is not None and target == stored:
+            body = join_as_stored(header, frames, stored, pixel)
+        if body is None:
+            body = join_instance(header, frames, stored, target_transfer_syntax=target, pixel=pixel)
         yield f"application/dicom; transfer-syntax={target}", body
 
 

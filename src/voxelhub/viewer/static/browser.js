@@ -171,7 +171,9 @@ class StudyBrowser {
       image.height = 64;
       image.loading = "lazy";
       image.alt = `Series ${series.series_number ?? ""} thumbnail`;
+      image.addEventListener("error", () => image.classList.add("vx-nothumb"));
       if (series.thumbnail_url) image.src = series.thumbnail_url;
+      else image.classList.add("vx-nothumb");
       const label = document.createElement("span");
       label.className = "muted";
       label.textContent =

@@ -109,7 +109,10 @@ class ViewerApp {
     thumb.width = 64;
     thumb.height = 64;
     thumb.loading = "lazy";
+    // A series without a picture (a segmentation, a report) keeps an empty square.
+    thumb.addEventListener("error", () => thumb.classList.add("vx-nothumb"));
     if (series.thumbnail_url) thumb.src = series.thumbnail_url;
+    else thumb.classList.add("vx-nothumb");
     const text = document.createElement("span");
     const number = series.series_number ?? "—";
     text.textContent = `${series.modality} ${number} · ${series.series_description || "(no description)"}`;

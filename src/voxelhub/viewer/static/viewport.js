@@ -8,6 +8,7 @@
 
 import { seriesPath, withQuery } from "./api.js";
 import { isAbort } from "./cache.js";
+import { dicomDate, personName } from "./format.js";
 import { labelValues, paintLabels } from "./labels.js";
 
 const SIZES = [256, 384, 512, 768, 1024, 1536, 2048];
@@ -418,7 +419,7 @@ export class Viewport {
         }),
       );
     };
-    lines(this.corners.tl, [text.patient_name, text.patient_id, text.study_date]);
+    lines(this.corners.tl, [personName(text.patient_name), text.patient_id, dicomDate(text.study_date)]);
     const projection = this.mode === "slice" ? "" : ` ${this.mode.toUpperCase()} ${this.slab} mm`;
     lines(this.corners.tr, [
       text.series_description ?? series.series_description,
