@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _jobs_server import Platform
+from _jobs_server import Platform, RoleCpu, database_counters
 from _jobs_stats import percentile, spread
 
 from voxelhub.algorithms.builtins import RUNNERS
@@ -65,17 +65,22 @@ def run(platform: Platform, *, calls: int, warmup: int = 20) -> dict[str, Any]:
         for _ in range(warmup):
             client.post("/api/v1/algorithms/echo/invoke", json={"inputs": {"payload": PAYLOAD}})
             client.get("/api/v1/algorithms/echo")
-        for _ in range(calls):
-            started = time.perf_counter()
-            answer = client.post(
-                "/api/v1/algorithms/echo/invoke", json={"inputs": {"payload": PAYLOAD}}
-            )
-            latency_s.append(time.perf_counter() - started)
-            if answer.status_code != 200 or answer.json()["outputs"]["payload"] != PAYLOAD:
-                failures += 1
-            timing = _server_ms(answer.headers.get("server-timing"))
-            if timing is not None:
-                server_ms.append(timing)
+        time.sleep(1.2)  # PostgreSQL's counters lag by up to a second
+        counters = database_counters(platform.database_url)
+        with RoleCpu(platform.roles()) as cpu:
+            for _ in range(calls):
+                started = time.perf_counter()
+                answer = client.post(
+                    "/api/v1/algorithms/echo/invoke", json={"inputs": {"payload": PAYLOAD}}
+                )
+                latency_s.append(time.perf_counter() - started)
+                if answer.status_code != 200 or answer.json()["outputs"]["payload"] != PAYLOAD:
+                    failures += 1
+                timing = _server_ms(answer.headers.get("server-timing"))
+                if timing is not None:
+                    server_ms.append(timing)
+        time.sleep(1.2)
+        after = database_counters(platform.database_url)
         for _ in range(calls):
             started = time.perf_counter()
             client.get("/api/v1/algorithms/echo").raise_for_status()
@@ -92,6 +97,14 @@ def run(platform: Platform, *, calls: int, warmup: int = 20) -> dict[str, Any]:
             "p50_ms": percentile(server_ms, 50),
             "p95_ms": percentile(server_ms, 95),
         },
+        # Less sensitive to a busy machine than the latencies: CPU and commits per call.
+        "cpu_ms_per_call": {
+            role: 1000 * seconds / calls
+            for role, seconds in cpu.seconds.items()
+            if role in ("api", "postgres")
+        },
+        "commits_per_call": (after["xact_commit"] - counters["xact_commit"]) / calls,
+        "others_cpu_seconds": cpu.others,
         "floor_get_algorithm_http": spread(floor_s),
         "model_direct": model,
         "overhead_p50_ms": (http["p50_ms"] or 0.0) - own,

@@ -125,6 +125,11 @@ def other_rows(figures: dict[str, Any], goals: dict[str, float]) -> list[dict[st
             _row("  model alone (RUNNERS['echo']) p50", "in-process",
                  realtime["model_direct"]["call"]["p50_ms"], "ms"),
         ]  # fmt: skip
+        for role, ms in (realtime.get("cpu_ms_per_call") or {}).items():
+            rows.append(_row(f"  CPU per call: {role}", where, ms, "ms"))
+        if realtime.get("commits_per_call") is not None:
+            rows.append(_row("  database commits per call", where,
+                             realtime["commits_per_call"], ""))  # fmt: skip
     echo = figures.get("breakdown/echo")
     if echo:
         total = _get(echo, "steps", "total (tasks.execute)", "p50_ms")

@@ -12,9 +12,12 @@ import numpy as np
 from _common import MB, Data, Sizes, say, settle
 from _data import CorpusStudy, SeriesFiles, write_corpus
 from _dicomweb import qido_latencies, retrieve_frames, retrieve_series, stow_concurrently
-from _servers import CpuMeter, Server
+from _servers import CpuMeter, Server, Voxelhub
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+# The QIDO index holds this many instances per study: the corpus sent over STOW has one
+# (a 16x16 slice per study); the rest are index rows added in bulk (see `bulk_instances`).
+INSTANCES_PER_STUDY = 50
 
 
 # --- 3. QIDO-RS ---------------------------------------------------------------------------
@@ -27,6 +30,11 @@ def qido(servers: list[Server], data: Data, sizes: Sizes) -> dict[str, Any]:
     corpus = write_corpus(data.root / "corpus", studies=sizes.qido_studies)
     ingest = _build_corpus(servers, corpus, sizes)
     indexed = corpus[: ingest["studies"]]
+    for server in servers:
+        if isinstance(server, Voxelhub):
+            ingest[server.name]["bulk"] = bulk_instances(
+                server, per_study=INSTANCES_PER_STUDY
+            )
     queries = make_queries(indexed, sizes.qido_queries)
     out: dict[str, Any] = {"corpus": ingest, "queries": len(queries), "mix": _mix(queries)}
     counts: dict[str, list[int]] = {}
@@ -84,6 +92,86 @@ def _build_corpus(servers: list[Server], corpus: list[CorpusStudy], sizes: Sizes
             "instances_per_s": stored[name] / spent[name] if spent[name] else 0,
         }
     say(f"QIDO corpus: {done} of {len(corpus)} studies indexed in each server")
+    return figures
+
+
+# A bench fixture, not a way to ingest: index rows only, written straight into voxelhub's own
+# tables. Each study gets one more series of `per_study - 1` instances whose rows copy the
+# study's real instance (its DICOM JSON with a new SOPInstanceUID and InstanceNumber); their
+# object keys point at nothing, which no study-level query reads. Study and series counters
+# are set as ingest sets them, so study searches return the same counts as before.
+_BULK_SQL = [
+    """
+    CREATE TEMP TABLE bench_source ON COMMIT DROP AS
+    SELECT DISTINCT ON (st.id) st.id AS study_id, st.archive_id, i.id AS instance_id,
+           gen_random_uuid() AS series_id, st.study_instance_uid
+    FROM dicom_studies st JOIN dicom_series se ON se.study_id = st.id
+    JOIN dicom_instances i ON i.series_id = se.id
+    WHERE st.number_of_series = 1
+    ORDER BY st.id, i.created_at
+    """,
+    """
+    INSERT INTO dicom_series (id, created_at, updated_at, archive_id, study_id,
+        series_instance_uid, modality, series_number, series_description,
+        number_of_instances, size_bytes, version, metadata_key, metadata_version)
+    SELECT b.series_id, now(), now(), b.archive_id, b.study_id,
+        '2.25.' || ('x' || substr(md5(b.series_id::text), 1, 15))::bit(60)::bigint,
+        'CT', 2, 'BULK INDEX ROWS', %(count)s, 0, 1, NULL, -1
+    FROM bench_source b
+    """,
+    """
+    INSERT INTO dicom_instances (id, created_at, archive_id, series_id, sop_instance_uid,
+        sop_class_uid, instance_number, transfer_syntax_uid, frames_transfer_syntax_uid,
+        number_of_frames, rows, columns, pixel, object_key, header_length, frame_offsets,
+        size_bytes, content_sha256, dataset_json)
+    SELECT gen_random_uuid(), now(), i.archive_id, b.series_id, uid.value,
+        i.sop_class_uid, g, i.transfer_syntax_uid, i.frames_transfer_syntax_uid,
+        i.number_of_frames, i.rows, i.columns, i.pixel,
+        'imagesets/' || b.series_id || '/' || uid.value || '.bulk', i.header_length,
+        i.frame_offsets, i.size_bytes, md5(uid.value) || md5(uid.value),
+        jsonb_set(jsonb_set(i.dataset_json, '{00080018,Value}', jsonb_build_array(uid.value)),
+                  '{00200013,Value}', jsonb_build_array(g))
+    FROM bench_source b JOIN dicom_instances i ON i.id = b.instance_id
+    CROSS JOIN generate_series(1, %(count)s) AS g
+    CROSS JOIN LATERAL (SELECT '2.25.' || ('x' || substr(md5(b.series_id::text || g), 1, 15))
+                        ::bit(60)::bigint || g AS value) AS uid
+    """,
+    """
+    UPDATE dicom_studies st SET number_of_series = st.number_of_series + 1,
+        number_of_instances = st.number_of_instances + %(count)s
+    FROM bench_source b WHERE b.study_id = st.id
+    """,
+]
+
+
+def bulk_instances(server: Voxelhub, *, per_study: int) -> dict[str, Any]:
+    """Grow voxelhub's index to `per_study` instances per study (see `_BULK_SQL`)."""
+    import psycopg
+
+    from voxelhub.core.pg import EmbeddedPostgres
+
+    url = EmbeddedPostgres.for_home(server.folder).url.replace("postgresql+psycopg", "postgresql")
+    started = time.perf_counter()
+    steps = []
+    with psycopg.connect(url) as connection:
+        for statement in _BULK_SQL:
+            connection.execute(statement, {"count": per_study - 1})
+            steps.append(time.perf_counter() - started)
+        connection.commit()
+        connection.execute("ANALYZE dicom_studies, dicom_series, dicom_instances")
+        steps.append(time.perf_counter() - started)
+        instances = connection.execute("SELECT count(*) FROM dicom_instances").fetchone()
+        studies = connection.execute("SELECT count(*) FROM dicom_studies").fetchone()
+    figures = {
+        "instances_indexed": instances[0] if instances else 0,
+        "studies_indexed": studies[0] if studies else 0,
+        "seconds": time.perf_counter() - started,
+        "step_seconds": steps,
+    }
+    say(
+        f"QIDO corpus: {server.name} index grown to {figures['instances_indexed']} instances "
+        f"of {figures['studies_indexed']} studies in {figures['seconds']:.0f} s (index rows)"
+    )
     return figures
 
 

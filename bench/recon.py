@@ -81,6 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run grappa and raki on the data SVD-compressed to this many virtual coils",
     )
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
+    parser.add_argument(
+        "--pipeline",
+        default=None,
+        help="instead: time drop folder -> DICOM in the store with these methods, e.g. grappa",
+    )
+    parser.add_argument(
+        "--pipeline-slices", type=int, default=20, help="slices of the dropped file [20]"
+    )
     return parser.parse_args(argv)
 
 
@@ -222,6 +230,10 @@ def environment() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pipeline:
+        from _recon_pipeline import run_pipeline
+
+        return run_pipeline(args, HERE)
     methods = runners(args)
     print(f"methods: {', '.join(methods)}", flush=True)
     results: dict[str, Any] = {

@@ -50,7 +50,8 @@ from _servers import ORTHANC_BINARY, Orthanc, Voxelhub, tree_rss  # noqa: E402
 
 WINDOW = {"wc": 40, "ww": 400}
 PEER_CLIENTS = 4
-PEER_WINDOW = "40,400,linear"  # PS3.18 8.3.5.1.4: center, width, function
+# PS3.18 8.3.5.1.4: center, width, function; commas as they are (Orthanc does not read %2C).
+PEER_WINDOW = "40,400,linear"
 READY_TIMEOUT_S = 300
 
 
@@ -141,7 +142,7 @@ def peer_scroll_ready(
     def fetch(chunk: list[str]) -> None:
         with httpx.Client(headers=server.headers, timeout=120) as http:
             for sop in chunk:
-                response = http.get(f"{base}/{sop}/rendered", params={"window": PEER_WINDOW})
+                response = http.get(f"{base}/{sop}/rendered?window={PEER_WINDOW}")
                 response.raise_for_status()
 
     chunks = [sops[i::PEER_CLIENTS] for i in range(PEER_CLIENTS)]
@@ -234,7 +235,7 @@ def measure(server: Voxelhub, sizes: Sizes, series_files: Any, quick: bool) -> d
         figures["peer_axial_rendered"] = timed_gets(
             http,
             [
-                (f"{base}/{sops[(i * step) % slices]}/rendered", {"window": PEER_WINDOW})
+                (f"{base}/{sops[(i * step) % slices]}/rendered?window={PEER_WINDOW}", {})
                 for i in range(repeats)
             ],
         )
@@ -255,7 +256,7 @@ def measure_orthanc(
         axial = timed_gets(
             http,
             [
-                (f"{base}/{sops[(i * step) % sizes.slices]}/rendered", {"window": PEER_WINDOW})
+                (f"{base}/{sops[(i * step) % sizes.slices]}/rendered?window={PEER_WINDOW}", {})
                 for i in range(repeats)
             ],
         )

@@ -169,3 +169,18 @@ def test_outbox_gets_one_folder_per_series(raw: Path, tmp_path: Path, outbox: Pa
     assert [p.name for p in outbox.iterdir()] == [uid]
     delivered = sorted(p.name for p in (outbox / uid).iterdir())
     assert delivered == sorted(p.name for p in (output / "images").iterdir())
+    recorded = json.loads((output / "settings.json").read_text())["outbox"]
+    assert recorded == {"delivered": True, "folder": str(outbox / uid)}
+
+
+def test_failed_delivery_is_recorded_and_the_series_kept(raw: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    recon_builtins.configure(outbox=blocker / "outbox")
+    try:
+        output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    finally:
+        recon_builtins.configure(outbox=None)
+    assert len(_series(output)) == 2
+    recorded = json.loads((output / "settings.json").read_text())["outbox"]
+    assert recorded["delivered"] is False and "VOXELHUB_RECON_OUTBOX" in recorded["error"]

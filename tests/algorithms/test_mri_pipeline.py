@@ -50,9 +50,9 @@ def _algorithm_of(job: dict[str, Any]) -> str:
     return str(job.get("algorithm") or job.get("algorithm_slug") or "")
 
 
-def test_drop_to_series_in_two_stages(
+def test_drop_to_series_in_two_stages(  # type: ignore[no-untyped-def]
     client: TestClient,
-    make_user,  # type: ignore[no-untyped-def]
+    make_user,
     start_worker: Callable[..., Worker],  # noqa: F811
     tmp_path: Path,
 ) -> None:

@@ -14,7 +14,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests.conftest import SECRET, Account
-from tests.jobs.conftest import Worker, start_worker, worker_env  # noqa: F401 - fixtures
+from tests.jobs.conftest import (  # noqa: F401 - fixtures
+    Worker,
+    builtins_registered,
+    start_worker,
+    worker_env,
+)
 from voxelhub.archives import values_service
 from voxelhub.archives.models import Case
 from voxelhub.cli import app
@@ -88,8 +93,9 @@ def test_train_segmentation_writes_a_bundle_from_the_archive(
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "case 3" in result.output and "no value 'label'" in result.output
-    assert "best validation Dice" in result.output and "2 training, 1 validation" in result.output
+    output = " ".join(result.output.split())
+    assert "case 3" in output and "no value 'label'" in output
+    assert "best validation Dice" in output and "(2 training, 1 validation cases)" in output
     metadata = json.loads((target / "configs" / "metadata.json").read_text())
     channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert channels == {"0": "background", "1": "spleen"}
@@ -109,7 +115,7 @@ def test_train_segmentation_refuses_an_archive_without_labels(
         app, ["train", "segmentation", "--archive", "Spleens", "--output", str(tmp_path / "b")]
     )
     assert result.exit_code == 2
-    assert "at least 2 labelled cases" in result.output
+    assert "at least 2 labelled cases" in " ".join(result.output.split())
     missing = runner.invoke(app, ["train", "segmentation", "--archive", "Nowhere"])
     assert missing.exit_code == 2 and "no archive named 'Nowhere'" in missing.output
 
@@ -121,21 +127,31 @@ def test_run_on_a_whole_archive_reports_done_and_failed_cases(
     runtime: Runtime,
     make_user,  # type: ignore[no-untyped-def]
     start_worker: Callable[..., Worker],  # noqa: F811 - the fixture imported above
-    builtins_registered: None,
+    builtins_registered: None,  # noqa: F811 - the fixture imported above
 ) -> None:
     user: Account = make_user("batch")
-    archive_id = _archive_with_cases(client, runtime, user, labelled=0, unlabelled=2)
-    client.post(
-        f"/api/v1/archives/{archive_id}/cases", json={"title": "empty"}, headers=user.headers
-    )
+    archive_id = client.post(
+        "/api/v1/archives", json={"name": "Batch"}, headers=user.headers
+    ).json()["id"]
+    for title in ("first", "second", "without meta"):
+        made = client.post(
+            f"/api/v1/archives/{archive_id}/cases", json={"title": title}, headers=user.headers
+        ).json()
+        if title != "without meta":
+            with session_scope(runtime.database_url) as db:
+                case = db.get(Case, uuid.UUID(made["id"]))
+                assert case is not None
+                body = {"kind": "json", "value": {"title": title}}
+                values_service.set_scalar(db, runtime.store, case, "meta", body)
     start_worker()
     result = runner.invoke(
         app,
         [
-            "run", "series-statistics", "--archive", archive_id,
+            "run", "echo", "--archive", archive_id, "--input", "payload=meta",
             "--server", live_server, "--token", user.token,
         ],
     )  # fmt: skip
     assert result.exit_code == 1, result.output
-    assert "2 of 3 case(s) done, 1 failed" in result.output
-    assert "empty" in result.output and "not started" in result.output
+    output = " ".join(result.output.split())
+    assert "2 of 3 case(s) done, 1 failed" in output
+    assert "without meta" in output and "not started" in output

@@ -20,6 +20,7 @@ from voxelhub.algorithms.contract import (
 from voxelhub.algorithms.executors import _segment_entry as entry
 from voxelhub.algorithms.executors._entry import SEGMENT_ENTRY, entry_command
 from voxelhub.algorithms.executors.sandbox import SandboxExecutor
+from voxelhub.algorithms.warm import WarmBundleExecutor, WarmBundles
 from voxelhub.segment.synthetic import ct_case, dicom_series, mr_brain_case, write_series
 
 needs_bwrap = pytest.mark.skipif(
@@ -130,3 +131,51 @@ def test_the_sandbox_runs_the_bundle_through_the_entry(tmp_path: Path, bundle: P
     assert result.outcome is Outcome.succeeded, result
     assert (workdir / "output" / "segmentation" / "seg.dcm").is_file()
     assert json.loads(result.stdout_tail.strip().splitlines()[-1])["timings"]["inference_s"] > 0
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_a_warm_bundle_keeps_its_model_loaded_between_requests(
+    tmp_path: Path, bundle: Path
+) -> None:
+    bundles = WarmBundles(capacity=1)
+    executor = WarmBundleExecutor("spleen", bundles)
+    try:
+        for name in ("first", "second"):
+            workdir = job_dir(tmp_path / name, ct_series())
+            request = ExecutionRequest(
+                job_id=name, workdir=workdir, package_dir=bundle, limits=Limits(memory_mb=8192)
+            )
+            result = executor.run(request)
+            assert result.outcome is Outcome.succeeded, result
+            assert (workdir / "output" / "segmentation" / "seg.dcm").is_file()
+            assert "load_s" not in json.loads(result.stdout_tail)["timings"]
+        assert bundles.starts == 1
+        bad = job_dir(tmp_path / "bad", [ds for i, ds in enumerate(ct_series()) if i != 10])
+        failed = executor.run(
+            ExecutionRequest(job_id="bad", workdir=bad, package_dir=bundle, limits=Limits())
+        )
+        assert failed.outcome is Outcome.failed and "not evenly spaced" in failed.message
+        assert not any((bad / "output").iterdir())
+        assert bundles.starts == 1, "a bad input does not cost the loaded model"
+    finally:
+        bundles.close()
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_a_warm_bundle_whose_model_does_not_load_says_why(tmp_path: Path, bundle: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "models" / "model.pt").unlink()
+    (broken / "models" / "model.ts").unlink()
+    bundles = WarmBundles(capacity=1)
+    try:
+        workdir = job_dir(tmp_path, ct_series())
+        result = WarmBundleExecutor("broken", bundles).run(
+            ExecutionRequest(job_id="b", workdir=workdir, package_dir=broken, limits=Limits())
+        )
+        assert result.outcome is Outcome.failed
+        assert "the bundle has no models/model.pt or models/model.ts" in result.message
+    finally:
+        bundles.close()

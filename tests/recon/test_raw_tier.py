@@ -17,8 +17,8 @@ from tests.conftest import Account
 from tests.ingest.helpers import by_outcome, upload
 from voxelhub.archives import values_service
 from voxelhub.archives.models import Case, CaseValue
-from voxelhub.core.runtime import Runtime
 from voxelhub.core.db import session_scope
+from voxelhub.core.runtime import Runtime
 from voxelhub.recon.io_fastmri import write_fastmri
 from voxelhub.recon.phantom import PhantomSpec, simulate
 from voxelhub.recon.repack import same_content
@@ -39,9 +39,9 @@ def _single_coil_3d(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_raw_kspace_is_kept_compressed_in_its_own_tier(
+def test_raw_kspace_is_kept_compressed_in_its_own_tier(  # type: ignore[no-untyped-def]
     client: TestClient, make_user, runtime: Runtime, database_url: str, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     user: Account = make_user("physicist")
     archive = client.post("/api/v1/archives", json={"name": "Raw"}, headers=user.headers).json()
     original = tmp_path / "knee.h5"

@@ -77,6 +77,12 @@ def ct() -> SyntheticCase:
 
 
 @pytest.fixture(scope="session")
+def small_ct() -> SyntheticCase:
+    """A case small enough for the spleen bundle's 1.5 mm grid to stay a few patches."""
+    return ct_case(shape=(12, 32, 32), spacing=(2.5, 2.5, 4.0), seed=5)
+
+
+@pytest.fixture(scope="session")
 def ct_series(ct: SyntheticCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ct-series")
     return write_series(dicom_series(ct.image, ct.geometry, series_description="CT abdomen"),

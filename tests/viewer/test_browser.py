@@ -294,11 +294,13 @@ def _window(page: Page, shots: Path) -> None:
 
 def _image_mask(page: Page) -> np.ndarray:
     """Which canvas pixels (flattened) lie well inside the drawn image."""
-    box = page.locator(VIEWPORT).bounding_box()
-    assert box is not None
+    rows, columns = page.evaluate(
+        f"() => {{ const c = document.querySelector('{VIEWPORT} canvas'); "
+        "return [c.height, c.width]; }"
+    )
     scale, x0, y0 = _image_box(page)
     width, height = float(_data(page, "image-width")), float(_data(page, "image-height"))
-    ys, xs = np.mgrid[0 : int(box["height"]), 0 : int(box["width"])]
+    ys, xs = np.mgrid[0:rows, 0:columns]
     margin = 2
     return (
         (xs >= x0 + margin) & (xs < x0 + width * scale - margin)
@@ -329,7 +331,11 @@ def _coronal_and_mip(page: Page, shots: Path) -> None:
     page.screenshot(path=shots / "07-coronal-mip.png")
     page.click("button[data-mode=minip]")
     _wait(page, mode="minip")
-    assert _stats(page)["mean"] < slice_stats["mean"] - 0.5
+    minip = _stats(page)
+    assert minip["mean"] < slice_stats["mean"] - 0.5
+    page.click("button[data-mode=avg]")
+    _wait(page, mode="avg")
+    assert minip["mean"] < _stats(page)["mean"] < mip["mean"]
     page.click("button[data-mode=slice]")
     page.click("button[data-plane=axial]")
     _wait(page, plane="axial", mode="slice", index=SLICES // 2)
@@ -403,7 +409,52 @@ def _measure(page: Page, shots: Path) -> None:
     # The phantom's mediastinum is soft tissue, 40 HU.
     assert abs(float(region.get_attribute("data-mean") or "nan") - 40) < 1
     assert "HU" in (region.text_content() or "")
+
+    # The ellipse inscribed in the same square holds about pi/4 of its pixels.
+    page.click("button[data-tool=ellipse]")
+    page.mouse.move(*_to_page(page, centre - 2 * per_voxel, centre - 2 * per_voxel))
+    page.mouse.down()
+    page.mouse.move(*_to_page(page, centre + 2 * per_voxel, centre + 2 * per_voxel), steps=3)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => document.querySelector('.vx-measure.ellipse .vx-measure-label')?.dataset.n",
+        timeout=WAIT_MS,
+    )
+    ellipse = page.locator(f"{VIEWPORT} .vx-measure.ellipse .vx-measure-label")
+    ratio = float(ellipse.get_attribute("data-n") or 0) / float(region.get_attribute("data-n") or 1)
+    assert abs(ratio - np.pi / 4) < 0.08, ratio
+    assert abs(float(ellipse.get_attribute("data-mean") or "nan") - 40) < 1
     page.screenshot(path=shots / "09-measurements.png")
+
+
+def _zoom_and_pan(page: Page, shots: Path) -> None:
+    """Pan moves the drawn image with the mouse; zoom enlarges it; reset undoes both."""
+    centre = float(_data(page, "image-width")) / 2
+    rows, columns = page.evaluate(
+        f"() => {{ const c = document.querySelector('{VIEWPORT} canvas'); "
+        "return [c.height, c.width]; }"
+    )
+    before = _pixels(page).reshape(rows, columns)
+    page.click("button[data-tool=pan]")
+    x, y = _to_page(page, centre, centre)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 50, y, steps=3)
+    page.mouse.up()
+    after = _pixels(page).reshape(rows, columns)
+    assert np.abs(after[:, 100:-100] - before[:, 50:-150]).mean() < 2
+    page.click("button[data-tool=zoom]")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x, y - 80, steps=3)
+    page.mouse.up()
+    assert float(_data(page, "zoom")) > 1.3
+    page.screenshot(path=shots / "10-zoomed.png")
+    page.keyboard.press("r")  # also back to the series' own window
+    _wait(page, zoom="1.000", ww=400, wc=40)
+    page.click("button[data-preset=mediastinum]")
+    _wait(page, ww=350, wc=50)
+    assert np.abs(_pixels(page).reshape(rows, columns) - before).mean() < 1
 
 
 def _layouts(page: Page, shots: Path) -> None:
@@ -424,7 +475,7 @@ def _layouts(page: Page, shots: Path) -> None:
     page.wait_for_selector('.vx-viewport[data-viewport="2"][data-index="12"]', timeout=WAIT_MS)
     assert coronal.locator(".vx-crosshair").count() == 1
     assert sagittal.locator(".vx-crosshair").count() == 1
-    page.screenshot(path=shots / "10-mpr.png")
+    page.screenshot(path=shots / "11-mpr.png")
     page.click("button[data-layout='4']")
     page.wait_for_selector('.vx-viewport[data-viewport="3"][data-state="ready"]', timeout=WAIT_MS)
     assert page.locator(".vx-viewport").count() == 4
@@ -436,7 +487,7 @@ def _layouts(page: Page, shots: Path) -> None:
         '.vx-viewport[data-viewport="1"][data-plane="axial"][data-state="ready"]',
         timeout=WAIT_MS,
     )
-    page.screenshot(path=shots / "11-four-viewports.png")
+    page.screenshot(path=shots / "12-four-viewports.png")
 
 
 def _a_series_that_is_no_volume(page: Page, server: str, study_uid: str, shots: Path) -> None:
@@ -448,7 +499,7 @@ def _a_series_that_is_no_volume(page: Page, server: str, study_uid: str, shots: 
     assert page.is_disabled("button[data-plane=coronal]")
     assert page.is_disabled("button[data-mode=mip]")
     assert page.is_disabled("button[data-layout=mpr]")
-    page.screenshot(path=shots / "12-no-volume.png")
+    page.screenshot(path=shots / "13-no-volume.png")
 
 
 def test_read_a_ct_in_the_browser(
@@ -462,7 +513,8 @@ def test_read_a_ct_in_the_browser(
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             _sign_in_and_find_the_study(page, live_server, reader, artifacts)
-            for step in (_scroll, _window, _coronal_and_mip, _segmentation, _measure, _layouts):
+            steps = (_scroll, _window, _coronal_and_mip, _segmentation, _measure, _zoom_and_pan)
+            for step in (*steps, _layouts):
                 step(page, artifacts)
             _a_series_that_is_no_volume(page, live_server, stored[-1].StudyInstanceUID, artifacts)
             assert errors == [], f"the viewer raised JavaScript errors: {errors}"

@@ -126,6 +126,10 @@ def invoke(
 
     service.require_use(db, principal, algorithm)
     version = service.latest_version(db, algorithm)
+    if version is not None and version.kind == "package":
+        from voxelhub.algorithms.realtime_bundles import invoke_bundle
+
+        return invoke_bundle(db, store, principal, algorithm, version=version, inputs=inputs)
     if version is None or version.kind != "builtin":
         raise BadRequest(
             f"{algorithm.slug!r} is not a built-in algorithm: real-time endpoints "

@@ -27,6 +27,7 @@ from voxelhub.algorithms.contract import (
 )
 from voxelhub.algorithms.executors.errors import ExecutorError
 from voxelhub.algorithms.models import Algorithm, AlgorithmVersion
+from voxelhub.algorithms.warm import warm_executor_for
 from voxelhub.archives.models import Case
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
@@ -205,7 +206,9 @@ def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) ->
             )
             outputs = list(version.outputs)
             request = _request(runtime, job, version, workdir)
-        result = executor_for(version.kind).run(request, cancelled=cancelled)
+            # MONAI bundles segmenting images run on a warm sandboxed process (model loaded).
+            warm = warm_executor_for(version.package_key, request)
+        result = (warm or executor_for(version.kind)).run(request, cancelled=cancelled)
         if result.outcome is not Outcome.succeeded:
             return _failure(result)
         return _collect(runtime, job, slug=slug, outputs=outputs, workdir=workdir, result=result)

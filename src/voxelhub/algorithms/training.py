@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,8 +28,11 @@ from sqlalchemy.orm import Session
 from voxelhub.algorithms import io
 from voxelhub.archives.models import Archive, Case, CaseValue
 from voxelhub.archives.values import ValueKind
+from voxelhub.core.db import engine_for
 from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
+from voxelhub.core.runtime import Runtime, build_runtime
+from voxelhub.core.settings import Settings
 from voxelhub.segment.train import TrainingCase, TrainingError, TrainingSettings
 
 train_app = typer.Typer(help="Train models on the cases of an archive.", no_args_is_help=True)
@@ -49,6 +54,22 @@ class TrainingData:
     cases: list[TrainingCase]
     skipped: list[Skipped]
     modality: str | None
+
+
+@contextmanager
+def _opened(settings: Settings) -> Iterator[Runtime]:
+    """The runtime for reading the archive; an embedded database started here stops after."""
+    runtime = build_runtime(settings, start_database=False)
+    started_here = False
+    if runtime.embedded_pg is not None:
+        started_here = runtime.embedded_pg.running_pid() is None
+        runtime.embedded_pg.start()
+    try:
+        yield runtime
+    finally:
+        engine_for(runtime.database_url).dispose()
+        if started_here and runtime.embedded_pg is not None:
+            runtime.embedded_pg.stop()
 
 
 def _archive(db: Session, name: str) -> Archive:
@@ -200,14 +221,13 @@ def train_segmentation_command(
     structures). A fifth of the cases (at least one) validates; Dice is shown per epoch;
     the best epoch is written as a MONAI bundle to --output.
     """
-    from voxelhub import bootstrap
     from voxelhub.core.db import session_scope
     from voxelhub.core.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="vxh-train-data-") as scratch:
         try:
             settings = load_settings(home)
-            with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+            with _opened(settings) as runtime, session_scope(runtime.database_url) as db:
                 row = _archive(db, archive)
                 data = load_training_data(
                     db,

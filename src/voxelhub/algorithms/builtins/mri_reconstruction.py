@@ -13,6 +13,7 @@ folder is configured (`configure`), each series is also written there.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from voxelhub.algorithms.builtins.manifest import (
 )
 from voxelhub.algorithms.builtins.spec import BuiltinFn, BuiltinSpec, InterfaceSpec, Resources
 from voxelhub.dicom.mr_series import MrContext, mr_series
+
+logger = logging.getLogger(__name__)
 
 METHODS = {
     "zero-filled": "Zero-filled + root-sum-of-squares (reference)",
@@ -137,12 +140,15 @@ def reconstruct_to(
     for index, ds in enumerate(datasets):
         files.append(folder / f"{index + 1:04d}.dcm")
         dcmwrite(files[-1], ds, enforce_file_format=True)
-    (output_dir / "settings.json").write_text(json.dumps(recorded, default=str))
     if OPTIONS.outbox is not None and datasets:
+        # A failed delivery is recorded, not fatal: the series still goes to the store.
         try:
-            write_series(OPTIONS.outbox, str(datasets[0].SeriesInstanceUID), files)
+            folder = write_series(OPTIONS.outbox, str(datasets[0].SeriesInstanceUID), files)
+            recorded["outbox"] = {"delivered": True, "folder": str(folder)}
         except ReconError as err:
-            raise InputError(f"the series was reconstructed but not delivered: {err}") from err
+            logger.warning("outbox delivery failed: %s", err, exc_info=True)
+            recorded["outbox"] = {"delivered": False, "error": str(err)}
+    (output_dir / "settings.json").write_text(json.dumps(recorded, default=str))
     return recorded
 
 

@@ -15,6 +15,9 @@ under `/output` by the container contract:
 moved into `/output` only when all of it is done, so a failed run leaves `/output` empty.
 A problem with the inputs or the bundle ends the run with exit status 2 and one line on
 stderr that says what is wrong; that line becomes the job's message.
+
+With `--serve` it loads the model once and then segments request after request (see
+`serve`): the long-lived sandboxed process behind warm bundles (`algorithms.warm`).
 """
 
 from __future__ import annotations
@@ -63,11 +66,26 @@ def input_paths(input_dir: Path) -> list[Path]:
     return paths
 
 
-def segment(
-    bundle: Path, input_dir: Path, output_dir: Path, *, device: str | None = None
-) -> dict[str, Any]:
-    """Segment the job's inputs with the bundle; returns timings (seconds) by phase."""
+def load(bundle: Path, *, device: str | None = None) -> Any:
+    """The bundle's model, loaded once; EntryError when it cannot be."""
     from voxelhub.segment import SegmentError, load_model
+
+    try:
+        return load_model(bundle, runtime="eager", device=device)
+    except SegmentError as err:
+        raise EntryError(str(err).replace(str(bundle), "the bundle")) from err
+
+
+def segment(
+    bundle: Path,
+    input_dir: Path,
+    output_dir: Path,
+    *,
+    device: str | None = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """Segment the job's inputs with the bundle (or its loaded `model`); timings by phase."""
+    from voxelhub.segment import SegmentError
     from voxelhub.segment.inputs import assign_roles, read_inputs
     from voxelhub.segment.outputs import write_outputs
 
@@ -77,8 +95,9 @@ def segment(
     try:
         inputs = read_inputs([str(p) for p in paths])
         timings["read_s"] = time.perf_counter() - started
-        model = load_model(bundle, runtime="eager", device=device)
-        timings["load_s"] = time.perf_counter() - started - timings["read_s"]
+        if model is None:
+            model = load(bundle, device=device)
+            timings["load_s"] = time.perf_counter() - started - timings["read_s"]
         ordered = assign_roles(inputs, model.metadata)
         mark = time.perf_counter()
         labels = model.predict([item.image for item in ordered])
@@ -91,6 +110,41 @@ def segment(
     except SegmentError as err:
         raise EntryError(str(err).replace(str(bundle), "the bundle")) from err
     return timings
+
+
+def serve(bundle: Path, input_root: Path, output_root: Path, *, device: str | None) -> int:
+    """Keep the model loaded and segment one request per stdin line, answering on stdout.
+
+    A request is `{"request": NAME}`: inputs in `input_root/NAME`, outputs to
+    `output_root/NAME`. The answers are one JSON line each: `{"ready": ...}` once loaded
+    (or `{"error": ...}` and exit 2), then `{"ok": true, "timings": ...}` or
+    `{"ok": false, "error": ...}` per request.
+    """
+    try:
+        model = load(bundle, device=device)
+    except EntryError as err:
+        _answer({"error": str(err)})
+        return USAGE_ERROR
+    _answer({"ready": True, "name": model.metadata.name})
+    for line in sys.stdin:
+        try:
+            name = Path(str(json.loads(line)["request"])).name
+            out = output_root / name
+            out.mkdir(parents=True, exist_ok=True)
+            timings = segment(bundle, input_root / name, out, device=device, model=model)
+        except EntryError as err:
+            _answer({"ok": False, "error": str(err)})
+            continue
+        except (ValueError, KeyError) as err:
+            _answer({"ok": False, "error": f"not a request: {err}"})
+            continue
+        _answer({"ok": True, "timings": {k: round(v, 3) for k, v in timings.items()}})
+    return 0
+
+
+def _answer(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 def _publish(written: Any, output_dir: Path) -> None:
@@ -116,10 +170,14 @@ def _has_cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
+    serving = "--serve" in args
+    args = [a for a in args if a != "--serve"]
     bundle = Path(args[0]) if args else Path.cwd()
     input_dir = Path(os.environ.get("VOXELHUB_INPUT", "/input"))
     output_dir = Path(os.environ.get("VOXELHUB_OUTPUT", "/output"))
     device = "cuda" if _has_cuda() else None
+    if serving:
+        return serve(bundle, input_dir, output_dir, device=device)
     try:
         timings = segment(bundle, input_dir, output_dir, device=device)
     except EntryError as err:

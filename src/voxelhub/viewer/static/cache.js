@@ -3,15 +3,26 @@
 import { getImage } from "./api.js";
 
 /**
- * Decoded images (ImageBitmaps with their headers) by URL, least recently used evicted first.
- * A load in flight is shared by everyone who asks for the same URL; each asker is an owner,
- * and the request is aborted when its last owner lets go of it.
+ * Decoded images (ImageBitmaps with their headers) by URL, least recently used evicted first
+ * once their pixels exceed a budget. A load in flight is shared by everyone who asks for the
+ * same URL; each asker is an owner, and the request is aborted when its last owner lets go.
+ * An image on screen is pinned: evicting it drops it from the cache but keeps it drawable.
  */
 export class ImageCache {
-  constructor(limit = 192) {
-    this.limit = limit;
+  constructor(budgetBytes = 256 * 1024 * 1024) {
+    this.budget = budgetBytes;
+    this.bytes = 0;
     this.entries = new Map();
     this.pending = new Map();
+  }
+
+  static pin(entry) {
+    entry.pins = (entry.pins ?? 0) + 1;
+  }
+
+  static unpin(entry) {
+    entry.pins = Math.max(0, (entry.pins ?? 0) - 1);
+    if (entry.pins === 0 && entry.evicted) entry.bitmap.close();
   }
 
   /** The cached image of `url` (marking it recently used), or undefined. */
@@ -29,13 +40,22 @@ export class ImageCache {
   }
 
   put(url, entry) {
-    this.entries.delete(url);
+    const previous = this.entries.get(url);
+    if (previous) this.evict(url, previous);
+    entry.bytes = entry.width * entry.height * 4;
     this.entries.set(url, entry);
-    while (this.entries.size > this.limit) {
+    this.bytes += entry.bytes;
+    while (this.bytes > this.budget && this.entries.size > 1) {
       const [oldest, old] = this.entries.entries().next().value;
-      this.entries.delete(oldest);
-      old.bitmap.close();
+      this.evict(oldest, old);
     }
+  }
+
+  evict(url, entry) {
+    this.entries.delete(url);
+    this.bytes -= entry.bytes;
+    entry.evicted = true;
+    if (!entry.pins) entry.bitmap.close();
   }
 
   /** The image of `url`: from the cache, from a load in flight, or from a new request. */

@@ -21,8 +21,8 @@ class ViewerApp {
     this.root = root;
     this.studyUid = root.dataset.studyUid;
     this.csrf = root.dataset.csrf;
-    this.images = new ImageCache(192);
-    this.labels = new ImageCache(96);
+    this.images = new ImageCache(256 * 1024 * 1024);
+    this.labels = new ImageCache(64 * 1024 * 1024);
     this.tool = "scroll";
     this.layout = "1";
     this.volumes = new Map();
@@ -168,6 +168,7 @@ class ViewerApp {
     this.activate(viewport);
     this.ensureVolume(series);
     this.markShownSeries();
+    this.syncToolbar();
   }
 
   markShownSeries() {
@@ -378,12 +379,15 @@ class ViewerApp {
     this.volumes.set(uid, { state: "loading", loaded: 0, total: series.number_of_instances });
     this.syncToolbar();
     try {
-      let status = await this.json(`${seriesPath(uid)}/load`, { method: "POST" });
+      const load = () => this.json(`${seriesPath(uid)}/load`, { method: "POST" });
+      let status = await load();
       while (status.state === "loading" || status.state === "absent") {
         this.volumes.set(uid, status);
         this.showVolumeStatus();
         await sleep(POLL_MS);
         status = await this.json(`${seriesPath(uid)}/status`);
+        // Evicted from the server's cache meanwhile (memory pressure): ask again.
+        if (status.state === "absent") status = await load();
       }
       this.volumes.set(uid, status);
     } catch (error) {

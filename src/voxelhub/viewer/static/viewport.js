@@ -7,7 +7,7 @@
 // (another window, plane or series) are aborted.
 
 import { seriesPath, withQuery } from "./api.js";
-import { isAbort } from "./cache.js";
+import { ImageCache, isAbort } from "./cache.js";
 import { dicomDate, personName } from "./format.js";
 import { labelValues, paintLabels } from "./labels.js";
 
@@ -84,7 +84,7 @@ export class Viewport {
     this.slab = 0;
     this.measurements = [];
     this.crosshair = null;
-    this.shown = null;
+    this.forget();
     this.labelLayers = [];
     this.resetView();
     this.count = this.planeCount(plane);
@@ -94,9 +94,15 @@ export class Viewport {
     this.update();
   }
 
+  /** Stop showing the current image (it may be evicted and closed from now on). */
+  forget() {
+    if (this.shown) ImageCache.unpin(this.shown.entry);
+    this.shown = null;
+  }
+
   clear() {
     this.series = null;
-    this.shown = null;
+    this.forget();
     delete this.root.dataset.series;
     this.root.dataset.state = "empty";
     this.message.textContent = "Drop a series here";
@@ -114,7 +120,7 @@ export class Viewport {
     if (plane !== this.plane) {
       this.plane = plane;
       this.count = this.planeCount(plane);
-      this.shown = null;
+      this.forget();
       this.crosshair = null;
     }
     this.index = index ?? Math.floor(this.count / 2);
@@ -222,7 +228,8 @@ export class Viewport {
     const keep = (other) =>
       this.stackKey(other) === stack && (other === this.inflight || this.isNear(other));
     cache.releaseAll(this, keep);
-    this.app.labels.releaseAll(this, (other) => this.isNear(other) && other.includes(`plane=${this.plane}&`));
+    const samePlane = `plane=${this.plane}&`;
+    this.app.labels.releaseAll(this, (other) => other.includes(samePlane) && this.isNear(other));
     const cached = cache.get(url);
     if (cached) {
       this.show(url, cached);
@@ -267,6 +274,8 @@ export class Viewport {
 
   show(url, entry) {
     const fresh = !this.shown || this.shown.url !== url;
+    ImageCache.pin(entry);
+    if (this.shown) ImageCache.unpin(this.shown.entry);
     this.shown = { url, entry, index: entry.index ?? this.indexOf(url) };
     if (entry.planeSize && entry.planeSize !== this.count) {
       this.count = entry.planeSize;
@@ -426,7 +435,7 @@ export class Viewport {
       `Se ${series.series_number ?? "—"} · ${series.modality ?? ""}`,
       `${this.plane}${projection}`,
     ]);
-    const spacing = series.volume?.spacing?.[PLANE_AXIS[this.plane]];
+    const spacing = series.volume?.valid ? series.volume.spacing?.[PLANE_AXIS[this.plane]] : null;
     lines(this.corners.bl, [
       `Im ${this.index + 1} / ${this.count}`,
       Number.isFinite(spacing) ? `${(this.index * spacing).toFixed(1)} mm` : "",

@@ -1,0 +1,66 @@
+"""Indexing many instances with one INSERT: each instance gets its own outcome."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+
+from tests.store.conftest import to_bytes
+from voxelhub.archives import service as archives
+from voxelhub.auth.service import Principal
+from voxelhub.core.db import session_scope
+from voxelhub.core.errors import VoxelhubError
+from voxelhub.core.runtime import Runtime
+from voxelhub.dicom.split import split_instance
+from voxelhub.dicom.synthetic import ct_phantom
+from voxelhub.store.imagesets import instances_of, read_instance
+from voxelhub.store.ingest import Ingest, Stored
+from voxelhub.store.models import Instance, Series, Study
+
+
+def _archive(runtime: Runtime, make_user) -> uuid.UUID:  # type: ignore[no-untyped-def]
+    owner = make_user()
+    principal = Principal(user_id=owner.id, username=owner.username, is_admin=False, via="token")
+    with session_scope(runtime.database_url) as db:
+        return archives.create_archive(db, principal, "Batch").id
+
+
+def test_a_batch_keeps_the_good_and_reports_each_refusal(runtime: Runtime, make_user) -> None:  # type: ignore[no-untyped-def]
+    archive_id = _archive(runtime, make_user)
+    series = [split_instance(to_bytes(ds)) for ds in ct_phantom(slices=4, size=16)]
+    with session_scope(runtime.database_url) as db:
+        ingest = Ingest(db, runtime.store, archive_id)
+        first = ingest.add_many(series[:2])
+        ingest.finish()
+    assert all(isinstance(o, Stored) and not o.already_stored for o in first)
+
+    changed = ct_phantom(slices=4, size=16)[1]
+    changed.SOPInstanceUID = series[1].keys.sop_instance_uid  # reused UID, other content
+    changed.StudyInstanceUID = series[1].keys.study_instance_uid
+    changed.SeriesInstanceUID = series[1].keys.series_instance_uid
+    batch = [series[0], split_instance(to_bytes(changed)), series[2], series[3], series[3]]
+    with session_scope(runtime.database_url) as db:
+        ingest = Ingest(db, runtime.store, archive_id)
+        outcomes = ingest.add_many(batch)
+        ingest.finish()
+
+    same, conflict, new, newer, again = outcomes
+    assert isinstance(same, Stored) and same.already_stored
+    assert isinstance(conflict, VoxelhubError) and conflict.code == "uid_conflict"
+    assert isinstance(new, Stored) and not new.already_stored
+    assert isinstance(newer, Stored) and not newer.already_stored
+    assert (
+        isinstance(again, Stored)
+        and again.already_stored
+        and again.instance_id == newer.instance_id
+    )
+    with session_scope(runtime.database_url) as db:
+        assert db.scalar(select(func.count()).select_from(Instance)) == 4
+        row = db.scalars(select(Series)).one()
+        assert row.number_of_instances == 4
+        assert db.scalars(select(Study)).one().number_of_instances == 4
+        stored = instances_of(db, row.id)
+        for instance, split in zip(stored, series, strict=True):
+            header, frames = read_instance(runtime.store, instance)
+            assert (header, tuple(frames)) == (split.header, split.frames)
