@@ -107,7 +107,7 @@ _BULK_SQL = [
            gen_random_uuid() AS series_id, st.study_instance_uid
     FROM dicom_studies st JOIN dicom_series se ON se.study_id = st.id
     JOIN dicom_instances i ON i.series_id = se.id
-    WHERE st.number_of_series = 1
+    WHERE st.number_of_series = 1 AND st.number_of_instances = 1
     ORDER BY st.id, i.created_at
     """,
     """

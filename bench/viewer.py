@@ -25,6 +25,7 @@ written to bench/results/viewer-<date>[-quick].json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import MB, Data, Sizes  # noqa: E402
 from _dicomweb import stow_concurrently  # noqa: E402
-from _servers import ORTHANC_BINARY, Orthanc, Voxelhub, tree_rss  # noqa: E402
+from _servers import ORTHANC_BINARY, CpuMeter, Orthanc, Voxelhub, tree_rss  # noqa: E402
 
 WINDOW = {"wc": 40, "ww": 400}
 PEER_CLIENTS = 4
@@ -88,17 +89,28 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def timed_gets(http: httpx.Client, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def timed_gets(
+    http: httpx.Client, requests: list[tuple[str, dict[str, Any]]], *, roots: list[int]
+) -> dict[str, Any]:
+    """Latency of each request, and the server's CPU time per request (which, unlike the
+    latency, hardly changes when other programs compete for the CPU)."""
     seconds, sizes = [], []
-    for url, params in requests:
-        started = time.perf_counter()
-        response = http.get(url, params=params)
-        body = response.content
-        seconds.append(time.perf_counter() - started)
-        if response.status_code != 200:
-            raise RuntimeError(f"GET {url} {params}: {response.status_code} {response.text[:300]}")
-        sizes.append(len(body))
-    return {**percentiles(seconds), "mean_bytes": sum(sizes) / len(sizes)}
+    with CpuMeter(roots) as cpu:
+        for url, params in requests:
+            started = time.perf_counter()
+            response = http.get(url, params=params)
+            body = response.content
+            seconds.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"GET {url} {params}: {response.status_code} {response.text[:300]}"
+                )
+            sizes.append(len(body))
+    return {
+        **percentiles(seconds),
+        "mean_bytes": sum(sizes) / len(sizes),
+        "server_cpu_ms_per_request": 1000 * cpu.seconds / len(requests),
+    }
 
 
 def open_study(
@@ -157,6 +169,7 @@ def measure(server: Voxelhub, sizes: Sizes, series_files: Any, quick: bool) -> d
     slices = sizes.slices
     repeats = 60 if quick else 200
     figures: dict[str, Any] = {}
+    gets = functools.partial(timed_gets, roots=server.root_pids())
     with httpx.Client(headers=server.headers, timeout=120) as http:
         figures["open_study"] = open_study(server, http, study, series, slices)
         print(f"  open study: {figures['open_study']}", flush=True)
@@ -166,24 +179,24 @@ def measure(server: Voxelhub, sizes: Sizes, series_files: Any, quick: bool) -> d
             (render, {"plane": "axial", "index": (i * step) % slices, **WINDOW})
             for i in range(repeats)
         ]
-        figures["axial_png"] = timed_gets(http, axial)
-        figures["axial_jpeg"] = timed_gets(http, [(u, {**p, "format": "jpeg"}) for u, p in axial])
+        figures["axial_png"] = gets(http, axial)
+        figures["axial_jpeg"] = gets(http, [(u, {**p, "format": "jpeg"}) for u, p in axial])
         for plane in ("coronal", "sagittal"):
-            figures[plane] = timed_gets(
+            figures[plane] = gets(
                 http,
                 [
                     (render, {"plane": plane, "index": 128 + (i * 3) % 256, **WINDOW})
                     for i in range(repeats // 2)
                 ],
             )
-        figures["axial_mip_30mm"] = timed_gets(
+        figures["axial_mip_30mm"] = gets(
             http,
             [
                 (render, {"index": (i * step) % slices, "mode": "mip", "slab": 30, **WINDOW})
                 for i in range(repeats // 2)
             ],
         )
-        figures["coronal_mip_30mm"] = timed_gets(
+        figures["coronal_mip_30mm"] = gets(
             http,
             [
                 (
@@ -199,7 +212,7 @@ def measure(server: Voxelhub, sizes: Sizes, series_files: Any, quick: bool) -> d
                 for i in range(repeats // 4)
             ],
         )
-        figures["sagittal_mip_30mm"] = timed_gets(
+        figures["sagittal_mip_30mm"] = gets(
             http,
             [
                 (
@@ -232,7 +245,7 @@ def measure(server: Voxelhub, sizes: Sizes, series_files: Any, quick: bool) -> d
         by_number = sorted(instances, key=lambda d: int(d["00200013"]["Value"][0]))
         sops = [d["00080018"]["Value"][0] for d in by_number]
         base = f"{server.dicomweb}/studies/{study}/series/{series}/instances"
-        figures["peer_axial_rendered"] = timed_gets(
+        figures["peer_axial_rendered"] = gets(
             http,
             [
                 (f"{base}/{sops[(i * step) % slices]}/rendered?window={PEER_WINDOW}", {})
@@ -252,8 +265,9 @@ def measure_orthanc(
     repeats = 60 if quick else 200
     step = max(1, sizes.slices // repeats)
     base = f"{orthanc.dicomweb}/studies/{study}/series/{series}/instances"
+    gets = functools.partial(timed_gets, roots=orthanc.root_pids())
     with httpx.Client(timeout=120) as http:
-        axial = timed_gets(
+        axial = gets(
             http,
             [
                 (f"{base}/{sops[(i * step) % sizes.slices]}/rendered?window={PEER_WINDOW}", {})
@@ -286,19 +300,26 @@ def orthanc_figures(
     }
 
 
+def cpu_of(figures: dict[str, Any]) -> str:
+    return f" (cpu {figures['server_cpu_ms_per_request']:.1f})"
+
+
 def table(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     opened = figures["open_study"]
     peer = figures["peer_axial_rendered"]
-    rows = [("figure", "viewer", "peer (/rendered)", "ratio", "goal")]
+    rows = [
+        ("figure (cpu: server CPU ms per request)", "viewer", "peer (/rendered)", "ratio", "goal")
+    ]
     orthanc = figures.get("orthanc")
 
     def latency(name: str, key: str, goal: str, with_peer: bool) -> None:
         value = figures[key]
-        peer_text = f"{peer['p50_ms']:.1f} / {peer['p99_ms']:.1f}" if with_peer else "n/a"
+        peer_text = "n/a"
+        if with_peer:
+            peer_text = f"{peer['p50_ms']:.1f} / {peer['p99_ms']:.1f}{cpu_of(peer)}"
         ratio = f"{value['p50_ms'] / peer['p50_ms']:.2f}" if with_peer else ""
-        rows.append(
-            (name, f"{value['p50_ms']:.1f} / {value['p99_ms']:.1f}", peer_text, ratio, goal)
-        )
+        ours = f"{value['p50_ms']:.1f} / {value['p99_ms']:.1f}{cpu_of(value)}"
+        rows.append((name, ours, peer_text, ratio, goal))
 
     latency("axial 512² PNG p50/p99 ms", "axial_png", "p50 < 20", True)
     latency("axial 512² JPEG p50/p99 ms", "axial_jpeg", "", True)
@@ -312,8 +333,10 @@ def table(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.append(
             (
                 "Orthanc /rendered axial p50/p99 ms",
-                f"{figures['axial_png']['p50_ms']:.1f} / {figures['axial_png']['p99_ms']:.1f}",
-                f"{theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f}",
+                f"{figures['axial_png']['p50_ms']:.1f} / {figures['axial_png']['p99_ms']:.1f}"
+                f" (cpu {figures['axial_png']['server_cpu_ms_per_request']:.1f})",
+                f"{theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f}"
+                f" (cpu {theirs['server_cpu_ms_per_request']:.1f})",
                 f"{figures['axial_png']['p50_ms'] / theirs['p50_ms']:.2f}",
                 "",
             )

@@ -184,3 +184,41 @@ def test_a_malformed_bundle_is_refused_at_upload(
     for slug in ("broken-config", "no-inferer", "bad-weights", "no-outputs"):
         algorithm = client.get(f"/api/v1/algorithms/{slug}", headers=user.headers).json()
         assert algorithm["latest"] is None, "nothing is stored for a refused upload"
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_realtime_invoke_answers_from_a_warm_bundle(
+    client: TestClient,
+    make_user,  # type: ignore[no-untyped-def]
+    bundle: Path,
+) -> None:
+    from tests.conftest import stow
+    from voxelhub.algorithms.warm import warm_bundles
+
+    user: Account = make_user("caller")
+    status, version = register(client, user, "spleen-now", zipped(bundle))
+    assert status == 201, version
+    archive_id = client.post("/api/v1/archives", json={"name": "Now"}, headers=user.headers).json()[
+        "id"
+    ]
+    truth = ct_case(shape=SHAPE, seed=77)
+    ct = dicom_series(truth.image, truth.geometry)
+    stow(client, user, archive_id, ct)
+    given = {"ct": {"archive_id": archive_id, "series_instance_uid": ct[0].SeriesInstanceUID}}
+    starts = warm_bundles().starts
+    try:
+        for _ in range(2):
+            answer = client.post(
+                "/api/v1/algorithms/spleen-now/invoke",
+                json={"inputs": given},
+                headers=user.headers,
+            )
+            assert answer.status_code == 200, answer.text
+            outputs = answer.json()["outputs"]
+            assert set(outputs) == {"volumes", "mask"}, "SEG and SR go to the store by jobs"
+            assert outputs["volumes"]["labels"][0]["name"] == "spleen"
+            assert outputs["mask"]["filename"] == "mask.mha"
+        assert warm_bundles().starts == starts + 1, "the second call reuses the loaded model"
+    finally:
+        warm_bundles().close()

@@ -173,7 +173,9 @@ def test_a_warm_bundle_whose_model_does_not_load_says_why(tmp_path: Path, bundle
     try:
         workdir = job_dir(tmp_path, ct_series())
         result = WarmBundleExecutor("broken", bundles).run(
-            ExecutionRequest(job_id="b", workdir=workdir, package_dir=broken, limits=Limits())
+            ExecutionRequest(
+                job_id="b", workdir=workdir, package_dir=broken, limits=Limits(memory_mb=8192)
+            )
         )
         assert result.outcome is Outcome.failed
         assert "the bundle has no models/model.pt or models/model.ts" in result.message

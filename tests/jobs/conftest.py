@@ -53,11 +53,13 @@ def start_worker(
 ) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(*, env: dict[str, str] | None = None, wait: bool = True) -> Worker:
+    def start(
+        *, env: dict[str, str] | None = None, wait: bool = True, args: tuple[str, ...] = ()
+    ) -> Worker:
         log = tmp_path / f"worker-{len(workers)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "voxelhub.cli", "worker", "--queues", "cpu,gpu"],
+                [sys.executable, "-m", "voxelhub.cli", "worker", "--queues", "cpu,gpu", *args],
                 env={**worker_env, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,

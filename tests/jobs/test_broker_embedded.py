@@ -102,3 +102,25 @@ def test_two_consumers_never_take_one_message_twice(database_url: str) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(taken[0] + taken[1]) == list(range(60))
+
+
+def test_a_sent_message_wakes_a_waiting_consumer(database_url: str) -> None:
+    """Consumers wait on LISTEN, not a fixed sleep: a send ends the wait at once."""
+    app = _make(_broker_url(database_url))
+    broker.prepare(app, database_url, QUEUES)
+    with app.connection_for_write() as consumer, app.connection_for_write() as producer:
+        transport = consumer.transport
+        assert transport._listen() is not None
+        woke = threading.Event()
+
+        def wait() -> None:
+            transport._wait(120.0)  # without a NOTIFY this lasts two minutes
+            woke.set()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        producer.default_channel._put("cpu", {"n": 1})
+        waiter.join(timeout=60)
+        assert woke.is_set(), "sending a message did not wake the waiting consumer"
+        assert consumer.default_channel._get("cpu") == {"n": 1}
+        transport._close_listener()

@@ -357,3 +357,29 @@ def test_voxelhub_run_waits_for_the_job(
         ],
     )
     assert bad.exit_code == 2 and "must be JSON" in bad.output
+
+
+def test_a_worker_with_a_pool_of_processes_runs_jobs_cleanly(
+    client: TestClient, make_user, start_worker: Callable[..., Worker]
+) -> None:  # type: ignore[no-untyped-def]
+    """--concurrency 2 forks pool processes: none may share the parent's connections."""
+    user: Account = make_user("rad")
+    archive = client.post("/api/v1/archives", json={"name": "Pool"}, headers=user.headers).json()
+    worker = start_worker(args=("--concurrency", "2"))
+    ids = []
+    for n in range(6):
+        case = client.post(
+            f"/api/v1/archives/{archive['id']}/cases", json={"title": f"c{n}"}, headers=user.headers
+        ).json()
+        body = {
+            "archive_id": archive["id"],
+            "case_id": case["id"],
+            "inputs": {"payload": {"value": {"n": n}}},
+        }
+        created = client.post("/api/v1/algorithms/echo/jobs", json=body, headers=user.headers)
+        assert created.status_code == 202, created.text
+        ids.append(created.json()["id"])
+    jobs = [wait_for_job(client, user, job_id) for job_id in ids]
+    assert [(j["state"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 6
+    log = worker.log.read_text()
+    assert "ERROR" not in log and "Traceback" not in log, log[-4000:]

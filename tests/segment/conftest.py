@@ -85,8 +85,9 @@ def small_ct() -> SyntheticCase:
 @pytest.fixture(scope="session")
 def ct_series(ct: SyntheticCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ct-series")
-    return write_series(dicom_series(ct.image, ct.geometry, series_description="CT abdomen"),
-                        folder)
+    return write_series(
+        dicom_series(ct.image, ct.geometry, series_description="CT abdomen"), folder
+    )
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +96,9 @@ def spleen_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     channels = [4, 8, 16]
     root = tmp_path_factory.mktemp("bundles") / "spleen_ct_segmentation"
-    return write_bundle(root, SPLEEN_METADATA, spleen_inference(channels=channels, roi=32),
-                        spleen_network(channels))
+    return write_bundle(
+        root, SPLEEN_METADATA, spleen_inference(channels=channels, roi=32), spleen_network(channels)
+    )
 
 
 def image_of(case: SyntheticCase) -> SimpleITK.Image:

@@ -28,7 +28,10 @@ def threshold_bundle(root: Path) -> Path:
     """The spleen bundle's config with a 1x1x1 convolution that scores HU > 85 as label 1."""
     inference = spleen_inference(channels=[4, 8], roi=32)
     inference["network_def"] = {
-        "_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1,
+        "_target_": "torch.nn.Conv3d",
+        "in_channels": 1,
+        "out_channels": 2,
+        "kernel_size": 1,
     }
     network = torch.nn.Conv3d(1, 2, 1)
     with torch.no_grad():
@@ -41,7 +44,9 @@ def test_spleen_bundle_metadata(spleen_bundle: Path) -> None:
     model = load_model(spleen_bundle, runtime="eager")
     metadata = model.metadata
     assert (metadata.name, metadata.version, metadata.modality) == (
-        "Spleen CT segmentation", "0.5.3", "CT",
+        "Spleen CT segmentation",
+        "0.5.3",
+        "CT",
     )
     assert metadata.label_names == {1: "spleen"}
     assert metadata.labels[0].property_type.meaning == "Spleen"
@@ -65,14 +70,20 @@ def test_bundle_output_is_inverted_onto_the_input_grid(
 
 def test_brats_bundle_runs_four_mr_inputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    root = write_bundle(tmp_path / "brats_mri_segmentation", BRATS_METADATA,
-                        brats_inference(init_filters=8, roi=[32, 32, 16]), brats_network(8))
+    root = write_bundle(
+        tmp_path / "brats_mri_segmentation",
+        BRATS_METADATA,
+        brats_inference(init_filters=8, roi=[32, 32, 16]),
+        brats_network(8),
+    )
     case = mr_brain_case(shape=(16, 32, 32), seed=0)
     model = load_model(root, runtime="eager")
     assert model.metadata.roles == ["t1c", "t1", "t2", "flair"]
     assert model.metadata.modality == "MR"
     assert [label.name for label in model.metadata.labels] == [
-        "Tumor core", "Whole tumor", "Enhancing tumor",
+        "Tumor core",
+        "Whole tumor",
+        "Enhancing tumor",
     ]
     labels = model.predict(case.images())
     assert labels.GetSize() == (32, 32, 16)
@@ -137,5 +148,5 @@ def test_missing_metadata_keys_are_named(spleen_bundle: Path, tmp_path: Path) ->
     metadata = json.loads((root / "configs" / "metadata.json").read_text())
     del metadata["network_data_format"]["outputs"]
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    with pytest.raises(SegmentError, match="network_data_format.outputs"):
+    with pytest.raises(SegmentError, match=r"network_data_format\.outputs"):
         load_model(root)

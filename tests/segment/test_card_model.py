@@ -48,8 +48,9 @@ def test_the_label_map_follows_the_input_orientation(
     direct = model.predict([image])
     via_flip = model.predict([flipped])
     assert via_flip.GetDirection() == flipped.GetDirection()
-    back = SimpleITK.Resample(via_flip, direct, SimpleITK.Transform(),
-                              SimpleITK.sitkNearestNeighbor, 0)
+    back = SimpleITK.Resample(
+        via_flip, direct, SimpleITK.Transform(), SimpleITK.sitkNearestNeighbor, 0
+    )
     same = dice(SimpleITK.GetArrayFromImage(back) == 1, SimpleITK.GetArrayFromImage(direct) == 1)
     assert same > 0.97
 
@@ -58,9 +59,14 @@ def test_an_onnx_network_runs_with_the_same_card(
     tent_model: tuple[Path, Path], ct: SyntheticCase, tmp_path: Path
 ) -> None:
     onnx_path = tmp_path / "model.onnx"
-    torch.onnx.export(tent_network(), (torch.zeros(1, 1, 32, 32, 32),), str(onnx_path),
-                      input_names=["image"], dynamic_axes={"image": {0: "batch"}},
-                      dynamo=False)
+    torch.onnx.export(
+        tent_network(),
+        (torch.zeros(1, 1, 32, 32, 32),),
+        str(onnx_path),
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+        dynamo=False,
+    )
     model = load_model(onnx_path, card=tent_model[1], runtime="onnx")
     labels = SimpleITK.GetArrayFromImage(model.predict([image_of(ct)]))
     assert dice(labels == 1, ct.labels == 1) > 0.6
@@ -81,8 +87,9 @@ def test_a_malformed_card_names_the_key(tmp_path: Path) -> None:
         read_card(card)
 
 
-def test_a_model_that_does_not_load_is_refused(tent_model: tuple[Path, Path],
-                                               tmp_path: Path) -> None:
+def test_a_model_that_does_not_load_is_refused(
+    tent_model: tuple[Path, Path], tmp_path: Path
+) -> None:
     broken = tmp_path / "model.ts"
     broken.write_bytes(b"not a model")
     with pytest.raises(SegmentError, match="is not a TorchScript model"):
@@ -91,8 +98,9 @@ def test_a_model_that_does_not_load_is_refused(tent_model: tuple[Path, Path],
         load_model(tent_model[0])
 
 
-def test_inputs_in_the_wrong_number_are_refused(tent_model: tuple[Path, Path],
-                                                ct: SyntheticCase) -> None:
+def test_inputs_in_the_wrong_number_are_refused(
+    tent_model: tuple[Path, Path], ct: SyntheticCase
+) -> None:
     model = load_model(tent_model[0], card=tent_model[1], runtime="eager")
     with pytest.raises(SegmentError, match="takes 1 input"):
         model.predict([image_of(ct), image_of(ct)])

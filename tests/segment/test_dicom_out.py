@@ -16,16 +16,20 @@ from voxelhub.segment.outputs import volumes_ml, write_outputs
 from voxelhub.segment.synthetic import SyntheticCase, brats_regions, mr_brain_case
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
-SPLEEN = ModelMetadata(name="Spleen CT segmentation", version="0.5.3", modality="CT",
-                       inputs=(InputRole(role="ct", modality="CT"),),
-                       labels=(coded_label(1, "spleen"),))
+SPLEEN = ModelMetadata(
+    name="Spleen CT segmentation",
+    version="0.5.3",
+    modality="CT",
+    inputs=(InputRole(role="ct", modality="CT"),),
+    labels=(coded_label(1, "spleen"),),
+)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True,
-                            check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines()
-            if line.startswith("Error")]
+    result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, check=False)
+    return [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
+    ]
 
 
 @pytest.mark.parametrize("labelmap", [False, True])
@@ -39,8 +43,7 @@ def test_seg_and_sr_are_valid_and_read_back(
 
     mask = SimpleITK.GetImageFromArray(ct.labels)
     mask.CopyInformation(item.image)
-    files = write_outputs(tmp_path, mask, SPLEEN, [item], runtime="eager",
-                          labelmap_seg=labelmap)
+    files = write_outputs(tmp_path, mask, SPLEEN, [item], runtime="eager", labelmap_seg=labelmap)
     assert files.seg is not None and files.sr is not None
     assert dciodvfy_errors(files.seg) == []
     seg = hd.seg.segread(files.seg)
@@ -57,8 +60,11 @@ def test_seg_and_sr_are_valid_and_read_back(
     report = dcmread(files.sr)
     expected = volumes_ml(mask, {1: "spleen"})[0].volume_ml
     assert expected == pytest.approx(ct.labels.sum() * np.prod(ct.geometry.spacing) / 1000)
-    values = [float(item.MeasuredValueSequence[0].NumericValue)
-              for item in _content_items(report) if "MeasuredValueSequence" in item]
+    values = [
+        float(item.MeasuredValueSequence[0].NumericValue)
+        for item in _content_items(report)
+        if "MeasuredValueSequence" in item
+    ]
     assert values == [pytest.approx(expected, abs=1e-3)]
 
 
@@ -72,19 +78,25 @@ def test_tumour_segments_are_coded(tmp_path: Path) -> None:
     from voxelhub.segment.synthetic import dicom_series
 
     case = mr_brain_case(shape=(8, 24, 24), seed=2)
-    source = dicom_series(case.channels["t1c"], case.geometry, modality="MR",
-                          series_description="T1 post")
-    segments = [coded_label(1, "necrotic core"), coded_label(2, "edema"),
-                coded_label(4, "enhancing tumor")]
+    source = dicom_series(
+        case.channels["t1c"], case.geometry, modality="MR", series_description="T1 post"
+    )
+    segments = [
+        coded_label(1, "necrotic core"),
+        coded_label(2, "edema"),
+        coded_label(4, "enhancing tumor"),
+    ]
     algorithm = AlgorithmInfo("BraTS", "1")
-    seg = segmentation(source, case.labels, segments, algorithm=algorithm,
-                       series_description="tumour")
+    seg = segmentation(
+        source, case.labels, segments, algorithm=algorithm, series_description="tumour"
+    )
     seg.save_as(tmp_path / "seg.dcm")
     assert dciodvfy_errors(tmp_path / "seg.dcm") == []
     names = [seg.get_segment_description(n).segmented_property_type.meaning for n in (1, 2, 3)]
     assert names == ["Necrosis", "Edema", "Neoplasm"]
-    report = measurement_report(seg, source, {1: 1.0, 2: 2.0, 4: 3.0}, segments,
-                                algorithm=algorithm)
+    report = measurement_report(
+        seg, source, {1: 1.0, 2: 2.0, 4: 3.0}, segments, algorithm=algorithm
+    )
     report.save_as(tmp_path / "sr.dcm")
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
     assert brats_regions(case.labels).shape == (3, *case.labels.shape)
@@ -95,8 +107,13 @@ def test_stray_labels_are_refused(ct_series: Path, ct: SyntheticCase) -> None:
 
     (item,) = read_inputs([ct_series])
     with pytest.raises(SegmentError, match=r"labels \[7\] have no segment"):
-        segmentation(item.datasets, ct.labels * 7, [coded_label(1, "spleen")],
-                     algorithm=AlgorithmInfo("x", "1"), series_description="x")
+        segmentation(
+            item.datasets,
+            ct.labels * 7,
+            [coded_label(1, "spleen")],
+            algorithm=AlgorithmInfo("x", "1"),
+            series_description="x",
+        )
 
 
 def test_file_inputs_get_mask_and_volumes_only(ct: SyntheticCase, tmp_path: Path) -> None:

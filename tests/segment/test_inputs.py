@@ -17,7 +17,9 @@ from voxelhub.segment.synthetic import (
 )
 
 BRAIN = ModelMetadata(
-    name="brats", version="1", modality="MR",
+    name="brats",
+    version="1",
+    modality="MR",
     inputs=tuple(InputRole(role=r, modality="MR") for r in ("t1c", "t1", "t2", "flair")),
     labels=(),
 )
@@ -32,9 +34,15 @@ def mr_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     study, frame = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
     for number, (role, description) in enumerate(DESCRIPTIONS.items(), start=1):
         write_series(
-            dicom_series(case.channels[role], case.geometry, modality="MR",
-                         series_description=description, study_instance_uid=study,
-                         frame_of_reference_uid=frame, series_number=number),
+            dicom_series(
+                case.channels[role],
+                case.geometry,
+                modality="MR",
+                series_description=description,
+                study_instance_uid=study,
+                frame_of_reference_uid=frame,
+                series_number=number,
+            ),
             folder / role,
         )
     return folder
@@ -77,8 +85,12 @@ def test_series_are_matched_to_roles_by_description(mr_study: Path) -> None:
 
 
 def test_named_roles_override_the_rules(mr_study: Path) -> None:
-    specs = [f"t1c={mr_study / 't1'}", f"t1={mr_study / 't1c'}", str(mr_study / "t2"),
-             str(mr_study / "flair")]
+    specs = [
+        f"t1c={mr_study / 't1'}",
+        f"t1={mr_study / 't1c'}",
+        str(mr_study / "t2"),
+        str(mr_study / "flair"),
+    ]
     ordered = assign_roles(read_inputs(specs), BRAIN)
     assert ordered[0].series_description == "AX T1 SE"
 
@@ -89,8 +101,13 @@ def test_a_missing_series_is_named(mr_study: Path) -> None:
 
 
 def test_a_wrong_modality_is_refused(mr_study: Path) -> None:
-    ct_model = ModelMetadata(name="spleen", version="1", modality="CT",
-                             inputs=(InputRole(role="ct", modality="CT"),), labels=())
+    ct_model = ModelMetadata(
+        name="spleen",
+        version="1",
+        modality="CT",
+        inputs=(InputRole(role="ct", modality="CT"),),
+        labels=(),
+    )
     with pytest.raises(SegmentError, match="is MR, but model 'spleen' segments CT images"):
         assign_roles(read_inputs([mr_study / "t1"]), ct_model)
 
@@ -102,9 +119,15 @@ def test_parse_spec() -> None:
 
 def test_inputs_on_other_grids_are_resampled_and_must_overlap(ct: SyntheticCase) -> None:
     image = image_of(ct)
-    coarse = SimpleITK.Resample(image, [32, 32, 12], SimpleITK.Transform(),
-                                SimpleITK.sitkLinear, image.GetOrigin(),
-                                [s * 2 for s in image.GetSpacing()], image.GetDirection())
+    coarse = SimpleITK.Resample(
+        image,
+        [32, 32, 12],
+        SimpleITK.Transform(),
+        SimpleITK.sitkLinear,
+        image.GetOrigin(),
+        [s * 2 for s in image.GetSpacing()],
+        image.GetDirection(),
+    )
     aligned = coregister([image, coarse], ["a", "b"])
     assert aligned[1].GetSize() == image.GetSize()
     far = SimpleITK.Image(image)

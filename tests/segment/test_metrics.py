@@ -36,7 +36,10 @@ def test_parallel_plates_have_every_distance_equal_to_the_gap() -> None:
 def test_identical_masks_are_perfect() -> None:
     a = cube((12, 12, 12), (2, 3, 4), 5)
     assert evaluate(a, a, spacing=(1, 1, 1)) == {
-        "dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0,
+        "dice": 1.0,
+        "iou": 1.0,
+        "hd95_mm": 0.0,
+        "assd_mm": 0.0,
     }
 
 
@@ -44,10 +47,16 @@ def test_empty_masks_are_handled_explicitly() -> None:
     empty = np.zeros((5, 5, 5), dtype=bool)
     full = cube((5, 5, 5), (1, 1, 1), 2)
     assert evaluate(empty, empty, (1, 1, 1)) == {
-        "dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0,
+        "dice": 1.0,
+        "iou": 1.0,
+        "hd95_mm": 0.0,
+        "assd_mm": 0.0,
     }
     assert evaluate(full, empty, (1, 1, 1)) == {
-        "dice": 0.0, "iou": 0.0, "hd95_mm": None, "assd_mm": None,
+        "dice": 0.0,
+        "iou": 0.0,
+        "hd95_mm": None,
+        "assd_mm": None,
     }
 
 

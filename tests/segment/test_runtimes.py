@@ -44,9 +44,10 @@ def test_compiled_runtime_agrees_with_eager(spleen_bundle: Path, small_ct: Synth
     """torch.compile (inductor, a C++ build on first use: slow) on the bundle's U-Net."""
     eager = load_model(spleen_bundle, runtime="eager").predict([image_of(small_ct)])
     compiled = load_model(spleen_bundle, runtime="compile").predict([image_of(small_ct)])
-    assert label_agreement(
-        SimpleITK.GetArrayFromImage(eager), SimpleITK.GetArrayFromImage(compiled)
-    ) >= MIN_DICE
+    assert (
+        label_agreement(SimpleITK.GetArrayFromImage(eager), SimpleITK.GetArrayFromImage(compiled))
+        >= MIN_DICE
+    )
 
 
 def test_torchscript_models_refuse_compile(tent_model: tuple[Path, Path]) -> None:
@@ -76,7 +77,10 @@ def test_choose_runtime_measures_caches_and_picks_an_agreeing_runtime(
     example = representative_patches((volume + 57) / 221, engine.patch)
     for cached in (False, True):
         choice = choose_runtime(
-            engine.source, engine.patch, discretize=engine._labels, example=example,
+            engine.source,
+            engine.patch,
+            discretize=engine._labels,
+            example=example,
             candidates=["eager", "torchscript", "onnx", "int8"],
         )
         assert choice.cached is cached
@@ -87,8 +91,9 @@ def test_choose_runtime_measures_caches_and_picks_an_agreeing_runtime(
     assert list(engine.source.cache_dir.glob("runtime-*.json"))
 
 
-def test_auto_settles_on_a_measured_runtime(tent_model: tuple[Path, Path],
-                                            ct: SyntheticCase) -> None:
+def test_auto_settles_on_a_measured_runtime(
+    tent_model: tuple[Path, Path], ct: SyntheticCase
+) -> None:
     model = load_model(tent_model[0], card=tent_model[1], runtime="auto")
     assert model.runtime == "auto"
     labels = model.predict([image_of(ct)])

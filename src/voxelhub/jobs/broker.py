@@ -6,32 +6,36 @@ exists, a duplicate key in kombu_queue_name_key) and the loser exits. `prepare` 
 once, under a PostgreSQL advisory lock, before any worker consumes.
 
 The stock transport sleeps a whole second whenever every queue is empty, which is most of a
-short job's wait from creation to start. `Transport` polls more often; the interval is a
-class attribute because the SQLAlchemy transport hands every transport option to
-`create_engine()`, which rejects `polling_interval`.
+short job's wait from creation to start. `Transport` is woken by a NOTIFY instead (see
+there). Its fallback interval is a class attribute because the SQLAlchemy transport hands
+every transport option to `create_engine()`, which rejects `polling_interval`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from datetime import datetime
 from queue import Empty
+from time import monotonic
 from typing import Any
 
+import psycopg
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport.sqlalchemy import Channel as SqlaChannel
 from kombu.transport.sqlalchemy import Transport as SqlaTransport
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from sqlalchemy import insert, select, text, update
-
-from voxelhub.core.db import engine_for
+from sqlalchemy import create_engine, func, insert, make_url, select, text, update
+from sqlalchemy.pool import NullPool
 
 logger = logging.getLogger(__name__)
 
-# Seconds between polls of an idle embedded queue (one SELECT … FOR UPDATE per queue).
-POLLING_INTERVAL_S = 0.1
+# The longest a consumer waits before it polls its queues again when no NOTIFY came.
+POLLING_INTERVAL_S = 1.0
+NOTIFY_CHANNEL = "voxelhub_broker"
 SCHEME = "vxhsqla"
 _PREPARE_LOCK = 0x766F78656C62726B
 
@@ -63,6 +67,8 @@ class Channel(SqlaChannel):
         )
         try:
             self.session.execute(statement)
+            # Delivered at the commit: wakes the consumers waiting in Transport._wait.
+            self.session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
             self.session.commit()
         except Exception:
             self.session.rollback()
@@ -98,10 +104,75 @@ class Channel(SqlaChannel):
 
 
 class Transport(SqlaTransport):
-    """kombu's SQLAlchemy transport, polling an idle queue every 100 ms instead of 1 s."""
+    """kombu's SQLAlchemy transport, woken by PostgreSQL's NOTIFY when a message arrives.
+
+    Where kombu sleeps a fixed interval after finding every queue empty, this transport
+    waits on a connection that LISTENs for the notification each send raises, so a new
+    message is taken within milliseconds, and an idle worker costs no more queries than
+    kombu's. The interval stays as a bound (a lost listener connection, a message sent by
+    a process on kombu's stock transport).
+    """
 
     Channel = Channel
     polling_interval = POLLING_INTERVAL_S
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._listener: psycopg.Connection[Any] | None = None
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        started = monotonic()
+        interval = self.polling_interval
+        if timeout and interval and interval > timeout:
+            interval = timeout
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[union-attr]
+            except Empty:
+                if timeout is not None and monotonic() - started >= timeout:
+                    raise TimeoutError from None  # what kombu raises (socket.timeout)
+                self._wait(interval)
+            else:
+                return
+
+    def _wait(self, seconds: float) -> None:
+        """Until a message is sent (a NOTIFY) or `seconds` pass."""
+        listener = self._listen()
+        if listener is None:
+            time.sleep(seconds)
+            return
+        try:
+            for _ in listener.notifies(timeout=seconds, stop_after=1):
+                pass
+            for _ in listener.notifies(timeout=0.0):  # the backlog: one poll serves all
+                pass
+        except psycopg.Error:
+            logger.warning("lost the broker's wake-up connection; polling", exc_info=True)
+            self._close_listener()
+            time.sleep(seconds)
+
+    def _listen(self) -> psycopg.Connection[Any] | None:
+        if self._listener is not None and not self._listener.closed:
+            return self._listener
+        url = make_url(str(self.client.hostname)).set(drivername="postgresql")  # type: ignore[union-attr]
+        try:
+            listener = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error:
+            logger.warning("cannot LISTEN for new messages; polling", exc_info=True)
+            return None
+        self._listener = listener
+        return listener
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._listener.close()
+        self._listener = None
+
+    def close_connection(self, connection: Any) -> None:
+        self._close_listener()
+        super().close_connection(connection)
 
 
 def register() -> None:
@@ -118,25 +189,41 @@ def prepare(app: Celery, database_url: str, queues: tuple[str, ...]) -> None:
 
     Safe to call from any number of processes at once: the first takes the lock and
     creates, the others wait for it and then find everything there. A no-op on Redis,
-    RabbitMQ and SQS, which need no preparation.
+    RabbitMQ and SQS, which need no preparation. It leaves no open connection behind: a
+    worker forks its pool after this, and a connection shared across a fork is corrupted
+    by whichever process uses it second.
     """
     if not is_embedded(app):
         return
-    with engine_for(database_url).connect() as lock:
-        lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PREPARE_LOCK})
-        try:
-            with app.connection_for_write() as connection:
-                channel = connection.default_channel
-                for queue in queues:
-                    channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
-            # What a poll looks for: the oldest visible message of one queue.
-            lock.execute(
-                text(
-                    "CREATE INDEX IF NOT EXISTS ix_kombu_message_waiting "
-                    "ON kombu_message (queue_id, id) WHERE visible"
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PREPARE_LOCK})
+            try:
+                _declare(app, queues)
+                # What a poll looks for: the oldest visible message of one queue.
+                lock.execute(
+                    text(
+                        "CREATE INDEX IF NOT EXISTS ix_kombu_message_waiting "
+                        "ON kombu_message (queue_id, id) WHERE visible"
+                    )
                 )
-            )
-        finally:
-            lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PREPARE_LOCK})
-            lock.commit()
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PREPARE_LOCK})
+                lock.commit()
+    finally:
+        engine.dispose()
     logger.debug("embedded broker ready (queues %s)", ", ".join(queues))
+
+
+def _declare(app: Celery, queues: tuple[str, ...]) -> None:
+    with app.connection_for_write() as connection:
+        try:
+            channel = connection.default_channel
+            for queue in queues:
+                channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
+        finally:
+            # kombu keeps one engine per database for the process: close this one's.
+            cached = Channel._engines.pop(str(connection.hostname), None)
+            if cached is not None:
+                cached[0].dispose()

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy import delete, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from voxelhub.core.db import session_scope, utcnow
+from voxelhub.core.db import engine_for, session_scope, utcnow
 from voxelhub.jobs import broker
 from voxelhub.jobs.models import WorkerHeartbeat
 
@@ -113,6 +113,24 @@ class PeriodicDuties:
                 logger.warning("periodic duties failed; retrying", exc_info=True)
 
 
+def _forget_inherited_connections(**_: Any) -> None:
+    """In a freshly forked pool process: drop (without closing) the parent's connections.
+
+    A connection used by two processes corrupts both sessions (an error such as "can't
+    change 'autocommit' now" or "server closed the connection"), and a pool process may
+    be forked long after start (a replacement), when the parent holds connections again.
+    """
+    from kombu.transport.sqlalchemy import Channel
+
+    for url in list(_forked_urls):
+        engine_for(url).dispose(close=False)
+    for engine, _ in list(Channel._engines.values()):
+        engine.dispose(close=False)
+
+
+_forked_urls: set[str] = set()
+
+
 def run_worker(
     app: Celery,
     database_url: str,
@@ -138,6 +156,10 @@ def run_worker(
     if on_start is not None:
         on_start(heartbeat.hostname)
     broker.prepare(app, database_url, tuple(queues))
+    # Pool processes are forked from this one: none may inherit its pooled connections.
+    engine_for(database_url).dispose()
+    _forked_urls.add(database_url)
+    worker_process_init.connect(_forget_inherited_connections, weak=False)
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)

@@ -52,8 +52,7 @@ class CardModel(SegmentationModel):
         if runtime not in ("auto", *source.runtimes):
             kind = "an ONNX file" if source.module is None else "a TorchScript file"
             raise SegmentError(
-                f"runtime {runtime!r} cannot run {kind}; use {', '.join(source.runtimes)} "
-                "or auto.",
+                f"runtime {runtime!r} cannot run {kind}; use {', '.join(source.runtimes)} or auto.",
                 source=str(model_path),
             )
         window = self.card.window()

@@ -56,7 +56,7 @@ def segment_command(
             seg_type=seg_type,
         )
     except SegmentError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 

@@ -59,6 +59,4 @@ def load_model(
             "says its inputs, labels, window and preprocessing.",
             source=str(path),
         )
-    return CardModel(
-        path, Path(card), runtime=runtime, device=device, sw_batch_size=sw_batch_size
-    )
+    return CardModel(path, Path(card), runtime=runtime, device=device, sw_batch_size=sw_batch_size)

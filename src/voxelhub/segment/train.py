@@ -348,11 +348,15 @@ def _transforms(config: dict[str, Any], settings: TrainingSettings, *, train: bo
             item["keys"], item["mode"] = keys, ["bilinear", "nearest"]
         steps.append(item)
     if train:
+        # Where the structures are is found once (and cached), not at every crop.
+        steps.append({"_target_": "FgBgToIndicesd", "keys": "label"})
         steps.append(
             {
                 "_target_": "RandCropByPosNegLabeld",
                 "keys": keys,
                 "label_key": "label",
+                "fg_indices_key": "label_fg_indices",
+                "bg_indices_key": "label_bg_indices",
                 "spatial_size": list(settings.roi),
                 "pos": 2,
                 "neg": 1,
@@ -361,6 +365,7 @@ def _transforms(config: dict[str, Any], settings: TrainingSettings, *, train: bo
             }
         )
         steps.append({"_target_": "SpatialPadd", "keys": keys, "spatial_size": list(settings.roi)})
+        steps.append({"_target_": "DeleteItemsd", "keys": ["label_fg_indices", "label_bg_indices"]})
     parser = ConfigParser({"transforms": {"_target_": "Compose", "transforms": steps}})
     return parser.get_parsed_content("transforms")
 

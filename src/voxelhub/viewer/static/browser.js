@@ -81,6 +81,7 @@ class StudyBrowser {
     this.controller?.abort();
     this.controller = new AbortController();
     this.count.textContent = "Searching…";
+    delete this.count.dataset.total; // set again when this search's answer is shown
     let result;
     try {
       result = await getJson(withQuery("/viewer/api/studies", this.query()), {

@@ -359,6 +359,11 @@ class ViewerApp {
     byId("slab").disabled = !ready;
     this.pressed("[data-action=invert]", () => Boolean(viewport?.invert));
     this.showVolumeStatus();
+    // Say on the disabled buttons themselves why they are disabled.
+    const why = ready || !series ? "" : byId("volume-status").textContent;
+    for (const control of this.toolbar.querySelectorAll("[data-needs-volume]")) {
+      control.title = why || control.dataset.title || "";
+    }
   }
 
   // --- volumes ----------------------------------------------------------------------------------
