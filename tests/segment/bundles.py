@@ -292,3 +292,22 @@ def brats_network(init_filters: int) -> SegResNet:
         out_channels=3,
         dropout_prob=0.2,
     )
+
+
+def balance_classes(network: torch.nn.Module, sample: torch.Tensor) -> None:
+    """Shift the last convolution's foreground bias so that about half of `sample` is label 1.
+
+    A U-Net with random weights labels nearly everything alike; balanced label maps are
+    full of boundaries, which is what runtime agreement tests need.
+    """
+    network.eval()
+    with torch.no_grad():
+        logits = network(sample)
+        margin = float(torch.median(logits[:, 1] - logits[:, 0]))
+        last = [
+            m
+            for m in network.modules()
+            if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)
+        ][-1]
+        assert last.bias is not None
+        last.bias[1] -= margin

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import SimpleITK
 import torch
 
 from tests.segment.bundles import (
     SPLEEN_METADATA,
+    balance_classes,
     spleen_inference,
     spleen_network,
     write_bundle,
@@ -91,14 +93,17 @@ def ct_series(ct: SyntheticCase, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def spleen_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The zoo's spleen bundle config with a small U-Net (random weights) and ROI 32."""
+def spleen_bundle(tmp_path_factory: pytest.TempPathFactory, small_ct: SyntheticCase) -> Path:
+    """The zoo's spleen bundle config with a small U-Net (random weights, classes balanced
+    on `small_ct`) and ROI 32."""
     torch.manual_seed(0)
     channels = [4, 8, 16]
+    network = spleen_network(channels)
+    windowed = np.clip((small_ct.image.astype(np.float32) + 57) / 221, 0, 1)
+    sample = torch.from_numpy(windowed.transpose(2, 1, 0)[None, None, :, :, :8].copy())
+    balance_classes(network, sample)
     root = tmp_path_factory.mktemp("bundles") / "spleen_ct_segmentation"
-    return write_bundle(
-        root, SPLEEN_METADATA, spleen_inference(channels=channels, roi=32), spleen_network(channels)
-    )
+    return write_bundle(root, SPLEEN_METADATA, spleen_inference(channels=channels, roi=32), network)
 
 
 def image_of(case: SyntheticCase) -> SimpleITK.Image:

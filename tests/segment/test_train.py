@@ -22,7 +22,7 @@ from voxelhub.segment.train import (
 
 SHAPE = (32, 48, 48)  # (z, y, x): the spleen spans about 20 x 14 x 8 voxels
 SETTINGS = TrainingSettings(
-    epochs=2,
+    epochs=10,
     roi=(16, 32, 32),
     channels=(8, 16, 32),
     samples_per_case=8,

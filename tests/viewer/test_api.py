@@ -309,3 +309,32 @@ def test_other_users_see_nothing(client: TestClient, stored: dict[str, Any], mak
         )
         assert response.status_code == 404, (endpoint, response.text)
     assert client.get(f"{API}/studies").status_code == 401
+
+
+def test_slices_with_their_own_rescale_and_monochrome1(
+    client: TestClient, database_url: str, make_user
+) -> None:  # type: ignore[no-untyped-def]
+    """Rescale differs per slice (the volume holds real values) and low values show white."""
+    owner = make_user()
+    slices, size = 6, 16
+    series = ct_phantom(slices, size, spacing_mm=2.0, slice_thickness_mm=2.0)
+    hu = phantom_volume(slices, size)
+    for k, ds in enumerate(series):
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        if k % 2:
+            ds.RescaleIntercept = -2048
+            ds.PixelData = (hu[k].astype(np.int32) + 2048).astype(np.uint16).tobytes()
+    stow(client, owner, make_archive(database_url, owner), series)
+    url = f"{API}/series/{series[0].SeriesInstanceUID}"
+    coronal = client.get(
+        f"{url}/render",
+        params={"plane": "coronal", "index": 8, "size": size},
+        headers=owner.headers,
+    )
+    # 12 mm high, 32 mm wide at 2 mm per pixel: 6 rows, one per slice, head up.
+    assert np.array_equal(image(coronal), 255 - windowed(hu[::-1, 8, :]))
+    for k in (2, 3):
+        value = client.get(
+            f"{url}/value", params={"index": k, "x": 7, "y": 9, "size": size}, headers=owner.headers
+        ).json()
+        assert value["value"] == float(hu[k, 9, 7])

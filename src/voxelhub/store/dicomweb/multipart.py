@@ -142,6 +142,11 @@ def write_parts(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[b
     size = 0
     for content_type, body in parts:
         pending += [delimiter, CRLF, f"Content-Type: {content_type}".encode(), CRLF, CRLF]
+        if len(body) >= WRITE_CHUNK_BYTES:  # sent as it is, never copied into a chunk
+            yield b"".join(pending)
+            yield body
+            pending, size = [CRLF], 2
+            continue
         pending += [body, CRLF]
         size += len(body) + 128
         if size >= WRITE_CHUNK_BYTES:
