@@ -32,9 +32,7 @@ def qido(servers: list[Server], data: Data, sizes: Sizes) -> dict[str, Any]:
     indexed = corpus[: ingest["studies"]]
     for server in servers:
         if isinstance(server, Voxelhub):
-            ingest[server.name]["bulk"] = bulk_instances(
-                server, per_study=INSTANCES_PER_STUDY
-            )
+            ingest[server.name]["bulk"] = bulk_instances(server, per_study=INSTANCES_PER_STUDY)
     queries = make_queries(indexed, sizes.qido_queries)
     out: dict[str, Any] = {"corpus": ingest, "queries": len(queries), "mix": _mix(queries)}
     counts: dict[str, list[int]] = {}

@@ -31,5 +31,6 @@ def test_profile_claim(database_url, make_job):
         t = time.process_time(); w = time.perf_counter()
         for i in ids[20:]:
             with session_scope(database_url) as db:
-                assert fn(db, i) is not None
+                j = fn(db, i)
+                assert j is not None and j.state == "running" and j.worker == "w" and j.inputs is not None
         print(name, "CPU ms/claim", round((time.process_time()-t)/100*1000, 2), "wall", round((time.perf_counter()-w)/100*1000, 2))

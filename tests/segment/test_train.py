@@ -20,15 +20,15 @@ from voxelhub.segment.train import (
     train_segmentation,
 )
 
-SHAPE = (32, 48, 48)  # (z, y, x): the spleen spans about 20 x 14 x 8 voxels
+SHAPE = (32, 48, 64)  # (z, y, x): the spleen spans about 22 x 10 x 8 voxels
 SETTINGS = TrainingSettings(
-    epochs=10,
-    roi=(16, 32, 32),
+    epochs=20,
+    roi=(32, 32, 16),
     channels=(8, 16, 32),
     samples_per_case=8,
     batch_size=16,
-    learning_rate=3e-3,
-    intensity_range=(-160.0, 240.0),
+    learning_rate=1e-2,
+    intensity_range=(-57.0, 164.0),
     labels=("spleen",),
     modality="CT",
     seed=0,

@@ -38,7 +38,7 @@ from voxelhub.segment.train import TrainingCase, TrainingError, TrainingSettings
 train_app = typer.Typer(help="Train models on the cases of an archive.", no_args_is_help=True)
 console = Console(stderr=True)
 out = Console()
-CT_WINDOW = (-160.0, 240.0)  # soft tissue of the abdomen, in HU
+CT_WINDOW = (-57.0, 164.0)  # abdominal organs, in HU (as MONAI's spleen model)
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def _window(text: str | None, modality: str | None) -> tuple[float, float] | Non
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError as err:
-        raise typer.BadParameter("--window takes MIN,MAX, e.g. -160,240") from err
+        raise typer.BadParameter("--window takes MIN,MAX, e.g. -57,164") from err
     return low, high
 
 
@@ -207,7 +207,7 @@ def train_segmentation_command(
         str | None, typer.Option(help="Names of labels 1…N, comma separated (e.g. spleen)")
     ] = None,
     window: Annotated[
-        str | None, typer.Option(help="Intensity window MIN,MAX (default: -160,240 for CT)")
+        str | None, typer.Option(help="Intensity window MIN,MAX (default: -57,164 for CT)")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, crops and weights")] = 0,
     home: Annotated[

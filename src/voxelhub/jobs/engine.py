@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, column, func, or_, select, table, text, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Table, and_, bindparam, column, func, or_, select, table, text, update
+from sqlalchemy.orm import Session
 
 from voxelhub.core.db import after_commit, utcnow
 from voxelhub.jobs.errors import JobNotFound, JobStateError
@@ -70,8 +70,57 @@ def mark_queued(db: Session, *job_ids: uuid.UUID) -> None:
 # at once cannot both see room under a limit: a count in one statement cannot see a claim
 # that another transaction has not committed yet.
 _CLAIM_LOCK = 0x766F78656C636C6D
-_algorithms = table("algorithms", column("id"), column("max_concurrent_jobs"))
 NO_LIMIT = 1_000_000
+
+
+def _claim_statement() -> Any:
+    """The claim, built once (so only its parameters change): a guarded UPDATE … RETURNING
+    that counts, in the same statement, the running jobs of the job's user and algorithm."""
+    jobs = cast(Table, Job.__table__)
+    running = jobs.alias("running")
+    algorithms = table("algorithms", column("id"), column("max_concurrent_jobs"))
+    by_user = (
+        select(func.count())
+        .select_from(running)
+        .where(
+            running.c.state == RUNNING,
+            running.c.created_by.is_not_distinct_from(jobs.c.created_by),
+        )
+        .scalar_subquery()
+    )
+    by_algorithm = (
+        select(func.count())
+        .select_from(running)
+        .where(running.c.state == RUNNING, running.c.algorithm_id == jobs.c.algorithm_id)
+        .scalar_subquery()
+    )
+    algorithm_limit = func.coalesce(
+        select(algorithms.c.max_concurrent_jobs)
+        .where(algorithms.c.id == jobs.c.algorithm_id)
+        .scalar_subquery(),
+        NO_LIMIT,
+    )
+    claimed = (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            jobs.c.state.in_((PENDING, QUEUED)),
+            jobs.c.cancel_requested.is_(False),
+            by_user < bindparam("max_jobs_per_user"),
+            by_algorithm < algorithm_limit,
+        )
+        .values(
+            state=RUNNING,
+            attempts=jobs.c.attempts + 1,
+            started_at=bindparam("now"),
+            worker=bindparam("worker"),
+        )
+        .returning(*jobs.c)
+    )
+    return select(Job).from_statement(claimed)
+
+
+_CLAIM = _claim_statement()
 
 
 def claim(
@@ -83,39 +132,17 @@ def claim(
     job's user, and of its algorithm) and returns the claimed row. None also when a limit
     is reached: `waiting_for_limits` tells that case apart.
     """
-    running = aliased(Job)
-    by_user = (
-        select(func.count())
-        .select_from(running)
-        .where(running.state == RUNNING, running.created_by.is_not_distinct_from(Job.created_by))
-        .scalar_subquery()
-    )
-    by_algorithm = (
-        select(func.count())
-        .select_from(running)
-        .where(running.state == RUNNING, running.algorithm_id == Job.algorithm_id)
-        .scalar_subquery()
-    )
-    algorithm_limit = func.coalesce(
-        select(_algorithms.c.max_concurrent_jobs)
-        .where(_algorithms.c.id == Job.algorithm_id)
-        .scalar_subquery(),
-        NO_LIMIT,
-    )
     db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
-    return db.scalars(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.state.in_((PENDING, QUEUED)),
-            Job.cancel_requested.is_(False),
-            by_user < max_jobs_per_user,
-            by_algorithm < algorithm_limit,
-        )
-        .values(state=RUNNING, attempts=Job.attempts + 1, started_at=utcnow(), worker=worker)
-        .returning(Job),
-        execution_options={"populate_existing": True},
+    params = {
+        "job_id": job_id,
+        "max_jobs_per_user": max_jobs_per_user,
+        "now": utcnow(),
+        "worker": worker,
+    }
+    claimed: Job | None = db.scalars(
+        _CLAIM, params, execution_options={"populate_existing": True}
     ).one_or_none()
+    return claimed
 
 
 def waiting_for_limits(db: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
