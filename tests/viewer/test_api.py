@@ -14,12 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from sqlalchemy import select
 
 from tests.conftest import Account, stow
 from voxelhub.archives import service as archives
 from voxelhub.auth.service import Principal
 from voxelhub.core.db import session_scope
+from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom, phantom_volume
+from voxelhub.store.models import Instance, Series
 
 SLICES, SIZE, PIXEL_MM, SLICE_MM = 8, 32, 1.5, 2.5
 API = "/viewer/api"
@@ -338,3 +341,29 @@ def test_slices_with_their_own_rescale_and_monochrome1(
             f"{url}/value", params={"index": k, "x": 7, "y": 9, "size": size}, headers=owner.headers
         ).json()
         assert value["value"] == float(hu[k, 9, 7])
+
+
+def test_a_damaged_stored_frame_is_a_clear_4xx(
+    client: TestClient, stored: dict[str, Any], runtime: Runtime
+) -> None:
+    """Damaged data behind a valid request: 422 naming the instance, never a 500."""
+    with session_scope(runtime.database_url) as db:
+        series = db.scalars(
+            select(Series).where(Series.series_instance_uid == stored["gappy"])
+        ).one()
+        first = db.scalars(
+            select(Instance).where(Instance.series_id == series.id).order_by(Instance.id)
+        ).first()
+        assert first is not None
+        key, header, uid = first.object_key, first.header_length, first.sop_instance_uid
+    path = runtime.store.path_of(key)  # type: ignore[attr-defined]
+    data = bytearray(path.read_bytes())
+    data[header:] = b"\x5a" * (len(data) - header)
+    path.write_bytes(bytes(data))
+
+    url = f"{API}/series/{stored['gappy']}/render"
+    headers = stored["owner"].headers
+    shown = [client.get(url, params={"index": i}, headers=headers) for i in range(4)]
+    damaged = [r for r in shown if r.status_code != 200]
+    assert len(damaged) == 1, [r.status_code for r in shown]
+    assert damaged[0].status_code == 422 and uid in damaged[0].json()["detail"]

@@ -29,3 +29,10 @@ class NotRenderable(ViewerError):
 
     status_code = 409
     code = "not_renderable"
+
+
+class UndecodableImage(ViewerError):
+    """A stored frame that cannot be decoded: the data is damaged, not the request."""
+
+    status_code = 422
+    code = "undecodable_image"

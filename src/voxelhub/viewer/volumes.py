@@ -24,6 +24,7 @@ from voxelhub.dicom.model import PixelDescription
 from voxelhub.store.imagesets import pixel_of
 from voxelhub.store.models import Instance, Series
 from voxelhub.viewer.cache import VolumeSource
+from voxelhub.viewer.errors import UndecodableImage
 from voxelhub.viewer.render.geometry import SliceInfo, VolumePlan, plan_volume
 from voxelhub.viewer.render.planes import Volume, rescale
 
@@ -248,12 +249,18 @@ def _referenced_series(dataset: dict[str, Any]) -> str | None:
 def decode_image(store: ObjectStore, image: ImageRef) -> npt.NDArray[Any]:
     """The stored values of one frame: (rows, columns), or (rows, columns, 3) for colour."""
     frame = store.get_range(image.object_key, image.start, image.stop)
-    native = decode_frame(frame, image.transfer_syntax, image.pixel)
     pixel = image.pixel
     samples = pixel.samples_per_pixel
-    flat = np.frombuffer(
-        native, dtype=numpy_dtype(pixel), count=pixel.rows * pixel.columns * samples
-    )
+    try:
+        native = decode_frame(frame, image.transfer_syntax, image.pixel)
+        flat = np.frombuffer(
+            native, dtype=numpy_dtype(pixel), count=pixel.rows * pixel.columns * samples
+        )
+    except Exception as err:  # any codec's error: the stored frame is damaged
+        raise UndecodableImage(
+            f"the stored frame of instance {image.sop_instance_uid} cannot be decoded "
+            f"({type(err).__name__}: {err}); re-send the instance to replace it"
+        ) from err
     if samples == 1:
         return flat.reshape(pixel.rows, pixel.columns)
     if pixel.planar_configuration == 1:
