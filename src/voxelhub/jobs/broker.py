@@ -28,7 +28,7 @@ from kombu.transport.sqlalchemy import Channel as SqlaChannel
 from kombu.transport.sqlalchemy import Transport as SqlaTransport
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from sqlalchemy import create_engine, func, insert, make_url, select, text, update
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # The longest a consumer waits before it polls its queues again when no NOTIFY came.
 POLLING_INTERVAL_S = 1.0
 NOTIFY_CHANNEL = "voxelhub_broker"
+MESSAGE_SEQUENCE = "message_id_sequence"  # kombu's, fixed in its models
 SCHEME = "vxhsqla"
 _PREPARE_LOCK = 0x766F78656C62726B
 
@@ -60,47 +61,51 @@ class Channel(SqlaChannel):
             found = ids[queue] = int(self._get_or_create(queue).id)  # type: ignore[attr-defined]
         return found
 
+    def _statements(self) -> tuple[Any, Any]:
+        """The send and the take, built once per channel (only their parameters change)."""
+        built = self.__dict__.get("_vxh_statements")
+        if built is None:
+            table = self.message_tablename
+            # One round trip: the row, and the NOTIFY that is delivered at its commit.
+            put = text(
+                f"WITH sent AS (INSERT INTO {table} (id, visible, payload, version, queue_id) "
+                f"VALUES (nextval('{MESSAGE_SEQUENCE}'), true, :payload, 1, :queue_id) "
+                f"RETURNING id) SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM sent"
+            )
+            # Messages waiting to be taken were never updated, so their timestamp is NULL:
+            # kombu's order (timestamp, id) is the order of ids among them.
+            take = text(
+                f"UPDATE {table} SET visible = false, timestamp = :now, version = version + 1 "
+                f"WHERE id = (SELECT id FROM {table} WHERE queue_id = :queue_id AND visible "
+                "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING payload"
+            )
+            built = self.__dict__["_vxh_statements"] = (put, take)
+        return built
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        table = self.message_cls.__table__
-        statement = insert(table).values(
-            payload=dumps(payload), queue_id=self._queue_id(queue), visible=True, version=1
-        )
+        put, _ = self._statements()
         try:
-            self.session.execute(statement)
-            # Delivered at the commit: wakes the consumers waiting in Transport._wait.
-            self.session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
+            self.session.execute(
+                put, {"payload": dumps(payload), "queue_id": self._queue_id(queue)}
+            )
             self.session.commit()
         except Exception:
             self.session.rollback()
             raise
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
-        table = self.message_cls.__table__
-        # Messages waiting to be taken were never updated, so their timestamp is NULL:
-        # kombu's order (timestamp, id) is the order of ids among them.
-        oldest = (
-            select(table.c.id)
-            .where(table.c.queue_id == self._queue_id(queue), table.c.visible.is_(True))
-            .order_by(table.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        statement = (
-            update(table)
-            .where(table.c.id == oldest)
-            .values(visible=False, timestamp=datetime.now(), version=table.c.version + 1)
-            .returning(table.c.payload)
-        )
+        _, take = self._statements()
         try:
-            payload = self.session.execute(statement).scalar()
+            found = self.session.execute(
+                take, {"now": datetime.now(), "queue_id": self._queue_id(queue)}
+            ).scalar()
             self.session.commit()
         except Exception:
             self.session.rollback()
             raise
-        if payload is None:
+        if found is None:
             raise Empty()
-        return loads(bytes_to_str(payload))
+        return loads(bytes_to_str(found))
 
 
 class Transport(SqlaTransport):
