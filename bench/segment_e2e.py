@@ -7,7 +7,7 @@ synthetic 100-slice CT with a spleen (`voxelhub.segment.synthetic.ct_case`) over
 and polls QIDO-RS until the SEG series is visible in the study. The phases:
 
 - STOW: the first request to the last answer;
-- trigger pickup: the series' last write → the job row (the trigger waits for the series to
+- trigger pickup: the last STOW answer → the job row (the trigger waits for the series to
   be quiet for `SETTLE` and runs on the workers' periodic tick);
 - job start: job created → claimed by a worker;
 - job run: claimed → finished, split with the job's own records: the bundle's sandboxed
@@ -21,8 +21,9 @@ series are sent, each a new study: the first pays for starting that process (Pyt
 torch, MONAI, the model), the second finds the model loaded.
 
 The peer, measured in the same run on the same CT (as NIfTI) and bundle: MONAI's own
-`python -m monai.bundle run --config_file configs/inference.json` in a fresh process (what a
-user of the bundle runs without the platform), timed from start to exit. The ratios compare
+`monai.bundle.run` (what `python -m monai.bundle run --config_file configs/inference.json`
+calls) in a fresh process, as a user of the bundle runs it without the platform, timed from
+start to exit. The ratios compare
 it with the platform's whole job run (claimed → finished: DICOM in, SEG/SR/volumes/mask
 stored), cold and warm.
 
@@ -160,6 +161,7 @@ def wait_for_seg(client: httpx.Client, archive_id: str, study_uid: str, timeout_
 def job_figures(platform: Platform, archive_id: str, series_uid: str) -> dict[str, Any]:
     from sqlalchemy import select
 
+    from voxelhub.algorithms.models import TriggerRun
     from voxelhub.core.db import session_scope
     from voxelhub.jobs.models import Job
     from voxelhub.store.models import Series
@@ -171,7 +173,10 @@ def job_figures(platform: Platform, archive_id: str, series_uid: str) -> dict[st
                 Series.series_instance_uid == series_uid,
             )
         )
-        job = db.scalar(select(Job).where(Job.archive_id == uuid.UUID(archive_id)))
+        fired = db.scalar(
+            select(TriggerRun).where(TriggerRun.series_id == (series.id if series else None))
+        )
+        job = db.get(Job, fired.job_id) if fired is not None and fired.job_id else None
         if series is None or job is None or job.started_at is None or job.finished_at is None:
             raise RuntimeError("the series or the finished job is missing")
         timings: dict[str, float] = {}
@@ -198,12 +203,17 @@ def peer_monai_bundle_run(bundle: Path, case: Any, work: Path) -> dict[str, Any]
     data, out = work / "peer-data", work / "peer-out"
     data.mkdir()
     sitk.WriteImage(case.images()["ct"], str(data / "ct.nii.gz"))
+    # `python -m monai.bundle run` is the same function behind the `fire` package (not
+    # installed here); calling it directly runs the same code.
+    script = (
+        "import sys; from monai.bundle import run; "
+        "run(bundle_root=sys.argv[1], config_file=sys.argv[2], meta_file=sys.argv[3], "
+        "dataset_dir=sys.argv[4], output_dir=sys.argv[5])"
+    )
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--bundle_root", str(bundle),
-        "--config_file", str(bundle / "configs" / "inference.json"),
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--dataset_dir", str(data), "--output_dir", str(out),
+        sys.executable, "-c", script, str(bundle),
+        str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "metadata.json"),
+        str(data), str(out),
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -235,7 +245,7 @@ def one_series(
         "total_s (first STOW request → SEG visible over QIDO)": visible - begin,
         "phases_s": {
             f"STOW-RS ({len(ct)} instances)": stowed - begin,
-            "trigger pickup (last write → job created)": job["created"] - job["last_write"],
+            "trigger pickup (last STOW answer → job created)": job["created"] - stowed,
             "job start (created → claimed by a worker)": job["started"] - job["created"],
             "job: materialise inputs + collect/store outputs": run_s - job["sandbox_s"],
             "job: sandboxed bundle process (incl. start + model load when cold)": job["sandbox_s"],

@@ -2,20 +2,23 @@
 
 The public API:
 
-- `load_model(path, *, card=None, runtime="auto", device=None, threads=None)` →
+- `load_model(path, *, card=None, runtime="auto", device=None, threads=None,
+  sw_batch_size=None)` →
   `SegmentationModel`: a MONAI bundle folder (run through MONAI's config machinery), or a
   TorchScript / ONNX network with a JSON model card (`voxelhub.segment.card`).
 - `SegmentationModel.metadata` (`ModelMetadata`: name, version, modality, input roles,
   labels with SNOMED CT codes) and `SegmentationModel.predict(images)` → a uint8 label map
   (SimpleITK image) on the first input's grid; `images` are in role order or a mapping
   from role to image; inputs on other grids are resampled onto the first.
-- `read_inputs(specs)` → `InputImage`s from DICOM series folders, NIfTI or MHA files
-  (`role=path` names a role); `assign_roles(inputs, metadata)` picks which is which.
-- `write_outputs(...)` writes the mask (MHA/NIfTI), volumes JSON and, for DICOM inputs,
-  a DICOM SEG and an SR measurement report (`voxelhub.segment.dicom_out`).
-- `volumes_ml(labels, label_names)`; `metrics.evaluate(pred, truth, spacing)` (Dice, IoU,
-  HD95, ASSD); `choose_runtime` (`voxelhub.segment.choose`); synthetic cases
-  (`voxelhub.segment.synthetic`).
+- `inputs.read_inputs(specs)` → `InputImage`s from DICOM series folders, NIfTI or MHA
+  files (`role=path` names a role); `inputs.assign_roles(inputs, metadata)` picks which
+  is which (modality and SeriesDescription rules) and refuses wrong modalities.
+- `outputs.write_outputs(...)` writes the mask (MHA/NIfTI), volumes JSON and, for DICOM
+  inputs, a DICOM SEG and a TID 1500 SR (`dicom_out`); `outputs.volumes_ml(labels,
+  label_names)`.
+- `metrics.evaluate(pred, truth, spacing)` (Dice, IoU, HD95, ASSD in mm);
+  `choose.choose_runtime`; synthetic cases in `synthetic` (`ct_case`, `mr_brain_case`,
+  `dicom_series`).
 
 Runtimes: eager, torchscript, onnx (onnxruntime), compile (torch.compile), int8
 (onnxruntime dynamic quantization); every one agrees with eager PyTorch to Dice ≥ 0.99
