@@ -402,10 +402,6 @@ def _fit(
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    # Annealed to zero over the run: the late, small steps settle the boundaries.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimiser, T_max=settings.epochs * max(1, len(loader))
-    )
     history: list[EpochResult] = []
     best_state: dict[str, Any] = {}
     for epoch in range(1, settings.epochs + 1):
@@ -416,7 +412,6 @@ def _fit(
             loss = loss_fn(network(batch["image"].to(device)), batch["label"].to(device))
             loss.backward()
             optimiser.step()
-            schedule.step()
             losses.append(float(loss.item()))
         dice = _validate(network, val_data, settings, device)
         best = not history or dice > max(e.dice for e in history)

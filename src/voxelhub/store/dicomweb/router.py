@@ -15,8 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from voxelhub.archives import service as archives
 from voxelhub.archives.models import Archive
@@ -86,16 +85,6 @@ def _base(request: Request) -> str:
     if scope is not None:
         root += f"/archives/{scope}"
     return str(request.base_url).rstrip("/") + root
-
-
-def _read_only(db: Session) -> None:
-    """Let the commit of a read skip the wait for its WAL flush.
-
-    A read writes nothing but its audit record; that record still reaches the disk within
-    PostgreSQL's WAL writer delay (200 ms), and the database stays consistent if the
-    machine fails before. Waiting for an fsync there cost a search more than the search.
-    """
-    db.execute(text("SET LOCAL synchronous_commit TO OFF"))
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -186,7 +175,6 @@ def _qido(
     **where: str,
 ) -> Response:
     query = qido.parse_query(request.query_params.multi_items())
-    _read_only(db)
     results = search(
         db, query, archives=view.archives, scope=view.scope, base_url=_base(request), **where
     )
@@ -259,7 +247,6 @@ def _retrieve(
     what: str,
 ) -> StreamingResponse:
     syntax = negotiate.negotiate_instances(request.headers.get("accept"))
-    _read_only(db)
     audit.record(
         db,
         principal,
@@ -335,7 +322,6 @@ def series_metadata_route(
 ) -> Response:
     found = find_series(db, view, study, series)
     body = series_metadata_gz(db, store, found)
-    _read_only(db)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
@@ -375,7 +361,6 @@ def retrieve_frames(
     found = find_instance(db, view, study, series, instance)
     wanted = negotiate.negotiate_frames(request.headers.get("accept"))
     parts = wado.frame_parts(store, found, wado.parse_frame_list(frames), wanted)
-    _read_only(db)
     audit.record(db, principal, "dicom.frames", object_type="dicomweb", object_id=instance)
     return _multipart(parts, wanted.media_type)
 
