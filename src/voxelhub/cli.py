@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +61,16 @@ def fail(err: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def use_home(home: Path | None) -> None:
+    """Make `--home` this process's home: code that reads the process's settings (ingest,
+    built-ins) and child processes see the same one."""
+    if home is not None:
+        from voxelhub.core.settings import get_settings
+
+        os.environ["VOXELHUB_HOME"] = str(home)
+        get_settings.cache_clear()
+
+
 @app.command()
 def serve(
     home: HomeOption = None,
@@ -83,6 +94,7 @@ def serve(
     from voxelhub.serve import ServeOptions, run_serve
 
     try:
+        use_home(home)
         settings = load_settings(home)
         setup_logging(settings.log_level)
         options = ServeOptions(
@@ -121,6 +133,7 @@ def worker(
     from voxelhub.jobs.worker import run_worker
 
     try:
+        use_home(home)
         settings = load_settings(home)
         setup_logging(settings.log_level)
         runtime = build_runtime(settings, start_database=False)

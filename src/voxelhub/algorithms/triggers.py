@@ -1,8 +1,10 @@
 """Triggers: run an algorithm when a matching series has arrived in an archive.
 
-A series arrives over many requests (one C-STORE per instance), so a trigger fires once the
-series has been quiet for a few seconds, at most once per series (a unique row records it).
-Evaluated by the workers' periodic duties.
+A series arrives over many requests (one C-STORE per instance, or several STOW-RS
+requests), so a trigger fires once the series has been quiet for a few seconds and no
+STOW-RS request into its archive is still in flight (for at most `INGEST_WAIT_MAX` after
+the series last changed), at most once per series (a unique row records it). Evaluated by
+the workers' periodic duties.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from voxelhub.core.db import utcnow
 from voxelhub.core.errors import BadRequest
 from voxelhub.core.objects import ObjectStore
 from voxelhub.jobs import engine
+from voxelhub.store import ingest_guard
 from voxelhub.store.models import Series, Study
 
 logger = logging.getLogger(__name__)
 
 SETTLE = timedelta(seconds=2)
+# A store request still running may hold more of a series; waiting for it has a bound.
+INGEST_WAIT_MAX = timedelta(minutes=5)
 
 
 def create_trigger(
@@ -106,12 +111,15 @@ def evaluate(db: Session, store: ObjectStore, send: engine.Sender) -> int:
             started += _evaluate_values(db, send, trigger, cutoff)
             continue
         fired = select(TriggerRun.series_id).where(TriggerRun.trigger_id == trigger.id)
+        settled = cutoff
+        if ingest_guard.in_flight(db, trigger.archive_id):
+            settled = min(cutoff, utcnow() - INGEST_WAIT_MAX)
         candidates = db.execute(
             select(Series, Study)
             .join(Study, Study.id == Series.study_id)
             .where(
                 Series.archive_id == trigger.archive_id,
-                Series.updated_at < cutoff,
+                Series.updated_at < settled,
                 Series.created_at > trigger.created_at,
                 Series.id.not_in(fired),
             )

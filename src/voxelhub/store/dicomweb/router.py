@@ -27,7 +27,7 @@ from voxelhub.core.errors import BadRequest
 from voxelhub.dicom.join import frame_for_transfer_syntax
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store import delete as deletion
-from voxelhub.store import qido, render
+from voxelhub.store import ingest_guard, qido, render
 from voxelhub.store.access import (
     View,
     find_instance,
@@ -150,6 +150,7 @@ async def stow_rs(
         media.params.get("boundary", ""),
         max_part_bytes=settings.max_upload_part_mb * 1024 * 1024,
     )
+    await asyncio.to_thread(ingest_guard.hold_during_transaction, db, archive_id)
     prepare = await asyncio.to_thread(preparer_for, db, settings, archive_id)
     result = await stow.store_parts(
         parts, db=db, store=store, archive_id=archive_id, study_uid=study, prepare=prepare
