@@ -20,9 +20,9 @@ from voxelhub.segment.train import (
     train_segmentation,
 )
 
-SHAPE = (32, 48, 64)  # (z, y, x): the spleen spans about 22 x 10 x 8 voxels
+SHAPE = (32, 64, 96)  # (z, y, x): the spleen spans about 22 x 14 x 12 voxels
 SETTINGS = TrainingSettings(
-    epochs=20,
+    epochs=25,
     roi=(32, 32, 16),
     channels=(8, 16, 32),
     samples_per_case=8,
@@ -60,10 +60,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
     return spleen_bundle(tmp_path_factory.getbasetemp())
 
 
-def test_training_reaches_dice_0_85_on_validation(trained: TrainedBundle) -> None:
-    # Measured: 0.89 at epoch 20 (a cosine schedule over 30 epochs: 0.892); the small
-    # spleen (about 4 voxels across in x) keeps boundary errors near a tenth of its volume.
-    assert trained.best_dice >= 0.85, trained.history
+def test_training_reaches_dice_0_9_on_validation(trained: TrainedBundle) -> None:
+    # Measured: 0.924 (best of 25 epochs, at epoch 25; 0.921 at epoch 20).
+    assert trained.best_dice >= 0.9, trained.history
     assert len(trained.history) == SETTINGS.epochs
     assert [e.epoch for e in trained.history] == list(range(1, SETTINGS.epochs + 1))
     assert trained.best_epoch == max(trained.history, key=lambda e: e.dice).epoch
