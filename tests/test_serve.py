@@ -270,7 +270,8 @@ def test_killed_during_stow_leaves_nothing_visible(home: Path) -> None:
     boundary = "killtest"
 
     def body() -> Iterator[bytes]:
-        for ds in ct_phantom(slices=12, size=64):
+        # More than one indexing batch (64 instances), so objects are written mid-request.
+        for ds in ct_phantom(slices=70, size=32):
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
             yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
