@@ -39,10 +39,13 @@ def _field(spec: Any, name: str) -> Any:
 
 
 def sync_builtins(db: Session, owner: Principal) -> int:
-    """Add the built-in algorithms missing from the registry (public, owned by `owner`)."""
+    """Add the built-in algorithms missing from the registry (public, owned by `owner`), and
+    bring the registered ones up to this release's interfaces and resources."""
     added = 0
     for name, spec in builtin_specs().items():
-        if db.scalar(select(Algorithm.id).where(Algorithm.slug == name)) is not None:
+        existing = db.scalar(select(Algorithm).where(Algorithm.slug == name))
+        if existing is not None:
+            _refresh(db, existing, spec)
             continue
         algorithm = service.create_algorithm(
             db,
@@ -69,6 +72,30 @@ def sync_builtins(db: Session, owner: Principal) -> int:
         )
         added += 1
     return added
+
+
+def _refresh(db: Session, algorithm: Algorithm, spec: Any) -> None:
+    """A built-in's version is the platform's code: a new release may change its interfaces
+    or resources (e.g. a GPU queue with a CPU fallback), and new jobs should see them."""
+    version = service.latest_version(db, algorithm)
+    if version is None or version.kind != "builtin":
+        return
+    fresh = {
+        "inputs": [
+            Interface.model_validate(_as_dict(i)).model_dump(mode="json")
+            for i in _field(spec, "inputs")
+        ],
+        "outputs": [
+            Interface.model_validate(_as_dict(o)).model_dump(mode="json")
+            for o in _field(spec, "outputs")
+        ],
+        "resources": Resources.model_validate(_as_dict(_field(spec, "resources"))).model_dump(
+            mode="json"
+        ),
+    }
+    for attribute, value in fresh.items():
+        if getattr(version, attribute) != value:
+            setattr(version, attribute, value)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
