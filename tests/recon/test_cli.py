@@ -68,7 +68,7 @@ def test_archive_gets_a_group_per_file_and_reports_junk(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--method", "sense"], "unknown method 'sense'"),
+        (["--method", "sense"], "unknown reconstruction method 'sense'"),
         (["--set", "kernel"], "expected KEY=VALUE"),
         (["--set", "lamda=1"], "does not take"),
         (["--slices", "7"], "selects nothing"),
@@ -98,3 +98,34 @@ def test_option_parsers() -> None:
     assert parse_settings(['mode="fast"', "flag=true"]) == {"mode": "fast", "flag": True}
     with pytest.raises(ReconError):
         parse_slices("a:b", 5)
+
+
+def test_without_torch_grappa_still_runs_and_raki_says_what_to_install(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from voxelhub.recon.io_fastmri import write_fastmri\n"
+        "from voxelhub.recon.phantom import PhantomSpec, simulate\n"
+        "spec = PhantomSpec(readout=64, phase_encode=48, coils=4, acceleration=2, acs_lines=16)\n"
+        "write_fastmri(sys.argv[1], simulate(spec).kspace)\n"
+        "from voxelhub.cli import app\n"
+        "sys.argv = ['voxelhub', 'recon', sys.argv[1], '--method', sys.argv[2],\n"
+        "            '--output', sys.argv[3]]\n"
+        "app()\n"
+    )
+    raw = tmp_path / "raw.h5"
+    for method, code in (("grappa", 0), ("raki", 2)):
+        out = tmp_path / f"{method}.h5"
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(raw), method, str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == code, done.stdout + done.stderr
+        assert out.exists() == (code == 0)
+    assert "pip install 'voxelhub[ai]'" in " ".join((done.stdout + done.stderr).split())

@@ -137,3 +137,25 @@ def test_a_model_that_does_not_load(
 def test_bundle_or_model_is_required(ct_series: Path, tmp_path: Path) -> None:
     code, output = segment(ct_series, "--output", tmp_path / "out")
     _one_line_error(code, output, "give either --bundle DIR or --model FILE")
+
+
+def test_without_the_deep_learning_extra_the_error_says_what_to_install(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    blocked = (
+        "import sys; sys.modules['torch'] = None; sys.modules['monai'] = None\n"
+        "from voxelhub.cli import app\n"
+        "app()\n"
+    )
+    arguments = ["segment", "--bundle", str(tmp_path), "x.mha", "--output", str(tmp_path / "o")]
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'voxelhub[ai]'" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from voxelhub.recon.archive import MemberResult, is_archive, read_inputs
 from voxelhub.recon.errors import ReconError
-from voxelhub.recon.methods import accepted_settings, available_methods, reconstruct
+from voxelhub.recon.methods import accepted_settings, get_method, reconstruct
 from voxelhub.recon.model import KSpace, Reconstruction
 from voxelhub.recon.output import write_reconstruction
 
@@ -126,10 +126,7 @@ def recon_command(
     """
     try:
         settings = parse_settings(setting)
-        if method not in available_methods():
-            raise ReconError(
-                f"unknown method {method!r}; available: {', '.join(available_methods())}"
-            )
+        get_method(method)  # an unknown or uninstalled method, named with what to do
         if seed is not None and "seed" in accepted_settings(method):
             settings["seed"] = seed
     except ReconError as err:

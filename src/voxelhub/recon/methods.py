@@ -25,6 +25,8 @@ from voxelhub.recon.zerofilled import zero_filled
 logger = logging.getLogger(__name__)
 
 PLUGIN_MODULES = ("voxelhub.recon.raki", "voxelhub.recon.rraki")
+# The methods each plugin module registers, to name them when the module cannot load.
+_PLUGIN_METHODS = {"voxelhub.recon.raki": "raki", "voxelhub.recon.rraki": "rraki"}
 ENTRY_POINT_GROUP = "voxelhub.recon_methods"
 
 
@@ -34,6 +36,7 @@ ReconMethod = Callable[..., Reconstruction]
 
 _REGISTRY: dict[str, ReconMethod] = {"zero-filled": zero_filled, "grappa": grappa}
 _LOADED: set[str] = set()
+_UNAVAILABLE: dict[str, str] = {}  # method → the package it needs that is not installed
 
 
 def register_method(name: str, method: ReconMethod, *, replace_existing: bool = False) -> None:
@@ -53,9 +56,13 @@ def _load_plugins() -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
-            if err.name != module:
+            if err.name == module:
+                logger.debug("reconstruction plugin %s is not installed", module)
+            elif err.name and module in _PLUGIN_METHODS:
+                # RAKI needs torch (the `ai` extra); the other methods work without it.
+                _UNAVAILABLE[_PLUGIN_METHODS[module]] = err.name
+            else:
                 raise
-            logger.debug("reconstruction plugin %s is not installed", module)
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name not in _REGISTRY:
             register_method(point.name, point.load())
@@ -70,6 +77,11 @@ def available_methods() -> tuple[str, ...]:
 def get_method(name: str) -> ReconMethod:
     """The method registered as `name`; ReconError naming the ones there are otherwise."""
     _load_plugins()
+    if name not in _REGISTRY and name in _UNAVAILABLE:
+        raise ReconError(
+            f"the reconstruction method {name!r} needs {_UNAVAILABLE[name]}, which is not "
+            "installed: install the deep-learning extra with pip install 'voxelhub[ai]'"
+        )
     if name not in _REGISTRY:
         raise ReconError(
             f"unknown reconstruction method {name!r}; available: {', '.join(_REGISTRY)}"

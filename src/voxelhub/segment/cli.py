@@ -58,6 +58,19 @@ def segment_command(
     except SegmentError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except ModuleNotFoundError as err:
+        if err.name not in _AI_PACKAGES:
+            raise
+        console.print(
+            f"[bold red]error:[/] segmentation needs {err.name}, which is not installed: "
+            + escape("install the deep-learning extra with pip install 'voxelhub[ai]'"),
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=2) from None
+
+
+# What the `ai` extra installs; a missing one is a setup step, not a bug.
+_AI_PACKAGES = frozenset({"torch", "monai", "onnx", "onnxruntime", "nibabel"})
 
 
 def _run(
