@@ -19,23 +19,14 @@ import highdicom as hd
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from tests.browser import browser_page, needs_chromium
 from tests.conftest import Account, stow
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SLICES, SIZE, SPACING_MM, THICKNESS_MM = 16, 64, 1.5, 2.5
 # The SEG's box: slices, rows and columns (end exclusive) of the CT volume.
 BOX = (slice(5, 11), slice(20, 36), slice(12, 30))
@@ -44,10 +35,7 @@ WAIT_MS = 30_000
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is not installed (apt-get install chromium)",
-    ),
+    needs_chromium,
 ]
 
 # Statistics of the image canvas of the first viewport: grey level, and the pixels that are
@@ -517,17 +505,10 @@ def test_read_a_ct_in_the_browser(
     live_server: str, stored_study: tuple[Account, list[Dataset]], artifacts: Path
 ) -> None:
     reader, stored = stored_study
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = chromium.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            _sign_in_and_find_the_study(page, live_server, reader, artifacts)
-            steps = (_scroll, _window, _coronal_and_mip, _segmentation, _measure, _zoom_and_pan)
-            for step in (*steps, _layouts):
-                step(page, artifacts)
-            _a_series_that_is_no_volume(page, live_server, stored[-1].StudyInstanceUID, artifacts)
-            assert errors == [], f"the viewer raised JavaScript errors: {errors}"
-        finally:
-            chromium.close()
+    with browser_page(1280, 800) as (page, errors):
+        _sign_in_and_find_the_study(page, live_server, reader, artifacts)
+        steps = (_scroll, _window, _coronal_and_mip, _segmentation, _measure, _zoom_and_pan)
+        for step in (*steps, _layouts):
+            step(page, artifacts)
+        _a_series_that_is_no_volume(page, live_server, stored[-1].StudyInstanceUID, artifacts)
+        assert errors == [], f"the viewer raised JavaScript errors: {errors}"

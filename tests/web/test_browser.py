@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
+from tests.browser import browser_page, needs_chromium
 from tests.conftest import Account
 from voxelhub.archives import service as archive_service
 from voxelhub.archives import values_service
@@ -17,23 +18,9 @@ from voxelhub.auth.service import Principal
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is not installed (apt-get install chromium)",
-    ),
+    needs_chromium,
 ]
 
 
@@ -111,23 +98,15 @@ def test_sign_in_browse_an_archive_and_create_a_token(
     alice = make_user("alice")
     _archive_with_a_case(runtime, alice)
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = chromium.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
+    with browser_page(1280, 800) as (page, errors):
+        _sign_in(page, server, alice, tmp_path)
+        _browse_to_the_archive(page, server, tmp_path)
+        _create_use_and_revoke_a_token(page, server, tmp_path)
 
-            _sign_in(page, server, alice, tmp_path)
-            _browse_to_the_archive(page, server, tmp_path)
-            _create_use_and_revoke_a_token(page, server, tmp_path)
+        page.goto(f"{server}/archives/00000000-0000-0000-0000-000000000000")
+        assert "Not found" in page.inner_text("h1")
+        page.screenshot(path=tmp_path / "error.png")
 
-            page.goto(f"{server}/archives/00000000-0000-0000-0000-000000000000")
-            assert "Not found" in page.inner_text("h1")
-            page.screenshot(path=tmp_path / "error.png")
-
-            page.click("button:has-text('Sign out')")
-            page.wait_for_url(f"{server}/login")
-            assert errors == [], "the pages raised JavaScript errors"
-        finally:
-            chromium.close()
+        page.click("button:has-text('Sign out')")
+        page.wait_for_url(f"{server}/login")
+        assert errors == [], "the pages raised JavaScript errors"

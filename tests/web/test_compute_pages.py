@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from playwright.sync_api import sync_playwright
 from sqlalchemy import func, select
 
+from tests.browser import browser_page, needs_chromium
 from tests.conftest import Account
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.web.test_pages import audit_actions, browser, make_archive, sign_in
 from voxelhub.algorithms.catalog import register_builtins
 from voxelhub.archives import service as archive_service
@@ -367,45 +366,38 @@ def compute_server(live_server: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
+@needs_chromium
 def test_run_and_cancel_in_a_browser(
     compute_server: str, client: TestClient, setup: Setup, tmp_path: Path
 ) -> None:
     alice = setup[0]
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = chromium.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{compute_server}/login?next=/algorithms")
-            page.fill("input[name=username]", alice.username)
-            page.fill("input[name=password]", alice.password)
-            page.click("button:has-text('Sign in')")
-            page.wait_for_url(f"{compute_server}/algorithms")
-            page.screenshot(path=tmp_path / "algorithms.png", full_page=True)
+    with browser_page(1280, 900) as (page, errors):
+        page.goto(f"{compute_server}/login?next=/algorithms")
+        page.fill("input[name=username]", alice.username)
+        page.fill("input[name=password]", alice.password)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(f"{compute_server}/algorithms")
+        page.screenshot(path=tmp_path / "algorithms.png", full_page=True)
 
-            page.click("table >> text=Echo <test>")
-            page.wait_for_url(f"{compute_server}/algorithms/echo-test")
-            assert page.is_hidden("button[data-autosubmit-fallback]")  # app.js ran
-            page.select_option("select[name=archive]", label="Chest CT")  # reloads the page
-            page.wait_for_selector("select[name=case]")
-            page.select_option("select[name=case]", label="patient-0042")
-            page.wait_for_selector("textarea[name='input.payload']")
-            page.fill("textarea[name='input.payload']", '{"threshold": 9}')
-            page.screenshot(path=tmp_path / "algorithm.png", full_page=True)
-            page.click("button:has-text('Run on patient-0042')")
-            page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}$"))
-            assert page.inner_text("h1") == "Echo <test> on patient-0042"
-            page.screenshot(path=tmp_path / "job.png", full_page=True)
+        page.click("table >> text=Echo <test>")
+        page.wait_for_url(f"{compute_server}/algorithms/echo-test")
+        assert page.is_hidden("button[data-autosubmit-fallback]")  # app.js ran
+        page.select_option("select[name=archive]", label="Chest CT")  # reloads the page
+        page.wait_for_selector("select[name=case]")
+        page.select_option("select[name=case]", label="patient-0042")
+        page.wait_for_selector("textarea[name='input.payload']")
+        page.fill("textarea[name='input.payload']", '{"threshold": 9}')
+        page.screenshot(path=tmp_path / "algorithm.png", full_page=True)
+        page.click("button:has-text('Run on patient-0042')")
+        page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}$"))
+        assert page.inner_text("h1") == "Echo <test> on patient-0042"
+        page.screenshot(path=tmp_path / "job.png", full_page=True)
 
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.click("button:has-text('Cancel job')")
-            page.wait_for_selector(".pagehead .badge.state-cancelled")
-            page.click("nav >> text=Jobs")
-            page.wait_for_url(f"{compute_server}/jobs")
-            assert "cancelled" in page.inner_text("table.jobs")
-            page.screenshot(path=tmp_path / "jobs.png", full_page=True)
-            assert errors == [], "the pages raised JavaScript errors"
-        finally:
-            chromium.close()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button:has-text('Cancel job')")
+        page.wait_for_selector(".pagehead .badge.state-cancelled")
+        page.click("nav >> text=Jobs")
+        page.wait_for_url(f"{compute_server}/jobs")
+        assert "cancelled" in page.inner_text("table.jobs")
+        page.screenshot(path=tmp_path / "jobs.png", full_page=True)
+        assert errors == [], "the pages raised JavaScript errors"
