@@ -91,6 +91,44 @@ def _filename(member: Member, stored: Path, recognition: Recognition) -> str:
     return stored.name if stored.suffix == ".mha" else f"{stem}.mha"
 
 
+def _put_once(
+    db: Session,
+    store: ObjectStore,
+    base: FileReport,
+    *,
+    archive_id: uuid.UUID,
+    interface: str,
+    source: Path,
+    filename: str,
+    content_type: str,
+    what: str,
+    key_prefix: str | None = None,
+) -> FileReport:
+    """Store `source` as the `interface` file value of its case, unless that value already
+    holds the same bytes (then a duplicate is reported). Raises what storing raises."""
+    digest = _sha256(source)
+    with db.begin_nested():
+        case = cases.case_titled(db, archive_id, image_title(base.path))
+        current = cases.value_at(db, case, interface)
+        if current is not None and current.value.get("sha256") == digest:
+            outcome, reason, value_id = "duplicate", f"this {what} is stored already", current.id
+        else:
+            with source.open("rb") as data:
+                row = values_service.put_file(
+                    db,
+                    store,
+                    case,
+                    interface,
+                    filename=filename,
+                    data=data,
+                    content_type=content_type,
+                    **({} if key_prefix is None else {"key_prefix": key_prefix}),
+                )
+            outcome, reason, value_id = "stored", None, row.id
+    update = {"outcome": outcome, "case_id": case.id, "interface": interface, "value_id": value_id}
+    return base.model_copy(update=update if reason is None else {**update, "reason": reason})
+
+
 KSPACE_INTERFACE = "kspace"
 
 
@@ -112,37 +150,23 @@ def store_raw(
     packed = Path(name)
     try:
         repack(member.local, packed, codec=settings.raw_data_compression)
-        digest = _sha256(packed)
-        with db.begin_nested():
-            case = cases.case_titled(db, archive_id, image_title(member.path))
-            current = cases.value_at(db, case, interface)
-            if current is not None and current.value.get("sha256") == digest:
-                return base.model_copy(
-                    update={
-                        "outcome": "duplicate",
-                        "reason": "this file is stored already",
-                        "case_id": case.id,
-                        "interface": interface,
-                        "value_id": current.id,
-                    }
-                )
-            with packed.open("rb") as data:
-                row = values_service.put_file(
-                    db,
-                    store,
-                    case,
-                    interface,
-                    filename=Path(member.path).name,
-                    data=data,
-                    content_type="application/x-hdf5",
-                    key_prefix=settings.raw_data_prefix,
-                )
+        return _put_once(
+            db,
+            store,
+            base,
+            archive_id=archive_id,
+            interface=interface,
+            source=packed,
+            filename=Path(member.path).name,
+            content_type="application/x-hdf5",
+            what="file",
+            key_prefix=settings.raw_data_prefix,
+        )
     except (OSError, VoxelhubError, SQLAlchemyError, ReconError) as err:
         logger.warning("storing raw data %s failed", member.path, exc_info=True)
         return base.model_copy(update={"outcome": "rejected", "reason": _short(err)})
     finally:
         packed.unlink(missing_ok=True)
-    return base.model_copy(update={"case_id": case.id, "interface": interface, "value_id": row.id})
 
 
 def store_image(
@@ -158,31 +182,17 @@ def store_image(
     base = FileReport(path=member.path, format=recognition.format, outcome="stored")
     try:
         source, content_type = _as_stored_file(member, recognition, workdir)
-        digest = _sha256(source)
-        with db.begin_nested():
-            case = cases.case_titled(db, archive_id, image_title(member.path))
-            current = cases.value_at(db, case, INTERFACE)
-            if current is not None and current.value.get("sha256") == digest:
-                return base.model_copy(
-                    update={
-                        "outcome": "duplicate",
-                        "reason": "this image is stored already",
-                        "case_id": case.id,
-                        "interface": INTERFACE,
-                        "value_id": current.id,
-                    }
-                )
-            with source.open("rb") as data:
-                row = values_service.put_file(
-                    db,
-                    store,
-                    case,
-                    INTERFACE,
-                    filename=_filename(member, source, recognition),
-                    data=data,
-                    content_type=content_type,
-                )
+        return _put_once(
+            db,
+            store,
+            base,
+            archive_id=archive_id,
+            interface=INTERFACE,
+            source=source,
+            filename=_filename(member, source, recognition),
+            content_type=content_type,
+            what="image",
+        )
     except (RuntimeError, OSError, VoxelhubError, SQLAlchemyError) as err:
         logger.warning("storing image %s failed", member.path, exc_info=True)
         return base.model_copy(update={"outcome": "rejected", "reason": _short(err)})
-    return base.model_copy(update={"case_id": case.id, "interface": INTERFACE, "value_id": row.id})
