@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from typing import Annotated, Any
 
 import typer
@@ -17,24 +15,12 @@ FINAL = ("succeeded", "failed", "cancelled")
 
 
 def _call(server: str, token: str, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        server.rstrip("/") + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
+    from voxelhub.algorithms.batch import ApiError, call
+
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read()).get("message", err.reason)
-        except ValueError:
-            message = err.reason
-        console.print(f"[bold red]error:[/] {err.code}: {message}")
-        raise typer.Exit(code=2) from err
-    except urllib.error.URLError as err:
-        console.print(f"[bold red]error:[/] cannot reach {server}: {err.reason}")
+        return call(server, token, method, path, body)
+    except ApiError as err:
+        console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(code=2) from err
 
 
