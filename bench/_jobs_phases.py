@@ -77,12 +77,13 @@ class StepTimer:
 def timed_steps(timer: StepTimer) -> Iterator[None]:
     """Wrap the steps of a job run with timers, and put the originals back afterwards."""
     patches: list[tuple[Any, str, str]] = [
-        (engine, "claim", "claim with its limit checks (lock, UPDATE … RETURNING)"),
+        (engine, "claim", "claim with its limit checks (lock, UPDATE, commit)"),
         (engine, "waiting_for_limits", "limit reached: waiting_for_limits"),
         (engine, "finish", "finish (UPDATE … RETURNING)"),
         (io, "materialise", "materialise"),
         (runner, "_request", "build request"),
-        (runner, "_collect", "collect (incl. its commit)"),
+        (io, "collect", "collect (io.collect, in the finish transaction)"),
+        (tasks, "record", "record the end: outputs + finish in one transaction, commit"),
         (runner, "prepare_workdir", "workdir: prepare"),
         (tempfile, "mkdtemp", "workdir: mkdtemp"),
         (shutil, "rmtree", "workdir: rmtree"),
@@ -100,7 +101,8 @@ def timed_steps(timer: StepTimer) -> Iterator[None]:
         for module, name, label in patches:
             setattr(module, name, timer.wrap(label, getattr(module, name)))
         setattr(runner, "executor_for", executor_for)  # noqa: B010
-        setattr(tasks, "session_scope", timer.scope("commits of claim and finish", session_scope))  # noqa: B010
+        scope = timer.scope("commit of the record transaction", session_scope)
+        setattr(tasks, "session_scope", scope)  # noqa: B010
         yield
     finally:
         for module, name, original in saved:
@@ -164,12 +166,14 @@ def breakdown(
     steps = {label: spread(values) for label, values in timer.samples.items()}
     samples = timer.samples
     steps["execute other (cancel watch)"] = _rest(
-        samples, TOTAL, ("claim", "limit reached", "finish", "commits", "handler", "on_finish")
+        samples,
+        TOTAL,
+        ("claim", "limit reached", "record", "handler", "on_finish", "workdir: rmtree"),
     )
     steps["handler other (load version, its commit)"] = _rest(
         samples,
         "handler (run_algorithm_job)",
-        ("materialise", "build request", "executor", "collect", "workdir"),
+        ("materialise", "build request", "executor", "workdir: mkdtemp", "workdir: prepare"),
     )
     return {"jobs": len(ids), "succeeded": states.count("succeeded"), "steps": steps}
 

@@ -104,7 +104,7 @@ def other_rows(figures: dict[str, Any], goals: dict[str, float]) -> list[dict[st
             rows.append(_row(f"  {part}", where, seconds, "s"))
         steps = _get(trigger, "in_process_rerun", "steps") or {}
         for label in ("materialise", "executor run (thread start, algorithm, join)",
-                      "collect (incl. its commit)"):  # fmt: skip
+                      "record the end: outputs + finish in one transaction, commit"):  # fmt: skip
             mean = _get(steps, label, "mean_ms")
             if mean is not None:
                 rows.append(_row(f"  of the run: {label} (rerun here)", where, mean / 1000, "s"))

@@ -16,15 +16,17 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 # Each phase of a job in the worker's main thread, by the first of these frames found in a
 # stack. The order matters: a finish inside `execute` is a finish, not "execute other".
 JOB_PHASES: tuple[tuple[str, str], ...] = (
-    ("claim with its limit checks (lock, UPDATE … RETURNING)", "claim (voxelhub/jobs/engine.py"),
+    ("claim with its limit checks (lock, UPDATE, commit)", "claim (voxelhub/jobs/engine.py"),
     ("limit reached (waiting_for_limits)", "waiting_for_limits (voxelhub/jobs/engine.py"),
     ("materialise (io.materialise)", "materialise (voxelhub/algorithms/io.py"),
     ("workdir (mkdtemp, prepare, rmtree)", "prepare_workdir ("),
     ("workdir (mkdtemp, prepare, rmtree)", "mkdtemp ("),
     ("workdir (mkdtemp, prepare, rmtree)", "rmtree ("),
     ("executor (thread start + join)", "BuiltinExecutor.run ("),
-    ("collect (io.collect + commit)", "_collect (voxelhub/algorithms/runner.py"),
+    ("collect (io.collect, in the finish transaction)", "collect (voxelhub/algorithms/io.py"),
+    ("collect (io.collect, in the finish transaction)", "store (voxelhub/algorithms/runner.py"),
     ("finish (UPDATE … RETURNING)", "finish (voxelhub/jobs/engine.py"),
+    ("record the end (session, commit)", "record (voxelhub/jobs/tasks.py"),
     ("on_finish (webhooks.notify: loads the job again)", "notify (voxelhub/algorithms/webhooks.py"),
     ("cancel watch (register, unregister)", "add (voxelhub/jobs/tasks.py"),
     ("cancel watch (register, unregister)", "remove (voxelhub/jobs/tasks.py"),
@@ -50,11 +52,13 @@ BROKER = "broker/consumer loop, other"
 # waits for a CPU still shows this frame, so on a busy machine it is not all idle time.
 WAITING = "waiting for a message (idle, or woken and waiting for a CPU)"
 WAIT_FRAMES = ("Transport.drain_events (kombu/transport/virtual/base.py", "_epoll.poll (")
+# The embedded transport waiting for a NOTIFY (or its fallback interval), anywhere below.
+NOTIFY_WAIT = "Transport._wait (voxelhub/jobs/broker.py"
 EXECUTE = "execute (voxelhub/jobs/tasks.py:"
 
 
 def _execute_lines() -> tuple[int, ...]:
-    """Lines of `tasks.execute` that open a transaction: the claim's, then the finish's."""
+    """Lines of `tasks.execute` that open a session of their own."""
     import inspect
 
     from voxelhub.jobs import tasks
@@ -131,7 +135,7 @@ def _phase(stack: str, transactions: tuple[int, ...]) -> str:
             return label
     if EXECUTE in stack:
         return _in_execute(stack.split(EXECUTE, 1)[1], transactions)
-    if stack.rsplit(";", 1)[-1].startswith(WAIT_FRAMES):
+    if NOTIFY_WAIT in stack or stack.rsplit(";", 1)[-1].startswith(WAIT_FRAMES):
         return WAITING
     for label, frame in LOOP_PHASES:
         if frame in stack:
@@ -140,16 +144,14 @@ def _phase(stack: str, transactions: tuple[int, ...]) -> str:
 
 
 def _in_execute(below: str, transactions: tuple[int, ...]) -> str:
-    """Directly in `execute`: loading the job, or committing the claim or the finish."""
+    """Directly in `execute`: the commit of its one session (after a claim that was refused:
+    `waiting_for_limits`); the claim and the record of the end have their own phases."""
     line_text, _, callees = below.partition(";")
     line = int(line_text.split(")", 1)[0] or 0)
     if callees.startswith("Session.get ("):
         return "load job (db.get)"
-    if callees.startswith("_GeneratorContextManager.__exit__") and transactions:
-        if line == transactions[0]:
-            return "claim commit"
-        if line == transactions[-1]:
-            return "finish commit"
+    if callees.startswith("_GeneratorContextManager.__exit__") and line in transactions:
+        return "limit reached (its commit)"
     return "execute other"
 
 

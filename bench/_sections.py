@@ -114,10 +114,14 @@ def cstore(servers: list[Server], data: Data, sizes: Sizes) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             out[server.name] = {"error": f"storescu ran past {sizes.stow_time_limit_s} s"}
             continue
-        stored = _count_instances(server, series)
+        # A server may acknowledge an instance (durable) before it is searchable: the
+        # figure counts until every instance is found, for both servers alike.
+        stored, visible = _wait_until_found(server, series, started, limit_s=60)
         figures = {
-            "instances_per_s": stored / seconds,
-            "seconds": seconds,
+            "instances_per_s": stored / visible,
+            "seconds": visible,
+            "acknowledged_per_s": len(series.paths) / seconds,
+            "storescu_seconds": seconds,
             "sent": len(series.paths),
             "stored": stored,
             "storescu_rc": done.returncode,
@@ -126,10 +130,23 @@ def cstore(servers: list[Server], data: Data, sizes: Sizes) -> dict[str, Any]:
             figures["error"] = (done.stderr or done.stdout)[-600:]
         out[server.name] = figures
         say(
-            f"C-STORE {server.name}: {stored}/{len(series.paths)} in {seconds:.1f} s "
-            f"(storescu rc {done.returncode})"
+            f"C-STORE {server.name}: {stored}/{len(series.paths)} found after {visible:.2f} s, "
+            f"acknowledged in {seconds:.2f} s (storescu rc {done.returncode})"
         )
     return out
+
+
+def _wait_until_found(
+    server: Server, series: SeriesFiles, started: float, *, limit_s: float
+) -> tuple[int, float]:
+    """(instances found, seconds from `started` until all were found or the limit)."""
+    deadline = time.perf_counter() + limit_s
+    while True:
+        stored = _count_instances(server, series)
+        now = time.perf_counter()
+        if stored >= len(series.paths) or now > deadline:
+            return stored, now - started
+        time.sleep(0.02)
 
 
 def _count_instances(server: Server, series: SeriesFiles) -> int:

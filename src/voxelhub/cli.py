@@ -154,7 +154,8 @@ def worker(
             engine.prune_broker_messages(db)
 
     def fire_triggers(db: Session) -> None:
-        triggers.evaluate(db, runtime.store, send)
+        # One job at a time runs in this very process: bundles started ahead serve it.
+        triggers.evaluate(db, runtime.store, send, prewarm=concurrency == 1)
 
     def install(hostname: str) -> None:
         register_builtins()

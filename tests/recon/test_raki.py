@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from voxelhub.recon import _raki_net
+from voxelhub.recon import _raki_cnn, _raki_net, _raki_train
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.grappa import grappa
 from voxelhub.recon.masks import equispaced_mask
@@ -112,6 +112,84 @@ def test_batched_training_is_exactly_separate_training(
                 alone = trained(slice(index, index + 1), [output]).network(0, 0)
                 for got, want in zip(batched.network(index, output), alone, strict=True):
                     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["raki", "rraki"])
+def test_written_out_gradients_are_autograd_gradients(residual: bool) -> None:
+    """The hand-written backward pass gives autograd's gradients of the same loss (float64)."""
+    generator = torch.Generator().manual_seed(0)
+    acs = torch.randn(2, 6, 20, 11, generator=generator, dtype=torch.float64)
+    weights = _raki_net.initial_weights(
+        6, 3, seed=0, outputs=range(6), slices=2, residual=residual,
+        dtype=torch.float64, device=torch.device("cpu"),
+    )  # fmt: skip
+    if weights.linear is not None:
+        with torch.no_grad():
+            weights.linear.normal_(generator=generator)
+            weights.w3.normal_(generator=generator)
+    columns, grid = _raki_cnn.patches(acs, dilation=3), (16, 8)
+    wanted = _raki_cnn.targets(acs, range(6), 3)
+    kept = (torch.rand(wanted.shape[-2:], generator=generator) > 0.3).double()
+    batch = _raki_cnn.Batch(
+        columns=columns,
+        linear_columns=_raki_train._at_outputs(columns, grid, 3) if residual else None,
+        wanted=wanted, loss_weight=kept / kept.sum(), grid=grid, dilation=3, linear_weight=0.5,
+    )  # fmt: skip
+    squared, grads = _raki_cnn.forward_backward(weights.parameters(), batch)
+
+    cnn, linear = _raki_cnn.forward(weights, columns, grid, dilation=3)
+    prediction = cnn if linear is None else cnn + linear
+    loss = ((prediction - wanted).square().mean(dim=2) * batch.loss_weight).sum()
+    if linear is not None:
+        loss = loss + 0.5 * ((linear - wanted).square().mean(dim=2) * batch.loss_weight).sum()
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.testing.assert_close(squared, (prediction - wanted).square().sum(dim=2).detach())
+    for parameter, grad in zip(weights.parameters(), grads, strict=True):
+        assert parameter.grad is not None
+        torch.testing.assert_close(grad, parameter.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_early_stopping_keeps_each_networks_best_held_out_error() -> None:
+    """On pure noise there is nothing to learn: training stops before its last step, and each
+    network ends no worse on the held-out positions than where it started."""
+    generator = torch.Generator().manual_seed(1)
+    acs = torch.randn(1, 6, 40, 12, generator=generator, dtype=torch.float64)
+    training = _raki_train.Training(
+        iterations=400, learning_rate=1e-2, held_out=0.3, patience=20, seed=3
+    )
+    weights = _raki_net.initial_weights(
+        6, 2, seed=0, outputs=range(6), slices=1, residual=False,
+        dtype=torch.float64, device=torch.device("cpu"),
+    )  # fmt: skip
+
+    def held_out_errors() -> torch.Tensor:
+        wanted = _raki_cnn.targets(acs, range(6), 2)
+        held = 1 - _raki_train._held_out_mask(wanted.shape[-2:], training, device=acs.device)
+        columns = _raki_cnn.patches(acs, dilation=2)
+        with torch.no_grad():
+            cnn, _ = _raki_cnn.forward(weights, columns, (36, 10), dilation=2)
+        return ((cnn - wanted).square().mean(dim=2) * held).sum(dim=(2, 3))
+
+    before = held_out_errors()
+    history = _raki_train.train(weights, acs, outputs=range(6), training=training)
+    assert len(history) < training.iterations
+    assert torch.all(held_out_errors() <= before)
+
+
+def test_principal_features_keep_the_filters_in_their_span(small_r4: PhantomAcquisition) -> None:
+    kspace = small_r4.kspace
+    data = kspace.data[0][None]
+    start, stop = kspace.sampling.acs
+    inputs = torch.from_numpy(np.concatenate([data.real, data.imag], axis=1))
+    acs = inputs[..., start:stop] / inputs[..., start:stop].abs().max()
+    weights = _raki_net.initial_weights(
+        16, 4, seed=0, outputs=range(16), slices=1, residual=False,
+        dtype=torch.float32, device=torch.device("cpu"),
+    )  # fmt: skip
+    training = _raki_train.Training(iterations=5, learning_rate=1e-2, features=24)
+    _raki_train.train(weights, acs, outputs=range(16), training=training)
+    assert weights.w1.shape == (1, 16 * 32, 160)
+    assert int(torch.linalg.matrix_rank(weights.w1[0].detach(), rtol=1e-4)) == 24
 
 
 def test_acquired_lines_are_kept_and_all_others_filled(tiny_r3: PhantomAcquisition) -> None:

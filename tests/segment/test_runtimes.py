@@ -109,3 +109,73 @@ def test_discretize_paints_nested_regions_most_specific_last() -> None:
     whole[0, 0, 1:3] = 0.9  # core inside it
     whole[2, 0, 2] = 0.9  # enhancing inside the core
     assert discretize(whole, "sigmoid", [1, 2, 3]).tolist() == [[2, 1, 3, 2]]
+
+
+def test_fast_pipeline_gives_the_labels_of_the_bundles_config(
+    spleen_bundle: Path, small_ct: SyntheticCase
+) -> None:
+    """float32 resampling and the fused softmax → invert → argmax against MONAI as configured."""
+    from voxelhub.segment.inference import TwoClassPostprocessing
+
+    config = load_model(spleen_bundle, runtime="eager")
+    fast = load_model(spleen_bundle, runtime="eager", pipeline="fast")
+    assert config.pipeline == "config" and fast.pipeline == "fast"  # type: ignore[attr-defined]
+    assert isinstance(fast.postprocessing, TwoClassPostprocessing)  # type: ignore[attr-defined]
+    expected = SimpleITK.GetArrayFromImage(config.predict([image_of(small_ct)]))
+    got = SimpleITK.GetArrayFromImage(fast.predict([image_of(small_ct)]))
+    assert 0 < expected.mean() < 1
+    assert label_agreement(expected, got) >= 0.999
+
+
+def test_optimized_runtimes_default_to_the_fast_pipeline(spleen_bundle: Path) -> None:
+    assert load_model(spleen_bundle, runtime="onnx").pipeline == "fast"  # type: ignore[attr-defined]
+    assert load_model(spleen_bundle, runtime="auto").pipeline == "fast"  # type: ignore[attr-defined]
+    explicit = load_model(spleen_bundle, runtime="onnx", pipeline="config")
+    assert explicit.pipeline == "config"  # type: ignore[attr-defined]
+
+
+def test_fusion_leaves_other_postprocessing_as_configured() -> None:
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Identityd, Invertd
+
+    from voxelhub.segment.inference import fused_postprocessing
+
+    invert = Invertd(keys="pred", transform=Compose([]), orig_keys="image", nearest_interp=False)
+    sigmoid = Compose(
+        [Activationsd(keys="pred", sigmoid=True), invert, AsDiscreted(keys="pred", threshold=0.5)]
+    )
+    nearest = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            Invertd(keys="pred", transform=Compose([]), orig_keys="image", nearest_interp=True),
+            AsDiscreted(keys="pred", argmax=True),
+        ]
+    )
+    fusable = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            invert,
+            AsDiscreted(keys="pred", argmax=True),
+            Identityd(keys="pred"),
+        ]
+    )
+    assert fused_postprocessing(sigmoid, "pred") is None
+    assert fused_postprocessing(nearest, "pred") is None
+    assert fused_postprocessing(fusable, "other") is None
+    fused = fused_postprocessing(fusable, "pred")
+    assert fused is not None and len(fused.after) == 1
+
+
+def test_compile_leaves_the_source_network_as_it_was(spleen_bundle: Path) -> None:
+    """The compiled copy is channels-last; the module eager and the exports use is not."""
+    import torch
+
+    from voxelhub.segment.runtimes import build_predictor
+
+    engine = load_model(spleen_bundle, runtime="eager").engine  # type: ignore[attr-defined]
+    build_predictor(engine.source, "compile", engine.patch)  # compiles lazily, on first call
+    weights = [p for p in engine.source.module.parameters() if p.ndim == 5]
+    assert weights and all(p.is_contiguous() for p in weights)
+    assert not any(
+        p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+        for p in weights
+    )

@@ -206,6 +206,29 @@ def test_stow_reports_bad_parts_and_stores_the_good(  # type: ignore[no-untyped-
     assert "multipart/related" in wrong_type.json()["message"]
 
 
+def test_a_cut_off_stow_stores_nothing_though_batches_were_indexed(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    archive: ArchiveClient = make_archive()
+    series = ct_phantom(slices=40, size=32)  # several indexing batches
+    boundary = "b0undary"
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(ds) + b"\r\n"
+        for ds in series
+    )
+    response = httpx.post(
+        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies",
+        content=body,  # no closing boundary
+        headers={
+            "Authorization": f"Bearer {archive.owner.token}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        },
+    )
+    assert response.status_code == 400
+    assert "closing boundary" in response.json()["message"]
+    assert archive.scoped.search_for_studies() == []
+
+
 def test_qido_matching_rules(make_archive) -> None:  # type: ignore[no-untyped-def]
     archive: ArchiveClient = make_archive()
     for index, (name, date) in enumerate(

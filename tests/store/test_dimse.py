@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
 from voxelhub.store.dimse import DimseConfig, DimseConfigError, DimseServer, start_dimse
+from voxelhub.store.dimse.journal import Segment, leftovers
+from voxelhub.store.dimse.store_scp import JOURNAL_FOLDER
 from voxelhub.store.models import Instance, Series, Study
 
 TOOLS = ("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
@@ -112,8 +115,10 @@ def store_series(server: DimseServer, files: list[Path], proposal: str = "-x=") 
     """storescu proposes uncompressed syntaxes and the one compressed syntax named by `proposal`.
 
     A compressed file goes as it is only when its syntax was proposed (and accepted).
+    Returns once the acknowledged instances are indexed too.
     """
     scu("storescu", server, "-R", proposal, *files)
+    assert server.flush(timeout=120), "the acknowledged instances were not indexed"
 
 
 def store_all(server: DimseServer, series_files: list[Path]) -> None:
@@ -203,6 +208,39 @@ def test_storescu_reports_a_uid_conflict(
     output = result.stdout + result.stderr
     assert "0xa900" in output and "UID conflict" in output, output[-3000:]
     assert len(stored_uids(runtime, dimse.archive_id)) == 1
+
+
+@pytest.mark.slow
+@needs_dcmtk
+def test_instances_left_in_the_journal_are_indexed_on_start(
+    runtime: Runtime, archive_name: str, series_files: list[Path]
+) -> None:
+    """What a crash left acknowledged but not indexed is stored when the service starts;
+    a withdrawn record and a record cut short (never acknowledged) are not."""
+    config = DimseConfig(archive=archive_name, ae_title=AE_TITLE, port=0)
+    with start_dimse(runtime, config) as server:
+        folder = runtime.settings.home / JOURNAL_FOLDER / str(server.archive_id)
+    origin = b'{"calling_ae": "CT1", "address": "10.0.0.7:4100"}'
+    segment = Segment.create(folder)
+    for path in series_files[:5]:
+        segment.append(origin, path.read_bytes())
+    segment.cancel_last()  # refused after it was written: never acknowledged
+    segment.append(origin, series_files[5].read_bytes())
+    segment.seal()
+    torn = series_files[6].read_bytes()
+    with segment.path.open("ab") as journal:  # the crash came while this one was written
+        journal.write(struct.pack("<4sIQI", b"VXJ1", len(origin), len(torn), 0) + origin)
+        journal.write(torn[:1000])
+    expected = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                      for p in [*series_files[:4], series_files[5]])  # fmt: skip
+
+    with start_dimse(runtime, config) as server:
+        assert server.flush(timeout=120)
+        assert stored_uids(runtime, server.archive_id) == expected
+    assert leftovers(folder) == []
+    with session_scope(runtime.database_url) as db:
+        audit = db.scalars(select(AuditEvent).where(AuditEvent.action == "dimse.store")).first()
+    assert audit is not None and audit.detail["calling_ae"] == "CT1"
 
 
 def find(

@@ -1,7 +1,8 @@
 """Multi-model endpoints: one endpoint serves many models, loaded on first use.
 
-A model is a file (TorchScript `.pt` or ONNX `.onnx`) uploaded to an endpoint; it lives
-in the object store under `endpoints/{endpoint}/{model}`, so adding one needs no restart.
+A model is a file (TorchScript `.pt` or ONNX `.onnx`) uploaded to an endpoint, or a MONAI
+bundle algorithm named by its slug (`algorithms.endpoint_bundles`); it lives in the object
+store under `endpoints/{endpoint}/{model}`, so adding one needs no restart.
 Loaded models stay warm in a `ModelCache` and the least recently used are evicted under
 the memory budget.
 """
@@ -28,10 +29,18 @@ _cache: ModelCache | None = None
 
 
 def cache(budget_mb: float = 2048) -> ModelCache:
+    """The process's loaded models; `budget_mb` applies when the first call creates it."""
     global _cache  # noqa: PLW0603 - one warm cache per process
     if _cache is None:
-        _cache = ModelCache(budget_mb)
+        _cache = ModelCache(budget_mb, dispose=release)
     return _cache
+
+
+def release(model: Any) -> None:
+    """Free what a model evicted from the cache holds (a bundle's process is closed)."""
+    close = getattr(model, "close", None)
+    if callable(close):
+        close()
 
 
 def check_name(kind: str, name: str) -> str:
@@ -91,13 +100,19 @@ def runtime_of(filename: str) -> str:
     suffix = filename.rsplit(".", 1)[-1].lower()
     if suffix not in RUNTIMES:
         raise BadRequest(
-            f"a model file must be TorchScript (.pt) or ONNX (.onnx), not {filename!r}"
+            f"a model file must be TorchScript (.pt) or ONNX (.onnx), not {filename!r}; "
+            "for a MONAI bundle, upload it as an algorithm and send algorithm=<slug> instead"
         )
     return suffix
 
 
+# A model that is an uploaded MONAI bundle algorithm (`algorithms.endpoint_bundles`).
+REFERENCE = "algorithm"
+SUFFIXES = (*RUNTIMES, REFERENCE)
+
+
 def find_model(store: ObjectStore, endpoint: str, model: str) -> str:
-    for runtime in RUNTIMES:
+    for runtime in SUFFIXES:
         key = model_key(endpoint, model, runtime)
         if store.exists(key):
             return key

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response, UploadFile, status
+from fastapi import APIRouter, Body, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from voxelhub.algorithms import endpoints, realtime, service
+from voxelhub.algorithms import endpoint_bundles, endpoints, realtime, service
 from voxelhub.auth import audit
 from voxelhub.auth.deps import AdminDep, PrincipalDep, current_principal, optional_principal
 from voxelhub.core.db import session_scope
-from voxelhub.core.deps import DbDep, StoreDep, get_runtime
+from voxelhub.core.deps import DbDep, SettingsDep, StoreDep, get_runtime
+from voxelhub.core.errors import BadRequest
 
 router = APIRouter(prefix="/api/v1", tags=["endpoints"])
 
@@ -52,37 +54,64 @@ def _invoke(request: Request, slug: str, inputs: dict[str, Any]) -> dict[str, An
 
 @router.put("/endpoints/{endpoint}/models/{model}", status_code=status.HTTP_201_CREATED)
 def upload_model(
-    endpoint: str, model: str, file: UploadFile, admin: AdminDep, db: DbDep, store: StoreDep
+    endpoint: str,
+    model: str,
+    admin: AdminDep,
+    db: DbDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    file: UploadFile | None = None,
+    algorithm: Annotated[str | None, Form()] = None,
 ) -> dict[str, Any]:
-    """Add (or replace) a model of a multi-model endpoint; no restart needed."""
-    runtime = endpoints.runtime_of(file.filename or "")
-    for other in endpoints.RUNTIMES:
+    """Add (or replace) a model of a multi-model endpoint; no restart needed.
+
+    Send a model `file` (TorchScript `.pt` or ONNX `.onnx`) or `algorithm`, the slug of a
+    MONAI bundle uploaded as an algorithm package.
+    """
+    body: Any
+    if algorithm is not None and file is None:
+        runtime = endpoints.REFERENCE
+        body = io.BytesIO(endpoint_bundles.reference(db, admin, algorithm))
+    elif file is not None and algorithm is None:
+        runtime = endpoints.runtime_of(file.filename or "")
+        body = file.file
+    else:
+        raise BadRequest(
+            "send either a model file (file=, TorchScript .pt or ONNX .onnx) or "
+            "algorithm=<slug> (a MONAI bundle uploaded as an algorithm package), not both"
+        )
+    cache = endpoints.cache(settings.endpoint_memory_mb)
+    for other in endpoints.SUFFIXES:
         stale = endpoints.model_key(endpoint, model, other)
         if other != runtime and store.exists(stale):
             store.delete(stale)
+            cache.forget(stale)
     key = endpoints.model_key(endpoint, model, runtime)
-    info = store.put(key, file.file)
-    endpoints.cache().forget(key)
+    info = store.put(key, body)
+    cache.forget(key)
     audit.record(
         db,
         admin,
         "endpoint.model.upload",
         object_type="endpoint",
         object_id=endpoint,
-        detail={"model": model, "size": info.size},
+        detail={"model": model, "size": info.size, "algorithm": algorithm},
     )
     return {"endpoint": endpoint, "model": model, "runtime": runtime, "size": info.size}
 
 
 @router.get("/endpoints/{endpoint}/models")
 def list_models(endpoint: str, principal: PrincipalDep, store: StoreDep) -> list[dict[str, Any]]:
+    """The endpoint's models; `loaded` ones are warm, taking `memory_mb` of the budget."""
     prefix = f"endpoints/{endpoints.check_name('endpoint', endpoint)}/"
-    warm = set(endpoints.cache().keys())
+    warm = endpoints.cache().sizes()
     return [
         {
             "model": info.key[len(prefix) :].rsplit(".", 1)[0],
+            "runtime": info.key.rsplit(".", 1)[-1],
             "size": info.size,
             "loaded": info.key in warm,
+            "memory_mb": round(warm.get(info.key, 0.0), 1),
         }
         for info in store.list(prefix)
     ]
@@ -94,8 +123,30 @@ def invoke_endpoint(
     model: Annotated[str, Body()],
     inputs: Annotated[dict[str, Any], Body()],
     principal: PrincipalDep,
+    db: DbDep,
     store: StoreDep,
+    settings: SettingsDep,
+    response: Response,
 ) -> dict[str, Any]:
-    """Run the named model of a multi-model endpoint on tensors; loads it on first use."""
-    outputs = endpoints.invoke(store, endpoint, model, inputs)
-    return {"model": model, "outputs": outputs, "loaded": len(endpoints.cache().keys())}
+    """Run the named model of a multi-model endpoint; loads it on first use.
+
+    A model file takes tensors (`{"shape", "dtype", "data"}` or `{"values"}`) and answers
+    tensors; a bundle algorithm takes its interfaces' inputs (an image as
+    `{filename, data}`, a series as `{archive_id, series_instance_uid}`) and answers the
+    outputs a call can carry (`volumes`, `mask`).
+    """
+    started = time.perf_counter()
+    cache = endpoints.cache(settings.endpoint_memory_mb)
+    loads = cache.loads
+    key = endpoints.find_model(store, endpoint, model)
+    if key.endswith(f".{endpoints.REFERENCE}"):
+        outputs = endpoint_bundles.invoke(db, store, principal, key=key, model=model, inputs=inputs)
+    else:
+        outputs = endpoints.invoke(store, endpoint, model, inputs)
+    response.headers["Server-Timing"] = f"total;dur={(time.perf_counter() - started) * 1000:.1f}"
+    return {
+        "model": model,
+        "outputs": outputs,
+        "loaded": len(cache.keys()),
+        "cold": cache.loads > loads,
+    }

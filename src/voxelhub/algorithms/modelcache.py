@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,6 +21,9 @@ class _Entry:
 class ModelCache:
     """A thread-safe LRU of loaded models.
 
+    `dispose(model)` is called (outside the cache's lock) for every model that leaves the
+    cache, evicted or forgotten: a model that is a process of its own is stopped there.
+
     >>> cache = ModelCache(budget_mb=100)
     >>> cache.get("a", lambda: ("model a", 60.0))
     'model a'
@@ -27,8 +33,9 @@ class ModelCache:
     ['b']
     """
 
-    def __init__(self, budget_mb: float) -> None:
+    def __init__(self, budget_mb: float, *, dispose: Callable[[Any], None] | None = None) -> None:
         self.budget_mb = budget_mb
+        self.dispose = dispose
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -52,17 +59,40 @@ class ModelCache:
             with self._lock:
                 self._entries[key] = _Entry(model, size_mb)
                 self.loads += 1
-                self._evict(keep=key)
+                evicted = self._evict(keep=key)
                 self._loading.pop(key, None)
-            return model
+        self._dispose(evicted)
+        return model
 
-    def _evict(self, *, keep: str) -> None:
+    def resize(self, key: str, size_mb: float) -> None:
+        """Record what the model under `key` takes now (it grows as it runs); evicts others."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            entry.size_mb = size_mb
+            evicted = self._evict(keep=key)
+        self._dispose(evicted)
+
+    def _evict(self, *, keep: str) -> list[Any]:
+        evicted = []
         while self.used_mb() > self.budget_mb and len(self._entries) > 1:
             oldest = next(iter(self._entries))
             if oldest == keep:
-                break
-            del self._entries[oldest]
+                self._entries.move_to_end(oldest)
+                oldest = next(iter(self._entries))
+            evicted.append(self._entries.pop(oldest).model)
             self.evictions += 1
+        return evicted
+
+    def _dispose(self, models: list[Any]) -> None:
+        if self.dispose is None:
+            return
+        for model in models:
+            try:
+                self.dispose(model)
+            except Exception:
+                logger.warning("could not release an evicted model", exc_info=True)
 
     def used_mb(self) -> float:
         return sum(e.size_mb for e in self._entries.values())
@@ -71,6 +101,19 @@ class ModelCache:
         with self._lock:
             return list(self._entries)
 
+    def sizes(self) -> dict[str, float]:
+        """The memory (MB) each loaded model takes, least recently used first."""
+        with self._lock:
+            return {key: entry.size_mb for key, entry in self._entries.items()}
+
     def forget(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+        self._dispose([] if entry is None else [entry.model])
+
+    def clear(self) -> None:
+        """Release every loaded model (on shutdown)."""
+        with self._lock:
+            models = [entry.model for entry in self._entries.values()]
+            self._entries.clear()
+        self._dispose(models)

@@ -28,7 +28,7 @@ from voxelhub.algorithms.contract import (
     prepare_workdir,
 )
 from voxelhub.algorithms.errors import InvalidInputs
-from voxelhub.algorithms.models import Algorithm
+from voxelhub.algorithms.models import Algorithm, AlgorithmVersion
 from voxelhub.algorithms.runner import memory_scratch
 from voxelhub.archives import service as archives
 from voxelhub.archives.values import ValueKind
@@ -92,7 +92,7 @@ def io_safe_name(name: str) -> str:
     return safe_filename(name)
 
 
-def _read_outputs(outputs: list[dict[str, Any]], output_dir: Path) -> dict[str, Any]:
+def read_outputs(outputs: list[dict[str, Any]], output_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for spec in outputs:
         interface, kind = spec["interface"], ValueKind(spec["kind"])
@@ -111,6 +111,36 @@ def _read_outputs(outputs: list[dict[str, Any]], output_dir: Path) -> dict[str, 
         except (OSError, ValueError) as err:
             raise AlgorithmFailed(f"output {interface!r} is missing or not JSON: {err}") from err
     return result
+
+
+def stage_inputs(
+    db: Session,
+    store: ObjectStore,
+    principal: Principal,
+    algorithm: Algorithm,
+    *,
+    version: AlgorithmVersion,
+    inputs: dict[str, Any],
+    workdir: Path,
+) -> None:
+    """Write the call's inputs under `workdir` by the container contract (all are required)."""
+    missing = [i["interface"] for i in version.inputs if i["interface"] not in inputs]
+    if missing:
+        raise InvalidInputs(f"missing input(s): {', '.join(missing)}")
+    prepare_workdir(workdir)
+    entries = [
+        _write_input(
+            db,
+            store,
+            principal,
+            spec=spec,
+            given=inputs[spec["interface"]],
+            input_dir=workdir / "input",
+        )
+        for spec in version.inputs
+    ]
+    manifest = InputsManifest(job_id="realtime", algorithm=algorithm.slug, inputs=entries)
+    (workdir / "input" / INPUTS_JSON).write_text(manifest.model_dump_json())
 
 
 def invoke(
@@ -144,25 +174,11 @@ def invoke(
         raise BadRequest(
             f"{algorithm.slug!r} writes {', '.join(unusable)} into the store: start a job for it"
         )
-    missing = [i["interface"] for i in version.inputs if i["interface"] not in inputs]
-    if missing:
-        raise InvalidInputs(f"missing input(s): {', '.join(missing)}")
     workdir = Path(tempfile.mkdtemp(prefix="vxh-rt-", dir=memory_scratch()))
     try:
-        prepare_workdir(workdir)
-        entries = [
-            _write_input(
-                db,
-                store,
-                principal,
-                spec=spec,
-                given=inputs[spec["interface"]],
-                input_dir=workdir / "input",
-            )
-            for spec in version.inputs
-        ]
-        manifest = InputsManifest(job_id="realtime", algorithm=algorithm.slug, inputs=entries)
-        (workdir / "input" / INPUTS_JSON).write_text(manifest.model_dump_json())
+        stage_inputs(
+            db, store, principal, algorithm, version=version, inputs=inputs, workdir=workdir
+        )
         limits = Limits(time_limit_s=float(version.resources.get("time_limit_s", 60)))
         result = BuiltinExecutor().run(
             ExecutionRequest(
@@ -174,6 +190,6 @@ def invoke(
         )
         if result.outcome is not Outcome.succeeded:
             raise AlgorithmFailed(f"{algorithm.slug} {result.outcome.value}: {result.message}")
-        return _read_outputs(list(version.outputs), workdir / "output")
+        return read_outputs(list(version.outputs), workdir / "output")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -5,7 +5,9 @@ answers within the request: the bundle is unpacked once per API process (by its 
 object key), its model stays loaded in a `WarmBundle` (its own sandboxed process), and each
 call writes the inputs, segments and reads back the outputs an answer can carry (JSON such
 as `volumes`, images such as `mask`, base64). DICOM outputs (SEG, SR) go into the store only
-through jobs, so a real-time call leaves them out.
+through jobs, so a real-time call leaves them out. Multi-model endpoints
+(`algorithms.endpoint_bundles`) run their bundle models through the same `run_bundle`, on
+warm bundles of their own kept under the endpoint's memory budget.
 """
 
 from __future__ import annotations
@@ -15,15 +17,21 @@ import tarfile
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from voxelhub.algorithms.contract import INPUTS_JSON, InputsManifest, Limits, prepare_workdir
-from voxelhub.algorithms.errors import InvalidInputs
+from voxelhub.algorithms.contract import Limits
 from voxelhub.algorithms.models import Algorithm, AlgorithmVersion
-from voxelhub.algorithms.warm import WarmError, warm_bundles
+from voxelhub.algorithms.realtime import (
+    REALTIME_OUTPUTS,
+    AlgorithmFailed,
+    read_outputs,
+    stage_inputs,
+)
+from voxelhub.algorithms.warm import WarmBundle, WarmError, warm_bundles
 from voxelhub.archives.values import ValueKind
 from voxelhub.auth.service import Principal
 from voxelhub.core.errors import BadRequest
@@ -66,6 +74,56 @@ def unpacked(store: ObjectStore, key: str) -> Path:
         return folder
 
 
+def bundle_version(store: ObjectStore, algorithm: Algorithm, version: AlgorithmVersion) -> Path:
+    """The unpacked MONAI bundle of a package version; BadRequest when it is not one."""
+    if version.kind != "package" or version.package_key is None:
+        raise BadRequest(f"{algorithm.slug!r} has no package to run")
+    bundle = unpacked(store, version.package_key)
+    if not is_bundle(bundle):
+        raise BadRequest(
+            f"{algorithm.slug!r} is a package but not a MONAI bundle: real-time and "
+            "multi-model endpoints run built-ins and bundles; start a job for other packages"
+        )
+    return bundle
+
+
+def limits_of(version: AlgorithmVersion) -> Limits:
+    """The version's limits, as its jobs get them (a warm process serves both)."""
+    resources = version.resources
+    return Limits(
+        memory_mb=int(resources.get("memory_mb", 2048)),
+        time_limit_s=float(resources.get("time_limit_s", 600)),
+        cpus=float(resources.get("cpus", 1)),
+        gpus=int(resources.get("gpus", 0)),
+    )
+
+
+def run_bundle(
+    db: Session,
+    store: ObjectStore,
+    principal: Principal,
+    algorithm: Algorithm,
+    *,
+    version: AlgorithmVersion,
+    inputs: dict[str, Any],
+    warm: Callable[[], WarmBundle],
+) -> dict[str, Any]:
+    """Segment the given inputs on the warm bundle `warm()` gives; the answerable outputs."""
+    answerable = [o for o in version.outputs if ValueKind(o["kind"]) in REALTIME_OUTPUTS]
+    workdir = Path(tempfile.mkdtemp(prefix="vxh-rt-"))
+    try:
+        stage_inputs(
+            db, store, principal, algorithm, version=version, inputs=inputs, workdir=workdir
+        )
+        try:
+            warm().segment(workdir / "input", workdir / "output")
+        except WarmError as err:
+            raise AlgorithmFailed(f"{algorithm.slug} failed: {err}") from err
+        return read_outputs(answerable, workdir / "output")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def invoke_bundle(
     db: Session,
     store: ObjectStore,
@@ -75,51 +133,11 @@ def invoke_bundle(
     version: AlgorithmVersion,
     inputs: dict[str, Any],
 ) -> dict[str, Any]:
-    """Segment the given inputs with the bundle version now; the answerable outputs."""
-    from voxelhub.algorithms.realtime import (
-        REALTIME_OUTPUTS,
-        AlgorithmFailed,
-        _read_outputs,
-        _write_input,
-    )
+    """Segment the given inputs with the bundle version now, on the process's warm bundles."""
+    bundle = bundle_version(store, algorithm, version)
+    key = str(version.package_key)
 
-    if version.package_key is None:
-        raise BadRequest(f"{algorithm.slug!r} has no package to run")
-    bundle = unpacked(store, version.package_key)
-    if not is_bundle(bundle):
-        raise BadRequest(
-            f"{algorithm.slug!r} is a package but not a MONAI bundle: real-time endpoints run "
-            "built-ins and bundles; start a job for other packages"
-        )
-    missing = [i["interface"] for i in version.inputs if i["interface"] not in inputs]
-    if missing:
-        raise InvalidInputs(f"missing input(s): {', '.join(missing)}")
-    answerable = [o for o in version.outputs if ValueKind(o["kind"]) in REALTIME_OUTPUTS]
-    workdir = Path(tempfile.mkdtemp(prefix="vxh-rt-"))
-    try:
-        prepare_workdir(workdir)
-        entries = [
-            _write_input(
-                db,
-                store,
-                principal,
-                spec=spec,
-                given=inputs[spec["interface"]],
-                input_dir=workdir / "input",
-            )
-            for spec in version.inputs
-        ]
-        manifest = InputsManifest(job_id="realtime", algorithm=algorithm.slug, inputs=entries)
-        (workdir / "input" / INPUTS_JSON).write_text(manifest.model_dump_json())
-        limits = Limits(
-            memory_mb=int(version.resources.get("memory_mb", 2048)),
-            time_limit_s=float(version.resources.get("time_limit_s", 600)),
-        )
-        try:
-            warm = warm_bundles().get(version.package_key, lambda: bundle, limits=limits)
-            warm.segment(workdir / "input", workdir / "output")
-        except WarmError as err:
-            raise AlgorithmFailed(f"{algorithm.slug} failed: {err}") from err
-        return _read_outputs(answerable, workdir / "output")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    def warm() -> WarmBundle:
+        return warm_bundles().get(key, lambda: bundle, limits=limits_of(version))
+
+    return run_bundle(db, store, principal, algorithm, version=version, inputs=inputs, warm=warm)

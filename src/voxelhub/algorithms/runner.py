@@ -11,6 +11,8 @@ import tempfile
 import threading
 import uuid
 import zipfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +186,14 @@ def _scratch_for(job: Job) -> str | None:
 
 
 def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) -> engine.Finish:
-    """The job handler of every algorithm job (built-in, package or container)."""
+    """The job handler of every algorithm job (built-in, package or container).
+
+    A run that succeeded returns a Finish whose `store` collects the outputs in the
+    transaction that records the end of the job (one transaction, not two), and whose
+    `cleanup` removes the working folder once that is done.
+    """
     workdir = Path(tempfile.mkdtemp(prefix=f"vxh-job-{job.id}-", dir=_scratch_for(job)))
+    keep = False
     try:
         prepare_workdir(workdir)
         # A session connects on its first query only: a job whose version is cached and
@@ -211,27 +219,43 @@ def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) ->
         result = (warm or executor_for(version.kind)).run(request, cancelled=cancelled)
         if result.outcome is not Outcome.succeeded:
             return _failure(result)
-        return _collect(runtime, job, slug=slug, outputs=outputs, workdir=workdir, result=result)
+        done = engine.Finish(
+            engine.SUCCEEDED,
+            "succeeded",
+            exit_code=result.exit_code,
+            log=result.stdout_tail + result.stderr_tail,
+            resources=_resources(result),
+        )
+        keep = True
+        return replace(
+            done,
+            store=_collector(runtime, job, done, slug=slug, outputs=outputs, workdir=workdir),
+            cleanup=lambda: shutil.rmtree(workdir, ignore_errors=True),
+        )
     except io.OutputError as err:
         return engine.Finish(engine.FAILED, "bad_output", str(err))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _collect(
+def _collector(
     runtime: Runtime,
     job: Job,
+    done: engine.Finish,
     *,
     slug: str,
     outputs: list[dict[str, Any]],
     workdir: Path,
-    result: ExecutionResult,
-) -> engine.Finish:
-    try:
-        with session_scope(runtime.database_url) as db:
-            case = db.get(Case, job.case_id)
-            if case is None:
-                return engine.Finish(engine.FAILED, "error", "the job's case was deleted")
+) -> Callable[[Session], engine.Finish]:
+    """The `store` step of a run that succeeded: its outputs become values of the case."""
+
+    def store(db: Session) -> engine.Finish:
+        case = db.get(Case, job.case_id)
+        if case is None:
+            failed = engine.Finish(engine.FAILED, "error", "the job's case was deleted")
+            raise engine.Rejected(failed)
+        try:
             collected = io.collect(
                 db,
                 runtime.store,
@@ -240,20 +264,9 @@ def _collect(
                 outputs=outputs,
                 output_dir=workdir / "output",
             )
-    except io.OutputError as err:
-        return engine.Finish(
-            engine.FAILED,
-            "bad_output",
-            str(err),
-            exit_code=result.exit_code,
-            log=result.stderr_tail,
-            resources=_resources(result),
-        )
-    return engine.Finish(
-        engine.SUCCEEDED,
-        "succeeded",
-        exit_code=result.exit_code,
-        log=result.stdout_tail + result.stderr_tail,
-        resources=_resources(result),
-        outputs=collected,
-    )
+        except io.OutputError as err:
+            bad = replace(done, state=engine.FAILED, outcome="bad_output", message=str(err))
+            raise engine.Rejected(bad) from err
+        return replace(done, outputs=collected)
+
+    return store

@@ -3,9 +3,10 @@
 A case takes part when it holds an image under the image interface (default `image`: an
 image value such as .mha/.nii.gz, or a DICOM series) and a label mask under the label
 interface (default `label`: an image value of integers, 0 for background, 1…N for the
-structures, on the image's grid or resampled onto it). Other cases are listed as skipped,
-with the reason. The result is a MONAI bundle folder (see `voxelhub.segment.train`), which
-is uploaded as an algorithm package like any other bundle.
+structures, on the image's grid or resampled onto it; or a DICOM SEG series that references
+the image series, segment n as label n, its segment labels naming the labels). Other cases
+are listed as skipped, with the reason. The result is a MONAI bundle folder (see
+`voxelhub.segment.train`), which is uploaded as an algorithm package like any other bundle.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
 from voxelhub.core.runtime import Runtime, build_runtime
 from voxelhub.core.settings import Settings
+from voxelhub.segment.errors import SegmentError
+from voxelhub.segment.inputs import InputImage
 from voxelhub.segment.train import TrainingCase, TrainingError, TrainingSettings
 
 train_app = typer.Typer(help="Train models on the cases of an archive.", no_args_is_help=True)
@@ -54,6 +57,8 @@ class TrainingData:
     cases: list[TrainingCase]
     skipped: list[Skipped]
     modality: str | None
+    # Names of labels 1…N as the first DICOM SEG label gave them (its segment labels).
+    label_names: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -85,28 +90,43 @@ def _archive(db: Session, name: str) -> Archive:
 
 
 def _read_value(
-    db: Session, store: ObjectStore, archive: Archive, row: CaseValue, folder: Path
-) -> tuple[Any, str | None]:
-    """The value as a SimpleITK image, and its modality when it is a DICOM series."""
+    db: Session,
+    store: ObjectStore,
+    archive: Archive,
+    row: CaseValue,
+    folder: Path,
+    *,
+    image: InputImage | None = None,
+) -> tuple[InputImage, tuple[str, ...]]:
+    """The value as an image (with its modality and slices when it is a DICOM series).
+
+    With `image` (the case's image, read first), a DICOM SEG value becomes a label map on
+    that image's grid; its segment labels come second (nothing for other values).
+    """
     import SimpleITK as sitk  # noqa: N813 - the library's own spelling
 
-    from voxelhub.segment.inputs import read_path
+    from voxelhub.segment.inputs import read_path, read_seg_labels
 
     if row.kind == ValueKind.dicom_series:
         series = folder / row.interface
         series.mkdir(parents=True)
         io._write_series(db, store, archive.id, row.value["series_instance_uid"], series)
+        seg = read_seg_labels(series, image) if image is not None else None
+        if seg is not None and image is not None:
+            labels = sitk.GetImageFromArray(seg.labels)
+            labels.CopyInformation(image.image)  # type: ignore[no-untyped-call]
+            return InputImage(labels, str(series), modality="SEG"), seg.names
         found = read_path(series)
         if len(found) != 1:
             raise TrainingError(f"{row.interface!r} holds {len(found)} image series, not one")
-        return found[0].image, found[0].modality
+        return found[0], ()
     if row.kind == ValueKind.image:
         name = str(row.value.get("filename") or "image.mha")
         path = folder / f"{row.interface}-{Path(name).name}"
         with path.open("wb") as target:
             for chunk in store.stream(row.object_keys[0]):
                 target.write(chunk)
-        return sitk.ReadImage(str(path)), None
+        return InputImage(sitk.ReadImage(str(path)), str(path)), ()
     raise TrainingError(f"{row.interface!r} is a {row.kind} value, not an image or DICOM series")
 
 
@@ -132,6 +152,7 @@ def load_training_data(
     import SimpleITK as sitk  # noqa: N813 - the library's own spelling
 
     cases, skipped, modalities = [], [], set()
+    names: tuple[str, ...] = ()
     for case in db.scalars(select(Case).where(Case.archive_id == archive.id).order_by(Case.title)):
         rows = {
             v.interface: v
@@ -149,9 +170,12 @@ def load_training_data(
         folder = scratch / str(case.id)
         folder.mkdir()
         try:
-            image, modality = _read_value(db, store, archive, rows[image_interface], folder)
-            label, _ = _read_value(db, store, archive, rows[label_interface], folder)
-            mask = sitk.GetArrayFromImage(_on_grid(label, image))
+            read, _ = _read_value(db, store, archive, rows[image_interface], folder)
+            label, seg_names = _read_value(
+                db, store, archive, rows[label_interface], folder, image=read
+            )
+            image, modality = read.image, read.modality
+            mask = sitk.GetArrayFromImage(_on_grid(label.image, image))
             if not np.issubdtype(mask.dtype, np.integer):
                 mask = np.rint(mask)
             cases.append(
@@ -159,15 +183,17 @@ def load_training_data(
                     case.title,
                     sitk.GetArrayFromImage(image).astype(np.float32),
                     mask.astype(np.uint8),
-                    spacing=tuple(float(s) for s in reversed(image.GetSpacing())),  # type: ignore[arg-type]
+                    spacing=tuple(float(s) for s in reversed(image.GetSpacing())),  # type: ignore[arg-type, no-untyped-call]
                 )
             )
-        except (TrainingError, VoxelhubError, RuntimeError, ValueError) as err:
+        except (TrainingError, SegmentError, VoxelhubError, RuntimeError, ValueError) as err:
             skipped.append(Skipped(case.title, str(err)))
             continue
         if modality:
             modalities.add(modality)
-    return TrainingData(cases, skipped, modalities.pop() if len(modalities) == 1 else None)
+        names = names or seg_names
+    only = modalities.pop() if len(modalities) == 1 else None
+    return TrainingData(cases, skipped, only, names)
 
 
 def _triple(text: str | None, name: str) -> tuple[int, int, int] | None:
@@ -249,7 +275,7 @@ def train_segmentation_command(
             seed=seed,
             intensity_range=_window(window, data.modality),
             modality=data.modality,
-            labels=tuple(n.strip() for n in labels.split(",")) if labels else (),
+            labels=tuple(n.strip() for n in labels.split(",")) if labels else data.label_names,
             **({"roi": r} if (r := _triple(roi, "roi")) else {}),  # type: ignore[arg-type]
         )
         result = _train(data.cases, target, training)

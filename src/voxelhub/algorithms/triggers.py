@@ -102,8 +102,13 @@ def _case_for(db: Session, archive_id: uuid.UUID, study: Study, series: Series) 
     return archives.create_case(db, archive_id, " ".join(title.split()))
 
 
-def evaluate(db: Session, store: ObjectStore, send: engine.Sender) -> int:
-    """Start the jobs of every trigger whose rule a settled, new series matches."""
+def evaluate(db: Session, store: ObjectStore, send: engine.Sender, *, prewarm: bool = False) -> int:
+    """Start the jobs of every trigger whose rule a settled, new series matches.
+
+    With `prewarm` (a worker that runs its jobs in this process), a MONAI bundle whose
+    trigger matches a series still arriving is started ahead on a warm process
+    (`warm.WarmBundles.prewarm`), so loading the model overlaps the arrival.
+    """
     started = 0
     cutoff = utcnow() - SETTLE
     for trigger in db.scalars(select(Trigger).where(Trigger.enabled.is_(True))):
@@ -128,7 +133,53 @@ def evaluate(db: Session, store: ObjectStore, send: engine.Sender) -> int:
         for series, study in candidates:
             if _matches(trigger.rule, series):
                 started += _fire(db, store, send, trigger=trigger, study=study, series=series)
+        if prewarm and _arriving(db, trigger, settled=settled, fired=fired):
+            _prewarm(db, store, trigger)
     return started
+
+
+def _arriving(db: Session, trigger: Trigger, *, settled: Any, fired: Any) -> bool:
+    """Whether a series the trigger may fire on is still arriving (not settled yet)."""
+    arriving = db.scalars(
+        select(Series)
+        .where(
+            Series.archive_id == trigger.archive_id,
+            Series.updated_at >= settled,
+            Series.created_at > trigger.created_at,
+            Series.id.not_in(fired),
+        )
+        .limit(20)
+    )
+    # The instance count grows while it arrives; the rest of the rule is known already.
+    rule = dict(trigger.rule, min_instances=1)
+    return any(_matches(rule, series) for series in arriving)
+
+
+def _prewarm(db: Session, store: ObjectStore, trigger: Trigger) -> None:
+    from voxelhub.algorithms.realtime_bundles import is_bundle, limits_of, unpacked
+    from voxelhub.algorithms.warm import WarmError, warm_bundles
+
+    algorithm = db.get(Algorithm, trigger.algorithm_id)
+    version = service.latest_version(db, algorithm) if algorithm is not None else None
+    if version is None or version.kind != "package" or version.entrypoint:
+        return
+    key = version.package_key
+    if key is None or key in _not_bundles:
+        return
+
+    def package_dir() -> Any:
+        folder = unpacked(store, key)
+        if not is_bundle(folder):
+            _not_bundles.add(key)
+            raise WarmError(f"the package {key} is not a MONAI bundle")
+        return folder
+
+    if warm_bundles().prewarm(key, package_dir, limits=limits_of(version)):
+        logger.info("trigger %s: starting bundle %s ahead of its series", trigger.id, key)
+
+
+# Packages found not to be bundles: never started ahead again.
+_not_bundles: set[str] = set()
 
 
 def _evaluate_values(db: Session, send: engine.Sender, trigger: Trigger, cutoff: Any) -> int:

@@ -15,6 +15,7 @@ the process outlives any one request).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
@@ -37,6 +38,8 @@ from voxelhub.algorithms.contract import (
 )
 from voxelhub.algorithms.executors._bwrap import PACKAGE_MOUNT, bwrap_argv
 from voxelhub.algorithms.executors._entry import SEGMENT_ENTRY
+
+logger = logging.getLogger(__name__)
 
 _HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
@@ -156,6 +159,32 @@ class WarmBundle:
                 shutil.rmtree(staged_in, ignore_errors=True)
                 shutil.rmtree(staged_out, ignore_errors=True)
 
+    def memory_mb(self) -> float:
+        """Resident memory of the sandboxed process and its children, in MB (0 when ended)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total / 2**20
+
+    def close_when_idle(self) -> None:
+        """Close once the request in progress (if any) is answered, without waiting for it."""
+
+        def close() -> None:
+            with self._lock:
+                self.close()
+
+        threading.Thread(target=close, name="warm-close", daemon=True).start()
+
     def close(self) -> None:
         if self.proc.poll() is None and self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -183,6 +212,8 @@ class WarmBundles:
         self.capacity = capacity
         self._bundles: OrderedDict[str, WarmBundle] = OrderedDict()
         self._lock = threading.Lock()
+        self._starting: set[str] = set()
+        self._starting_lock = threading.Lock()
         self.starts = 0
 
     def get(self, key: str, package_dir: Any, *, limits: Limits) -> WarmBundle:
@@ -202,6 +233,34 @@ class WarmBundles:
                 _, oldest = self._bundles.popitem(last=False)
                 oldest.close()
             return warm
+
+    def prewarm(self, key: str, package_dir: Any, *, limits: Limits) -> bool:
+        """Start the bundle under `key` in the background, unless it is warm or starting.
+
+        For work that is on its way (a series a trigger will hand to this bundle is still
+        arriving): the start overlaps the arrival, and the job's `get` waits for it to
+        finish instead of starting a second process. Never blocks; False when nothing new
+        was started.
+        """
+        if self.capacity < 1:
+            return False
+        with self._starting_lock:
+            warm = self._bundles.get(key)
+            if key in self._starting or (warm is not None and warm.alive):
+                return False
+            self._starting.add(key)
+
+        def start() -> None:
+            try:
+                self.get(key, package_dir, limits=limits)
+            except Exception:
+                logger.warning("the bundle %s could not be started ahead", key, exc_info=True)
+            finally:
+                with self._starting_lock:
+                    self._starting.discard(key)
+
+        threading.Thread(target=start, name="warm-prewarm", daemon=True).start()
+        return True
 
     def keys(self) -> list[str]:
         with self._lock:

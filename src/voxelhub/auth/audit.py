@@ -9,6 +9,29 @@ from sqlalchemy.orm import Session
 
 from voxelhub.auth.models import AuditEvent
 from voxelhub.auth.service import Principal
+from voxelhub.core.db import utcnow
+
+
+def event_values(
+    principal: Principal | None,
+    action: str,
+    *,
+    object_type: str | None = None,
+    object_id: object | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns of one audit event, for `record` and for statements that insert it."""
+    return {
+        "at": utcnow(),
+        "user_id": principal.user_id if principal else None,
+        "username": principal.username if principal else None,
+        "action": action,
+        "object_type": object_type,
+        "object_id": str(object_id) if object_id is not None else None,
+        "ip": principal.ip if principal else None,
+        "user_agent": principal.user_agent if principal else None,
+        "detail": detail or {},
+    }
 
 
 def record(
@@ -21,18 +44,10 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Append one audit event (e.g. action="case.read", object_type="case")."""
-    db.add(
-        AuditEvent(
-            user_id=principal.user_id if principal else None,
-            username=principal.username if principal else None,
-            action=action,
-            object_type=object_type,
-            object_id=str(object_id) if object_id is not None else None,
-            ip=principal.ip if principal else None,
-            user_agent=principal.user_agent if principal else None,
-            detail=detail or {},
-        )
+    values = event_values(
+        principal, action, object_type=object_type, object_id=object_id, detail=detail
     )
+    db.add(AuditEvent(**values))
 
 
 def recent(

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         description="Memory for decoded series in the viewer, per web process (least "
         "recently used series are dropped first)",
     )
+    endpoint_memory_mb: int = Field(
+        default=4096,
+        gt=0,
+        description="Memory for the loaded models of multi-model endpoints, per web process "
+        "(least recently used models are unloaded first; a bundle's process counts whole)",
+    )
     session_hours: float = Field(default=12.0, gt=0)
     signed_url_seconds: int = Field(default=300, gt=0, le=7 * 24 * 3600)
     cookie_secure: bool = False

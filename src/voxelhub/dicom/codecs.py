@@ -54,7 +54,7 @@ def htj2k_encodable(pixel: PixelDescription) -> bool:
     )
 
 
-def fits_bits_stored(frame: bytes, pixel: PixelDescription) -> bool:
+def fits_bits_stored(frame: bytes | memoryview, pixel: PixelDescription) -> bool:
     """Whether every sample of a native frame is a value of BitsStored bits.
 
     Bits above BitsStored (old overlays, unextended signs) survive HTJ2K, but a J2K
@@ -74,7 +74,7 @@ def fits_bits_stored(frame: bytes, pixel: PixelDescription) -> bool:
     return bool(samples.min() >= low and samples.max() <= high)
 
 
-def encode_htj2k(frame: bytes, pixel: PixelDescription) -> bytes:
+def encode_htj2k(frame: bytes | memoryview, pixel: PixelDescription) -> bytes:
     """One native frame as a lossless HTJ2K codestream (no colour transform).
 
     The full BitsAllocated precision is coded, so bits above BitsStored survive too.
@@ -175,7 +175,9 @@ def _itemsize(pixel: PixelDescription) -> int:
     return numpy_dtype(pixel).itemsize
 
 
-def _frame_array(frame: bytes, pixel: PixelDescription, *, planar: bool) -> npt.NDArray[np.generic]:
+def _frame_array(
+    frame: bytes | memoryview, pixel: PixelDescription, *, planar: bool
+) -> npt.NDArray[np.generic]:
     rows, columns, samples = pixel.rows, pixel.columns, pixel.samples_per_pixel
     count = rows * columns * samples
     if len(frame) < count * numpy_dtype(pixel).itemsize:

@@ -67,11 +67,16 @@ def native_frames(ds: Dataset) -> list[bytes]:
     pixel = pixel_description(ds)
     if pixel is None:
         return []
-    return split_native(native_pixel_bytes(ds, pixel.pixel_keyword), pixel)
+    return [
+        bytes(frame) for frame in split_native(native_pixel_bytes(ds, pixel.pixel_keyword), pixel)
+    ]
 
 
-def split_native(data: bytes, pixel: PixelDescription) -> list[bytes]:
-    """Native pixel data cut into `pixel.number_of_frames` frames (padding dropped)."""
+def split_native(data: bytes | memoryview, pixel: PixelDescription) -> list[bytes | memoryview]:
+    """Native pixel data cut into `pixel.number_of_frames` frames (padding dropped).
+
+    Byte-aligned frames are slices of `data`: views of a view, never copies of it.
+    """
     size, count = pixel.frame_bytes, pixel.number_of_frames
     bits = _frame_bits(pixel)
     if pixel.bits_allocated != 1 or bits % 8 == 0:

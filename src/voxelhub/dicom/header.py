@@ -72,12 +72,16 @@ def _pixel_data_start(data: bytes, ds: Dataset) -> int | None:
     if not _plain_file(data, ds) or max(ds.keys()) != _PIXEL_DATA_TAG:
         return None
     elem = ds.get_item(_PIXEL_DATA_TAG)
-    if not isinstance(elem, RawDataElement) or elem.value_tell is None:
-        return None
-    if elem.length == 0xFFFFFFFF or elem.value_tell + elem.length != len(data):
+    # Raw while unread; once converted (validation reads it) its position is file_tell.
+    if isinstance(elem, RawDataElement):
+        tell, length, undefined = elem.value_tell, elem.length, elem.length == 0xFFFFFFFF
+    else:
+        tell, undefined = elem.file_tell, elem.is_undefined_length
+        length = len(elem.value) if isinstance(elem.value, bytes) else -1
+    if tell is None or undefined or length < 0 or tell + length != len(data):
         return None
     # Explicit VR: tag, VR, two reserved bytes and a 4-byte length; implicit: tag, length.
-    start = int(elem.value_tell) - (8 if ds.original_encoding[0] else 12)
+    start = int(tell) - (8 if ds.original_encoding[0] else 12)
     return start if data[start : start + 4] == b"\xe0\x7f\x10\x00" else None
 
 

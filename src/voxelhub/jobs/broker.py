@@ -28,7 +28,7 @@ from kombu.transport.sqlalchemy import Channel as SqlaChannel
 from kombu.transport.sqlalchemy import Transport as SqlaTransport
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import Connection, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ _PREPARE_LOCK = 0x766F78656C62726B
 
 
 class Channel(SqlaChannel):
-    """kombu's SQLAlchemy channel with one statement per message each way.
+    """kombu's SQLAlchemy channel with one statement, and one round trip, per message each way.
 
     kombu looks its queue row up again for every message sent or taken, and takes a message
     with `SELECT … FOR UPDATE` without SKIP LOCKED: a second worker polling at the same
@@ -51,7 +51,8 @@ class Channel(SqlaChannel):
     looked up once per channel, and a message is taken by one `UPDATE … WHERE id = (SELECT
     … FOR UPDATE SKIP LOCKED) RETURNING payload`. The rows are the same as kombu's (a taken
     message stays, invisible, stamped with the time it was taken, until pruned), so both
-    implementations can share one database.
+    implementations can share one database. Both run on a connection of the channel's own in
+    autocommit, so neither needs a COMMIT of its own.
     """
 
     def _queue_id(self, queue: str) -> int:
@@ -61,8 +62,9 @@ class Channel(SqlaChannel):
             found = ids[queue] = int(self._get_or_create(queue).id)  # type: ignore[attr-defined]
         return found
 
-    def _statements(self) -> tuple[Any, Any]:
-        """The send and the take, built once per channel (only their parameters change)."""
+    def _statements(self) -> tuple[Any, Any, Any]:
+        """The send, the take from one queue and the take from any of several queues, built
+        once per channel (only their parameters change)."""
         built = self.__dict__.get("_vxh_statements")
         if built is None:
             table = self.message_tablename
@@ -79,33 +81,75 @@ class Channel(SqlaChannel):
                 f"WHERE id = (SELECT id FROM {table} WHERE queue_id = :queue_id AND visible "
                 "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING payload"
             )
-            built = self.__dict__["_vxh_statements"] = (put, take)
+            take_any = text(
+                f"UPDATE {table} SET visible = false, timestamp = :now, version = version + 1 "
+                f"WHERE id = (SELECT id FROM {table} WHERE queue_id = ANY(:queue_ids) "
+                "AND visible ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING payload, queue_id"
+            )
+            built = self.__dict__["_vxh_statements"] = (put, take, take_any)
         return built
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        put, _ = self._statements()
+    def _autocommit(self) -> Connection:
+        """This channel's own connection, in autocommit: a send or a take is one statement,
+        atomic by itself, so it needs no transaction around it (no COMMIT round trip)."""
+        conn: Connection | None = self.__dict__.get("_vxh_connection")
+        if conn is None or conn.closed or conn.invalidated:
+            engine, _ = self._open()
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self.__dict__["_vxh_connection"] = conn
+        return conn
+
+    def _one_statement(self, statement: Any, params: dict[str, Any]) -> Any:
+        """The first row the statement returns, or None."""
+        conn = self._autocommit()
         try:
-            self.session.execute(
-                put, {"payload": dumps(payload), "queue_id": self._queue_id(queue)}
-            )
-            self.session.commit()
+            value = conn.execute(statement, params).first()
+            conn.commit()  # ends SQLAlchemy's own bookkeeping; nothing is sent in autocommit
         except Exception:
-            self.session.rollback()
+            # A connection error (a restarted database) reaches kombu, which reconnects;
+            # this connection is not used again.
+            self.__dict__.pop("_vxh_connection", None)
+            with contextlib.suppress(Exception):
+                conn.invalidate()
             raise
+        return value
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        put, _, _ = self._statements()
+        self._one_statement(put, {"payload": dumps(payload), "queue_id": self._queue_id(queue)})
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
-        _, take = self._statements()
-        try:
-            found = self.session.execute(
-                take, {"now": datetime.now(), "queue_id": self._queue_id(queue)}
-            ).scalar()
-            self.session.commit()
-        except Exception:
-            self.session.rollback()
-            raise
+        _, take, _ = self._statements()
+        found = self._one_statement(
+            take, {"now": datetime.now(), "queue_id": self._queue_id(queue)}
+        )
         if found is None:
             raise Empty()
-        return loads(bytes_to_str(found))
+        return loads(bytes_to_str(found.payload))
+
+    def _get_many(self, queues: Any, timeout: float | None = None) -> None:
+        """Take the oldest message of any of the consumed queues, in one statement.
+
+        kombu asks its queues in turn, one statement each: a worker consuming `cpu,gpu`
+        while only `cpu` has messages would also ask the empty `gpu` once per message.
+        Here the queues share one order, that of the messages' ids (first sent, first taken).
+        """
+        names = {self._queue_id(name): name for name in queues}
+        if not names:
+            raise Empty()
+        _, _, take_any = self._statements()
+        found = self._one_statement(take_any, {"now": datetime.now(), "queue_ids": list(names)})
+        if found is None:
+            raise Empty()
+        self.connection._deliver(loads(bytes_to_str(found.payload)), names[found.queue_id])
+
+    def close(self) -> None:
+        conn: Connection | None = self.__dict__.pop("_vxh_connection", None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        super().close()
 
 
 class Transport(SqlaTransport):
@@ -206,11 +250,18 @@ def prepare(app: Celery, database_url: str, queues: tuple[str, ...]) -> None:
             lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PREPARE_LOCK})
             try:
                 _declare(app, queues)
-                # What a poll looks for: the oldest visible message of one queue.
+                # What a poll looks for: the oldest visible message of one queue, and
+                # the oldest of several (a worker's queues, in one statement).
                 lock.execute(
                     text(
                         "CREATE INDEX IF NOT EXISTS ix_kombu_message_waiting "
                         "ON kombu_message (queue_id, id) WHERE visible"
+                    )
+                )
+                lock.execute(
+                    text(
+                        "CREATE INDEX IF NOT EXISTS ix_kombu_message_waiting_id "
+                        "ON kombu_message (id) WHERE visible"
                     )
                 )
             finally:

@@ -8,14 +8,18 @@ of attempts, fails. Every transition is one guarded UPDATE, so two processes nev
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, column, func, or_, select, table, text, update
+import psycopg
+from sqlalchemy import Table, and_, make_url, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from voxelhub.core.db import after_commit, utcnow
@@ -76,76 +80,106 @@ _CLAIM_LOCK = 0x766F78656C636C6D
 NO_LIMIT = 1_000_000
 
 
-def _claim_statement() -> Any:
-    """The claim, built once (so only its parameters change): a guarded UPDATE … RETURNING
-    that counts, in the same statement, the running jobs of the job's user and algorithm."""
-    jobs = _JOBS
-    running = jobs.alias("running")
-    algorithms = table("algorithms", column("id"), column("max_concurrent_jobs"))
-    by_user = (
-        select(func.count())
-        .select_from(running)
-        .where(
-            running.c.state == RUNNING,
-            running.c.created_by.is_not_distinct_from(jobs.c.created_by),
-        )
-        .scalar_subquery()
-    )
-    by_algorithm = (
-        select(func.count())
-        .select_from(running)
-        .where(running.c.state == RUNNING, running.c.algorithm_id == jobs.c.algorithm_id)
-        .scalar_subquery()
-    )
-    algorithm_limit = func.coalesce(
-        select(algorithms.c.max_concurrent_jobs)
-        .where(algorithms.c.id == jobs.c.algorithm_id)
-        .scalar_subquery(),
-        NO_LIMIT,
-    )
-    claimed = (
-        update(jobs)
-        .where(
-            jobs.c.id == bindparam("job_id"),
-            jobs.c.state.in_((PENDING, QUEUED)),
-            jobs.c.cancel_requested.is_(False),
-            by_user < bindparam("max_jobs_per_user"),
-            by_algorithm < algorithm_limit,
-        )
-        .values(
-            state=RUNNING,
-            attempts=jobs.c.attempts + 1,
-            started_at=bindparam("now"),
-            worker=bindparam("worker"),
-        )
-        .returning(*jobs.c)
-    )
-    return select(Job).from_statement(claimed)
+_COLUMNS = tuple((c.name, c.key) for c in _JOBS.c)
+# The claim: a guarded UPDATE … RETURNING that counts, in the same statement, the running
+# jobs of the job's user and of its algorithm (psycopg's own parameters: it runs there).
+_CLAIM_SQL = f"""
+UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1,
+    started_at = %(now)s, worker = %(worker)s
+WHERE id = %(job_id)s AND state IN ('{PENDING}', '{QUEUED}') AND NOT cancel_requested
+    AND (SELECT count(*) FROM jobs AS running WHERE running.state = '{RUNNING}'
+         AND running.created_by IS NOT DISTINCT FROM jobs.created_by) < %(max_jobs_per_user)s
+    AND (SELECT count(*) FROM jobs AS running WHERE running.state = '{RUNNING}'
+         AND running.algorithm_id = jobs.algorithm_id)
+        < coalesce((SELECT max_concurrent_jobs FROM algorithms
+                    WHERE algorithms.id = jobs.algorithm_id), {NO_LIMIT})
+RETURNING {", ".join(name for name, _ in _COLUMNS)}
+"""
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(%(k)s)"
 
 
-_CLAIM = _claim_statement()
+class _Claims:
+    """This process's own connection for claims: the lock, the claim and the commit go
+    to PostgreSQL together (a pipeline), one round trip, with no pool check-out."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conninfo = (
+            make_url(database_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def run(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        with self.lock:
+            reused = self.conn is not None and not self.conn.closed
+            try:
+                return self._run(params)
+            except psycopg.OperationalError:
+                self.close()
+                if not reused:
+                    raise
+                # The connection this process kept went away while idle (the database
+                # restarted): nothing of the claim reached PostgreSQL. Once more, anew.
+                logger.info("the claims connection was lost; reconnecting", exc_info=True)
+                return self._run(params)
+            except BaseException:
+                self.close()
+                raise
+
+    def _run(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.conninfo)
+        conn = self.conn
+        with conn.pipeline():
+            conn.execute(_LOCK_SQL, {"k": _CLAIM_LOCK})
+            cursor = conn.execute(_CLAIM_SQL, params)
+            conn.commit()
+        row: tuple[Any, ...] | None = cursor.fetchone()
+        return row
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+
+_claims: dict[str, _Claims] = {}
+_claims_lock = threading.Lock()
+
+
+def _claims_for(database_url: str) -> _Claims:
+    with _claims_lock:
+        found = _claims.get(database_url)
+        # A forked pool process opens a connection of its own (never its parent's).
+        if found is None or found.pid != os.getpid():
+            found = _claims[database_url] = _Claims(database_url)
+        return found
 
 
 def claim(
-    db: Session, job_id: uuid.UUID, worker: str, *, max_jobs_per_user: int = NO_LIMIT
+    database_url: str, job_id: uuid.UUID, worker: str, *, max_jobs_per_user: int = NO_LIMIT
 ) -> Job | None:
     """Move a queued job to running for this worker; None if it is not ours to run now.
 
     One guarded UPDATE checks the state, cancellation and both limits (running jobs of the
-    job's user, and of its algorithm) and returns the claimed row. None also when a limit
-    is reached: `waiting_for_limits` tells that case apart.
+    job's user, and of its algorithm) and returns the claimed row, committed. None also
+    when a limit is reached: `waiting_for_limits` tells that case apart. The Job returned
+    is not attached to any session (it is read, never changed, by the job's handler).
     """
-    db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
     params = {
         "job_id": job_id,
         "max_jobs_per_user": max_jobs_per_user,
         "now": utcnow(),
         "worker": worker,
     }
-    claimed: Job | None = db.scalars(
-        _CLAIM, params, execution_options={"populate_existing": True}
-    ).one_or_none()
-    return claimed
+    row = _claims_for(database_url).run(params)
+    if row is None:
+        return None
+    return Job(**{key: value for (_, key), value in zip(_COLUMNS, row, strict=True)})
 
 
 def waiting_for_limits(db: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
@@ -161,6 +195,14 @@ def waiting_for_limits(db: Session, job_id: uuid.UUID) -> tuple[str, int] | None
 
 @dataclass(frozen=True)
 class Finish:
+    """How a run ended, as the handler reports it.
+
+    `store` is the rest of the run's work that writes to the database (storing its outputs):
+    it runs in the transaction that records the end, so a job's outputs and its final state
+    commit together, and returns the Finish to record (or raises `Rejected`). `cleanup`
+    runs afterwards whatever happened (the working folder the outputs were read from).
+    """
+
     state: str
     outcome: str
     message: str = ""
@@ -168,6 +210,17 @@ class Finish:
     log: str = ""
     resources: dict[str, Any] | None = None
     outputs: dict[str, Any] | None = None
+    store: Callable[[Session], Finish] | None = None
+    cleanup: Callable[[], None] | None = None
+
+
+class Rejected(Exception):
+    """Raised by a Finish's `store` when the outputs are unusable: whatever it wrote is
+    rolled back, and `finish` (the failure, saying why) is recorded instead."""
+
+    def __init__(self, finish: Finish) -> None:
+        super().__init__(finish.message)
+        self.finish = finish
 
 
 def finish(db: Session, job_id: uuid.UUID, worker: str, result: Finish) -> bool:

@@ -130,11 +130,13 @@ def run_job(*, job_id: str) -> None:
 
 def execute(context: WorkerContext, job_id: uuid.UUID) -> None:
     runtime = context.runtime
-    with session_scope(runtime.database_url) as db:
-        claimed = engine.claim(
-            db, job_id, context.hostname, max_jobs_per_user=context.max_jobs_per_user
-        )
-        waiting = engine.waiting_for_limits(db, job_id) if claimed is None else None
+    claimed = engine.claim(
+        runtime.database_url, job_id, context.hostname, max_jobs_per_user=context.max_jobs_per_user
+    )
+    waiting = None
+    if claimed is None:
+        with session_scope(runtime.database_url) as db:
+            waiting = engine.waiting_for_limits(db, job_id)
     if waiting is not None:
         queue, priority = waiting
         run_job.apply_async(
@@ -161,13 +163,47 @@ def execute(context: WorkerContext, job_id: uuid.UUID) -> None:
             result.message or "cancelled",
             log=result.log,
             resources=result.resources,
+            cleanup=result.cleanup,
         )
-    with session_scope(runtime.database_url) as db:
-        finished = engine.finish(db, job_id, context.hostname, result)
+    try:
+        finished = record(runtime.database_url, job_id, context.hostname, result)
+    finally:
+        if result.cleanup is not None:
+            result.cleanup()
     if not finished:
         logger.warning("job %s was taken from this worker before it finished", job_id)
     elif context.on_finish is not None and claimed.inputs.get("webhook"):
         context.on_finish(runtime, job_id)
+
+
+class _TakenAway(Exception):
+    """The job is no longer this worker's: what its end wrote is rolled back."""
+
+
+def record(database_url: str, job_id: uuid.UUID, worker: str, result: engine.Finish) -> bool:
+    """Record how a run ended, with its outputs (`result.store`), in one transaction.
+
+    False, with nothing written, if the job was taken from this worker meanwhile. Outputs
+    the store step rejects, or a store step that fails, leave nothing behind either: the
+    failure alone is recorded then.
+    """
+    try:
+        with session_scope(database_url) as db:
+            final = result.store(db) if result.store is not None else result
+            if not engine.finish(db, job_id, worker, final):
+                raise _TakenAway
+        return True
+    except _TakenAway:
+        return False
+    except engine.Rejected as rejected:
+        failure = rejected.finish
+    except Exception as err:
+        if result.store is None:
+            raise
+        logger.error("storing the outputs of job %s failed", job_id, exc_info=True)
+        failure = engine.Finish(engine.FAILED, "error", f"{type(err).__name__}: {err}")
+    with session_scope(database_url) as db:
+        return engine.finish(db, job_id, worker, failure)
 
 
 CANCEL_POLL_S = 1.0

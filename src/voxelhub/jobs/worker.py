@@ -130,6 +130,19 @@ def _forget_inherited_connections(**_: Any) -> None:
 
 _forked_urls: set[str] = set()
 
+# Celery's two INFO lines per task ("received", "succeeded in …"): the job's row says as
+# much (states, timestamps, outcome), and writing them costs the worker more CPU than
+# the whole of a trivial job's algorithm.
+TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def _quiet_task_lines() -> None:
+    """Drop Celery's per-task INFO lines unless this process logs at DEBUG."""
+    if logging.getLogger("voxelhub").isEnabledFor(logging.DEBUG):
+        return
+    for name in TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 
 def run_worker(
     app: Celery,
@@ -163,6 +176,7 @@ def run_worker(
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
+    _quiet_task_lines()
     app.worker_main(
         [
             "worker",

@@ -1,38 +1,17 @@
-"""The batched RAKI network: every coil network of several slices trained as one computation.
+"""RAKI and residual RAKI reconstruction: the options, the sampling checks, filling k-space.
 
-RAKI (Akcakaya et al., MRM 2019) trains, per slice and per real output channel (real and
-imaginary part of each coil, 2*Nc in all), a three-layer CNN on the real/imaginary-stacked
-coils: conv 5x2 (readout x phase-encode) with 32 filters and ReLU, conv 1x1 with 8 filters
-and ReLU, conv 3x2 with R-1 outputs; the phase-encode taps dilated by R, no padding, no bias.
-With its taps dilated by R a network reads the acquired lines p, p+R and p+2R over 7 readout
-points and predicts the R-1 lines p+1 ... p+R-1 at the central readout point.
-
-The networks share their input, so instead of 2*Nc separate trainings this module stacks the
-weights of every network of every slice in a batch along a leading axis and evaluates the
-three layers as matrix products:
-
-- layer 1: one GEMM of the fixed patch matrix of the input (10*C x positions) with the
-  stacked filters of all networks ((networks*32) x 10*C);
-- layer 2: a batched product, one 8 x 32 matrix per network;
-- layer 3: a batched product with the six 3x2 taps of each network at every position, the
-  taps then shifted into place and summed (cheaper than gathering the neighbourhoods).
-
-The loss is the sum over networks of each network's own mean squared error and Adam works
-element by element, so every network gets exactly the gradient and the update it would get
-if trained alone: the batching reorganises the arithmetic, it does not approximate.
-
-Residual RAKI (Zhang et al., NeuroImage 2022) adds a linear branch, a GRAPPA-like 5x2
-kernel with the same dilation over the two lines bordering the gap, evaluated on the same
-patch matrix as layer 1.
+Per batch of slices the k-space is scaled (largest ACS magnitude 1), the networks of every
+output channel of every slice are trained together on the ACS block (`_raki_train`), applied
+to the acquired grid lines as one convolution over the whole k-space (`_raki_cnn`), and the
+acquired lines put back as measured.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,281 +19,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.nn import functional
 
+from voxelhub.recon._raki_cnn import MARGIN, Weights, forward, initial_weights, patches
+from voxelhub.recon._raki_train import Training, train
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.image import kspace_to_images
 from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 
-FILTERS_1 = 32
-FILTERS_2 = 8
-KERNEL_1 = (5, 2)
-KERNEL_3 = (3, 2)
-# Readout points the unpadded convolutions consume on each side: (5 - 1)/2 + (3 - 1)/2.
-MARGIN = 3
-_TAPS_3 = KERNEL_3[0] * KERNEL_3[1]
+__all__ = ["Options", "Training", "Weights", "fill", "initial_weights", "reconstruct", "train"]
+
 # Residual RAKI's linear branch starts at its optimum: Adam's early steps, about the learning
 # rate in size whatever the gradient, would undo that fit at the CNN's rate.
 LINEAR_RATE_FACTOR = 0.01
-
-
-@dataclass(frozen=True)
-class Weights:
-    """The weights of `networks` networks per slice for `slices` slices (leading axes).
-
-    w1: (slices, networks*32, C*10); w2: (slices*networks, 8, 32);
-    w3: (slices*networks, 6*(R-1), 8), the six 3x2 taps in (readout, phase-encode) order;
-    linear: (slices, networks*(R-1), C*10) for residual RAKI, else None.
-    """
-
-    w1: torch.Tensor
-    w2: torch.Tensor
-    w3: torch.Tensor
-    linear: torch.Tensor | None
-
-    @property
-    def slices(self) -> int:
-        return int(self.w1.shape[0])
-
-    @property
-    def networks(self) -> int:
-        return int(self.w1.shape[1]) // FILTERS_1
-
-    def parameters(self) -> list[torch.Tensor]:
-        found = [self.w1, self.w2, self.w3]
-        return found if self.linear is None else [*found, self.linear]
-
-    def network(self, slice_index: int, network: int) -> list[torch.Tensor]:
-        """The weights of one network of one slice, in `parameters` order."""
-        flat = slice_index * self.networks + network
-        rows = self.w1.shape[1] // self.networks
-        found = [
-            self.w1[slice_index, network * rows : (network + 1) * rows],
-            self.w2[flat],
-            self.w3[flat],
-        ]
-        if self.linear is None:
-            return found
-        rows = self.linear.shape[1] // self.networks
-        return [*found, self.linear[slice_index, network * rows : (network + 1) * rows]]
-
-
-def initial_weights(
-    channels: int,
-    acceleration: int,
-    *,
-    seed: int,
-    outputs: Sequence[int],
-    slices: int,
-    residual: bool,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> Weights:
-    """Seeded initial weights for the networks of `outputs`, the same for every slice.
-
-    The weights of all `channels` networks are drawn in one fixed order and the requested
-    ones selected, so a network starts from the same weights whether it is trained alone or
-    in a batch. The scale is PyTorch's default for convolutions, U(+-1/sqrt(fan-in)). For
-    residual RAKI the last CNN layer starts at zero, so training starts from the linear
-    branch alone (which `fit_linear` sets to its least-squares solution).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    missing = acceleration - 1
-    fan_in = channels * KERNEL_1[0] * KERNEL_1[1]
-
-    def draw(*shape: int, fan: int) -> torch.Tensor:
-        values = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
-        return values / math.sqrt(fan)
-
-    w1 = draw(channels, FILTERS_1, fan_in, fan=fan_in)
-    w2 = draw(channels, FILTERS_2, FILTERS_1, fan=FILTERS_1)
-    w3 = draw(channels, _TAPS_3 * missing, FILTERS_2, fan=FILTERS_2 * _TAPS_3)
-    if residual:
-        w3.zero_()
-    index = torch.as_tensor(list(outputs), dtype=torch.long)
-
-    def place(values: torch.Tensor, *, per_slice: bool) -> torch.Tensor:
-        chosen = values[index]
-        shape = (1, -1, chosen.shape[-1]) if per_slice else (-1, *chosen.shape[1:])
-        repeated = chosen.reshape(shape).repeat((slices, 1, 1))
-        return repeated.to(device=device, dtype=dtype).requires_grad_()
-
-    linear = torch.zeros(channels, missing, fan_in, dtype=torch.float64)
-    return Weights(
-        w1=place(w1, per_slice=True),
-        w2=place(w2, per_slice=False),
-        w3=place(w3, per_slice=False),
-        linear=place(linear, per_slice=True) if residual else None,
-    )
-
-
-def patches(inputs: torch.Tensor, *, dilation: int) -> torch.Tensor:
-    """Layer-1 patch matrix (slices, C*10, positions) of inputs (slices, C, readout, PE)."""
-    return functional.unfold(inputs, KERNEL_1, dilation=(1, dilation))
-
-
-def output_shape(grid: Sequence[int], dilation: int) -> tuple[int, int]:
-    """(readout, PE) positions of the outputs for layer-1 positions `grid`."""
-    return grid[0] - (KERNEL_3[0] - 1), grid[1] - (KERNEL_3[1] - 1) * dilation
-
-
-def forward(
-    weights: Weights, columns: torch.Tensor, grid: tuple[int, int], *, dilation: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """CNN and linear-branch outputs, each (slices, networks, R-1, readout, PE).
-
-    `columns` is the patch matrix of `patches`, `grid` the (readout, PE) shape of the
-    layer-1 positions it enumerates. Output (x, p) predicts the lines after input line p at
-    input readout point x + 3.
-    """
-    slices, networks = weights.slices, weights.networks
-    rows, cols = grid
-    out_rows, out_cols = output_shape(grid, dilation)
-    missing = weights.w3.shape[1] // _TAPS_3
-
-    hidden = torch.relu(torch.bmm(weights.w1, columns))
-    hidden = hidden.view(slices * networks, FILTERS_1, rows * cols)
-    hidden = torch.relu(torch.bmm(weights.w2, hidden))
-    # Summing the six shifted taps in the weights' precision keeps mixed precision's
-    # rounding to the products.
-    taps = torch.bmm(weights.w3, hidden).to(weights.w3.dtype)
-    taps = taps.view(slices * networks, _TAPS_3, missing, rows, cols)
-    cnn: torch.Tensor = _ShiftSum.apply(taps, dilation)  # type: ignore[no-untyped-call]
-    cnn = cnn.view(slices, networks, missing, out_rows, out_cols)
-    if weights.linear is None:
-        return cnn, None
-    linear = torch.bmm(weights.linear, columns).to(weights.linear.dtype)
-    linear = linear.view(slices, networks, missing, rows, cols)
-    # The 5x2 kernel at layer-1 position (x + 1, p) reads readout x + 1 ... x + 5 of lines
-    # p and p + R: centred on the CNN's target point x + 3, on both sides of its gap.
-    return cnn, linear[..., 1 : 1 + out_rows, :out_cols]
-
-
-class _ShiftSum(torch.autograd.Function):
-    """Layer 3's taps (N, 6, R-1, rows, cols) shifted into place and summed; its backward
-    writes the six shifted gradients into one buffer instead of six zero-padded copies."""
-
-    @staticmethod
-    def forward(ctx: Any, taps: torch.Tensor, dilation: int) -> torch.Tensor:
-        ctx.shape, ctx.dilation = taps.shape, dilation
-        rows, cols = output_shape(taps.shape[-2:], dilation)
-        total = taps[:, 0, :, :rows, :cols].clone()
-        for tap, (dx, shift) in enumerate(_tap_offsets(dilation)):
-            if tap:
-                total += taps[:, tap, :, dx : dx + rows, shift : shift + cols]
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        rows, cols = grad.shape[-2:]
-        spread = grad.new_zeros(ctx.shape)
-        for tap, (dx, shift) in enumerate(_tap_offsets(ctx.dilation)):
-            spread[:, tap, :, dx : dx + rows, shift : shift + cols] = grad
-        return spread, None
-
-
-def _tap_offsets(dilation: int) -> list[tuple[int, int]]:
-    """(readout, phase-encode) offset of each layer-3 tap, in weight order."""
-    return [(dx, dy * dilation) for dx in range(KERNEL_3[0]) for dy in range(KERNEL_3[1])]
-
-
-def targets(acs: torch.Tensor, outputs: Sequence[int], acceleration: int) -> torch.Tensor:
-    """Training targets (slices, networks, R-1, readout, PE) cut from the ACS block."""
-    grid = (acs.shape[2] - (KERNEL_1[0] - 1), acs.shape[3] - (KERNEL_1[1] - 1) * acceleration)
-    rows, cols = output_shape(grid, acceleration)
-    chosen = acs[:, list(outputs)]
-    lines = [
-        chosen[:, :, MARGIN : MARGIN + rows, 1 + offset : 1 + offset + cols]
-        for offset in range(acceleration - 1)
-    ]
-    return torch.stack(lines, dim=2)
-
-
-@dataclass(frozen=True)
-class Training:
-    """How the networks are trained: Adam, full batch, a fixed number of iterations.
-
-    `mixed_precision` runs the matrix products in bfloat16 (weights, loss and optimiser
-    state stay in the weights' precision). For residual RAKI: `linear_learning_rate` is
-    the linear branch's (None: `learning_rate`), `linear_weight` the weight of its own
-    error in the loss, `regularization` the Tikhonov lambda of its least-squares start
-    relative to the largest singular value of the calibration matrix.
-    """
-
-    iterations: int
-    learning_rate: float
-    mixed_precision: bool = False
-    linear_learning_rate: float | None = None
-    linear_weight: float = 0.0
-    regularization: float = 0.1
-
-
-def train(
-    weights: Weights, acs: torch.Tensor, *, outputs: Sequence[int], training: Training
-) -> list[float]:
-    """Train the networks in place on acs (slices, C, readout, lines); the loss per iteration.
-
-    The loss is the sum over slices and networks of each network's mean squared error
-    (residual RAKI: of both branches' sum, plus `linear_weight` times the linear branch's
-    own), so each network gets the gradient it would get alone.
-    """
-    acceleration = weights.w3.shape[1] // _TAPS_3 + 1
-    columns = patches(acs, dilation=acceleration)
-    grid = (acs.shape[2] - (KERNEL_1[0] - 1), acs.shape[3] - (KERNEL_1[1] - 1) * acceleration)
-    wanted = targets(acs, outputs, acceleration)
-    if weights.linear is not None:
-        fit_linear(weights.linear, columns, grid, wanted, regularization=training.regularization)
-    # Inputs to the products are rounded once here rather than at every iteration.
-    if training.mixed_precision:
-        columns = columns.to(torch.bfloat16)
-    groups: list[dict[str, Any]] = [{"params": [weights.w1, weights.w2, weights.w3]}]
-    if weights.linear is not None:
-        rate = training.linear_learning_rate
-        rate = training.learning_rate if rate is None else rate
-        groups.append({"params": [weights.linear], "lr": rate})
-    optimizer = torch.optim.Adam(groups, lr=training.learning_rate)
-    device_type = acs.device.type
-    # Losses stay on the device until the end: reading each one would wait for the GPU.
-    history: list[torch.Tensor] = []
-    for _ in range(training.iterations):
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, torch.bfloat16, enabled=training.mixed_precision):
-            cnn, linear = forward(weights, columns, grid, dilation=acceleration)
-        loss = per_network_mse(cnn if linear is None else cnn + linear, wanted).sum()
-        if linear is not None and training.linear_weight:
-            loss = loss + training.linear_weight * per_network_mse(linear, wanted).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        history.append(loss.detach())
-    return torch.stack(history).tolist() if history else []
-
-
-def per_network_mse(prediction: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each network, (slices, networks)."""
-    return (prediction - wanted).square().mean(dim=(2, 3, 4))
-
-
-def fit_linear(
-    linear: torch.Tensor,
-    columns: torch.Tensor,
-    grid: tuple[int, int],
-    wanted: torch.Tensor,
-    *,
-    regularization: float,
-) -> None:
-    """Set the linear branch to its Tikhonov least-squares fit of the targets (GRAPPA)."""
-    slices, features, _ = columns.shape
-    rows, cols = output_shape(grid, wanted.shape[2] + 1)
-    window = columns.view(slices, features, *grid)[..., 1 : 1 + rows, :cols]
-    sources = window.reshape(slices, features, -1).double()
-    goals = wanted.reshape(slices, linear.shape[1], -1).double()
-    gram = sources @ sources.transpose(1, 2)
-    largest = torch.linalg.matrix_norm(gram, ord=2).clamp_min(1e-30)
-    identity = torch.eye(features, dtype=gram.dtype, device=gram.device)
-    ridge = regularization**2 * largest[:, None, None] * identity
-    solved = torch.linalg.solve(gram + ridge, sources @ goals.transpose(1, 2))
-    with torch.no_grad():
-        linear.copy_(solved.transpose(1, 2))
 
 
 @contextlib.contextmanager
@@ -357,7 +73,8 @@ class Options:
     branch starts at its least-squares optimum (Tikhonov lambda `linear_regularization`
     relative to the largest singular value of the calibration matrix) and is fine-tuned at
     `linear_learning_rate` (None: `LINEAR_RATE_FACTOR` x `learning_rate`), its own error
-    weighted `linear_weight` in the loss.
+    weighted `linear_weight` in the loss. `schedule`, `held_out`, `patience` and
+    `features` are `_raki_train.Training`'s.
     """
 
     iterations: int
@@ -371,6 +88,10 @@ class Options:
     linear_learning_rate: float | None = None
     linear_weight: float = 0.0
     linear_regularization: float = 0.1
+    schedule: str = "cosine"
+    held_out: float = 0.0
+    patience: int | None = None
+    features: int | None = None
 
     def resolved_linear_learning_rate(self) -> float:
         if self.linear_learning_rate is not None:
@@ -527,6 +248,11 @@ def _fill_batch(
         linear_learning_rate=options.resolved_linear_learning_rate(),
         linear_weight=options.linear_weight,
         regularization=options.linear_regularization,
+        schedule=options.schedule,
+        held_out=options.held_out,
+        patience=options.patience,
+        features=options.features,
+        seed=options.seed,
     )
     windows = [training_window(one, sampling, options.training_readout) for one in inputs]
     acs = torch.stack(

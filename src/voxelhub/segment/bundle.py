@@ -10,6 +10,11 @@ prediction after ``postprocessing`` (which inverts the preprocessing, e.g. `Inve
 read back on the first input's grid. `SaveImaged` steps are left out: the caller writes
 outputs where it wants them.
 
+``pipeline="config"`` runs those steps exactly as configured (what the eager runtime does
+by default: the reference); ``"fast"`` (the optimized runtimes' default) resamples in
+float32, inverts `Spacingd` axis by axis and fuses a two-class softmax → invert → argmax
+postprocessing (`voxelhub.segment.inference`), the same labels for less work.
+
 A bundle's config can execute arbitrary Python (``$`` expressions, ``_target_``): run
 bundles from people you do not trust only inside the platform's sandbox, as the platform
 does for uploaded bundles. This module itself just runs what the bundle says.
@@ -22,16 +27,25 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK
 import torch
+from monai.data.meta_tensor import MetaTensor
+from monai.transforms.post.array import AsDiscrete
+from monai.utils.type_conversion import convert_to_dst_type
 
 from voxelhub.segment.engine import Engine
 from voxelhub.segment.errors import SegmentError
 from voxelhub.segment.geometry import image_from_xyz
-from voxelhub.segment.inference import Activation, discretize
+from voxelhub.segment.inference import (
+    Activation,
+    channel_argmax,
+    discretize,
+    fast_resampling,
+    fused_postprocessing,
+)
 from voxelhub.segment.labels import coded_label
 from voxelhub.segment.model import InputRole, ModelMetadata, SegmentationModel
 from voxelhub.segment.runtimes import NetworkSource, PatchShape, cache_dir_for, file_digest
@@ -129,6 +143,7 @@ class BundleModel(SegmentationModel):
         runtime: str = "auto",
         device: str = "cpu",
         sw_batch_size: int | None = None,
+        pipeline: Literal["config", "fast"] | None = None,
     ) -> None:
         from monai.bundle.config_parser import ConfigParser
 
@@ -156,6 +171,11 @@ class BundleModel(SegmentationModel):
         self.preprocessing = self._parsed("preprocessing")
         self.inferer = self._parsed("inferer")
         self.postprocessing = _without_saving(self._parsed("postprocessing"))
+        self.pipeline = pipeline or ("config" if runtime == "eager" else "fast")
+        if self.pipeline == "fast":
+            fast_resampling(self.preprocessing)
+            fused = fused_postprocessing(self.postprocessing, self.output_key)
+            self.postprocessing = fused or self.postprocessing
         if sw_batch_size is not None:
             self.inferer.sw_batch_size = sw_batch_size
         network, weights = self._network()
@@ -272,12 +292,64 @@ def _config_path(root: Path) -> Path:
 
 
 def _without_saving(postprocessing: Any) -> Any:
-    """The postprocessing Compose without SaveImage(d) steps."""
+    """The postprocessing Compose without SaveImage(d) steps, its argmax done fast.
+
+    An `AsDiscrete(d)` step keeps its settings; only how its argmax over channels is
+    computed changes (`ChannelArgmaxDiscrete`, the same result).
+    """
     from monai.transforms.compose import Compose
     from monai.transforms.io.array import SaveImage
     from monai.transforms.io.dictionary import SaveImaged
+    from monai.transforms.post.dictionary import AsDiscreted
 
-    if isinstance(postprocessing, Compose):
-        kept = [t for t in postprocessing.transforms if not isinstance(t, SaveImage | SaveImaged)]
-        return Compose(kept)
-    return postprocessing
+    if not isinstance(postprocessing, Compose):
+        return postprocessing
+    kept = []
+    for step in postprocessing.transforms:
+        if isinstance(step, SaveImage | SaveImaged):
+            continue
+        if type(step) is AsDiscreted and type(step.converter) is AsDiscrete:
+            step.converter = fast_discrete(step.converter)
+            kept.append(step)
+        elif type(step) is AsDiscrete:
+            kept.append(fast_discrete(step))
+        else:
+            kept.append(step)
+    return Compose(kept)
+
+
+def fast_discrete(converter: Any) -> Any:
+    """A `ChannelArgmaxDiscrete` with the settings of MONAI's `AsDiscrete` `converter`."""
+    fast = ChannelArgmaxDiscrete(
+        argmax=converter.argmax,
+        to_onehot=converter.to_onehot,
+        threshold=converter.threshold,
+        rounding=converter.rounding,
+    )
+    fast.kwargs = dict(converter.kwargs)
+    return fast
+
+
+class ChannelArgmaxDiscrete(AsDiscrete):
+    """MONAI's `AsDiscrete`, its argmax over channels by `channel_argmax` (same result)."""
+
+    def __call__(
+        self,
+        img: Any,
+        argmax: bool | None = None,
+        to_onehot: int | None = None,
+        threshold: float | None = None,
+        rounding: str | None = None,
+    ) -> Any:
+        argmax = self.argmax if argmax is None else argmax
+        if argmax and self.kwargs.get("dim", 0) == 0 and isinstance(img, torch.Tensor):
+            raw = img.as_tensor() if isinstance(img, MetaTensor) else img
+            index = channel_argmax(raw)
+            if self.kwargs.get("keepdim", True):
+                index = index[None]
+            onehot = self.to_onehot if to_onehot is None else to_onehot
+            # one_hot and rounding take the int64 torch.argmax gives; the rest any integer.
+            wide = onehot is not None or (self.rounding if rounding is None else rounding)
+            img, *_ = convert_to_dst_type(index, img, dtype=torch.int64 if wide else index.dtype)
+            argmax = False
+        return super().__call__(img, argmax, to_onehot, threshold, rounding)

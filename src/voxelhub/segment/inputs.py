@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -224,3 +225,64 @@ def _check_modality(item: InputImage, expected: str | None, model: str) -> None:
             f"{normalized_modality(expected)} series.",
             source=item.source,
         )
+
+
+@dataclass(frozen=True)
+class SegLabels:
+    """A DICOM SEG read as a label map: (z, y, x), segment number n as label n."""
+
+    labels: npt.NDArray[np.uint8]
+    names: tuple[str, ...]
+
+
+def read_seg_labels(folder: Path, reference: InputImage) -> SegLabels | None:
+    """The DICOM SEG in `folder` as labels on the grid of `reference`, the series it segments.
+
+    None when `folder` holds no SEG. Frames the SEG leaves out (empty ones) are background;
+    where segments overlap, the higher segment number wins. The SEG must reference the
+    reference series: a SEG of another series is refused, naming both.
+    """
+    import highdicom as hd
+
+    segs = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = dcmread(path)
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        if ds.get("Modality") == "SEG":
+            segs.append(ds)
+    if not segs:
+        return None
+    if len(segs) > 1:
+        raise SegmentError(f"holds {len(segs)} DICOM SEG instances, not one.", source=str(folder))
+    if not reference.is_dicom:
+        raise SegmentError(
+            "a DICOM SEG label needs its image as the DICOM series it references, not a file.",
+            source=str(folder),
+        )
+    image_uid = str(reference.datasets[0].SeriesInstanceUID)
+    referenced = {
+        str(item.SeriesInstanceUID) for item in segs[0].get("ReferencedSeriesSequence", [])
+    }
+    if image_uid not in referenced:
+        raise SegmentError(
+            f"the SEG segments series {', '.join(sorted(referenced)) or '(none named)'}, not "
+            f"the image series {image_uid}; give the SEG made on this image.",
+            source=str(folder),
+        )
+    try:
+        seg = hd.seg.Segmentation.from_dataset(segs[0])
+        pixels = seg.get_pixels_by_source_instance(
+            [str(ds.SOPInstanceUID) for ds in reference.datasets],
+            combine_segments=True,
+            assert_missing_frames_are_empty=True,
+            skip_overlap_checks=True,
+        )
+    except (ValueError, KeyError, AttributeError) as err:
+        raise SegmentError(
+            f"the SEG cannot be read onto its series: {err}", source=str(folder)
+        ) from err
+    numbers = sorted(int(n) for n in seg.segment_numbers)
+    names = tuple(str(seg.get_segment_description(n).SegmentLabel) for n in numbers)
+    return SegLabels(np.asarray(pixels, dtype=np.uint8), names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from voxelhub.segment.bundle import BundleModel, is_bundle
 from voxelhub.segment.card_model import CardModel
@@ -19,13 +20,16 @@ def load_model(
     device: str | None = None,
     threads: int | None = None,
     sw_batch_size: int | None = None,
+    pipeline: Literal["config", "fast"] | None = None,
 ) -> SegmentationModel:
     """The model at `path`: a MONAI bundle folder, or a network file with `card`.
 
     `runtime` is one of eager, torchscript, onnx, compile, int8 or auto (measured on the
     first case, decision cached beside the model); `device` is "cpu" (default) or "cuda";
     `threads` caps the CPU threads of torch and onnxruntime; `sw_batch_size` overrides the
-    number of sliding-window patches per network call that the config or card sets.
+    number of sliding-window patches per network call that the config or card sets;
+    `pipeline` is how a bundle's pre- and postprocessing run: "config" exactly as
+    configured, "fast" in float32 with fused steps (default: "config" for eager, else "fast").
     """
     path = Path(path)
     if runtime != "auto" and runtime not in RUNTIMES:
@@ -52,7 +56,9 @@ def load_model(
             )
         if card is not None:
             raise SegmentError("a bundle carries its own configs; give no model card with it.")
-        return BundleModel(path, runtime=runtime, device=device, sw_batch_size=sw_batch_size)
+        return BundleModel(
+            path, runtime=runtime, device=device, sw_batch_size=sw_batch_size, pipeline=pipeline
+        )
     if card is None:
         raise SegmentError(
             "a plain network file needs a model card (--card card.json) that "

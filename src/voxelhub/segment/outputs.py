@@ -49,10 +49,11 @@ def volumes_ml(labels: SimpleITK.Image, label_names: Mapping[int, str]) -> list[
     10.0
     """
     array = SimpleITK.GetArrayViewFromImage(labels)
-    counts = np.bincount(array.ravel().astype(np.int64), minlength=256)
     voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0  # type: ignore[no-untyped-call]
+    # One comparison per named label: no int64 copy of the whole map (a few labels, many voxels).
+    counts = {value: int(np.count_nonzero(array == value)) for value in label_names}
     return [
-        LabelVolume(value, name, int(counts[value]), round(int(counts[value]) * voxel_ml, 4))
+        LabelVolume(value, name, counts[value], round(counts[value] * voxel_ml, 4))
         for value, name in sorted(label_names.items())
     ]
 

@@ -9,7 +9,8 @@ tensors on both sides) that the sliding-window inferer calls:
 - ``int8``: the ONNX export with weights quantized to int8 by onnxruntime's
   `quantize_dynamic` (PyTorch's dynamic quantization covers Linear layers only, and
   segmentation networks are convolutions).
-- ``compile``: `torch.compile` (inductor); the first batch pays the compilation.
+- ``compile``: `torch.compile` (inductor) with frozen weights on channels-last
+  tensors; the first batch pays the compilation.
 
 ONNX exports are cached in the model's cache folder, keyed by the weights' digest and the
 patch shape.
@@ -17,6 +18,7 @@ patch shape.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -131,8 +133,7 @@ def build_predictor(
     if runtime == "torchscript":
         module = _frozen_torchscript(module, patch, device=device)
     elif runtime == "compile":
-        compiled = torch.compile(module, dynamic=False)
-        return _padded(_torch_predictor(compiled, device=device), patch.batch)  # type: ignore[arg-type]
+        return _padded(_compiled_predictor(module, device=device), patch.batch)
     return _torch_predictor(module, device=device)
 
 
@@ -140,6 +141,32 @@ def _torch_predictor(module: torch.nn.Module, *, device: str) -> Predictor:
     def predict(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return _first_output(module(batch.to(device))).to(batch.device)
+
+    return predict
+
+
+def _compiled_predictor(module: torch.nn.Module, *, device: str) -> Predictor:
+    """`torch.compile` with frozen weights, on channels-last tensors when they are 5-D.
+
+    Freezing folds batch norm into the convolutions and lets inductor pre-pack their
+    weights for oneDNN; channels-last (NDHWC) is the layout oneDNN's 3D convolutions run
+    without reordering every activation, about 1.5-2x eager on a 2-core CPU.
+    """
+    layout = torch.channels_last_3d if device == "cpu" else torch.contiguous_format
+    # A copy: the source's module stays as it is for the other runtimes.
+    private = copy.deepcopy(module).to(memory_format=layout)  # type: ignore[call-overload]
+    compiled: Callable[[torch.Tensor], object] = torch.compile(
+        private, dynamic=False, options={"freezing": device == "cpu"}
+    )
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        inputs = batch.to(device)
+        if inputs.ndim == 5:
+            inputs = inputs.contiguous(memory_format=layout)
+        # Inductor's freezing runs under no_grad; inference_mode tensors would be re-traced.
+        with torch.no_grad():
+            output = _first_output(compiled(inputs))
+        return output.contiguous().to(batch.device)
 
     return predict
 

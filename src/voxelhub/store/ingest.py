@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import any_, case, delete, func, literal, select, update
+from sqlalchemy import Table, any_, case, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -32,6 +32,7 @@ from voxelhub.store.models import Instance, Series, Study
 logger = logging.getLogger(__name__)
 
 IMAGESET_PREFIX = "imagesets"
+_INSTANCES = cast(Table, Instance.__table__)
 _META_GROUP = "0002"
 # Object writes of one batch overlap (file system and S3 calls release the GIL).
 _writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-put")
@@ -337,11 +338,14 @@ class Ingest:
         outcomes: list[Stored | VoxelhubError | None],
     ) -> None:
         with self.db.begin_nested():
+            # Rows as parameters, not as one VALUES clause: the statement is compiled once
+            # and cached, and sent in pages of rows ("insertmanyvalues").
+            # The table, not the entity: no ORM bookkeeping per row.
             returned = self.db.execute(
-                insert(Instance)
-                .values([row for _, row, _, _ in batch.values()])
+                insert(_INSTANCES)
                 .on_conflict_do_nothing(constraint="uq_dicom_instances_uid")
-                .returning(Instance.sop_instance_uid, Instance.id)
+                .returning(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id),
+                [row for _, row, _, _ in batch.values()],
             )
             inserted: dict[str, uuid.UUID] = {uid: id_ for uid, id_ in returned}
         missing = [uid for uid in batch if uid not in inserted]
@@ -377,11 +381,15 @@ class Ingest:
         if failed:
             self.db.execute(delete(Instance).where(Instance.id.in_(failed)))
 
-    def finish(self) -> None:
-        """Make the objects durable and write the counters; call before the commit."""
+    def sync(self) -> None:
+        """Make the objects written so far durable (`finish` does it for the rest)."""
         if self._unsynced:
             self.store.sync()
             self._unsynced = False
+
+    def finish(self) -> None:
+        """Make the objects durable and write the counters; call before the commit."""
+        self.sync()
         for series_id, tally in self._series_tally.items():
             self.db.execute(
                 update(Series)

@@ -11,11 +11,22 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Computed,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from voxelhub.core.db import Base, Timestamped, UUIDPk, utcnow
+from voxelhub.store.qido_document import HEAD_SQL, TAIL_SQL
 
 
 class Study(UUIDPk, Timestamped, Base):
@@ -50,6 +61,26 @@ class Study(UUIDPk, Timestamped, Base):
     number_of_series: Mapped[int] = mapped_column(default=0)
     number_of_instances: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its QIDO-RS result as DICOM JSON text, kept by PostgreSQL (see qido_document).
+    qido_head: Mapped[str] = mapped_column(Text, Computed(HEAD_SQL, persisted=True), deferred=True)
+    qido_tail: Mapped[str] = mapped_column(Text, Computed(TAIL_SQL, persisted=True), deferred=True)
+
+
+# Study searches return newest first: these give that order without a sort, in one archive
+# and across archives. Person names match case-insensitively, whole or by prefix (SMI*).
+Index(
+    "ix_dicom_studies_archive_newest",
+    Study.archive_id,
+    Study.study_date.desc(),
+    Study.study_time.desc(),
+    Study.id,
+)
+Index("ix_dicom_studies_newest", Study.study_date.desc(), Study.study_time.desc(), Study.id)
+Index(
+    "ix_dicom_studies_patient_name_lower",
+    func.lower(Study.patient_name).label("patient_name_lower"),
+    postgresql_ops={"patient_name_lower": "text_pattern_ops"},
+)
 
 
 class Series(UUIDPk, Timestamped, Base):

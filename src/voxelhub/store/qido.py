@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, any_, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, any_, func, literal, or_, select, true
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import InstrumentedAttribute, Session, undefer
 
+from voxelhub.archives.models import Archive
+from voxelhub.store import qido_studies
 from voxelhub.store.attributes import (
     INSTANCE_TAGS,
     SERIES_TAGS,
@@ -100,8 +104,11 @@ def _person_name(column: Any, value: str, *, fuzzy: bool) -> ColumnElement[bool]
     # Person names match case-insensitively, as most archives do.
     if fuzzy:
         return or_(column.op("%")(value), column.ilike(f"%{_wildcard(value)}%", escape="\\"))
-    if "*" in value or "?" in value:
+    if value.startswith(("*", "?")):
         return column.ilike(_wildcard(value), escape="\\")  # type: ignore[no-any-return]
+    # lower(name) is indexed (text_pattern_ops): a whole name or a prefix is a range scan.
+    if "*" in value or "?" in value:
+        return func.lower(column).like(_wildcard(value).lower(), escape="\\")
     return func.lower(column) == value.lower()
 
 
@@ -183,6 +190,67 @@ class Results:
     unsupported: list[str]
 
 
+def _paged_studies(
+    query: Query, archives: AnySelect | None, scope: uuid.UUID | None
+) -> tuple[AnySelect, list[str]]:
+    unsupported: list[str] = []
+    ids = select(Study.id, Study.study_date, Study.study_time)
+    statement = _visible(_apply(ids, query, STUDY_TAGS, Study, unsupported), Study, archives, scope)
+    statement = statement.order_by(*qido_studies.ORDER)
+    return statement.offset(query.offset).limit(query.limit), unsupported
+
+
+def study_search_body(
+    db: Session,
+    query: Query,
+    *,
+    archives: AnySelect | None,
+    scope: uuid.UUID | None,
+    base_url: str,
+) -> tuple[qido_studies.Body, list[str]]:
+    """The studies that match as a DICOM JSON body, and the match keys it could not use."""
+    statement, unsupported = _paged_studies(query, archives, scope)
+    body = qido_studies.render(
+        db, statement, include=query.include, include_all=query.include_all, base_url=base_url
+    )
+    return body, unsupported
+
+
+def audited_study_search(
+    db: Session,
+    query: Query,
+    *,
+    archives: AnySelect | None,
+    scope: uuid.UUID | None,
+    base_url: str,
+    event: dict[str, Any],
+) -> tuple[qido_studies.Body | None, list[str]]:
+    """`study_search_body` with its audit event recorded and committed in the same statement.
+
+    None when `scope` is an archive the caller may not read (nothing is recorded then).
+    """
+    statement, unsupported = _paged_studies(query, archives, scope)
+    visible: ColumnElement[bool] = true()
+    if scope is not None:
+        archive = select(Archive.id).where(Archive.id == scope)
+        if archives is not None:
+            archive = archive.where(Archive.id.in_(archives))
+        visible = archive.exists()
+    bind = db.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    with engine.connect() as connection:
+        body = qido_studies.render_audited(
+            connection,
+            statement,
+            include=query.include,
+            include_all=query.include_all,
+            base_url=base_url,
+            visible=visible,
+            event=event,
+        )
+    return body, unsupported
+
+
 def search_studies(
     db: Session,
     query: Query,
@@ -191,34 +259,10 @@ def search_studies(
     scope: uuid.UUID | None,
     base_url: str,
 ) -> Results:
-    unsupported: list[str] = []
-    needs_sample = bool(query.include) or query.include_all
-    sample = (
-        select(Instance.dataset_json)
-        .join(Series, Series.id == Instance.series_id)
-        .where(Series.study_id == Study.id)
-        .limit(1)
-        .scalar_subquery()
-        if needs_sample
-        else literal(None)
+    body, unsupported = study_search_body(
+        db, query, archives=archives, scope=scope, base_url=base_url
     )
-    statement = select(Study, sample)
-    statement = _visible(
-        _apply(statement, query, STUDY_TAGS, Study, unsupported), Study, archives, scope
-    )
-    statement = statement.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id)
-    statement = statement.offset(query.offset).limit(query.limit)
-    items = []
-    for study, sample_json in db.execute(statement):
-        result = _fields(study, STUDY_TAGS)
-        result[MODALITIES_IN_STUDY] = element("CS", sorted(study.modalities))
-        result["00201206"] = element("IS", study.number_of_series)
-        result["00201208"] = element("IS", study.number_of_instances)
-        result["00080056"] = element("CS", "ONLINE")
-        result["00081190"] = element("UR", f"{base_url}/studies/{study.study_instance_uid}")
-        _extra(query, sample_json, result)
-        items.append(dict(sorted(result.items())))
-    return Results(items, unsupported)
+    return Results(json.loads(body.json), unsupported)
 
 
 def search_series(

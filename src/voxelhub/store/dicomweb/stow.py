@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.deidentify import DeidReport
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.model import SplitInstance
+from voxelhub.dicom.model import InstanceKeys, SplitInstance
 from voxelhub.dicom.split import split_instance
 from voxelhub.store.attributes import element
 from voxelhub.store.deid import DeidSummary, Prepare
@@ -29,7 +30,7 @@ CANNOT_UNDERSTAND = 0xC000
 DATASET_DOES_NOT_MATCH = 0xA900
 STUDY_UID_MISMATCH = 0xC409
 
-_pool = ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1), thread_name_prefix="stow")
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stow")
 
 
 @dataclass
@@ -93,60 +94,46 @@ class StowResult:
         return 202 if self.stored else 409
 
 
-_PLACEHOLDER = "bulk://"
-
-
-def _placeholder(tag: str) -> str:
-    return _PLACEHOLDER + tag
-
-
-def _fill_uris(node: Any, prefix: str) -> Any:
-    """Point placeholder BulkDataURIs (the UIDs were unknown while splitting) at the instance."""
-    if isinstance(node, dict):
-        uri = node.get("BulkDataURI")
-        if isinstance(uri, str) and uri.startswith(_PLACEHOLDER):
-            node["BulkDataURI"] = prefix + uri[len(_PLACEHOLDER) :]
-        for value in node.values():
-            _fill_uris(value, prefix)
-    elif isinstance(node, list):
-        for value in node:
-            _fill_uris(value, prefix)
-    return node
-
-
 def split_part(body: bytes, prepare: Prepare | None = None) -> SplitInstance:
     """Validate, de-identify if asked, and split one instance (CPU-bound: runs in a pool)."""
     return split_prepared(body, prepare)[0]
 
 
+def _uris(keys: InstanceKeys) -> Callable[[str], str]:
+    uri: Callable[[str], str] = bulkdata_uri(
+        keys.study_instance_uid, keys.series_instance_uid, keys.sop_instance_uid
+    )
+    return uri
+
+
 def split_prepared(
-    body: bytes, prepare: Prepare | None = None
+    body: bytes | memoryview, prepare: Prepare | None = None
 ) -> tuple[SplitInstance, DeidReport | None]:
     """`split_part`, also returning what de-identification changed."""
     report = None
     if prepare is not None:
-        body, report = prepare(body)
-    split = split_instance(body, bulkdata_uri=_placeholder)
-    keys = split.keys
-    prefix = bulkdata_uri(keys.study_instance_uid, keys.series_instance_uid, keys.sop_instance_uid)(
-        ""
-    )
-    _fill_uris(split.dataset_json, prefix)
-    return split, report
+        body, report = prepare(bytes(body))
+    return split_instance(body, bulkdata_uri_for=_uris), report
 
 
-# Instances indexed per INSERT, and the most bytes of split instances held for one.
-BATCH_INSTANCES = 64
+# Instances indexed per INSERT, and the most bytes of split instances held for one. Small
+# enough that indexing overlaps the arrival of the next parts, leaving little to do at the end.
+BATCH_INSTANCES = 16
 BATCH_BYTES = 64 * 1024 * 1024
 
 
 class _Batches:
-    """Split instances gathered and indexed a batch at a time, in a thread."""
+    """Split instances indexed a batch at a time in a thread, while more parts arrive.
+
+    One batch is indexed at a time (the request's session is not shared between threads)
+    and its objects are made durable with it, so the request's end waits for the last only.
+    """
 
     def __init__(self, ingest: Ingest, result: StowResult) -> None:
         self.ingest, self.result = ingest, result
         self.splits: list[SplitInstance] = []
         self.held = 0
+        self.running: asyncio.Future[None] | None = None
 
     async def add(self, split: SplitInstance) -> None:
         self.splits.append(split)
@@ -155,9 +142,19 @@ class _Batches:
             await self.flush()
 
     async def flush(self) -> None:
+        """Start indexing what was gathered, once the batch before it is done."""
+        await self.settle()
         taken, self.splits, self.held = self.splits, [], 0
         if taken:
-            await asyncio.to_thread(_index, self.ingest, taken, self.result)
+            self.running = asyncio.ensure_future(
+                asyncio.to_thread(_index, self.ingest, taken, self.result)
+            )
+
+    async def settle(self) -> None:
+        """Wait for the batch being indexed; raises what indexing raised."""
+        running, self.running = self.running, None
+        if running is not None:
+            await running
 
 
 async def store_parts(
@@ -169,10 +166,30 @@ async def store_parts(
     study_uid: str | None,
     prepare: Prepare | None = None,
 ) -> StowResult:
-    """Split parts in parallel (bounded) and index them in batches, one INSERT each."""
+    """Split parts in parallel (bounded) and index them in batches as they come."""
     result = StowResult()
     ingest = Ingest(db, store, archive_id)
     batches = _Batches(ingest, result)
+    try:
+        await _split_and_index(parts, batches, result, study_uid=study_uid, prepare=prepare)
+        await batches.flush()
+        await batches.settle()
+    finally:
+        # Never leave a thread using the session while the request rolls back.
+        with contextlib.suppress(Exception):
+            await batches.settle()
+    await asyncio.to_thread(ingest.finish)
+    return result
+
+
+async def _split_and_index(
+    parts: AsyncIterator[Part],
+    batches: _Batches,
+    result: StowResult,
+    *,
+    study_uid: str | None,
+    prepare: Prepare | None,
+) -> None:
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future[tuple[SplitInstance, DeidReport | None]]] = []
     window = (_pool._max_workers or 1) * 2
@@ -205,9 +222,6 @@ async def store_parts(
             await finish(pending.pop(0))
     for future in pending:
         await finish(future)
-    await batches.flush()
-    await asyncio.to_thread(ingest.finish)
-    return result
 
 
 def _size(split: SplitInstance) -> int:
@@ -229,7 +243,9 @@ def _mismatch(study_uid: str | None, split: SplitInstance, result: StowResult) -
 
 
 def _index(ingest: Ingest, splits: list[SplitInstance], result: StowResult) -> None:
-    for split, outcome in zip(splits, ingest.add_many(splits), strict=True):
+    outcomes = ingest.add_many(splits)
+    ingest.sync()
+    for split, outcome in zip(splits, outcomes, strict=True):
         if isinstance(outcome, Stored):
             result.stored.append(outcome)
             continue

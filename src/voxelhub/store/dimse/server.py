@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.events import EventHandlerType
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
@@ -32,12 +34,19 @@ class DimseServer:
     """A running DIMSE service; `stop()` (or leaving a `with` block) shuts it down."""
 
     def __init__(
-        self, config: DimseConfig, archive_id: uuid.UUID, ae: AE, server: ThreadedAssociationServer
+        self,
+        config: DimseConfig,
+        archive_id: uuid.UUID,
+        ae: AE,
+        server: ThreadedAssociationServer,
+        *,
+        store: StoreService,
     ) -> None:
         self.config = config
         self.archive_id = archive_id
         self._ae = ae
         self._server = server
+        self._store = store
         self._stopped = False
 
     @property
@@ -60,7 +69,12 @@ class DimseServer:
             association.join(max(deadline - time.monotonic(), 0))
             if association.is_alive():
                 association.abort()
+        self._store.close()
         logger.info("DIMSE service %s stopped", self.config.ae_title)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every acknowledged C-STORE instance is indexed; False on timeout."""
+        return self._store.flush(timeout)
 
     def __enter__(self) -> DimseServer:
         return self
@@ -85,6 +99,18 @@ def _archive_id(runtime: Runtime, name: str) -> uuid.UUID:
     return found
 
 
+def _after_flush(
+    store: StoreService, handler: Callable[[Event], Iterator[Any]]
+) -> Callable[[Event], Iterator[Any]]:
+    """`handler`, run once the instances acknowledged so far are indexed."""
+
+    def handle(event: Event) -> Iterator[Any]:
+        store.flush()
+        yield from handler(event)
+
+    return handle
+
+
 def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     """Listen for DIMSE associations in background threads; returns the running server."""
     archive_id = _archive_id(runtime, config.archive)
@@ -97,19 +123,22 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     retrieve = RetrieveService(runtime, archive_id, remote_aes=config.remote_aes)
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, store.handle),
-        (evt.EVT_C_FIND, find.handle),
-        (evt.EVT_C_GET, retrieve.handle_get),
-        (evt.EVT_C_MOVE, retrieve.handle_move),
+        (evt.EVT_CONN_CLOSE, store.handle_close),
+        # A peer that stored instances finds them at once, though they are indexed later.
+        (evt.EVT_C_FIND, _after_flush(store, find.handle)),
+        (evt.EVT_C_GET, _after_flush(store, retrieve.handle_get)),
+        (evt.EVT_C_MOVE, _after_flush(store, retrieve.handle_move)),
     ]
     try:
         server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
     except OSError as err:
+        store.close()
         raise DimseConfigError(
             f"the DIMSE service cannot listen on {config.host}:{config.port} ({err}); pick a "
             "free port"
         ) from err
     assert server is not None  # block=False always returns the server
-    dimse = DimseServer(config, archive_id, ae, server)
+    dimse = DimseServer(config, archive_id, ae, server, store=store)
     logger.info("DIMSE service %s listening on %s:%d, storing into archive %r",
                 config.ae_title, config.host, dimse.port, config.archive)  # fmt: skip
     return dimse

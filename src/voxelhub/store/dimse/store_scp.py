@@ -1,82 +1,275 @@
-"""C-STORE SCP: each received instance is split and indexed like a STOW-RS part.
+"""C-STORE SCP: each received instance is checked, made durable, and indexed in batches.
 
 The dataset is taken as the peer encoded it (no decode and re-encode), prefixed with the
-file meta, and stored in its own transaction, so an acknowledged instance is committed.
+file meta, de-identified when the archive asks for it, read and validated. A new instance
+is then appended to the association's journal segment (fdatasync) and acknowledged; the
+`Committer` splits and indexes it in the background, many per transaction, while the peer
+sends the next one. An instance whose UID is already stored or on its way is split here
+and answered only once the index has judged it (stored before, or a UID conflict).
+
+Either way a success status names an instance that a crash cannot lose: the journal is
+read back on start (see `journal`). Queries (C-FIND, C-GET, C-MOVE) first wait for the
+acknowledged instances to be indexed, so a peer always finds what it stored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from sqlalchemy import create_engine, select
 
 from voxelhub.core.db import session_scope
+from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.errors import DicomError
+from voxelhub.dicom.fastsplit import read_plain
+from voxelhub.dicom.keys import instance_keys
+from voxelhub.dicom.read import read_dataset
+from voxelhub.dicom.validate import validate
 from voxelhub.store.deid import CachedPreparer, Prepare, preparer_for
 from voxelhub.store.dicomweb.stow import split_part
+from voxelhub.store.dimse.committer import Committer
 from voxelhub.store.dimse.common import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
     OUT_OF_RESOURCES,
     SUCCESS,
     Peer,
-    record,
     status,
 )
+from voxelhub.store.dimse.journal import Segment, leftovers, pending_records
 from voxelhub.store.errors import UidConflict
-from voxelhub.store.ingest import store_instance
+from voxelhub.store.models import Instance, Series
 
 logger = logging.getLogger(__name__)
 
+JOURNAL_FOLDER = "dimse-journal"
+
+
+# Journal writes overlap reading and checking the instance (fdatasync releases the GIL).
+_journal_writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dimse-journal")
+
+
+@dataclass
+class _Association:
+    """What the handler keeps per association: its peer, journal segment, known UIDs."""
+
+    peer: Peer
+    origin: bytes  # the peer, as journal records name it
+    segment: Segment | None = None
+    # Per series, the SOP Instance UIDs the archive held when the series was first seen,
+    # and those acknowledged since.
+    known: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Received:
+    data: bytes  # the Part-10 bytes to store (de-identified when asked)
+    sop_instance_uid: str
+    series_instance_uid: str
+
 
 class StoreService:
-    """The C-STORE handler of one DIMSE server."""
+    """The C-STORE handler of one DIMSE server; `close()` it when the server stops."""
 
     def __init__(self, runtime: Runtime, archive_id: uuid.UUID) -> None:
         self._runtime = runtime
         self._archive_id = archive_id
         self._prepare = CachedPreparer(self._lookup_preparer)
+        self._folder = runtime.settings.home / JOURNAL_FOLDER / str(archive_id)
+        self._committer = Committer(runtime, archive_id, refused=self._folder / "refused")
+        # Existence checks only (one statement each, no transaction); a failed lookup
+        # sends the instance the slow way.
+        self._lookups = create_engine(
+            runtime.database_url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=30
+        )
+        self._associations: dict[Association, _Association] = {}
+        self._lock = threading.Lock()
+        self._replay()
+
+    def _replay(self) -> None:
+        """Index again what a previous run acknowledged and may not have committed."""
+        for path in leftovers(self._folder):
+            records = pending_records(path)
+            segment = Segment.leftover(path, len(records))
+            logger.info("indexing %d C-STORE instance(s) left in %s", len(records), path)
+            for origin, payload in records:
+                peer = Peer(**json.loads(origin))
+                uid = ""
+                self._committer.enqueue(payload, peer, sop_instance_uid=uid, segment=segment)
+            if not records:
+                segment.seal()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every acknowledged instance is indexed; False on timeout."""
+        return self._committer.flush(timeout)
+
+    def close(self) -> None:
+        """Index the instances still queued and release the database connections."""
+        self._committer.close()
+        with self._lock:
+            states, self._associations = list(self._associations.values()), {}
+        for state in states:
+            if state.segment is not None:
+                state.segment.seal()
+        self._lookups.dispose()
+
+    def handle_close(self, event: Event) -> None:
+        """The association's connection closed: its journal segment takes no more."""
+        with self._lock:
+            state = self._associations.pop(event.assoc, None)
+        if state is not None and state.segment is not None:
+            state.segment.seal()
 
     def _lookup_preparer(self) -> Prepare | None:
         with session_scope(self._runtime.database_url) as db:
             return preparer_for(db, self._runtime.settings, self._archive_id)
 
     def handle(self, event: Event) -> int | Dataset:
+        state = self._association(event)
+        prepare = self._prepare.get()
+        data = event.encoded_dataset()
+        # Without de-identification the bytes received are the bytes stored: they go to
+        # the journal while they are read and checked.
+        journaled = None if prepare is not None else self._journal(state, data)
+        received = self._receive(event, data, prepare)
+        if isinstance(received, Dataset) or self._met_before(state, received):
+            if journaled is not None and self._journaled(journaled) is not None:
+                journaled.result().cancel_last()
+            if isinstance(received, Dataset):
+                return received
+            return self._store_now(received, state.peer)
+        if journaled is None:
+            journaled = self._journal(state, received.data)
+        segment = self._journaled(journaled)
+        if segment is None:
+            return status(OUT_OF_RESOURCES, "storage failed: the journal cannot be written")
+        self._committer.enqueue(
+            received.data, state.peer, sop_instance_uid=received.sop_instance_uid,
+            segment=segment,
+        )  # fmt: skip
+        return SUCCESS
+
+    def _association(self, event: Event) -> _Association:
+        with self._lock:
+            state = self._associations.get(event.assoc)
+        if state is None:
+            peer = Peer.of(event)
+            state = _Association(peer, json.dumps(peer.__dict__).encode())
+            with self._lock:
+                self._associations[event.assoc] = state
+        return state
+
+    def _journal(self, state: _Association, data: bytes) -> Future[Segment]:
+        # One C-STORE at a time per association: its segment is not shared.
+        def append() -> Segment:
+            if state.segment is None or state.segment.full:
+                if state.segment is not None:
+                    state.segment.seal()
+                state.segment = Segment.create(self._folder)
+            state.segment.append(state.origin, data)
+            return state.segment
+
+        return _journal_writers.submit(append)
+
+    @staticmethod
+    def _journaled(journaled: Future[Segment]) -> Segment | None:
+        try:
+            return journaled.result()
+        except OSError:
+            logger.error("a C-STORE instance could not be journaled", exc_info=True)
+            return None
+
+    def _receive(self, event: Event, data: bytes, prepare: Prepare | None) -> _Received | Dataset:
+        """The received instance, read and validated, or the status that refuses it."""
         request = cast(C_STORE, event.request)
         requested_uid = str(request.AffectedSOPInstanceUID or "")
-        prepare = self._prepare.get()
         try:
-            split = split_part(event.encoded_dataset(), prepare)
+            if prepare is not None:
+                data = prepare(data)[0]
+            # The plain-file reader is the quick way; anything else is read by pydicom.
+            plain = read_plain(data)
+            ds = plain.dataset if plain is not None else read_dataset(data)
+            validate(ds)
+            keys = instance_keys(ds)
         except DicomError as err:
             logger.info("C-STORE of %s refused: %s", requested_uid, err.message)
             return status(CANNOT_UNDERSTAND, f"{err.code}: {err.message}")
         except Exception as err:  # a decoder crash must answer, not drop the association
-            logger.warning("C-STORE of %s could not be split", requested_uid, exc_info=True)
+            logger.warning("C-STORE of %s could not be read", requested_uid, exc_info=True)
             return status(CANNOT_UNDERSTAND, f"processing failed: {type(err).__name__}: {err}")
-        keys = split.keys
         # De-identification remaps the UIDs the request names.
         if prepare is None and requested_uid and keys.sop_instance_uid != requested_uid:
             return status(DATASET_DOES_NOT_MATCH, "SOPInstanceUID of the dataset differs from "
                           "the C-STORE request's Affected SOP Instance UID")  # fmt: skip
-        peer = Peer.of(event)
+        return _Received(data, keys.sop_instance_uid, keys.series_instance_uid)
+
+    def _met_before(self, state: _Association, received: _Received) -> bool:
+        """Whether the UID is stored or on its way: then only the index can answer.
+
+        The archive's UIDs of a series are read once per association; a lookup that
+        fails counts as met before, which is the safe way.
+        """
+        uid = received.sop_instance_uid
+        if self._committer.is_pending(uid):
+            return True
+        known = state.known.get(received.series_instance_uid)
+        if known is None:
+            try:
+                known = self._series_uids(received.series_instance_uid)
+            except Exception:
+                logger.warning("looking up the instances of series %s failed",
+                               received.series_instance_uid, exc_info=True)  # fmt: skip
+                return True
+            state.known[received.series_instance_uid] = known
+        if uid in known:
+            return True
+        known.add(uid)
+        return False
+
+    def _series_uids(self, series_instance_uid: str) -> set[str]:
+        query = (
+            select(Instance.sop_instance_uid)
+            .join(Series, Series.id == Instance.series_id)
+            .where(
+                Series.archive_id == self._archive_id,
+                Series.series_instance_uid == series_instance_uid,
+            )
+        )
+        with self._lookups.connect() as connection:
+            return set(connection.execute(query).scalars())
+
+    def _store_now(self, received: _Received, peer: Peer) -> int | Dataset:
+        """Split, index and answer with the index's verdict (a UID met before)."""
         try:
-            with session_scope(self._runtime.database_url) as db:
-                stored = store_instance(db, self._runtime.store, self._archive_id, split)
-                record(db, "dimse.store", self._archive_id, peer,
-                       sop_instance_uid=keys.sop_instance_uid,
-                       already_stored=stored.already_stored)  # fmt: skip
-        except UidConflict as err:
-            logger.info("C-STORE of %s refused: %s", keys.sop_instance_uid, err.message)
+            split = split_part(received.data)
+        except DicomError as err:
+            return status(CANNOT_UNDERSTAND, f"{err.code}: {err.message}")
+        except Exception as err:
+            logger.warning("C-STORE of %s could not be split", received.sop_instance_uid,
+                           exc_info=True)  # fmt: skip
+            return status(CANNOT_UNDERSTAND, f"processing failed: {type(err).__name__}: {err}")
+        try:
+            outcome = self._committer.store(split, peer)
+        except Exception as err:  # the committer logged it; the peer may send it again
+            return status(OUT_OF_RESOURCES, f"storage failed: {type(err).__name__}")
+        if isinstance(outcome, UidConflict):
+            logger.info("C-STORE refused: %s", outcome.message)
             # The full reason names UIDs and overflows the 64-character Error Comment.
             return status(
                 DATASET_DOES_NOT_MATCH, "UID conflict: other content is stored under its UIDs"
             )
-        except Exception as err:
-            logger.error("C-STORE of %s failed", keys.sop_instance_uid, exc_info=True)
-            return status(OUT_OF_RESOURCES, f"storage failed: {type(err).__name__}")
+        if isinstance(outcome, VoxelhubError):
+            logger.error("C-STORE of %s failed: %s", received.sop_instance_uid, outcome.message)
+            return status(OUT_OF_RESOURCES, f"storage failed: {outcome.message}")
         return SUCCESS

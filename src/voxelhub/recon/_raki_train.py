@@ -1,0 +1,232 @@
+"""Training the batched RAKI networks on the ACS block: Adam, a cosine schedule, early stopping.
+
+Time goes into optimiser steps times the cost of a step, so both are cut without changing the
+networks' job:
+
+- Steps: Adam's learning rate falls from `learning_rate` to 0 along a half cosine over
+  `iterations` steps (large steps while far from a minimum, small ones to settle), which
+  reaches in 200 steps the loss a constant rate reaches in 600.
+- Early stopping: a seeded `held_out` fraction of the ACS target positions is never trained
+  on; every `check_every` steps each network's error there is compared with its best so far
+  and its weights kept when better, so each network ends at its own best held-out error
+  (noise fitted from a small ACS shows up there first). The batch stops once no network has
+  improved for `patience` steps. The held-out error comes from the same forward pass as the
+  training loss, at no extra cost.
+- Cost per step: layer 1 dominates (networks*32 x C*10 x positions, twice). With `features`
+  the patches are first projected onto their leading principal components (per slice, from
+  the ACS), so layer 1 learns a (networks*32) x features map; the filters are mapped back to
+  the 5x2 coil kernel afterwards, so inference is unchanged. The trailing components of 15
+  coils' patches are noise (the spectrum flattens after about 100 of 300), which the
+  unprojected networks can only fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from voxelhub.recon._raki_cnn import (
+    KERNEL_1,
+    TAPS_3,
+    Batch,
+    Weights,
+    forward_backward,
+    output_shape,
+    patches,
+    targets,
+)
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the networks are trained: Adam, full batch, at most `iterations` steps.
+
+    `mixed_precision` runs the matrix products in bfloat16 (weights, loss and optimiser state
+    stay in the weights' precision). `schedule` "cosine" or "constant" learning rate;
+    `held_out` the fraction of ACS positions kept for early stopping (0: none, the final
+    weights are kept), checked every `check_every` steps, the batch stopping after `patience`
+    steps without improvement (None: never early); `features` principal components of the
+    layer-1 patches trained on (None: all). For residual RAKI: `linear_learning_rate` is the
+    linear branch's (None: `learning_rate`; 0: frozen), `linear_weight` the weight of its own
+    error in the loss, `regularization` the Tikhonov lambda of its least-squares start
+    relative to the largest singular value of the calibration matrix.
+    """
+
+    iterations: int
+    learning_rate: float
+    mixed_precision: bool = False
+    linear_learning_rate: float | None = None
+    linear_weight: float = 0.0
+    regularization: float = 0.1
+    schedule: str = "constant"
+    held_out: float = 0.0
+    check_every: int = 5
+    patience: int | None = None
+    features: int | None = None
+    seed: int = 0
+
+
+def train(
+    weights: Weights, acs: torch.Tensor, *, outputs: range | list[int], training: Training
+) -> list[float]:
+    """Train the networks in place on acs (slices, C, readout, lines); the loss per step.
+
+    The loss is the sum over slices and networks of each network's mean squared error on
+    the trained positions (residual RAKI: of both branches' sum, plus `linear_weight` times
+    the linear branch's own), so each network gets the gradient it would get alone.
+    """
+    acceleration = weights.w3.shape[1] // TAPS_3 + 1
+    columns = patches(acs, dilation=acceleration)
+    grid = (acs.shape[2] - (KERNEL_1[0] - 1), acs.shape[3] - (KERNEL_1[1] - 1) * acceleration)
+    wanted = targets(acs, outputs, acceleration)
+    linear_columns = None
+    if weights.linear is not None:
+        linear_columns = _at_outputs(columns, grid, acceleration)
+        fit_linear(weights.linear, linear_columns, wanted, regularization=training.regularization)
+    basis = _principal_basis(columns, training.features)
+    w1 = weights.w1
+    if basis is not None:
+        columns = torch.bmm(basis, columns)
+        w1 = torch.bmm(weights.w1.detach(), basis.transpose(1, 2)).requires_grad_()
+    kept = _held_out_mask(wanted.shape[-2:], training, device=acs.device)
+    batch = Batch(
+        columns=columns.to(torch.bfloat16 if training.mixed_precision else weights.w1.dtype),
+        linear_columns=linear_columns,
+        wanted=wanted,
+        loss_weight=kept / kept.sum().clamp_min(1),
+        grid=grid,
+        dilation=acceleration,
+        linear_weight=training.linear_weight,
+    )
+    parameters = [w1, weights.w2, weights.w3]
+    if weights.linear is not None:
+        parameters.append(weights.linear)
+    history = _optimise(parameters, batch, held_out=1 - kept, training=training)
+    with torch.no_grad():
+        if basis is not None:
+            weights.w1.copy_(torch.bmm(w1, basis))
+    return history
+
+
+def _optimise(
+    parameters: list[torch.Tensor], batch: Batch, *, held_out: torch.Tensor, training: Training
+) -> list[float]:
+    groups: list[dict[str, Any]] = [{"params": parameters[:3]}]
+    linear_rate = training.linear_learning_rate
+    if len(parameters) > 3 and linear_rate != 0:
+        groups.append({"params": parameters[3:], "lr": linear_rate or training.learning_rate})
+    optimizer = torch.optim.Adam(groups, lr=training.learning_rate)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    stopping = _EarlyStopping(parameters, held_out, training) if held_out.any() else None
+    history: list[torch.Tensor] = []  # read at the end: reading each would wait for a GPU
+    for step in range(training.iterations):
+        factor = _schedule(step, training)
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate * factor
+        squared, grads = forward_backward(parameters, batch)
+        history.append((squared * batch.loss_weight).sum() / squared.shape[2])
+        if stopping is not None and step % training.check_every == 0 and stopping.check(squared):
+            break
+        for parameter, grad in zip(parameters, grads, strict=True):
+            parameter.grad = grad
+        optimizer.step()
+    if stopping is not None:
+        squared, _ = forward_backward(parameters, batch)
+        stopping.check(squared)
+        stopping.restore()
+    for parameter in parameters:
+        parameter.grad = None
+    return torch.stack(history).tolist() if history else []
+
+
+def _schedule(step: int, training: Training) -> float:
+    if training.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * step / max(training.iterations, 1)))
+
+
+class _EarlyStopping:
+    """Each network's best weights by its error on the held-out positions."""
+
+    def __init__(self, parameters: list[torch.Tensor], held_out: torch.Tensor, training: Training):
+        self.parameters = parameters
+        self.held_out = held_out / held_out.sum()
+        self.patience = training.patience
+        self.best: torch.Tensor | None = None
+        self.kept = [p.detach().clone() for p in parameters]
+        self.since = 0
+        self.every = training.check_every
+
+    def check(self, squared: torch.Tensor) -> bool:
+        """Keep the networks that improved; True when it is time to stop."""
+        slices, networks = squared.shape[:2]
+        error = (squared * self.held_out).sum(dim=(2, 3)).flatten()
+        if self.best is None:
+            better = torch.ones_like(error, dtype=torch.bool)
+        else:
+            better = error < self.best
+        self.best = error if self.best is None else torch.where(better, error, self.best)
+        with torch.no_grad():
+            for kept, now in zip(self.kept, self.parameters, strict=True):
+                # Every parameter's leading elements are grouped network by network.
+                shape = (slices * networks, -1)
+                chosen = torch.where(better[:, None], now.view(shape), kept.view(shape))
+                kept.view(shape).copy_(chosen)
+        self.since = 0 if bool(better.any()) else self.since + 1
+        return self.patience is not None and self.since * self.every >= self.patience
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for kept, now in zip(self.kept, self.parameters, strict=True):
+                now.copy_(kept)
+
+
+def _held_out_mask(shape: torch.Size, training: Training, *, device: torch.device) -> torch.Tensor:
+    """1 on the output positions trained on, 0 on the held-out ones (seeded)."""
+    if training.held_out <= 0:
+        return torch.ones(tuple(shape), device=device)
+    generator = torch.Generator().manual_seed(training.seed)
+    kept = (torch.rand(tuple(shape), generator=generator) >= training.held_out).float()
+    return kept.to(device)
+
+
+def _principal_basis(columns: torch.Tensor, features: int | None) -> torch.Tensor | None:
+    """Per slice the leading `features` principal directions of the patches, (slices, k, F):
+    eigenvectors of their Gram matrix (F x F, much cheaper than an SVD of the patches)."""
+    if features is None or features >= columns.shape[1]:
+        return None
+    patches = columns.double()
+    _, vectors = torch.linalg.eigh(patches @ patches.transpose(1, 2))
+    basis: torch.Tensor = vectors.flip(-1)[..., :features].transpose(1, 2)
+    return basis.to(columns.dtype).contiguous()
+
+
+def _at_outputs(columns: torch.Tensor, grid: tuple[int, int], acceleration: int) -> torch.Tensor:
+    """The patches the linear branch reads for each output position, (slices, F, outputs).
+
+    The 5x2 kernel at layer-1 position (x + 1, p) reads readout x + 1 ... x + 5 of lines p
+    and p + R: centred on the CNN's target point x + 3, on both sides of its gap.
+    """
+    slices, features, _ = columns.shape
+    rows, cols = output_shape(grid, acceleration)
+    window = columns.view(slices, features, *grid)[..., 1 : 1 + rows, :cols]
+    return window.reshape(slices, features, rows * cols)
+
+
+def fit_linear(
+    linear: torch.Tensor, sources: torch.Tensor, wanted: torch.Tensor, *, regularization: float
+) -> None:
+    """Set the linear branch to its Tikhonov least-squares fit of the targets (GRAPPA)."""
+    slices, features, _ = sources.shape
+    goals = wanted.reshape(slices, linear.shape[1], -1).double()
+    sources = sources.double()
+    gram = sources @ sources.transpose(1, 2)
+    largest = torch.linalg.matrix_norm(gram, ord=2).clamp_min(1e-30)
+    identity = torch.eye(features, dtype=gram.dtype, device=gram.device)
+    ridge = regularization**2 * largest[:, None, None] * identity
+    solved = torch.linalg.solve(gram + ridge, sources @ goals.transpose(1, 2))
+    with torch.no_grad():
+        linear.copy_(solved.transpose(1, 2))

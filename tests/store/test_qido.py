@@ -1,0 +1,226 @@
+"""QIDO-RS study search: the DICOM JSON PostgreSQL writes, paging, permissions, indexes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import psycopg
+from pydicom.uid import generate_uid
+
+from tests.store.conftest import ArchiveClient
+from voxelhub.archives.service import ARCHIVE
+from voxelhub.auth import permissions
+from voxelhub.auth.models import User
+from voxelhub.core import migrate
+from voxelhub.core.db import engine_for, session_scope
+from voxelhub.core.pg import EmbeddedPostgres
+from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
+from voxelhub.store import qido
+
+DICOM_JSON = {"Accept": "application/dicom+json"}
+
+
+def _study(patient_id: str, name: str, date: str, *, time: str = "120000", modalities=("CT",)):  # type: ignore[no-untyped-def]
+    """One study of one single-slice series per modality."""
+    datasets = []
+    study_uid = generate_uid()
+    for number, modality in enumerate(modalities, start=1):
+        ds = ct_phantom(slices=1, size=16, patient=PatientInfo(patient_id, name))[0]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+        ds.Modality, ds.SeriesNumber = modality, number
+        ds.StudyDate, ds.StudyTime = date, time
+        ds.ReferringPhysicianName = ""
+        datasets.append(ds)
+    return datasets
+
+
+def _get(archive: ArchiveClient, url: str, **params: str) -> httpx.Response:
+    headers = {**DICOM_JSON, "Authorization": f"Bearer {archive.owner.token}"}
+    return httpx.get(url, params=params, headers=headers)
+
+
+def test_every_study_attribute(make_archive, live_server: str, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    archive: ArchiveClient = make_archive()
+    datasets = _study("P1", "Müller^Jürgen", "20240131", modalities=("MR", "CT", "MR"))
+    archive.scoped.store_instances(datasets)
+    uid = datasets[0].StudyInstanceUID
+    scoped = f"{live_server}/dicom-web/archives/{archive.archive_id}"
+
+    response = _get(archive, f"{scoped}/studies", PatientID="P1")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    [study] = response.json()
+    assert list(study) == sorted(study)
+    assert study == {
+        "00080020": {"vr": "DA", "Value": ["20240131"]},
+        "00080030": {"vr": "TM", "Value": ["120000"]},
+        "00080050": {"vr": "SH", "Value": ["DEMO0001"]},
+        "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+        "00080061": {"vr": "CS", "Value": ["CT", "MR"]},
+        "00080090": {"vr": "PN"},
+        "00081030": {"vr": "LO", "Value": ["Demo phantom"]},
+        "00081190": {"vr": "UR", "Value": [f"{scoped}/studies/{uid}"]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]},
+        "00100020": {"vr": "LO", "Value": ["P1"]},
+        "00100030": {"vr": "DA", "Value": ["19700101"]},
+        "00100040": {"vr": "CS", "Value": ["O"]},
+        "0020000D": {"vr": "UI", "Value": [uid]},
+        "00200010": {"vr": "SH", "Value": ["1"]},
+        "00201206": {"vr": "IS", "Value": [3]},
+        "00201208": {"vr": "IS", "Value": [3]},
+    }
+    everywhere = _get(archive, f"{live_server}/dicom-web/studies", PatientID="P1").json()
+    assert everywhere[0]["00081190"]["Value"] == [f"{live_server}/dicom-web/studies/{uid}"]
+    # What C-FIND gets (through qido.search_studies) is the same document.
+    with session_scope(database_url) as db:
+        query = qido.parse_query([("PatientID", "P1")])
+        found = qido.search_studies(
+            db, query, archives=None, scope=archive.archive_id, base_url=scoped
+        )
+    assert found.items == [study]
+
+
+def test_includefield_takes_stored_attributes_without_overriding(make_archive) -> None:  # type: ignore[no-untyped-def]
+    archive: ArchiveClient = make_archive()
+    archive.scoped.store_instances(_study("P2", "Doe^Jane", "20230101"))
+    search = archive.scoped.search_for_studies
+    [plain] = search(search_filters={"PatientID": "P2"})
+    [some] = search(
+        search_filters={"PatientID": "P2"}, fields=["Modality", "BodyPartExamined", "00081030"]
+    )
+    assert some == {**plain, "00080060": {"vr": "CS", "Value": ["CT"]},
+                    "00180015": {"vr": "CS", "Value": ["CHEST"]}}  # fmt: skip
+    [everything] = search(search_filters={"PatientID": "P2"}, fields=["all"])
+    assert everything["00080070"] == {"vr": "LO", "Value": ["voxelhub"]}
+    assert not any(tag.startswith("7FE0") for tag in everything)
+    assert all("BulkDataURI" not in element for element in everything.values())
+    assert {tag: everything[tag] for tag in plain} == plain
+    assert list(everything) == sorted(everything)
+    [absent] = search(search_filters={"PatientID": "P2"}, fields=["PatientComments"])
+    assert absent == plain
+
+
+def test_newest_first_and_pages_add_up(make_archive) -> None:  # type: ignore[no-untyped-def]
+    archive: ArchiveClient = make_archive()
+    stored = [
+        ("20200101", "080000"),
+        ("20220615", "070000"),
+        ("20220615", "093000"),
+        ("20210301", "120000"),
+        ("", ""),
+    ]
+    for index, (date, time) in enumerate(stored):
+        archive.scoped.store_instances(_study(f"Q{index}", "Page^Test", date, time=time))
+    search = archive.scoped.search_for_studies
+    everything = search()
+    dates = [(s["00080020"].get("Value", [""])[0], s["00080030"].get("Value", [""])[0])
+             for s in everything]  # fmt: skip
+    assert dates == sorted(stored, reverse=True)
+    pages = [search(limit=2, offset=offset) for offset in (0, 2, 4)]
+    assert [s for page in pages for s in page] == everything
+    assert search(limit=2, offset=10) == []
+    in_2022 = search(search_filters={"StudyDate": "20220101-20221231"})
+    assert [s["00100020"]["Value"][0] for s in in_2022] == ["Q2", "Q1"]
+
+
+def test_names_match_case_insensitively_by_prefix_and_whole(make_archive) -> None:  # type: ignore[no-untyped-def]
+    archive: ArchiveClient = make_archive()
+    for index, name in enumerate(["SMITH^JOHN", "Smithers^Ann", "SMYTHE^JO", "O'Neil^Pat"]):
+        archive.scoped.store_instances(_study(f"N{index}", name, "20200101"))
+
+    def names(value: str) -> set[str]:
+        found = archive.scoped.search_for_studies(search_filters={"PatientName": value})
+        return {s["00100010"]["Value"][0]["Alphabetic"] for s in found}
+
+    assert names("smith*") == {"SMITH^JOHN", "Smithers^Ann"}
+    assert names("SM?TH*") == {"SMITH^JOHN", "Smithers^Ann", "SMYTHE^JO"}
+    assert names("smith^john") == {"SMITH^JOHN"}
+    assert names("o'neil*") == {"O'Neil^Pat"}
+    assert names("50%*") == set()
+    assert names("*") == {"SMITH^JOHN", "Smithers^Ann", "SMYTHE^JO", "O'Neil^Pat"}
+
+
+def test_searches_see_only_readable_archives(make_archive, make_user, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    mine: ArchiveClient = make_archive("Mine")
+    theirs: ArchiveClient = make_archive("Theirs")
+    mine.scoped.store_instances(_study("M1", "Mine^One", "20200101"))
+    theirs.scoped.store_instances(_study("T1", "Theirs^One", "20200101"))
+
+    def patients(archive: ArchiveClient) -> list[str]:
+        return [s["00100020"]["Value"][0] for s in archive.everything.search_for_studies()]
+
+    assert patients(mine) == ["M1"]
+    assert patients(theirs) == ["T1"]
+    refused = _get(mine, f"{theirs.scoped.base_url}/studies")
+    assert refused.status_code == 404
+    with session_scope(database_url) as db:
+        user = db.get(User, mine.owner.id)
+        assert user is not None
+        permissions.grant(db, ARCHIVE, theirs.archive_id, user, "viewer")
+    assert sorted(patients(mine)) == ["M1", "T1"]
+    assert _get(mine, f"{theirs.scoped.base_url}/studies").status_code == 200
+
+
+def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres) -> None:
+    """A database at the previous revision gains the search indexes and every study's
+    stored result on upgrade."""
+    name = f"u_{uuid.uuid4().hex[:12]}"
+    dsn = f"host={pg_server.socket_dir} port={pg_server.port} user=postgres"
+    with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_server.url.replace("/voxelhub?", f"/{name}?")
+    try:
+        migrate.upgrade(url, "0005")
+        with psycopg.connect(f"{dsn} dbname={name}") as conn:
+            archive = conn.execute(
+                "INSERT INTO archives (id, name, description, created_at) "
+                "VALUES (gen_random_uuid(), 'Old', '', now()) RETURNING id"
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
+                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
+                "study_date, study_time, accession_number, study_id, study_description, "
+                "referring_physician_name, modalities, number_of_series, number_of_instances) "
+                "VALUES (gen_random_uuid(), now(), now(), %s, '1.2.3', 'P\"1', 'Ünal^Ayşe', "
+                "'', 'F', '20240101', '', 'A1', '', 'CT \\ HEAD', '', '{MR,CT}', 2, 7)",
+                [archive[0] if archive else None],
+            )
+        migrate.upgrade(url)
+        with psycopg.connect(f"{dsn} dbname={name}") as conn:
+            indexes = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'dicom_studies'"
+                )
+            }
+            row = conn.execute("SELECT qido_head, qido_tail FROM dicom_studies").fetchone()
+        assert {
+            "ix_dicom_studies_newest",
+            "ix_dicom_studies_archive_newest",
+            "ix_dicom_studies_patient_name_lower",
+        } <= indexes
+        assert row is not None
+        document = json.loads("{" + row[0] + "," + row[1] + "}")
+        assert document == {
+            "00080020": {"vr": "DA", "Value": ["20240101"]},
+            "00080030": {"vr": "TM"},
+            "00080050": {"vr": "SH", "Value": ["A1"]},
+            "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+            "00080061": {"vr": "CS", "Value": ["CT", "MR"]},
+            "00080090": {"vr": "PN"},
+            "00081030": {"vr": "LO", "Value": ["CT \\ HEAD"]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Ünal^Ayşe"}]},
+            "00100020": {"vr": "LO", "Value": ['P"1']},
+            "00100030": {"vr": "DA"},
+            "00100040": {"vr": "CS", "Value": ["F"]},
+            "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+            "00200010": {"vr": "SH"},
+            "00201206": {"vr": "IS", "Value": [2]},
+            "00201208": {"vr": "IS", "Value": [7]},
+        }
+    finally:
+        engine_for(url).dispose()
+        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
