@@ -218,6 +218,14 @@ def describe(servers: list[Any], work: Path) -> dict[str, Any]:
 # (label, unit, section, key for a server's figures, value field, higher is better)
 ROWS = [
     ("STOW-RS ingest, 1 client", "inst/s", "stow", "1_clients/{}", "instances_per_s", True),
+    (
+        "  server CPU per instance, 1 client",
+        "ms",
+        "stow",
+        "1_clients/{}",
+        "server_cpu_ms_per_instance",
+        False,
+    ),
     ("STOW-RS ingest, 4 clients", "inst/s", "stow", "4_clients/{}", "instances_per_s", True),
     (
         "  server CPU per instance, 4 clients",

@@ -8,10 +8,7 @@ of attempts, fails. Every transition is one guarded UPDATE, so two processes nev
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +16,12 @@ from datetime import timedelta
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Table, and_, make_url, or_, select, text, update
+from sqlalchemy import Table, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from voxelhub.core.db import after_commit, utcnow
 from voxelhub.jobs.errors import JobNotFound, JobStateError
+from voxelhub.jobs.kept import kept
 from voxelhub.jobs.models import Job, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -64,6 +62,23 @@ def _later(send: Sender, job_id: uuid.UUID, queue: str, priority: int) -> Callab
     return go
 
 
+_MARK_QUEUED_SQL = (
+    f"UPDATE jobs SET state = '{QUEUED}', queued_at = %(now)s "
+    f"WHERE id = ANY(%(ids)s) AND state = '{PENDING}'"
+)
+
+
+def mark_queued_now(database_url: str, job_ids: list[uuid.UUID]) -> None:
+    """`mark_queued` in a transaction of its own, in one round trip (see `kept`)."""
+
+    def mark(conn: psycopg.Connection[Any]) -> None:
+        with conn.pipeline():
+            conn.execute(_MARK_QUEUED_SQL, {"now": utcnow(), "ids": job_ids})
+            conn.commit()
+
+    kept(database_url, "dispatch").run(mark)
+
+
 def mark_queued(db: Session, *job_ids: uuid.UUID) -> None:
     """Pending jobs whose messages went out are queued (one UPDATE for all of them)."""
     db.execute(
@@ -98,66 +113,13 @@ RETURNING {", ".join(name for name, _ in _COLUMNS)}
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(%(k)s)"
 
 
-class _Claims:
-    """This process's own connection for claims: the lock, the claim and the commit go
-    to PostgreSQL together (a pipeline), one round trip, with no pool check-out."""
-
-    def __init__(self, database_url: str) -> None:
-        self.conninfo = (
-            make_url(database_url)
-            .set(drivername="postgresql")
-            .render_as_string(hide_password=False)
-        )
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.conn: psycopg.Connection[Any] | None = None
-
-    def run(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        with self.lock:
-            reused = self.conn is not None and not self.conn.closed
-            try:
-                return self._run(params)
-            except psycopg.OperationalError:
-                self.close()
-                if not reused:
-                    raise
-                # The connection this process kept went away while idle (the database
-                # restarted): nothing of the claim reached PostgreSQL. Once more, anew.
-                logger.info("the claims connection was lost; reconnecting", exc_info=True)
-                return self._run(params)
-            except BaseException:
-                self.close()
-                raise
-
-    def _run(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.conninfo)
-        conn = self.conn
-        with conn.pipeline():
-            conn.execute(_LOCK_SQL, {"k": _CLAIM_LOCK})
-            cursor = conn.execute(_CLAIM_SQL, params)
-            conn.commit()
-        row: tuple[Any, ...] | None = cursor.fetchone()
-        return row
-
-    def close(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-
-
-_claims: dict[str, _Claims] = {}
-_claims_lock = threading.Lock()
-
-
-def _claims_for(database_url: str) -> _Claims:
-    with _claims_lock:
-        found = _claims.get(database_url)
-        # A forked pool process opens a connection of its own (never its parent's).
-        if found is None or found.pid != os.getpid():
-            found = _claims[database_url] = _Claims(database_url)
-        return found
+def _claim_on(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+    with conn.pipeline():
+        conn.execute(_LOCK_SQL, {"k": _CLAIM_LOCK})
+        cursor = conn.execute(_CLAIM_SQL, params)
+        conn.commit()
+    row: tuple[Any, ...] | None = cursor.fetchone()
+    return row
 
 
 def claim(
@@ -166,7 +128,8 @@ def claim(
     """Move a queued job to running for this worker; None if it is not ours to run now.
 
     One guarded UPDATE checks the state, cancellation and both limits (running jobs of the
-    job's user, and of its algorithm) and returns the claimed row, committed. None also
+    job's user, and of its algorithm) and returns the claimed row, committed, in one round
+    trip on this process's kept connection (see `kept`). None also
     when a limit is reached: `waiting_for_limits` tells that case apart. The Job returned
     is not attached to any session (it is read, never changed, by the job's handler).
     """
@@ -176,7 +139,7 @@ def claim(
         "now": utcnow(),
         "worker": worker,
     }
-    row = _claims_for(database_url).run(params)
+    row = kept(database_url, "claims").run(lambda conn: _claim_on(conn, params))
     if row is None:
         return None
     return Job(**{key: value for (_, key), value in zip(_COLUMNS, row, strict=True)})

@@ -111,8 +111,7 @@ class Dispatcher:
                 continue
             sent.append(job_id)
         if sent:
-            with session_scope(self.database_url) as db:
-                engine.mark_queued(db, *sent)
+            engine.mark_queued_now(self.database_url, sent)
 
 
 DISPATCH_BATCH = 200

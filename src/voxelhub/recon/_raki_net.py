@@ -21,16 +21,17 @@ import numpy.typing as npt
 import torch
 
 from voxelhub.recon._raki_cnn import MARGIN, Weights, forward, initial_weights, patches
-from voxelhub.recon._raki_train import Training, train
+from voxelhub.recon._raki_train import Training, grappa_branch, train
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.image import kspace_to_images
 from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 
 __all__ = ["Options", "Training", "Weights", "fill", "initial_weights", "reconstruct", "train"]
 
-# Residual RAKI's linear branch starts at its optimum: Adam's early steps, about the learning
-# rate in size whatever the gradient, would undo that fit at the CNN's rate.
-LINEAR_RATE_FACTOR = 0.01
+# Residual RAKI's linear branch starts as our GRAPPA kernel and stays so by default: Adam's
+# steps, about the learning rate in size whatever the gradient, only move it away from that
+# fit (at R = 6 the real-valued refit amplifies noise, NMSE 0.035 against GRAPPA's 0.019).
+LINEAR_RATE_FACTOR = 0.0
 
 
 @contextlib.contextmanager
@@ -89,9 +90,9 @@ class Options:
     linear_weight: float = 0.0
     linear_regularization: float = 0.1
     schedule: str = "cosine"
-    held_out: float = 0.0
-    patience: int | None = None
-    features: int | None = None
+    held_out: float = 0.2
+    patience: int | None = 40
+    features: int | None = 64
 
     def resolved_linear_learning_rate(self) -> float:
         if self.linear_learning_rate is not None:
@@ -258,7 +259,18 @@ def _fill_batch(
     acs = torch.stack(
         [one[:, window, start:stop] for one, window in zip(inputs, windows, strict=True)]
     )
-    train(weights, acs, outputs=range(channels), training=training)
+    linear_start = None
+    if residual:
+        linear_start = torch.stack(
+            [
+                grappa_branch(
+                    one[..., start:stop], sampling.acceleration,
+                    outputs=channels, regularization=options.linear_regularization,
+                )
+                for one in data
+            ]
+        ).to(device=device, dtype=torch.float32)  # fmt: skip
+    train(weights, acs, outputs=range(channels), training=training, linear_start=linear_start)
     with torch.no_grad():
         predicted = predict(weights, inputs, sampling) * scale
     values = predicted.cpu().numpy()

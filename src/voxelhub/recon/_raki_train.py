@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from voxelhub.recon._raki_cnn import (
@@ -38,6 +39,9 @@ from voxelhub.recon._raki_cnn import (
     patches,
     targets,
 )
+from voxelhub.recon.gaps import GapGroup
+from voxelhub.recon.grappa import fit_kernel
+from voxelhub.recon.model import ComplexArray
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,17 @@ class Training:
 
 
 def train(
-    weights: Weights, acs: torch.Tensor, *, outputs: range | list[int], training: Training
+    weights: Weights,
+    acs: torch.Tensor,
+    *,
+    outputs: range | list[int],
+    training: Training,
+    linear_start: torch.Tensor | None = None,
 ) -> list[float]:
     """Train the networks in place on acs (slices, C, readout, lines); the loss per step.
+
+    Residual RAKI's linear branch starts at `linear_start` (see `grappa_branch`), else at
+    its least-squares fit on `acs`.
 
     The loss is the sum over slices and networks of each network's mean squared error on
     the trained positions (residual RAKI: of both branches' sum, plus `linear_weight` times
@@ -85,7 +97,13 @@ def train(
     linear_columns = None
     if weights.linear is not None:
         linear_columns = _at_outputs(columns, grid, acceleration)
-        fit_linear(weights.linear, linear_columns, wanted, regularization=training.regularization)
+        if linear_start is not None:
+            with torch.no_grad():
+                weights.linear.copy_(linear_start)
+        else:
+            fit_linear(
+                weights.linear, linear_columns, wanted, regularization=training.regularization
+            )
     basis = _principal_basis(columns, training.features)
     w1 = weights.w1
     if basis is not None:
@@ -185,12 +203,17 @@ class _EarlyStopping:
 
 
 def _held_out_mask(shape: torch.Size, training: Training, *, device: torch.device) -> torch.Tensor:
-    """1 on the output positions trained on, 0 on the held-out ones (seeded)."""
+    """1 on the output positions (readout, PE) trained on, 0 on the held-out ones: the
+    `held_out` fraction of PE rows taken from the ACS block's edges, outermost first, so
+    the held-out error measures how the networks carry outwards in k-space."""
+    kept = torch.ones(tuple(shape), device=device)
     if training.held_out <= 0:
-        return torch.ones(tuple(shape), device=device)
-    generator = torch.Generator().manual_seed(training.seed)
-    kept = (torch.rand(tuple(shape), generator=generator) >= training.held_out).float()
-    return kept.to(device)
+        return kept
+    rows = shape[-1]
+    count = min(max(round(training.held_out * rows), 1), rows - 1)
+    edges = [row for pair in zip(range(rows), reversed(range(rows))) for row in pair]
+    kept[:, edges[:count]] = 0
+    return kept
 
 
 def _principal_basis(columns: torch.Tensor, features: int | None) -> torch.Tensor | None:
@@ -230,3 +253,29 @@ def fit_linear(
     solved = torch.linalg.solve(gram + ridge, sources @ goals.transpose(1, 2))
     with torch.no_grad():
         linear.copy_(solved.transpose(1, 2))
+
+
+def grappa_branch(
+    acs: ComplexArray, acceleration: int, *, outputs: int, regularization: float
+) -> torch.Tensor:
+    """Residual RAKI's linear branch as our GRAPPA kernel, (outputs*(R-1), 2*coils*10).
+
+    The complex 5x2 kernel from the lines p and p + R to p + 1 ... p + R - 1 is fitted on
+    the whole ACS block (coils, readout, lines) exactly as `grappa.fit_kernel` fits it, then
+    written as the real map on real/imaginary-stacked patches: with weights u + iv,
+    Re y = u Re x - v Im x and Im y = v Re x + u Im x.
+    """
+    coils = acs.shape[0]
+    group = GapGroup(
+        sources=(0, acceleration),
+        targets=tuple(range(1, acceleration)),
+        bases=np.zeros(1, dtype=np.intp),
+    )
+    taps = KERNEL_1[0]
+    kernel = fit_kernel(acs, group, taps=taps, regularization=regularization)
+    # fit_kernel's rows are (tap, coil, source), its columns (coil, target line).
+    complex_kernel = torch.from_numpy(kernel).reshape(taps, coils, 2, coils, acceleration - 1)
+    real = complex_kernel.real.permute(3, 4, 1, 0, 2)  # (out coil, line, in coil, tap, source)
+    imag = complex_kernel.imag.permute(3, 4, 1, 0, 2)
+    rows = torch.stack([torch.cat([real, -imag], dim=2), torch.cat([imag, real], dim=2)])
+    return rows.reshape(2 * coils * (acceleration - 1), -1)[: outputs * (acceleration - 1)]

@@ -35,8 +35,10 @@ def parse_media_type(value: str) -> MediaType:
 
 @dataclass(frozen=True)
 class Part:
+    """One part: its headers (names in lower case) and its body, which the part owns."""
+
     headers: dict[str, str]
-    body: bytes
+    body: bytes | bytearray
 
     @property
     def content_type(self) -> str:
@@ -103,9 +105,11 @@ class PartReader:
                     )
                 return
             headers = _parse_headers(bytes(self.buffer[:header_end]))
-            with memoryview(self.buffer) as view:
-                body = bytes(view[header_end + 4 : end])
-            del self.buffer[: end + 2 + len(self.delimiter)]
+            # The buffer becomes the body: only what follows the part (at most about a
+            # chunk) is copied, never the part itself. Both cuts are cheap for a bytearray.
+            body, self.buffer = self.buffer, self.buffer[end + 2 + len(self.delimiter) :]
+            del body[end:]
+            del body[: header_end + 4]
             self._scanned = 0
             yield Part(headers, body)
 

@@ -30,7 +30,9 @@ CANNOT_UNDERSTAND = 0xC000
 DATASET_DOES_NOT_MATCH = 0xA900
 STUDY_UID_MISMATCH = 0xC409
 
-_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stow")
+# Two threads a core: the codec releases the GIL, and on a busy host the parts that wait for
+# the GIL must not leave a core idle (STOW-RS with 4 clients, bench/store.py).
+_pool = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1), thread_name_prefix="stow")
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _uris(keys: InstanceKeys) -> Callable[[str], str]:
 
 
 def split_prepared(
-    body: bytes | memoryview, prepare: Prepare | None = None
+    body: bytes | bytearray | memoryview, prepare: Prepare | None = None
 ) -> tuple[SplitInstance, DeidReport | None]:
     """`split_part`, also returning what de-identification changed."""
     report = None

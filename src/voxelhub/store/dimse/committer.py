@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 BATCH_INSTANCES = 64
 BATCH_BYTES = 64 * 1024 * 1024
 # How long a batch of acknowledged instances waits for more before it is indexed.
-BATCH_WINDOW_S = 0.02
+BATCH_WINDOW_S = 0.05
 RETRY_MAX_S = 30.0
 
 Outcome = Stored | VoxelhubError

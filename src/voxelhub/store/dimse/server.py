@@ -18,7 +18,7 @@ from voxelhub.archives.models import Archive
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 from voxelhub.store.dimse.config import DimseConfig
-from voxelhub.store.dimse.contexts import add_supported_contexts
+from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.errors import DimseConfigError
 from voxelhub.store.dimse.find_scp import FindService
 from voxelhub.store.dimse.retrieve_scp import RetrieveService
@@ -130,7 +130,10 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
         (evt.EVT_C_MOVE, _after_flush(store, retrieve.handle_move)),
     ]
     try:
-        server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+        server = ae.start_server(
+            (config.host, config.port), block=False, evt_handlers=handlers,
+            contexts=cheap_to_copy(ae.supported_contexts),
+        )  # fmt: skip
     except OSError as err:
         store.close()
         raise DimseConfigError(
