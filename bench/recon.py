@@ -56,6 +56,9 @@ class Row:
     ssim: float
     seconds_per_slice: float
     error: str = ""
+    # 1-minute load average when the row was measured: wall times on a shared machine
+    # mean little without it.
+    load_average: float = float("nan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,20 +189,25 @@ def measure(acq: PhantomAcquisition, name: str, run: Runner, *, repeats: int) ->
             images = run(acq.kspace)
             seconds = min(seconds, (time.perf_counter() - started) / acq.kspace.slices)
     except Exception as err:  # a failing method is a row, not the end of the benchmark
-        return Row(rate, name, np.nan, np.nan, np.nan, np.nan, f"{type(err).__name__}: {err}")
+        error = f"{type(err).__name__}: {err}"
+        return Row(rate, name, np.nan, np.nan, np.nan, np.nan, error, os.getloadavg()[0])
     metrics = evaluate(acq.reference, images)
-    return Row(rate, name, metrics.nmse, metrics.psnr, metrics.ssim, seconds)
+    load = os.getloadavg()[0]
+    return Row(rate, name, metrics.nmse, metrics.psnr, metrics.ssim, seconds, "", load)
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"\n{'R':>2}  {'method':<18} {'NMSE':>8} {'PSNR dB':>8} {'SSIM':>7} {'s/slice':>8}")
+    print(
+        f"\n{'R':>2}  {'method':<18} {'NMSE':>8} {'PSNR dB':>8} {'SSIM':>7} {'s/slice':>8}"
+        f" {'load':>5}"
+    )
     for row in rows:
         if row.error:
             print(f"{row.acceleration:>2}  {row.method:<18} failed: {row.error[:80]}")
             continue
         print(
             f"{row.acceleration:>2}  {row.method:<18} {row.nmse:8.4f} {row.psnr:8.2f} "
-            f"{row.ssim:7.4f} {row.seconds_per_slice:8.2f}"
+            f"{row.ssim:7.4f} {row.seconds_per_slice:8.2f} {row.load_average:5.1f}"
         )
     ratios = []
     for rate in sorted({r.acceleration for r in rows}):
@@ -256,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"  R={rate} {name}: NMSE {row.nmse:.4f}, SSIM {row.ssim:.4f}, "
-                f"{row.seconds_per_slice:.2f} s/slice {row.error}",
+                f"{row.seconds_per_slice:.2f} s/slice, load {row.load_average:.1f} {row.error}",
                 flush=True,
             )
             # Written after every row, so a long run that is stopped keeps what it measured.

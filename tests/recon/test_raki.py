@@ -10,13 +10,14 @@ import torch
 
 from voxelhub.recon import _raki_cnn, _raki_net, _raki_train
 from voxelhub.recon.errors import ReconError
-from voxelhub.recon.grappa import grappa
+from voxelhub.recon.grappa import grappa, grappa_kspace
 from voxelhub.recon.masks import equispaced_mask
 from voxelhub.recon.methods import reconstruct
 from voxelhub.recon.metrics import nmse
 from voxelhub.recon.model import Sampling
 from voxelhub.recon.phantom import PhantomAcquisition, PhantomSpec, simulate
 from voxelhub.recon.raki import fill, reconstruct_raki
+from voxelhub.recon.rraki import fill as rraki_fill
 from voxelhub.recon.rraki import reconstruct_rraki
 from voxelhub.recon.zerofilled import zero_filled
 
@@ -72,6 +73,30 @@ def test_rraki_is_at_least_as_good_as_raki_at_r4(
     result = reconstruct_rraki(small_r4.kspace, **FAST)
     assert result.method == "rraki"
     assert nmse(small_r4.reference, result.images) <= raki_r4
+
+
+def test_rraki_linear_branch_is_our_grappa(small_r4: PhantomAcquisition) -> None:
+    """Before any training residual RAKI's linear branch fills the regular gaps exactly as
+    GRAPPA does (the CNN's last layer starts at zero)."""
+    kspace = small_r4.kspace
+    ours = rraki_fill(
+        kspace.data[0], kspace.sampling, iterations=0, training_readout=None, threads=1
+    )
+    theirs = grappa_kspace(kspace.data, kspace.sampling)[0]
+    start, stop = kspace.sampling.acs
+    lines = np.flatnonzero(kspace.sampling.mask)
+    regular = [
+        line
+        for line in np.flatnonzero(~kspace.sampling.mask)
+        if line > lines[0] and (line < start - 4 or line > stop + 4) and line < lines[-1]
+    ]
+    assert len(regular) > 30
+    np.testing.assert_allclose(
+        ours[:, 3:-3, regular],
+        theirs[:, 3:-3, regular],
+        rtol=1e-4,
+        atol=1e-4 * np.abs(theirs).max(),
+    )
 
 
 def test_same_seed_same_images_other_seed_other_images(tiny_r3: PhantomAcquisition) -> None:
@@ -225,7 +250,8 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
         "iterations": 3, "learning_rate": 1e-2, "seed": 2, "device": "cpu",
         "slices_per_batch": None, "training_readout": 128,
         "precision": result.settings["precision"], "threads": 1,
-        "linear_learning_rate": 1e-4, "linear_weight": 0.0, "linear_regularization": 0.1,
+        "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
+        "schedule": "cosine", "held_out": 0.2, "patience": 40, "features": 64,
         "acceleration": 3, "acs_lines": 11,
     }  # fmt: skip
     assert result.settings["precision"] in {"float32", "bfloat16"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filewriter import dcmwrite
+from pynetdicom import AE
 from sqlalchemy import func, select
 
 from tests.conftest import Account
@@ -26,6 +28,7 @@ from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
 from voxelhub.store.dimse import DimseConfig, DimseConfigError, DimseServer, start_dimse
+from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.journal import Segment, leftovers
 from voxelhub.store.dimse.store_scp import JOURNAL_FOLDER
 from voxelhub.store.models import Instance, Series, Study
@@ -148,6 +151,20 @@ def test_config_refuses_bad_ports_and_missing_archive() -> None:
         DimseConfig(archive="x", remote_aes={"PACS": ("pacs", 0)})
     with pytest.raises(DimseConfigError, match="archive"):
         DimseConfig(archive=" ")
+
+
+def test_contexts_copied_per_association_equal_the_supported_ones() -> None:
+    ae = AE()
+    add_supported_contexts(ae)
+    originals = ae.supported_contexts
+    contexts = cheap_to_copy(originals)
+    copies = copy.deepcopy(contexts)
+    assert [(c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role) for c in copies] == [
+        (c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role) for c in originals
+    ]
+    copies[0].context_id = 7  # an association numbers and edits its own copies
+    copies[0].transfer_syntax.clear()
+    assert contexts[0].context_id is None and contexts[0].transfer_syntax
 
 
 def test_start_refuses_an_unknown_archive(runtime: Runtime) -> None:

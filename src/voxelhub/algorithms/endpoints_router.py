@@ -101,10 +101,12 @@ def upload_model(
 
 
 @router.get("/endpoints/{endpoint}/models")
-def list_models(endpoint: str, principal: PrincipalDep, store: StoreDep) -> list[dict[str, Any]]:
+def list_models(
+    endpoint: str, principal: PrincipalDep, store: StoreDep, settings: SettingsDep
+) -> list[dict[str, Any]]:
     """The endpoint's models; `loaded` ones are warm, taking `memory_mb` of the budget."""
     prefix = f"endpoints/{endpoints.check_name('endpoint', endpoint)}/"
-    warm = endpoints.cache().sizes()
+    warm = endpoints.cache(settings.endpoint_memory_mb).sizes()
     return [
         {
             "model": info.key[len(prefix) :].rsplit(".", 1)[0],

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,13 +81,21 @@ class WarmBundle:
         if binary is None:
             raise WarmError(f"bubblewrap is not installed ({bwrap} not found)")
         argv = bwrap_argv(request, request.command, bwrap=binary)
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=_HOST_ENV,
-            preexec_fn=_rlimit(limits.memory_mb),  # noqa: PLW1509 - only sets a limit
+        # bwrap's --die-with-parent follows the thread that started it, not the process: a
+        # request's thread (idle pool threads end) or a start ahead ends long before the
+        # process should, so one long-lived thread starts them all.
+        self.proc = (
+            _spawner()
+            .submit(
+                subprocess.Popen,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=_HOST_ENV,
+                preexec_fn=_rlimit(limits.memory_mb),
+            )
+            .result()
         )
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
         ready = self._answer(limits.time_limit_s)
@@ -193,6 +202,19 @@ class WarmBundle:
             self.proc.wait(timeout=30)
         self._stderr.close()
         shutil.rmtree(self.exchange, ignore_errors=True)
+
+
+_spawn: ThreadPoolExecutor | None = None
+_spawn_lock = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """The one thread that starts warm processes; it lives as long as this process."""
+    global _spawn  # noqa: PLW0603 - one per process
+    with _spawn_lock:
+        if _spawn is None:
+            _spawn = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm-spawn")
+        return _spawn
 
 
 def _rlimit(memory_mb: int) -> Any:

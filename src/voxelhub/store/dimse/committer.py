@@ -47,6 +47,9 @@ BATCH_BYTES = 64 * 1024 * 1024
 # How long a batch of acknowledged instances waits for more before it is indexed.
 BATCH_WINDOW_S = 0.05
 RETRY_MAX_S = 30.0
+# Acknowledged instances held in memory before the next one waits (backpressure: its
+# answer is delayed until indexing catches up).
+MAX_OUTSTANDING = 256
 
 Outcome = Stored | VoxelhubError
 
@@ -63,6 +66,7 @@ class _Pending:
     segment: Segment | None = None  # journaled: acknowledged already
     payload: bytes = b""
     done: Future[Outcome] = field(default_factory=Future)
+    finished: bool = False
 
 
 class _Closed:
@@ -112,6 +116,10 @@ class Committer:
         self, payload: bytes, peer: Peer, *, sop_instance_uid: str, segment: Segment
     ) -> None:
         """Index a journaled (durable, acknowledged) instance; `segment` hears when it is."""
+        with self._progress:
+            self._progress.wait_for(
+                lambda: self._closed or self._submitted - self._finished < MAX_OUTSTANDING
+            )
         splitting = _splitters.submit(split_part, payload)
         self._put(_Pending(peer, sop_instance_uid, splitting, segment, payload))
 
@@ -125,7 +133,9 @@ class Committer:
         """Index what is queued, then stop the thread and release the connection."""
         if self._closed:
             return
-        self._closed = True
+        with self._progress:
+            self._closed = True
+            self._progress.notify_all()
         self._queue.put(_Closed())
         self._thread.join(timeout)
 
@@ -142,8 +152,16 @@ class Committer:
         closing = False
         while not closing:
             batch, closing = self._gather(self._queue.get())
-            if batch:
+            try:
                 self._index(batch, closing=closing)
+            except Exception:  # the thread must live on, and nobody may wait forever
+                logger.error("indexing C-STORE instances failed unexpectedly; the acknowledged "
+                             "ones stay in the journal until the next start",
+                             exc_info=True)  # fmt: skip
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(RuntimeError("indexing failed"))
+                    self._finish(pending, None, keep=True)
         self._disconnect()
 
     def _gather(self, first: _Pending | _Closed) -> tuple[list[_Pending], bool]:
@@ -221,6 +239,9 @@ class Committer:
         return outcomes
 
     def _finish(self, pending: _Pending, outcome: Outcome | None, *, keep: bool = False) -> None:
+        if pending.finished:
+            return
+        pending.finished = True
         if outcome is not None and not pending.done.done():
             pending.done.set_result(outcome)
         if pending.segment is not None and not keep:

@@ -27,6 +27,8 @@ from voxelhub.store.dimse.store_scp import StoreService
 logger = logging.getLogger(__name__)
 
 MAX_ASSOCIATIONS = 32
+# How long a query waits for acknowledged instances to be indexed (the database may be down).
+FLUSH_TIMEOUT_S = 30.0
 UNLIMITED_PDU = 0  # pynetdicom's default 16382-byte PDUs make large transfers slow
 
 
@@ -105,7 +107,8 @@ def _after_flush(
     """`handler`, run once the instances acknowledged so far are indexed."""
 
     def handle(event: Event) -> Iterator[Any]:
-        store.flush()
+        if not store.flush(FLUSH_TIMEOUT_S):
+            logger.warning("answering before every acknowledged instance is indexed")
         yield from handler(event)
 
     return handle
