@@ -215,6 +215,12 @@ def test_principal_features_keep_the_filters_in_their_span(small_r4: PhantomAcqu
     _raki_train.train(weights, acs, outputs=range(16), training=training)
     assert weights.w1.shape == (1, 16 * 32, 160)
     assert int(torch.linalg.matrix_rank(weights.w1[0].detach(), rtol=1e-4)) == 24
+    columns = _raki_cnn.patches(acs, dilation=4)
+    grid = (acs.shape[2] - 4, acs.shape[3] - 4)
+    with torch.no_grad():
+        factored, _ = _raki_cnn.forward(weights, columns, grid, dilation=4, rank=24)
+        full, _ = _raki_cnn.forward(weights, columns, grid, dilation=4)
+    torch.testing.assert_close(factored, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
 
 
 def test_acquired_lines_are_kept_and_all_others_filled(tiny_r3: PhantomAcquisition) -> None:

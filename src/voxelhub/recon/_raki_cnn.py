@@ -143,20 +143,30 @@ def patches(inputs: torch.Tensor, *, dilation: int) -> torch.Tensor:
 
 
 def forward(
-    weights: Weights, columns: torch.Tensor, grid: tuple[int, int], *, dilation: int
+    weights: Weights,
+    columns: torch.Tensor,
+    grid: tuple[int, int],
+    *,
+    dilation: int,
+    rank: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CNN and linear-branch outputs, each (slices, networks, R-1, readout, PE), for inference.
 
     `columns` is the patch matrix of `patches`, `grid` the (readout, PE) shape of the
     layer-1 positions it enumerates. Output (x, p) predicts the lines after input line p at
-    input readout point x + 3.
+    input readout point x + 3. Layer-1 filters of rank `rank` (trained on that many
+    principal components) are applied in factored form, the patches projected first.
     """
     slices, networks = weights.slices, weights.networks
     rows, cols = grid
     out_rows, out_cols = output_shape(grid, dilation)
     missing = weights.w3.shape[1] // TAPS_3
 
-    hidden = torch.relu(torch.bmm(weights.w1, columns))
+    w1, inputs = weights.w1, columns
+    if rank is not None and rank < w1.shape[2]:
+        w1, basis = _factored(w1, rank)
+        inputs = torch.bmm(basis, columns)
+    hidden = torch.relu(torch.bmm(w1, inputs))
     hidden = hidden.view(slices * networks, FILTERS_1, rows * cols)
     hidden = torch.relu(torch.bmm(weights.w2, hidden))
     taps = torch.bmm(weights.w3, hidden).view(slices * networks, TAPS_3, missing, rows, cols)
@@ -167,6 +177,14 @@ def forward(
     # The 5x2 kernel at layer-1 position (x + 1, p) reads readout x + 1 ... x + 5 of lines
     # p and p + R: centred on the CNN's target point x + 3, on both sides of its gap.
     return cnn, linear[..., 1 : 1 + out_rows, :out_cols]
+
+
+def _factored(w1: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w1 (slices, rows, F) of rank <= `rank` as w1 @ basis^T (slices, rows, rank) and its
+    orthonormal row basis (slices, rank, F): exact up to rounding."""
+    _, vectors = torch.linalg.eigh((w1.transpose(1, 2) @ w1).double())
+    basis = vectors.flip(-1)[..., :rank].to(w1.dtype)
+    return w1 @ basis, basis.transpose(1, 2).contiguous()
 
 
 def targets(acs: torch.Tensor, outputs: Sequence[int], acceleration: int) -> torch.Tensor:

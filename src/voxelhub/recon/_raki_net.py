@@ -272,7 +272,7 @@ def _fill_batch(
         ).to(device=device, dtype=torch.float32)  # fmt: skip
     train(weights, acs, outputs=range(channels), training=training, linear_start=linear_start)
     with torch.no_grad():
-        predicted = predict(weights, inputs, sampling) * scale
+        predicted = predict(weights, inputs, sampling, rank=options.features) * scale
     values = predicted.cpu().numpy()
     half = channels // 2
     return (values[:, :half] + 1j * values[:, half:]).astype(np.complex64)
@@ -293,12 +293,15 @@ def training_window(inputs: torch.Tensor, sampling: Sampling, width: int | None)
     return slice(first, first + width)
 
 
-def predict(weights: Weights, inputs: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+def predict(
+    weights: Weights, inputs: torch.Tensor, sampling: Sampling, *, rank: int | None = None
+) -> torch.Tensor:
     """The missing lines predicted from the acquired grid lines; zeros on all other lines.
 
     The dilated kernels touch only lines R apart, so the networks run undilated on the grid
     lines alone (padded by one grid step before and two after, and by 3 readout points on
-    each side), one output per gap instead of one per line.
+    each side), one output per gap instead of one per line. `rank` is that of the layer-1
+    filters when they were trained on principal components (`forward`).
     """
     rate = sampling.acceleration
     slices, channels, readout, lines = inputs.shape
@@ -312,9 +315,8 @@ def predict(weights: Weights, inputs: torch.Tensor, sampling: Sampling) -> torch
     stacked[:, :, MARGIN:-MARGIN, _index(np.flatnonzero(acquired), inputs)] = inputs[
         ..., _index(grid[acquired], inputs)
     ]
-    cnn, linear = forward(
-        weights, patches(stacked, dilation=1), (readout + 2, grid.size - 1), dilation=1
-    )
+    patched = patches(stacked, dilation=1)
+    cnn, linear = forward(weights, patched, (readout + 2, grid.size - 1), dilation=1, rank=rank)
     values = cnn if linear is None else cnn + linear
     predicted = torch.zeros_like(inputs)
     for offset in range(1, rate):

@@ -90,9 +90,9 @@ def resample_axis_aligned(
         lower_w, upper_w = lower.to(dtype).view(shape), upper.to(dtype).view(shape)
         # Advanced indexing, not index_select: on CPU the latter copies inner axes one
         # element at a time (seconds on a CT where indexing takes a fraction of one).
-        before = (slice(None),) * (axis + 1)
-        resampled = result[(*before, low)].mul_(lower_w)
-        resampled.addcmul_(result[(*before, high)], upper_w)
+        before: list[slice | torch.Tensor] = [slice(None)] * (axis + 1)
+        resampled = result[tuple([*before, low])].mul_(lower_w)
+        resampled.addcmul_(result[tuple([*before, high])], upper_w)
         result = resampled
     return result
 

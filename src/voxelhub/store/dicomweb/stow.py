@@ -153,10 +153,19 @@ class _Batches:
             )
 
     async def settle(self) -> None:
-        """Wait for the batch being indexed; raises what indexing raised."""
-        running, self.running = self.running, None
-        if running is not None:
-            await running
+        """Wait for the batch being indexed; raises what indexing raised.
+
+        Shielded: cancelling the request must not stop waiting for a thread that still
+        uses the session (it is forgotten only once done).
+        """
+        running = self.running
+        if running is None:
+            return
+        try:
+            await asyncio.shield(running)
+        finally:
+            if running.done():
+                self.running = None
 
 
 async def store_parts(
@@ -178,7 +187,7 @@ async def store_parts(
         await batches.settle()
     finally:
         # Never leave a thread using the session while the request rolls back.
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await batches.settle()
     await asyncio.to_thread(ingest.finish)
     return result

@@ -104,9 +104,9 @@ class StoreService:
             segment = Segment.leftover(path, len(records))
             logger.info("indexing %d C-STORE instance(s) left in %s", len(records), path)
             for origin, payload in records:
-                peer = Peer(**json.loads(origin))
-                uid = ""
-                self._committer.enqueue(payload, peer, sop_instance_uid=uid, segment=segment)
+                # The UID is learnt when the instance is split; no peer waits on it.
+                self._committer.enqueue(payload, Peer(**json.loads(origin)),
+                                        sop_instance_uid="", segment=segment)  # fmt: skip
             if not records:
                 segment.seal()
 
