@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
 from tests.conftest import Account
@@ -27,6 +30,7 @@ from voxelhub.auth.service import Principal
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
+from voxelhub.store import ingest_guard
 from voxelhub.store.dimse import DimseConfig, DimseConfigError, DimseServer, start_dimse
 from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.journal import Segment, leftovers
@@ -258,6 +262,38 @@ def test_instances_left_in_the_journal_are_indexed_on_start(
     with session_scope(runtime.database_url) as db:
         audit = db.scalars(select(AuditEvent).where(AuditEvent.action == "dimse.store")).first()
     assert audit is not None and audit.detail["calling_ae"] == "CT1"
+
+
+def _in_flight(runtime: Runtime, archive_id: uuid.UUID) -> bool:
+    with session_scope(runtime.database_url) as db:
+        return ingest_guard.in_flight(db, archive_id)
+
+
+def test_an_open_association_marks_its_archive_in_flight(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path]
+) -> None:
+    """A modality pausing between instances of a series must not look finished to a
+    trigger: the archive stays marked in flight until the association ends and what it
+    sent is indexed."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        assert not _in_flight(runtime, dimse.archive_id)  # nothing sent yet
+        answer = assoc.send_c_store(dcmread(series_files[0]))
+        assert answer.Status == 0x0000
+        time.sleep(0.5)  # a pause between two instances
+        assert _in_flight(runtime, dimse.archive_id)
+    finally:
+        assoc.release()
+    deadline = time.monotonic() + 60
+    while _in_flight(runtime, dimse.archive_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _in_flight(runtime, dimse.archive_id)
+    # Released only once indexed: what it sent is stored by then.
+    uid = str(dcmread(series_files[0], stop_before_pixels=True).SOPInstanceUID)
+    assert stored_uids(runtime, dimse.archive_id) == [uid]
 
 
 def find(

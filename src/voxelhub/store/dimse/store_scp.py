@@ -26,7 +26,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy import create_engine, select
+from sqlalchemy import Connection, create_engine, select
+from sqlalchemy.pool import NullPool
 
 from voxelhub.core.db import session_scope
 from voxelhub.core.errors import VoxelhubError
@@ -36,6 +37,7 @@ from voxelhub.dicom.fastsplit import read_plain
 from voxelhub.dicom.keys import instance_keys
 from voxelhub.dicom.read import read_dataset
 from voxelhub.dicom.validate import validate
+from voxelhub.store import ingest_guard
 from voxelhub.store.deid import CachedPreparer, Prepare, preparer_for
 from voxelhub.store.dicomweb.stow import split_part
 from voxelhub.store.dimse.committer import Committer
@@ -54,6 +56,9 @@ from voxelhub.store.models import Instance, Series
 logger = logging.getLogger(__name__)
 
 JOURNAL_FOLDER = "dimse-journal"
+# How long a closing association waits for its instances to be indexed before it stops
+# marking the archive in flight.
+GUARD_FLUSH_S = 120.0
 
 
 # Journal writes overlap reading and checking the instance (fdatasync releases the GIL).
@@ -67,6 +72,8 @@ class _Association:
     peer: Peer
     origin: bytes  # the peer, as journal records name it
     segment: Segment | None = None
+    # Holds the archive's in-flight mark (see `ingest_guard`) while the association lasts.
+    guard: Connection | None = None
     # Per series, the SOP Instance UIDs the archive held when the series was first seen,
     # and those acknowledged since.
     known: dict[str, set[str]] = field(default_factory=dict)
@@ -92,6 +99,10 @@ class StoreService:
         # sends the instance the slow way.
         self._lookups = create_engine(
             runtime.database_url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=30
+        )
+        # One connection per open association holds its in-flight mark: not pooled.
+        self._guards = create_engine(
+            runtime.database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool
         )
         self._associations: dict[Association, _Association] = {}
         self._lock = threading.Lock()
@@ -122,14 +133,45 @@ class StoreService:
         for state in states:
             if state.segment is not None:
                 state.segment.seal()
+            if state.guard is not None:
+                self._release_guard(state.guard)
         self._lookups.dispose()
+        self._guards.dispose()
 
     def handle_close(self, event: Event) -> None:
-        """The association's connection closed: its journal segment takes no more."""
+        """The association's connection closed: its journal segment takes no more, and once
+        what it sent is indexed its archive is no longer marked in flight."""
         with self._lock:
             state = self._associations.pop(event.assoc, None)
-        if state is not None and state.segment is not None:
+        if state is None:
+            return
+        if state.segment is not None:
             state.segment.seal()
+        if state.guard is not None:
+            if not self._committer.flush(GUARD_FLUSH_S):
+                logger.warning("C-STORE instances of %s still being indexed", state.peer)
+            self._release_guard(state.guard)
+
+    def _hold_guard(self) -> Connection | None:
+        """A connection marking the archive in flight; None (no mark) if the database is
+        unreachable: storing goes on, a trigger may then fire on a paused series."""
+        try:
+            conn = self._guards.connect()
+            ingest_guard.hold_on_connection(conn, self._archive_id)
+        except Exception:
+            logger.warning("cannot mark the C-STORE association in flight", exc_info=True)
+            return None
+        return conn
+
+    def _release_guard(self, conn: Connection) -> None:
+        try:
+            ingest_guard.release_on_connection(conn, self._archive_id)
+        except Exception:
+            # The session ending releases the lock anyway.
+            logger.warning("cannot unmark a C-STORE association", exc_info=True)
+            conn.invalidate()
+        finally:
+            conn.close()
 
     def _lookup_preparer(self) -> Prepare | None:
         with session_scope(self._runtime.database_url) as db:
@@ -166,6 +208,7 @@ class StoreService:
         if state is None:
             peer = Peer.of(event)
             state = _Association(peer, json.dumps(peer.__dict__).encode())
+            state.guard = self._hold_guard()
             with self._lock:
                 self._associations[event.assoc] = state
         return state
