@@ -359,8 +359,9 @@ def _errors(node: Any, path: str = "") -> list[tuple[str, str]]:
 def write_results(results: dict[str, Any], *, quick: bool) -> Path:
     folder = HERE / "results"
     folder.mkdir(exist_ok=True)
-    # The time of day too: several runs of one day are kept side by side.
-    stamp = datetime.now().strftime("%Y-%m-%dT%H%M")
+    # The time of day too, to the second: runs of one day (even of one minute, when
+    # sections run separately) are kept side by side.
+    stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
     path = folder / f"store-{stamp}{'-quick' if quick else ''}.json"
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     return path
