@@ -124,3 +124,21 @@ def test_a_sent_message_wakes_a_waiting_consumer(database_url: str) -> None:
         assert woke.is_set(), "sending a message did not wake the waiting consumer"
         assert consumer.default_channel._get("cpu") == {"n": 1}
         transport._close_listener()
+
+
+def test_a_channel_leaves_no_transaction_open(channel: Any, database_url: str) -> None:
+    """An idle worker must not hold a transaction: one left "idle in transaction" stops
+    VACUUM from cleaning any table of the database for as long as the worker runs."""
+    channel._put("cpu", {"n": 1})
+    assert channel._get("cpu") == {"n": 1}
+    with pytest.raises(Empty):
+        channel._get("gpu")
+    channel._size("cpu")
+    with session_scope(database_url) as db:
+        open_transactions = db.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+            )
+        )
+    assert open_transactions == 0

@@ -59,8 +59,26 @@ class Channel(SqlaChannel):
         ids: dict[str, int] = self.__dict__.setdefault("_vxh_queue_ids", {})
         found = ids.get(queue)
         if found is None:
-            found = ids[queue] = int(self._get_or_create(queue).id)  # type: ignore[attr-defined]
+            try:
+                found = ids[queue] = int(self._get_or_create(queue).id)  # type: ignore[attr-defined]
+            finally:
+                self._end_session_transaction()
         return found
+
+    def _end_session_transaction(self) -> None:
+        """End the transaction kombu's ORM session left open. Its lookups never commit, and
+        this channel sends and takes on a connection of its own, so without this the
+        session would sit "idle in transaction" for the worker's lifetime, holding back
+        VACUUM (and autovacuum) in the whole database."""
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.commit()
+
+    def _size(self, queue: str) -> int:
+        try:
+            return int(super()._size(queue))
+        finally:
+            self._end_session_transaction()
 
     def _statements(self) -> tuple[Any, Any, Any]:
         """The send, the take from one queue and the take from any of several queues, built
