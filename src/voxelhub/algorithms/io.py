@@ -10,7 +10,9 @@ series or SEG, ingested into the image store).
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,11 @@ from voxelhub.archives.values import DicomSeriesValue, ValueKind, as_stored
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.join import join_instance
-from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
+from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, PixelDescription
 from voxelhub.store.dicomweb.stow import split_part
 from voxelhub.store.imagesets import instances_of, pixel_of, read_instance
 from voxelhub.store.ingest import Ingest
-from voxelhub.store.models import Series
+from voxelhub.store.models import Instance, Series
 
 IMAGE_SUFFIXES = (".mha", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd")
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -105,16 +107,27 @@ def _write_series(
     )
     if series is None:
         raise InvalidInputs(f"series {series_uid} is not in the job's archive")
-    for instance in instances_of(db, series.id):
+    instances = list(instances_of(db, series.id))
+    if not instances:
+        return
+
+    def write(instance: Instance, pixel: PixelDescription | None) -> None:
         header, frames = read_instance(store, instance)
         data = join_instance(
             header,
             frames,
             instance.frames_transfer_syntax_uid,
             target_transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN,
-            pixel=pixel_of(instance),
+            pixel=pixel,
         )
         (folder / f"{instance.sop_instance_uid}.dcm").write_bytes(data)
+
+    # Decoding the stored frames (HTJ2K) is most of the work and releases the GIL: one
+    # instance per core at a time. The rows are read here; the threads touch no session.
+    work = [(instance, pixel_of(instance)) for instance in instances]
+    with ThreadPoolExecutor(max_workers=min(len(work), os.cpu_count() or 1)) as pool:
+        for done in [pool.submit(write, instance, pixel) for instance, pixel in work]:
+            done.result()
 
 
 def collect(
