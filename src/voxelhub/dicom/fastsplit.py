@@ -50,13 +50,39 @@ _DEFAULT_ENCODINGS = ["iso8859"]
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-# Converted elements kept, and the largest value kept (larger ones are converted each time).
+# Converted elements kept, the bytes of their values, and the largest value kept (larger
+# ones are converted each time). A full cache starts again empty.
 _CACHE_ENTRIES = 20_000
+_CACHE_BYTES = 16 * 1024 * 1024
 _CACHE_VALUE_BYTES = 8 * 1024
 
 _Converted = tuple[DataElement, dict[str, Any]]
-_cache: dict[tuple[bytes, int, bytes, bytes], _Converted] = {}
-_cache_lock = threading.Lock()
+_Key = tuple[bytes, int, bytes, bytes]  # character set, tag, VR, value
+
+
+class _ElementCache:
+    """Converted elements by their bytes, shared by the threads that read files."""
+
+    def __init__(self) -> None:
+        self._entries: dict[_Key, _Converted] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: _Key) -> _Converted | None:
+        return self._entries.get(key)
+
+    def keep(self, key: _Key, converted: _Converted) -> None:
+        if len(key[3]) > _CACHE_VALUE_BYTES:
+            return
+        with self._lock:
+            if len(self._entries) >= _CACHE_ENTRIES or self._bytes >= _CACHE_BYTES:
+                self._entries.clear()
+                self._bytes = 0
+            self._entries[key] = converted
+            self._bytes += len(key[3])
+
+
+_cache = _ElementCache()
 
 
 class _Unsure(Exception):
@@ -95,7 +121,7 @@ def read_plain(data: bytes | bytearray | memoryview) -> PlainFile | None:
             return None
         places = _elements(view, body)
         return _assemble(view, places, syntax)
-    except (_Unsure, _BulkData, struct.error, IndexError, UnicodeDecodeError, ValueError):
+    except (_Unsure, _BulkData, struct.error, IndexError, LookupError, ValueError):
         return None
 
 
@@ -232,6 +258,7 @@ def _assemble(
 
 
 _encodings_of: dict[bytes, list[str]] = {}
+_CHARSETS_KEPT = 64
 
 
 def _encodings(charset: bytes) -> list[str]:
@@ -244,6 +271,8 @@ def _encodings(charset: bytes) -> list[str]:
     else:
         raw = RawDataElement(BaseTag(_CHARACTER_SET), "CS", len(charset), charset, 0, False, True)
         encodings = convert_encodings(convert_raw_data_element(raw).value)
+    if len(_encodings_of) >= _CHARSETS_KEPT:
+        _encodings_of.clear()
     _encodings_of[charset] = encodings
     return encodings
 
@@ -266,9 +295,5 @@ def _converted(
         bulk_data_element_handler=_refuse_bulk, bulk_data_threshold=BULK_DATA_THRESHOLD
     )
     converted = (elem, as_json)
-    if len(value) <= _CACHE_VALUE_BYTES:
-        with _cache_lock:
-            if len(_cache) >= _CACHE_ENTRIES:
-                _cache.clear()
-            _cache[key] = converted
+    _cache.keep(key, converted)
     return converted

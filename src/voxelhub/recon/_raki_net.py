@@ -71,10 +71,10 @@ class Options:
     `training_readout` is how many central readout points of the ACS block train the
     networks (None: all, as in the paper); `precision` "float32" or "bfloat16" (mixed),
     None for bfloat16 where the hardware computes it natively. Residual RAKI's linear
-    branch starts at its least-squares optimum (Tikhonov lambda `linear_regularization`
-    relative to the largest singular value of the calibration matrix) and is fine-tuned at
-    `linear_learning_rate` (None: `LINEAR_RATE_FACTOR` x `learning_rate`), its own error
-    weighted `linear_weight` in the loss. `schedule`, `held_out`, `patience` and
+    branch starts as our GRAPPA kernel (Tikhonov lambda `linear_regularization` relative to
+    the largest singular value of the calibration matrix) and is trained at
+    `linear_learning_rate` (None: `LINEAR_RATE_FACTOR` x `learning_rate`, i.e. fixed), its
+    own error weighted `linear_weight` in the loss. `schedule`, `held_out`, `patience` and
     `features` are `_raki_train.Training`'s.
     """
 

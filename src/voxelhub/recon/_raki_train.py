@@ -8,7 +8,8 @@ networks' job:
 - Early stopping: the outermost `held_out` fraction of the ACS rows is never trained on;
   every `check_every` steps each network's error there is compared with its best so far and
   its weights kept when better, so each network ends at its own best held-out error. The
-  batch stops once no network has improved for `patience` steps. The held-out error comes
+  batch stops once the networks' summed best error has fallen by less than 0.1 % over
+  `patience` steps. The held-out error comes
   from the same forward pass as the training loss, at no extra cost. Outer rows rather than
   scattered positions: the networks are applied outwards of the ACS, and positions among the
   trained ones kept improving while the image got worse (residual RAKI at R = 6 went from
@@ -53,7 +54,8 @@ class Training:
     stay in the weights' precision). `schedule` "cosine" or "constant" learning rate;
     `held_out` the fraction of ACS positions kept for early stopping (0: none, the final
     weights are kept), checked every `check_every` steps, the batch stopping after `patience`
-    steps without improvement (None: never early); `features` principal components of the
+    steps in which the sum of the networks' best held-out errors fell by less than
+    `tolerance` (relative; `patience` None: never early); `features` principal components of the
     layer-1 patches trained on (None: all). For residual RAKI: `linear_learning_rate` is the
     linear branch's (None: `learning_rate`; 0: frozen), `linear_weight` the weight of its own
     error in the loss, `regularization` the Tikhonov lambda of its least-squares start
@@ -70,6 +72,7 @@ class Training:
     held_out: float = 0.0
     check_every: int = 5
     patience: int | None = None
+    tolerance: float = 1e-3
     features: int | None = None
     seed: int = 0
 
@@ -133,6 +136,14 @@ def train(
 def _optimise(
     parameters: list[torch.Tensor], batch: Batch, *, held_out: torch.Tensor, training: Training
 ) -> list[float]:
+    # The gradients are written out: recording an autograd graph would only cost time.
+    with torch.no_grad():
+        return _steps(parameters, batch, held_out=held_out, training=training)
+
+
+def _steps(
+    parameters: list[torch.Tensor], batch: Batch, *, held_out: torch.Tensor, training: Training
+) -> list[float]:
     groups: list[dict[str, Any]] = [{"params": parameters[:3]}]
     linear_rate = training.linear_learning_rate
     if len(parameters) > 3 and linear_rate != 0:
@@ -177,6 +188,8 @@ class _EarlyStopping:
         self.best: torch.Tensor | None = None
         self.kept = [p.detach().clone() for p in parameters]
         self.since = 0
+        self.reference = float("inf")
+        self.tolerance = training.tolerance
         self.every = training.check_every
 
     def check(self, squared: torch.Tensor) -> bool:
@@ -194,7 +207,13 @@ class _EarlyStopping:
                 shape = (slices * networks, -1)
                 chosen = torch.where(better[:, None], now.view(shape), kept.view(shape))
                 kept.view(shape).copy_(chosen)
-        self.since = 0 if bool(better.any()) else self.since + 1
+        # Progress is the sum of the networks' best errors falling by `tolerance` (relative):
+        # with dozens of networks one of them nearly always improves a little.
+        total = float(self.best.sum())
+        if total < self.reference * (1 - self.tolerance):
+            self.reference, self.since = total, 0
+        else:
+            self.since += 1
         return self.patience is not None and self.since * self.every >= self.patience
 
     def restore(self) -> None:
