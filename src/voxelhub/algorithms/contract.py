@@ -8,6 +8,7 @@ built-in algorithms get the host paths. The executor runs the algorithm and retu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +48,12 @@ class Limits(Frozen):
     cpus: float = Field(default=1.0, gt=0)
     gpus: int = Field(default=0, ge=0)
     network: bool = False
+
+    @classmethod
+    def of_resources(cls, resources: Mapping[str, Any]) -> Limits:
+        """The limits an algorithm version's declared resources give (defaults for the rest)."""
+        known = ("memory_mb", "time_limit_s", "cpus", "gpus")
+        return cls.model_validate({key: resources[key] for key in known if key in resources})
 
 
 class ExecutionRequest(Frozen):

@@ -89,13 +89,7 @@ def bundle_version(store: ObjectStore, algorithm: Algorithm, version: AlgorithmV
 
 def limits_of(version: AlgorithmVersion) -> Limits:
     """The version's limits, as its jobs get them (a warm process serves both)."""
-    resources = version.resources
-    return Limits(
-        memory_mb=int(resources.get("memory_mb", 2048)),
-        time_limit_s=float(resources.get("time_limit_s", 600)),
-        cpus=float(resources.get("cpus", 1)),
-        gpus=int(resources.get("gpus", 0)),
-    )
+    return Limits.of_resources(version.resources)
 
 
 def run_bundle(

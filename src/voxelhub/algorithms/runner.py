@@ -56,16 +56,6 @@ def executor_for(kind: str) -> Executor:
     return ContainerExecutor()
 
 
-def _limits(version: AlgorithmVersion) -> Limits:
-    r = version.resources
-    return Limits(
-        memory_mb=int(r.get("memory_mb", 2048)),
-        time_limit_s=float(r.get("time_limit_s", 600)),
-        cpus=float(r.get("cpus", 1)),
-        gpus=int(r.get("gpus", 0)),
-    )
-
-
 def _unpack_package(runtime: Runtime, key: str, target: Path) -> Path:
     archive = target.parent / "package-archive"
     with archive.open("wb") as out:
@@ -125,7 +115,7 @@ def _request(
         image=_image_for(runtime, version, workdir) if version.kind == "container" else None,
         package_dir=package_dir,
         entrypoint=version.entrypoint if version.kind == "builtin" else None,
-        limits=_limits(version),
+        limits=Limits.of_resources(version.resources),
     )
 
 
