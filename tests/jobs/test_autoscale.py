@@ -327,7 +327,9 @@ def test_local_scaler_starts_a_worker_for_a_queued_job_and_stops_it_when_idle(
     make_job: Callable[..., uuid.UUID],
 ) -> None:
     job_id = make_job(queue="cpu", state="queued", queued_at=utcnow())
-    policy = Policy(max_workers=2, cooldown_s=0.0, scale_to_zero_after_s=0.0)
+    # The job has no broker message, so it waits on: a long target wait keeps its age from
+    # asking for a second worker however long the first one takes to start on a busy host.
+    policy = Policy(max_workers=2, target_wait_s=3600.0, cooldown_s=0.0, scale_to_zero_after_s=0.0)
     scaler = LocalScaler(settings, policy=policy, queues=("cpu",), interval_s=0.2,
                          database_url=database_url, env=worker_env)  # fmt: skip
 
