@@ -36,6 +36,9 @@ pytest_plugins = ["tests.fixtures.seaweed"]
 
 TEMPLATE_DB = "vxh_template"
 SECRET = "test-secret-" + "k" * 40
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bwrap is not installed (apt-get install bubblewrap)"
+)
 
 
 def server_home() -> Path:
@@ -178,3 +181,10 @@ def make_user(database_url: str):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def admin(make_user) -> Account:  # type: ignore[no-untyped-def]
     return make_user("admin", is_admin=True)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXELHUB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VOXELHUB_DATABASE_URL", database_url)
+    monkeypatch.setenv("VOXELHUB_SECRET_KEY", SECRET)

@@ -8,18 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from tests.conftest import SECRET
 from voxelhub.cli import app
 from voxelhub.core import migrate
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOXELHUB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VOXELHUB_DATABASE_URL", database_url)
-    monkeypatch.setenv("VOXELHUB_SECRET_KEY", SECRET)
 
 
 def test_help_explains_every_command() -> None:

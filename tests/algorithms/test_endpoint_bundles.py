@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import tempfile
 import time
 import zipfile
@@ -22,7 +21,7 @@ import pytest
 import SimpleITK
 from fastapi.testclient import TestClient
 
-from tests.conftest import Account
+from tests.conftest import Account, needs_bwrap
 from tests.segment.bundles import SPLEEN_METADATA, spleen_inference, spleen_network, write_bundle
 from voxelhub.algorithms import endpoints
 from voxelhub.algorithms.endpoint_bundles import LoadedBundle
@@ -31,9 +30,7 @@ from voxelhub.segment.synthetic import ct_case
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("bwrap") is None, reason="bwrap is not installed (apt-get install bubblewrap)"
-    ),
+    needs_bwrap,
 ]
 SPEC = {
     "kind": "package",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_bwrap
 from voxelhub.algorithms.contract import ExecutionRequest, ExecutionResult, Limits, Outcome
 from voxelhub.algorithms.executors import _memory, _podman, load_executor
 from voxelhub.algorithms.executors._entry import entry_command
@@ -30,9 +31,6 @@ from voxelhub.algorithms.executors.container import ContainerExecutor, archive_k
 from voxelhub.algorithms.executors.errors import ExecutorError, ImageError, PackageError
 from voxelhub.algorithms.executors.sandbox import SandboxExecutor
 
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None, reason="bwrap is not installed (apt-get install bubblewrap)"
-)
 needs_podman = pytest.mark.skipif(
     shutil.which("podman") is None, reason="podman is not installed (apt-get install podman)"
 )

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
-from tests.conftest import Account
+from tests.conftest import Account, needs_bwrap
 from tests.jobs.conftest import Worker, start_worker, worker_env  # noqa: F401 - fixtures
 from tests.segment.test_train import SHAPE, dice, spleen_bundle
 from tests.store.conftest import client_for
@@ -39,9 +39,6 @@ SPEC = {
     "outputs": OUTPUTS,
     "resources": {"memory_mb": 4096, "time_limit_s": 300},
 }
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None, reason="bwrap is not installed (apt-get install bubblewrap)"
-)
 
 
 def zipped(folder: Path) -> bytes:

@@ -13,7 +13,7 @@ import SimpleITK as sitk  # noqa: N813 - the library's own spelling
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from tests.conftest import SECRET, Account
+from tests.conftest import Account
 from tests.jobs.conftest import (  # noqa: F401 - fixtures
     Worker,
     builtins_registered,
@@ -28,13 +28,6 @@ from voxelhub.core.runtime import Runtime
 from voxelhub.segment.synthetic import ct_case
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOXELHUB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VOXELHUB_DATABASE_URL", database_url)
-    monkeypatch.setenv("VOXELHUB_SECRET_KEY", SECRET)
 
 
 def _mha(array, geometry) -> bytes:  # type: ignore[no-untyped-def]

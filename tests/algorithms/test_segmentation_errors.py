@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import needs_bwrap
 from tests.segment.test_train import SHAPE, spleen_bundle
 from voxelhub.algorithms.contract import (
     INPUTS_JSON,
@@ -22,10 +23,6 @@ from voxelhub.algorithms.executors._entry import SEGMENT_ENTRY, entry_command
 from voxelhub.algorithms.executors.sandbox import SandboxExecutor
 from voxelhub.algorithms.warm import WarmBundleExecutor, WarmBundles
 from voxelhub.segment.synthetic import ct_case, dicom_series, mr_brain_case, write_series
-
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None, reason="bwrap is not installed (apt-get install bubblewrap)"
-)
 
 
 @pytest.fixture(scope="module")

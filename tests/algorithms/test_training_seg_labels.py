@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from tests.conftest import SECRET, Account, stow
+from tests.conftest import Account, stow
 from voxelhub.algorithms.training import load_training_data
 from voxelhub.archives import values_service
 from voxelhub.archives.models import Archive, Case
@@ -25,13 +25,6 @@ from voxelhub.segment.labels import coded_label
 from voxelhub.segment.synthetic import SyntheticCase, ct_case, dicom_series
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOXELHUB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VOXELHUB_DATABASE_URL", database_url)
-    monkeypatch.setenv("VOXELHUB_SECRET_KEY", SECRET)
 
 
 def _series_value(datasets: list[Any]) -> dict[str, object]:

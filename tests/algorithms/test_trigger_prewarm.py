@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
 import time
 import uuid
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Account, stow
+from tests.conftest import Account, needs_bwrap, stow
 from tests.segment.bundles import SPLEEN_METADATA, spleen_inference, spleen_network, write_bundle
 from voxelhub.algorithms import service, triggers
 from voxelhub.algorithms.warm import WarmBundles
@@ -25,9 +24,7 @@ from voxelhub.segment.synthetic import ct_case, dicom_series
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("bwrap") is None, reason="bwrap is not installed (apt-get install bubblewrap)"
-    ),
+    needs_bwrap,
 ]
 SPEC = {
     "kind": "package",
