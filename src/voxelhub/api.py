@@ -21,6 +21,7 @@ from voxelhub.auth.router import router as auth_router
 from voxelhub.core.deps import RuntimeDep
 from voxelhub.core.errors import Forbidden, NotFound, VoxelhubError
 from voxelhub.core.objects.local import LocalObjectStore
+from voxelhub.core.objects.tiered import TieredObjectStore
 from voxelhub.core.runtime import Runtime
 from voxelhub.ingest.router import router as uploads_router
 from voxelhub.jobs.metrics import router as metrics_router
@@ -97,6 +98,8 @@ def _install_core_routes(app: FastAPI) -> None:
     ) -> FileResponse:
         """Serve a local-store object for a signed, unexpired URL (S3 serves its own)."""
         store = runtime.store
+        if isinstance(store, TieredObjectStore):
+            store = store.holder(key)
         if not isinstance(store, LocalObjectStore):
             raise NotFound("objects are served by the S3 store; ask for a new download link")
         if not store.verify_signed(key, expires, sig):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
@@ -22,6 +23,7 @@ from voxelhub.core.errors import ConfigurationError
 DEFAULT_HOME = Path("~/.voxelhub")
 SECRET_KEY_FILE = "secret_key"
 MIN_SECRET_KEY_LENGTH = 32
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def resolve_home(home: Path | str | None = None) -> Path:
@@ -92,6 +94,18 @@ class Settings(BaseSettings):
         description="Object-store prefix raw k-space is kept under (a tier of its own: "
         "give it its own lifecycle or storage class)",
     )
+    raw_data_location: str | None = Field(
+        default=None,
+        description="Where the raw-data tier lives when not in the main object store: a "
+        "folder (e.g. a larger, slower disk) or s3://BUCKET (on the S3 server and with the "
+        "credentials of the main store)",
+    )
+    raw_data_storage_class: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z][A-Z_]{1,40}$",
+        description="S3 storage class for raw k-space (e.g. STANDARD_IA, GLACIER_IR, "
+        "INTELLIGENT_TIERING), when the raw-data tier is on S3",
+    )
     raw_data_compression: Literal["gzip", "lzf", "none"] = Field(
         default="gzip", description="How raw k-space (HDF5) is compressed when stored"
     )
@@ -133,6 +147,12 @@ class Settings(BaseSettings):
     def uses_s3(self) -> bool:
         return self.s3_endpoint is not None or self.s3_bucket is not None
 
+    @property
+    def raw_data_on_s3(self) -> bool:
+        if self.raw_data_location is None:
+            return self.uses_s3
+        return self.raw_data_location.startswith("s3://")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.uses_s3:
@@ -151,6 +171,13 @@ class Settings(BaseSettings):
                     "set all of VOXELHUB_S3_ENDPOINT, _BUCKET, _ACCESS_KEY and _SECRET_KEY, "
                     "or none of them for the local object store"
                 )
+        if self.raw_data_location is not None:
+            self._check_raw_data_location(self.raw_data_location)
+        if self.raw_data_storage_class is not None and not self.raw_data_on_s3:
+            raise ValueError(
+                "VOXELHUB_RAW_DATA_STORAGE_CLASS applies to S3 only, but the raw-data tier is "
+                f"the folder {self.raw_data_location or self.home / 'objects'}"
+            )
         if self.secret_key is not None and len(self.secret_key.get_secret_value()) < (
             MIN_SECRET_KEY_LENGTH
         ):
@@ -165,6 +192,27 @@ class Settings(BaseSettings):
                 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
             )
         return self
+
+    def _check_raw_data_location(self, location: str) -> None:
+        if location.startswith("s3://"):
+            bucket = location.removeprefix("s3://").rstrip("/")
+            if not _BUCKET_NAME.fullmatch(bucket):
+                raise ValueError(
+                    f"VOXELHUB_RAW_DATA_LOCATION {location!r} does not name an S3 bucket; "
+                    "write s3://BUCKET with a bucket name of 3-63 lowercase letters, digits, "
+                    "dots and hyphens"
+                )
+            if not self.uses_s3:
+                raise ValueError(
+                    f"VOXELHUB_RAW_DATA_LOCATION {location!r} is an S3 bucket but the main "
+                    "object store is local; configure VOXELHUB_S3_* (the tier uses the same "
+                    "server and credentials) or give a folder instead"
+                )
+        elif not Path(location).is_absolute():
+            raise ValueError(
+                f"VOXELHUB_RAW_DATA_LOCATION {location!r} is neither s3://BUCKET nor an "
+                "absolute folder path"
+            )
 
     def key(self) -> str:
         """The secret key for signing sessions and URLs (generated once in embedded mode)."""

@@ -64,8 +64,12 @@ class S3ObjectStore:
         secret_key: str,
         region: str,
         list_page_size: int = 1000,
+        storage_class: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Every object written goes to this S3 storage class (e.g. STANDARD_IA); None = the
+        # bucket's default.
+        self.storage_class = storage_class
         self.bucket = bucket
         self.region = region
         self._page_size = list_page_size
@@ -125,17 +129,14 @@ class S3ObjectStore:
         resolved_type = content_type_for(key, content_type)
         client = self._ready_client()
         with self._errors(f"store {key!r}"):
+            extra: dict[str, Any] = {"ContentType": resolved_type}
+            if self.storage_class is not None:
+                extra["StorageClass"] = self.storage_class
             if isinstance(data, bytes | bytearray | memoryview):
-                client.put_object(
-                    Bucket=self.bucket, Key=key, Body=bytes(data), ContentType=resolved_type
-                )
+                client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **extra)
             else:
                 client.upload_fileobj(
-                    data,
-                    self.bucket,
-                    key,
-                    ExtraArgs={"ContentType": resolved_type},
-                    Config=self._transfer,
+                    data, self.bucket, key, ExtraArgs=extra, Config=self._transfer
                 )
         return self.stat(key)
 
