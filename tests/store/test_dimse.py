@@ -11,15 +11,23 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
@@ -294,6 +302,87 @@ def test_an_open_association_marks_its_archive_in_flight(
     # Released only once indexed: what it sent is stored by then.
     uid = str(dcmread(series_files[0], stop_before_pixels=True).SOPInstanceUID)
     assert stored_uids(runtime, dimse.archive_id) == [uid]
+
+
+def _peer_maximum(assoc: Association, length: int) -> None:
+    """Make a client association send PDUs of at most `length` bytes (0: any), as if the
+    server had negotiated that maximum."""
+    for item in assoc.acceptor.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            item.maximum_length_received = length
+
+
+def test_a_c_store_in_small_fragments_is_stored_too(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path]
+) -> None:
+    """A peer may cut its messages into fragments of any size: a command set in several
+    fragments is decoded by pynetdicom instead of the receive path, with the same answer,
+    and the requests after it on the association take the receive path again."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        _peer_maximum(assoc, 64)  # the client now sends 64-byte PDUs
+        answers = [assoc.send_c_store(dcmread(path)) for path in series_files[:2]]
+        _peer_maximum(assoc, 0)
+        answers.append(assoc.send_c_store(dcmread(series_files[2])))
+        answers.append(assoc.send_c_store(dcmread(series_files[0])))  # stored already
+    finally:
+        assoc.release()
+    assert [answer.Status for answer in answers] == [0x0000] * 4
+    assert dimse.flush(timeout=60)
+    uids = [str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in series_files[:3]]
+    assert stored_uids(runtime, dimse.archive_id) == sorted(uids)
+
+
+def _store_rq_pdus(assoc: Association, ds: Dataset) -> list[bytes]:
+    """The P-DATA-TF PDUs of a C-STORE-RQ of `ds` on the association's first context."""
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(ds, False, True) or b"")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    context_id = assoc.accepted_contexts[0].context_id
+    assert context_id is not None
+    pdus = []
+    for p_data in message.encode_msg(context_id, 16382):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(p_data)
+        pdus.append(pdu.encode())
+    return pdus
+
+
+def test_a_peer_that_breaks_off_an_instance_is_aborted(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path]
+) -> None:
+    """A second command where the dataset of a C-STORE-RQ should go breaks the protocol:
+    the association is aborted, what it sent before stays stored, its archive is no
+    longer marked in flight, and the service goes on."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    assert assoc.send_c_store(dcmread(series_files[0])).Status == 0x0000
+    command, *_ = _store_rq_pdus(assoc, dcmread(series_files[1]))
+    socket = assoc.dul.socket
+    assert socket is not None
+    socket.send(command)
+    socket.send(command)
+    deadline = time.monotonic() + 30
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    while _in_flight(runtime, dimse.archive_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _in_flight(runtime, dimse.archive_id)
+    assert dimse.flush(timeout=60)
+    assert len(stored_uids(runtime, dimse.archive_id)) == 1  # the one acknowledged
+    store_series(dimse, series_files[1:2])
+    assert len(stored_uids(runtime, dimse.archive_id)) == 2
 
 
 def find(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session
 
@@ -33,7 +34,11 @@ class Peer:
 
     @classmethod
     def of(cls, event: Event) -> Peer:
-        requestor = event.assoc.requestor
+        return cls.of_association(event.assoc)
+
+    @classmethod
+    def of_association(cls, assoc: Association) -> Peer:
+        requestor = assoc.requestor
         return cls(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 from sqlalchemy import select
 
 from voxelhub.archives.models import Archive
@@ -21,6 +24,7 @@ from voxelhub.store.dimse.config import DimseConfig
 from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.errors import DimseConfigError
 from voxelhub.store.dimse.find_scp import FindService
+from voxelhub.store.dimse.receiver import StoreRequestHandler
 from voxelhub.store.dimse.retrieve_scp import RetrieveService
 from voxelhub.store.dimse.store_scp import StoreService
 
@@ -133,9 +137,11 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
         (evt.EVT_C_MOVE, _after_flush(store, retrieve.handle_move)),
     ]
     try:
-        server = ae.start_server(
-            (config.host, config.port), block=False, evt_handlers=handlers,
+        server = ae.make_server(
+            (config.host, config.port), evt_handlers=handlers,
             contexts=cheap_to_copy(ae.supported_contexts),
+            server_class=ThreadedAssociationServer,
+            request_handler=partial(StoreRequestHandler, receiver=store.receive),
         )  # fmt: skip
     except OSError as err:
         store.close()
@@ -143,7 +149,10 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
             f"the DIMSE service cannot listen on {config.host}:{config.port} ({err}); pick a "
             "free port"
         ) from err
-    assert server is not None  # block=False always returns the server
+    ae._servers.append(server)  # as `start_server` does: the server's shutdown expects it
+    threading.Thread(
+        target=make_target(server.serve_forever), name="dimse-listen", daemon=True
+    ).start()
     dimse = DimseServer(config, archive_id, ae, server, store=store)
     logger.info("DIMSE service %s listening on %s:%d, storing into archive %r",
                 config.ae_title, config.host, dimse.port, config.archive)  # fmt: skip

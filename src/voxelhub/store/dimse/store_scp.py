@@ -8,7 +8,9 @@ sends the next one. An instance whose UID is already stored or on its way is spl
 and answered only once the index has judged it (stored before, or a UID conflict).
 
 Either way a success status names an instance that a crash cannot lose: the journal is
-read back on start (see `journal`). Queries (C-FIND, C-GET, C-MOVE) first wait for the
+read back on start (see `journal`). Requests reach `StoreService.receive` from the thread
+that reads the association's socket (see `receiver`), or, for the few that pynetdicom
+decodes itself, as EVT_C_STORE events. Queries (C-FIND, C-GET, C-MOVE) first wait for the
 acknowledged instances to be indexed, so a peer always finds what it stored.
 """
 
@@ -77,6 +79,10 @@ class _Association:
     # Per series, the SOP Instance UIDs the archive held when the series was first seen,
     # and those acknowledged since.
     known: dict[str, set[str]] = field(default_factory=dict)
+    # One instance at a time: a request decoded by pynetdicom is answered on another
+    # thread than those the receive path takes, and a peer that does not wait for its
+    # answers could overlap them.
+    busy: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -178,13 +184,26 @@ class StoreService:
             return preparer_for(db, self._runtime.settings, self._archive_id)
 
     def handle(self, event: Event) -> int | Dataset:
-        state = self._association(event)
+        """The EVT_C_STORE handler, for the requests pynetdicom decodes itself."""
+        request = cast(C_STORE, event.request)
+        return self.receive(event.assoc, event.encoded_dataset(),
+                            requested_uid=str(request.AffectedSOPInstanceUID or ""))  # fmt: skip
+
+    def receive(self, assoc: Association, data: bytes, *, requested_uid: str) -> int | Dataset:
+        """Check, journal and acknowledge one instance (its Part-10 bytes) that `assoc`
+        sent for the C-STORE-RQ naming `requested_uid`; the status to answer with."""
+        state = self._association(assoc)
+        with state.busy:
+            return self._receive_one(state, data, requested_uid=requested_uid)
+
+    def _receive_one(
+        self, state: _Association, data: bytes, *, requested_uid: str
+    ) -> int | Dataset:
         prepare = self._prepare.get()
-        data = event.encoded_dataset()
         # Without de-identification the bytes received are the bytes stored: they go to
         # the journal while they are read and checked.
         journaled = None if prepare is not None else self._journal(state, data)
-        received = self._receive(event, data, prepare)
+        received = self._receive(data, requested_uid=requested_uid, prepare=prepare)
         if isinstance(received, Dataset) or self._met_before(state, received):
             if journaled is not None and self._journaled(journaled) is not None:
                 journaled.result().cancel_last()
@@ -202,15 +221,16 @@ class StoreService:
         )  # fmt: skip
         return SUCCESS
 
-    def _association(self, event: Event) -> _Association:
+    def _association(self, assoc: Association) -> _Association:
         with self._lock:
-            state = self._associations.get(event.assoc)
-        if state is None:
-            peer = Peer.of(event)
-            state = _Association(peer, json.dumps(peer.__dict__).encode())
+            state = self._associations.get(assoc)
+            new = state is None
+            if state is None:
+                peer = Peer.of_association(assoc)
+                state = _Association(peer, json.dumps(peer.__dict__).encode())
+                self._associations[assoc] = state
+        if new:
             state.guard = self._hold_guard()
-            with self._lock:
-                self._associations[event.assoc] = state
         return state
 
     def _journal(self, state: _Association, data: bytes) -> Future[Segment]:
@@ -233,10 +253,10 @@ class StoreService:
             logger.error("a C-STORE instance could not be journaled", exc_info=True)
             return None
 
-    def _receive(self, event: Event, data: bytes, prepare: Prepare | None) -> _Received | Dataset:
+    def _receive(
+        self, data: bytes, *, requested_uid: str, prepare: Prepare | None
+    ) -> _Received | Dataset:
         """The received instance, read and validated, or the status that refuses it."""
-        request = cast(C_STORE, event.request)
-        requested_uid = str(request.AffectedSOPInstanceUID or "")
         try:
             if prepare is not None:
                 data = prepare(data)[0]
