@@ -8,8 +8,6 @@ once, a different object under a known UID is refused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -26,6 +24,7 @@ from voxelhub.core.db import utcnow
 from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.model import SplitInstance
+from voxelhub.store.dicomweb.splitting import content_hash
 from voxelhub.store.errors import UidConflict
 from voxelhub.store.models import Instance, Series, Study
 
@@ -33,27 +32,10 @@ logger = logging.getLogger(__name__)
 
 IMAGESET_PREFIX = "imagesets"
 _INSTANCES = cast(Table, Instance.__table__)
-_META_GROUP = "0002"
 # Object writes of one batch overlap (file system and S3 calls release the GIL).
 _writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-put")
-
-
-def bulkdata_uri(study: str, series: str, instance: str) -> Any:
-    """The BulkDataURI maker for one instance (a root-relative DICOMweb path)."""
-
-    def uri(tag: str) -> str:
-        return f"/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}"
-
-    return uri
-
-
-def content_hash(split: SplitInstance) -> str:
-    """What identifies an object's content, independent of how it was sent (file meta)."""
-    body = {k: v for k, v in split.dataset_json.items() if not k.startswith(_META_GROUP)}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
-    for frame in split.frames:
-        digest.update(frame)
-    return digest.hexdigest()
+# Objects up to this size are written from one joined copy.
+_JOIN_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -186,6 +168,15 @@ class _Concat:
         return bytes(out)
 
 
+def _object_body(split: SplitInstance) -> Any:
+    """The instance object's bytes: joined when small (one copy is cheaper than streaming
+    in Python), streamed from the parts when large."""
+    parts = [split.header, *split.frames]
+    if sum(len(part) for part in parts) <= _JOIN_BYTES:
+        return b"".join(parts)
+    return _Concat(parts)
+
+
 @dataclass
 class _Tally:
     instances: int = 0
@@ -256,8 +247,8 @@ class Ingest:
     def _put(self, split: SplitInstance, key: str) -> None:
         # The row is not visible before the commit, and the commit comes after this write.
         # Not fsynced one by one: finish() makes the whole batch durable before the commit.
-        self.store.put(key, _Concat([split.header, *split.frames]),  # type: ignore[arg-type]
-                       content_type="application/octet-stream", durable=False)  # fmt: skip
+        self.store.put(key, _object_body(split), content_type="application/octet-stream",
+                       durable=False)  # fmt: skip
         self._unsynced = True
 
     def _count(self, split: SplitInstance, study_id: uuid.UUID, series_id: uuid.UUID) -> None:
@@ -289,12 +280,15 @@ class Ingest:
         self._count(split, study_id, series_id)
         return _new(split, instance_id)
 
-    def add_many(self, splits: Sequence[SplitInstance]) -> list[Stored | VoxelhubError]:
+    def add_many(
+        self, splits: Sequence[SplitInstance], *, digests: Sequence[str] | None = None
+    ) -> list[Stored | VoxelhubError]:
         """Index many instances with one INSERT; each gets its outcome, in order.
 
         An instance refused (a UID conflict, an object that could not be written) is
         reported in its place and leaves no row; the others are kept. Should the batch
-        statement fail as a whole, every instance is tried on its own.
+        statement fail as a whole, every instance is tried on its own. `digests` are the
+        splits' `content_hash`es where the caller computed them already.
         """
         outcomes: list[Stored | VoxelhubError | None] = [None] * len(splits)
         batch: dict[str, tuple[int, dict[str, Any], uuid.UUID, uuid.UUID]] = {}
@@ -309,8 +303,8 @@ class Ingest:
             except UidConflict as err:
                 outcomes[index] = err
                 continue
-            batch[uid] = (index, self._row(split, series_id, content_hash(split)),
-                          study_id, series_id)  # fmt: skip
+            digest = digests[index] if digests is not None else content_hash(split)
+            batch[uid] = (index, self._row(split, series_id, digest), study_id, series_id)
         if batch:
             try:
                 self._insert_batch(splits, batch, outcomes)

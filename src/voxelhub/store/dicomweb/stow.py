@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.deidentify import DeidReport
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.model import InstanceKeys, SplitInstance
-from voxelhub.dicom.split import split_instance
+from voxelhub.dicom.model import SplitInstance
 from voxelhub.store.attributes import element
 from voxelhub.store.deid import DeidSummary, Prepare
+from voxelhub.store.dicomweb import splitpool
 from voxelhub.store.dicomweb.multipart import Part, parse_media_type
-from voxelhub.store.ingest import Ingest, Stored, bulkdata_uri
+from voxelhub.store.dicomweb.splitting import content_hash, split_for_store
+from voxelhub.store.ingest import Ingest, Stored
 
 # PS3.4 Annex GG / PS3.18 §10.5.3 failure reasons.
 PROCESSING_FAILURE = 0x0110
@@ -30,9 +31,11 @@ CANNOT_UNDERSTAND = 0xC000
 DATASET_DOES_NOT_MATCH = 0xA900
 STUDY_UID_MISMATCH = 0xC409
 
-# Two threads a core: the codec releases the GIL, and on a busy host the parts that wait for
-# the GIL must not leave a core idle (STOW-RS with 4 clients, bench/store.py).
+# Threads that wait on the split workers (or split de-identified parts themselves): two a
+# core, so that while a worker splits one part the next one is ready to be sent to it.
 _pool = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1), thread_name_prefix="stow")
+# A split part, its content hash, and what de-identification changed.
+_Split = tuple[SplitInstance, str, DeidReport | None]
 
 
 @dataclass
@@ -101,13 +104,6 @@ def split_part(body: bytes, prepare: Prepare | None = None) -> SplitInstance:
     return split_prepared(body, prepare)[0]
 
 
-def _uris(keys: InstanceKeys) -> Callable[[str], str]:
-    uri: Callable[[str], str] = bulkdata_uri(
-        keys.study_instance_uid, keys.series_instance_uid, keys.sop_instance_uid
-    )
-    return uri
-
-
 def split_prepared(
     body: bytes | bytearray | memoryview, prepare: Prepare | None = None
 ) -> tuple[SplitInstance, DeidReport | None]:
@@ -115,7 +111,18 @@ def split_prepared(
     report = None
     if prepare is not None:
         body, report = prepare(bytes(body))
-    return split_instance(body, bulkdata_uri_for=_uris), report
+    return split_for_store(body), report
+
+
+def _split_in_worker(body: bytes | bytearray) -> _Split:
+    split, digest = splitpool.pool.split(body)
+    return split, digest, None
+
+
+def _split_here(body: bytes | bytearray, prepare: Prepare) -> _Split:
+    # De-identification runs a policy object the workers do not have: it stays in-process.
+    split, report = split_prepared(body, prepare)
+    return split, content_hash(split), report
 
 
 # Instances indexed per INSERT, and the most bytes of split instances held for one. Small
@@ -134,11 +141,13 @@ class _Batches:
     def __init__(self, ingest: Ingest, result: StowResult) -> None:
         self.ingest, self.result = ingest, result
         self.splits: list[SplitInstance] = []
+        self.digests: list[str] = []
         self.held = 0
         self.running: asyncio.Future[None] | None = None
 
-    async def add(self, split: SplitInstance) -> None:
+    async def add(self, split: SplitInstance, digest: str) -> None:
         self.splits.append(split)
+        self.digests.append(digest)
         self.held += _size(split)
         if len(self.splits) >= BATCH_INSTANCES or self.held >= BATCH_BYTES:
             await self.flush()
@@ -146,10 +155,11 @@ class _Batches:
     async def flush(self) -> None:
         """Start indexing what was gathered, once the batch before it is done."""
         await self.settle()
-        taken, self.splits, self.held = self.splits, [], 0
+        taken, digests = self.splits, self.digests
+        self.splits, self.digests, self.held = [], [], 0
         if taken:
             self.running = asyncio.ensure_future(
-                asyncio.to_thread(_index, self.ingest, taken, self.result)
+                asyncio.to_thread(_index, self.ingest, taken, digests, self.result)
             )
 
     async def settle(self) -> None:
@@ -202,22 +212,27 @@ async def _split_and_index(
     prepare: Prepare | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    pending: list[asyncio.Future[tuple[SplitInstance, DeidReport | None]]] = []
+    pending: list[asyncio.Future[_Split]] = []
     window = (_pool._max_workers or 1) * 2
 
-    async def finish(future: asyncio.Future[tuple[SplitInstance, DeidReport | None]]) -> None:
+    async def finish(future: asyncio.Future[_Split]) -> None:
         try:
-            split, report = await future
+            split, digest, report = await future
         except DicomError as err:
             result.fail(CANNOT_UNDERSTAND, f"{err.code}: {err.message}")
             return
         except Exception as err:  # a decoder crash must not lose the other parts
-            result.fail(PROCESSING_FAILURE, f"processing failed: {type(err).__name__}: {err}")
+            why = (
+                str(err)
+                if isinstance(err, splitpool.SplitFailed)
+                else f"{type(err).__name__}: {err}"
+            )
+            result.fail(PROCESSING_FAILURE, f"processing failed: {why}")
             return
         result.deid.add(report)
         # De-identification remaps UIDs: the study named in the URL is the original one.
         if not _mismatch(study_uid if prepare is None else None, split, result):
-            await batches.add(split)
+            await batches.add(split, digest)
 
     async for part in parts:
         media = parse_media_type(part.content_type or "application/dicom").type
@@ -228,11 +243,19 @@ async def _split_and_index(
                 "instance as an application/dicom part",
             )
             continue
-        pending.append(loop.run_in_executor(_pool, split_prepared, part.body, prepare))
+        pending.append(_submit(loop, part.body, prepare))
         if len(pending) >= window:
             await finish(pending.pop(0))
     for future in pending:
         await finish(future)
+
+
+def _submit(
+    loop: asyncio.AbstractEventLoop, body: bytes | bytearray, prepare: Prepare | None
+) -> asyncio.Future[_Split]:
+    if prepare is None:
+        return loop.run_in_executor(_pool, _split_in_worker, body)
+    return loop.run_in_executor(_pool, _split_here, body, prepare)
 
 
 def _size(split: SplitInstance) -> int:
@@ -253,8 +276,10 @@ def _mismatch(study_uid: str | None, split: SplitInstance, result: StowResult) -
     return True
 
 
-def _index(ingest: Ingest, splits: list[SplitInstance], result: StowResult) -> None:
-    outcomes = ingest.add_many(splits)
+def _index(
+    ingest: Ingest, splits: list[SplitInstance], digests: list[str], result: StowResult
+) -> None:
+    outcomes = ingest.add_many(splits, digests=digests)
     ingest.sync()
     for split, outcome in zip(splits, outcomes, strict=True):
         if isinstance(outcome, Stored):
