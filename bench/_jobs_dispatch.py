@@ -59,35 +59,51 @@ def _split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
 
-def create_http(platform: Platform, cases: list[uuid.UUID], *, clients: int) -> Created:
-    """POST /api/v1/algorithms/echo/jobs once per case from `clients` keep-alive clients."""
+BATCH = 100
+
+
+def create_http(
+    platform: Platform, cases: list[uuid.UUID], *, clients: int, batch: int | None = None
+) -> Created:
+    """POST /api/v1/algorithms/echo/jobs once per case from `clients` keep-alive clients,
+    or, with `batch`, /jobs/batch with that many cases a request (one transaction each)."""
     created = Created()
+    path = "/api/v1/algorithms/echo/jobs" + ("/batch" if batch else "")
+
+    def post(c: httpx.Client, chunk: list[uuid.UUID]) -> None:
+        jobs = [_job_body(platform, case_id) for case_id in chunk]
+        started = time.perf_counter()
+        try:
+            answer = c.post(path, json={"jobs": jobs} if batch else jobs[0])
+        except httpx.HTTPError as err:
+            created.errors.append(f"{type(err).__name__}: {err}")
+            return
+        created.call_s.append(time.perf_counter() - started)
+        if answer.status_code != 202:
+            created.errors.append(f"{answer.status_code}: {answer.text[:300]}")
+            return
+        answered = answer.json() if batch else [answer.json()]
+        created.ids += [uuid.UUID(job["id"]) for job in answered]
 
     def run(chunk: list[uuid.UUID]) -> None:
+        step = batch or 1
         with httpx.Client(base_url=platform.base, headers=platform.headers, timeout=120) as c:
-            for case_id in chunk:
-                body = {
-                    "archive_id": platform.archive_id,
-                    "case_id": str(case_id),
-                    "inputs": {"payload": {"value": {"case": str(case_id)}}},
-                }
-                started = time.perf_counter()
-                try:
-                    answer = c.post("/api/v1/algorithms/echo/jobs", json=body)
-                except httpx.HTTPError as err:
-                    created.errors.append(f"{type(err).__name__}: {err}")
-                    continue
-                created.call_s.append(time.perf_counter() - started)
-                if answer.status_code == 202:
-                    created.ids.append(uuid.UUID(answer.json()["id"]))
-                else:
-                    created.errors.append(f"{answer.status_code}: {answer.text[:300]}")
+            for first in range(0, len(chunk), step):
+                post(c, chunk[first : first + step])
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(run, _split(cases, clients)))
     created.seconds = time.perf_counter() - started
     return created
+
+
+def _job_body(platform: Platform, case_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "archive_id": platform.archive_id,
+        "case_id": str(case_id),
+        "inputs": {"payload": {"value": {"case": str(case_id)}}},
+    }
 
 
 def create_inprocess(platform: Platform, cases: list[uuid.UUID], *, threads: int) -> Created:
@@ -262,6 +278,8 @@ def run(
         with RoleCpu(platform.roles()) as cpu:
             if how == "http":
                 created = create_http(platform, cases, clients=clients)
+            elif how == "http-batch":
+                created = create_http(platform, cases, clients=clients, batch=BATCH)
             else:
                 created = create_inprocess(platform, cases, threads=clients)
             done = wait_final(platform, created.ids, timeout_s=timeout_s)

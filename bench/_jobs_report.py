@@ -12,7 +12,11 @@ CONFIGS = {
     "serve-w2": "serve --workers 2",
     "worker-c4": "worker --concurrency 4",
 }
-HOW = {"http": "HTTP, {clients} clients", "inprocess": "start_job in-process, {clients} threads"}
+HOW = {
+    "http": "HTTP, {clients} clients",
+    "http-batch": "HTTP batches of 100, {clients} clients",
+    "inprocess": "start_job in-process, {clients} threads",
+}
 
 
 def _get(node: Any, *path: str) -> Any:

@@ -176,7 +176,7 @@ class Runner:
         self.started = time.monotonic()
         self.budget_s = float(args.budget_s or sizes.budget_s)
         self.rate = ASSUMED_RATE
-        per_transport = 2 + int(sizes.concurrency4) + int(self._may_profile())
+        per_transport = 3 + int(sizes.concurrency4) + int(self._may_profile())
         self.runs_left = len(self.transports) * per_transport if "dispatch" in self.sections else 0
         self.fixed_left_s = sizes.fixed_per_run_s * self.runs_left
         if "trigger" in self.sections and "embedded" in self.transports:
@@ -266,7 +266,12 @@ class Runner:
         with self.platform(f"{transport}, serve --workers 2", url, 2) as platform:
             if "dispatch" in self.sections:
                 self.warm_up(platform)
-                for how, wanted in (("http", sizes.http_jobs), ("inprocess", self.jobs)):
+                runs = (
+                    ("http", sizes.http_jobs),
+                    ("http-batch", self.jobs),
+                    ("inprocess", self.jobs),
+                )
+                for how, wanted in runs:
                     self.dispatch(
                         f"dispatch/{transport}/serve-w2/{how}", platform, how=how, wanted=wanted
                     )
@@ -322,7 +327,7 @@ class Runner:
         share = max(left, 0.0) / max(self.runs_left, 1)
         jobs = min(wanted, max(MIN_JOBS, int(self.rate * share * 0.8)))
         timeout_s = min(self.sizes.run_timeout_s, max(30.0, share))
-        clients = self.sizes.http_clients if how == "http" else self.sizes.inprocess_threads
+        clients = self.sizes.inprocess_threads if how == "inprocess" else self.sizes.http_clients
         figures = self.figure(
             key,
             functools.partial(

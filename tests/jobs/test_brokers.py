@@ -58,3 +58,22 @@ def test_jobs_run_through_the_broker(
         ids.append(response.json()["id"])
     for job_id in ids:
         assert wait_for_job(client, user, job_id)["state"] == "succeeded"
+
+
+def test_a_redis_channel_keeps_one_client_until_its_pool_changes() -> None:
+    from celery import Celery
+
+    from voxelhub.jobs import broker, broker_redis
+
+    broker.register()
+    app = Celery("test", broker=BROKERS["redis"](), set_as_current=False)
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, broker_redis.Channel)
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.ping()
+        channel._disconnect_pools()  # as after a fork: a new pool, so a new client
+        with channel.conn_or_acquire() as third:
+            assert third is not first
+            assert third.ping()

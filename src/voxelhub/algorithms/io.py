@@ -212,6 +212,14 @@ def _collect_scalar(
     kind: ValueKind,
     output_dir: Path,
 ) -> dict[str, Any]:
+    body = read_scalar(output_dir, interface=interface, kind=kind)
+    row = values_service.set_scalar(db, store, case, target, body)
+    return {"case_value": str(row.id), "interface": target, "kind": row.kind}
+
+
+def read_scalar(output_dir: Path, *, interface: str, kind: ValueKind) -> dict[str, Any]:
+    """The value a scalar output holds (/output/<interface>.json), as a case value's body;
+    OutputError if it is missing or not of its kind."""
     path = output_dir / f"{interface}.json"
     if not path.is_file():
         raise OutputError(
@@ -228,13 +236,9 @@ def _collect_scalar(
         raise OutputError(f"/output/{interface}.json must hold a number, not {value!r:.60}")
     if kind in (ValueKind.text, ValueKind.report) and not isinstance(value, str):
         raise OutputError(f"/output/{interface}.json must hold a JSON string")
-    body: dict[str, Any] = (
-        {"kind": kind, "text": value}
-        if kind is ValueKind.report
-        else {"kind": kind, "value": value}
-    )
-    row = values_service.set_scalar(db, store, case, target, body)
-    return {"case_value": str(row.id), "interface": target, "kind": row.kind}
+    if kind is ValueKind.report:
+        return {"kind": kind, "text": value}
+    return {"kind": kind, "value": value}
 
 
 def _collect_dicom(

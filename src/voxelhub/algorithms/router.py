@@ -18,6 +18,7 @@ from voxelhub.algorithms.models import Algorithm, Trigger
 from voxelhub.algorithms.schemas import (
     AlgorithmCreate,
     AlgorithmOut,
+    JobBatchCreate,
     JobCreate,
     JobLog,
     JobOut,
@@ -216,6 +217,25 @@ def start_job(
     )
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return JobOut.model_validate(job)
+
+
+@router.post("/algorithms/{slug}/jobs/batch", status_code=status.HTTP_202_ACCEPTED)
+def start_jobs(
+    slug: str, body: JobBatchCreate, principal: PrincipalDep, db: DbDep, runtime: RuntimeDep
+) -> list[JobOut]:
+    """Run the algorithm on many cases at once, in one transaction (e.g. a whole archive)."""
+    algorithm = service.get_algorithm(db, slug)
+    jobs = service.start_jobs(db, principal, algorithm, body.jobs, send=sender(runtime))
+    for job in jobs:
+        audit.record(
+            db,
+            principal,
+            "job.create",
+            object_type="job",
+            object_id=job.id,
+            detail={"algorithm": slug, "case": str(job.case_id)},
+        )
+    return [JobOut.model_validate(job) for job in jobs]
 
 
 def _visible_job(db: DbDep, principal: Principal, job_id: uuid.UUID) -> Job:

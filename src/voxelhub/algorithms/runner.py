@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from voxelhub.algorithms import io
+from voxelhub.algorithms import io, quick_outputs
 from voxelhub.algorithms.contract import (
     ExecutionRequest,
     ExecutionResult,
@@ -209,24 +209,53 @@ def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) ->
         result = (warm or executor_for(version.kind)).run(request, cancelled=cancelled)
         if result.outcome is not Outcome.succeeded:
             return _failure(result)
-        done = engine.Finish(
-            engine.SUCCEEDED,
-            "succeeded",
-            exit_code=result.exit_code,
-            log=result.stdout_tail + result.stderr_tail,
-            resources=_resources(result),
-        )
         keep = True
-        return replace(
-            done,
-            store=_collector(runtime, job, done, slug=slug, outputs=outputs, workdir=workdir),
-            cleanup=lambda: shutil.rmtree(workdir, ignore_errors=True),
-        )
+        return _succeeded(runtime, job, result, slug=slug, outputs=outputs, workdir=workdir)
     except io.OutputError as err:
         return engine.Finish(engine.FAILED, "bad_output", str(err))
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _succeeded(
+    runtime: Runtime,
+    job: Job,
+    result: ExecutionResult,
+    *,
+    slug: str,
+    outputs: list[dict[str, Any]],
+    workdir: Path,
+) -> engine.Finish:
+    """The end of a run that succeeded, with what stores its outputs and then cleans up.
+
+    Scalar outputs only: they are read (and checked) here, and stored with the end of the
+    job in one round trip (`quick_outputs`); `store` remains for when that cannot be done.
+    """
+    done = engine.Finish(
+        engine.SUCCEEDED,
+        "succeeded",
+        exit_code=result.exit_code,
+        log=result.stdout_tail + result.stderr_tail,
+        resources=_resources(result),
+    )
+    finish = replace(
+        done,
+        store=_collector(runtime, job, done, slug=slug, outputs=outputs, workdir=workdir),
+        cleanup=lambda: shutil.rmtree(workdir, ignore_errors=True),
+    )
+    if not quick_outputs.all_scalar(outputs):
+        return finish
+    try:
+        read = quick_outputs.read_outputs(workdir / "output", algorithm=slug, outputs=outputs)
+    except io.OutputError as err:
+        return replace(finish, state=engine.FAILED, outcome="bad_output", message=str(err),
+                       store=None)  # fmt: skip
+    return replace(
+        finish,
+        outputs=quick_outputs.collected(read),
+        writes=quick_outputs.writes(runtime.store, job.case_id, read),
+    )
 
 
 def _collector(

@@ -96,6 +96,14 @@ class JobCreate(Frozen):
     webhook: str | None = Field(default=None, description="POSTed the job when it ends")
 
 
+class JobBatchCreate(Frozen):
+    jobs: list[JobCreate] = Field(
+        min_length=1,
+        max_length=1000,
+        description="Started together, or none of them (the error names the job refused)",
+    )
+
+
 class JobOut(Frozen):
     id: uuid.UUID
     algorithm_id: uuid.UUID

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -11,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from voxelhub.algorithms.errors import AlgorithmExists, AlgorithmNotFound, InvalidInputs
 from voxelhub.algorithms.models import Algorithm, AlgorithmVersion
-from voxelhub.algorithms.schemas import AlgorithmCreate, InputRef, VersionCreate
+from voxelhub.algorithms.schemas import AlgorithmCreate, InputRef, JobCreate, VersionCreate
 from voxelhub.archives import service as archives
-from voxelhub.archives.models import CaseValue
+from voxelhub.archives.models import Case, CaseValue
 from voxelhub.archives.values import FILE_KINDS, ValueKind
 from voxelhub.auth import permissions
 from voxelhub.auth.models import User
@@ -165,19 +166,7 @@ def start_job(
     require_use(db, principal, algorithm)
     archives.get_archive(db, principal, archive_id, ArchiveRole.uploader)
     archives.get_case(db, archive_id, case_id)
-    version = latest_version(db, algorithm)
-    if version is None:
-        raise InvalidInputs(f"algorithm {algorithm.slug!r} has no version to run yet")
-    unknown = set(inputs) - {i["interface"] for i in version.inputs}
-    if unknown:
-        raise InvalidInputs(
-            f"algorithm {algorithm.slug!r} has no input {', '.join(sorted(unknown))}; its "
-            f"inputs are {', '.join(i['interface'] for i in version.inputs)}"
-        )
-    resolved = {
-        spec["interface"]: _resolve_input(db, case_id, spec, inputs.get(spec["interface"]))
-        for spec in version.inputs
-    }
+    version = _runnable_version(db, algorithm)
     job = Job(
         algorithm_id=algorithm.id,
         version_id=version.id,
@@ -187,6 +176,88 @@ def start_job(
         trigger_id=trigger_id,
         queue=queue_for(db, version.resources),
         priority=priority,
-        inputs={"values": resolved, **(extra or {})},
-    )
+        inputs={"values": _resolve_inputs(db, algorithm, version, case_id, inputs),
+                **(extra or {})},
+    )  # fmt: skip
     return engine.create_job(db, job, send)
+
+
+MAX_JOBS_PER_CALL = 1000
+
+
+def start_jobs(
+    db: Session,
+    principal: Principal,
+    algorithm: Algorithm,
+    requests: Sequence[JobCreate],
+    *,
+    send: engine.Sender,
+) -> list[Job]:
+    """`start_job` for many cases at once, in the caller's transaction: everything is
+    checked first (one refusal refuses them all, naming the job), the jobs are inserted
+    together and their messages go out together after the commit."""
+    if not 0 < len(requests) <= MAX_JOBS_PER_CALL:
+        raise InvalidInputs(f"start 1 to {MAX_JOBS_PER_CALL} jobs at a time, not {len(requests)}")
+    require_use(db, principal, algorithm)
+    for archive_id in {r.archive_id for r in requests}:
+        archives.get_archive(db, principal, archive_id, ArchiveRole.uploader)
+    _check_cases(db, requests)
+    version = _runnable_version(db, algorithm)
+    queue = queue_for(db, version.resources)
+    jobs = []
+    for index, request in enumerate(requests):
+        try:
+            resolved = _resolve_inputs(db, algorithm, version, request.case_id, request.inputs)
+        except InvalidInputs as err:
+            raise InvalidInputs(f"job {index} (case {request.case_id}): {err}") from err
+        jobs.append(
+            Job(
+                algorithm_id=algorithm.id,
+                version_id=version.id,
+                archive_id=request.archive_id,
+                case_id=request.case_id,
+                created_by=principal.user_id,
+                queue=queue,
+                priority=request.priority,
+                inputs={"values": resolved}
+                | ({"webhook": request.webhook} if request.webhook else {}),
+            )
+        )
+    return engine.create_jobs(db, jobs, send)
+
+
+def _check_cases(db: Session, requests: Sequence[JobCreate]) -> None:
+    """Every request's case exists in its archive (one query for all of them)."""
+    wanted = {r.case_id for r in requests}
+    rows = db.execute(select(Case.id, Case.archive_id).where(Case.id.in_(wanted)))
+    found = {case_id: archive_id for case_id, archive_id in rows}
+    for request in requests:
+        if found.get(request.case_id) != request.archive_id:
+            # The single-case lookup says what is wrong and how to list the cases.
+            archives.get_case(db, request.archive_id, request.case_id)
+
+
+def _runnable_version(db: Session, algorithm: Algorithm) -> AlgorithmVersion:
+    version = latest_version(db, algorithm)
+    if version is None:
+        raise InvalidInputs(f"algorithm {algorithm.slug!r} has no version to run yet")
+    return version
+
+
+def _resolve_inputs(
+    db: Session,
+    algorithm: Algorithm,
+    version: AlgorithmVersion,
+    case_id: uuid.UUID,
+    inputs: dict[str, InputRef],
+) -> dict[str, Any]:
+    unknown = set(inputs) - {i["interface"] for i in version.inputs}
+    if unknown:
+        raise InvalidInputs(
+            f"algorithm {algorithm.slug!r} has no input {', '.join(sorted(unknown))}; its "
+            f"inputs are {', '.join(i['interface'] for i in version.inputs)}"
+        )
+    return {
+        spec["interface"]: _resolve_input(db, case_id, spec, inputs.get(spec["interface"]))
+        for spec in version.inputs
+    }

@@ -31,6 +31,8 @@ from kombu.utils.json import dumps, loads
 from sqlalchemy import Connection, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from voxelhub.jobs import broker_redis
+
 logger = logging.getLogger(__name__)
 
 # The longest a consumer waits before it polls its queues again when no NOTIFY came.
@@ -243,8 +245,11 @@ class Transport(SqlaTransport):
 
 
 def register() -> None:
-    """Make `vxhsqla+postgresql://…` broker URLs resolve to this transport."""
+    """Make `vxhsqla+postgresql://…` broker URLs resolve to this transport, and Redis ones
+    to `broker_redis`'s."""
     TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")
+    for scheme in broker_redis.SCHEMES:
+        TRANSPORT_ALIASES[scheme] = f"{broker_redis.__name__}:Transport"
 
 
 def is_embedded(app: Celery) -> bool:

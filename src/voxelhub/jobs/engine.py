@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import Table, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,22 @@ def create_job(db: Session, job: Job, send: Sender) -> Job:
     job_id, queue, priority = job.id, job.queue, job.priority
     after_commit(db, lambda: _send_quietly(send, job_id, queue, priority))
     return job
+
+
+def create_jobs(db: Session, jobs: list[Job], send: Sender) -> list[Job]:
+    """`create_job` for many jobs: one INSERT, their messages handed over together."""
+    for job in jobs:
+        job.state = PENDING
+    db.add_all(jobs)
+    db.flush()
+    messages = [(job.id, job.queue, job.priority) for job in jobs]
+
+    def send_all() -> None:
+        for message in messages:
+            _send_quietly(send, *message)
+
+    after_commit(db, send_all)
+    return jobs
 
 
 def _send_quietly(send: Sender, job_id: uuid.UUID, queue: str, priority: int) -> None:
@@ -175,6 +192,14 @@ class Finish:
     outputs: dict[str, Any] | None = None
     store: Callable[[Session], Finish] | None = None
     cleanup: Callable[[], None] | None = None
+    writes: Writes | None = None
+
+
+# Statements that store a run's outputs with its end on a kept connection (see
+# `finish_now`): called inside the transaction, in pipeline mode, with the finish's
+# parameters and a function that sends the finish UPDATE; sends its locks, then that,
+# then its writes (each guarded by FINISHED_HERE), and returns what to do after the commit.
+Writes = Callable[[psycopg.Connection[Any], dict[str, Any], Callable[[], None]], Callable[[], None]]
 
 
 class Rejected(Exception):
@@ -186,16 +211,20 @@ class Rejected(Exception):
         self.finish = finish
 
 
-def finish(db: Session, job_id: uuid.UUID, worker: str, result: Finish) -> bool:
-    """Record the end of a run; False if the job was taken from this worker meanwhile."""
-    values: dict[str, Any] = {
+def _ending(result: Finish) -> dict[str, Any]:
+    """The columns every end sets, cut to what the row keeps."""
+    return {
         "state": result.state,
         "outcome": result.outcome,
         "message": result.message[:4000],
         "exit_code": result.exit_code,
         "log": result.log[-LOG_LIMIT:],
-        "finished_at": utcnow(),
     }
+
+
+def finish(db: Session, job_id: uuid.UUID, worker: str, result: Finish) -> bool:
+    """Record the end of a run; False if the job was taken from this worker meanwhile."""
+    values: dict[str, Any] = {**_ending(result), "finished_at": utcnow()}
     if result.resources is not None:
         values["resources"] = result.resources
     if result.outputs is not None:
@@ -208,6 +237,62 @@ def finish(db: Session, job_id: uuid.UUID, worker: str, result: Finish) -> bool:
         .returning(jobs.c.id)
     ).scalar_one_or_none()
     return done is not None
+
+
+_FINISH_SQL = f"""
+UPDATE jobs SET state = %(state)s, outcome = %(outcome)s, message = %(message)s,
+    exit_code = %(exit_code)s, log = %(log)s, finished_at = %(now)s,
+    resources = coalesce(%(resources)s, resources), outputs = coalesce(%(outputs)s, outputs)
+WHERE id = %(job_id)s AND state = '{RUNNING}' AND worker = %(worker)s
+RETURNING id
+"""
+# True, in a later statement of the transaction that sent the finish UPDATE, only when
+# that UPDATE took effect (no other run ends at the same microsecond on the same worker).
+FINISHED_HERE = (
+    "EXISTS (SELECT 1 FROM jobs WHERE id = %(job_id)s AND worker = %(worker)s "
+    "AND finished_at = %(now)s)"
+)
+
+
+def _json_or_none(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+def finish_now(database_url: str, job_id: uuid.UUID, worker: str, result: Finish) -> bool:
+    """`finish` with the result's `writes`, committed, in one round trip on this process's
+    kept connection (see `kept`); False, with nothing written, if the job was taken from
+    this worker meanwhile (or deleted)."""
+    params = {
+        **_ending(result),
+        "job_id": job_id,
+        "worker": worker,
+        "now": utcnow(),
+        "resources": _json_or_none(result.resources),
+        "outputs": _json_or_none(result.outputs),
+    }
+
+    def run(conn: psycopg.Connection[Any]) -> tuple[bool, Callable[[], None] | None]:
+        sent: list[psycopg.Cursor[Any]] = []
+
+        def send_finish() -> None:
+            sent.append(conn.execute(_FINISH_SQL, params))
+
+        with conn.pipeline():
+            then = None
+            if result.writes is None:
+                send_finish()
+            else:
+                then = result.writes(conn, params, send_finish)
+            conn.commit()
+        return sent[0].fetchone() is not None, then
+
+    done, then = kept(database_url, "finish").run(run)
+    if done and then is not None:
+        try:
+            then()
+        except Exception:  # the end stands; what is left is an orphan for the sweep
+            logger.warning("after recording job %s", job_id, exc_info=True)
+    return done
 
 
 def get_job(db: Session, job_id: uuid.UUID) -> Job:

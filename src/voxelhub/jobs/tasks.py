@@ -185,7 +185,18 @@ def record(database_url: str, job_id: uuid.UUID, worker: str, result: engine.Fin
     False, with nothing written, if the job was taken from this worker meanwhile. Outputs
     the store step rejects, or a store step that fails, leave nothing behind either: the
     failure alone is recorded then.
+
+    A result with nothing to store, or whose outputs come as `writes`, is recorded in one
+    round trip (`engine.finish_now`); should that fail, its `store` is used instead.
     """
+    if result.store is None or result.writes is not None:
+        try:
+            return engine.finish_now(database_url, job_id, worker, result)
+        except Exception:
+            if result.store is None:
+                raise
+            logger.warning("recording job %s at once failed; through a session instead",
+                           job_id, exc_info=True)  # fmt: skip
     try:
         with session_scope(database_url) as db:
             final = result.store(db) if result.store is not None else result
