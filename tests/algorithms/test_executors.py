@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,37 @@ def test_builtin_cancelled(workdir: Path) -> None:
     threading.Timer(0.2, cancelled.set).start()
     request = ExecutionRequest(job_id="b4", workdir=workdir, entrypoint="test-hangs")
     assert BuiltinExecutor().run(request, cancelled=cancelled).outcome is Outcome.cancelled
+
+
+def _thread_name(input_dir: Path, output_dir: Path, model_dir: Path) -> None:
+    current = threading.current_thread()
+    (output_dir / "thread.json").write_text(json.dumps([current.ident, current.name]))
+
+
+register_builtin("test-thread-name", _thread_name)
+
+
+@pytest.mark.usefixtures("release_hung")
+def test_builtin_threads_are_reused_and_a_hung_one_is_not(workdir: Path) -> None:
+    def run(job_id: str, entrypoint: str, limits: Limits | None = None) -> ExecutionResult:
+        (workdir / "output").mkdir(exist_ok=True)
+        request = ExecutionRequest(
+            job_id=job_id, workdir=workdir, entrypoint=entrypoint, limits=limits or Limits()
+        )
+        return BuiltinExecutor().run(request)
+
+    def thread() -> list[Any]:
+        return list(json.loads((workdir / "output" / "thread.json").read_text()))
+
+    assert run("t1", "test-thread-name").outcome is Outcome.succeeded
+    first, name = thread()
+    assert name == "builtin-test-thread-name-t1"
+    assert run("t2", "test-thread-name").outcome is Outcome.succeeded
+    assert thread()[0] == first  # the same thread, not one started per job
+
+    assert run("t3", "test-hangs", Limits(time_limit_s=0.2)).outcome is Outcome.timed_out
+    assert run("t4", "test-thread-name").outcome is Outcome.succeeded  # not stuck behind it
+    assert thread()[1] == "builtin-test-thread-name-t4"
 
 
 def test_builtin_unknown_name_is_an_error(workdir: Path) -> None:

@@ -15,11 +15,12 @@ finish.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from voxelhub.algorithms.contract import ExecutionRequest, ExecutionResult, Outcome
@@ -54,6 +55,43 @@ class _Outcome:
 
     error: BaseException | None = None
     traceback: str = ""
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class _Runners:
+    """The threads built-ins run on, kept for the next job: starting and joining a thread
+    per job cost more than a trivial built-in. A thread whose built-in hangs stays with it;
+    a job that finds no idle thread starts a new one."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[tuple[BuiltinFn, ExecutionRequest, _Outcome]] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, fn: BuiltinFn, request: ExecutionRequest, done: _Outcome) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        if start:
+            # Daemon: a hung built-in must not keep the worker from exiting.
+            threading.Thread(target=self._serve, name="builtin", daemon=True).start()
+        self._tasks.put((fn, request, done))
+
+    def _serve(self) -> None:
+        while True:
+            fn, request, done = self._tasks.get()
+            threading.current_thread().name = f"builtin-{request.entrypoint}-{request.job_id}"
+            _call(fn, request, done)
+            threading.current_thread().name = "builtin"
+            with self._lock:  # idle before the job hears it ended, so the next one finds it
+                self._idle += 1
+            done.finished.set()
+
+
+_runners = _Runners()
 
 
 class BuiltinExecutor:
@@ -76,14 +114,8 @@ class BuiltinExecutor:
             )
         started = time.monotonic()
         done = _Outcome()
-        thread = threading.Thread(
-            target=_call,
-            args=(fn, request, done),
-            name=f"builtin-{request.entrypoint}-{request.job_id}",
-            daemon=True,  # a hung built-in must not keep the worker from exiting
-        )
-        thread.start()
-        stopped = _wait(thread, started + request.limits.time_limit_s, cancelled)
+        _runners.submit(fn, request, done)
+        stopped = _wait(done.finished, started + request.limits.time_limit_s, cancelled)
         duration = time.monotonic() - started
         if stopped is not None:
             logger.warning("built-in %s left running: %s", request.entrypoint, stopped.value)
@@ -102,11 +134,10 @@ def _call(fn: BuiltinFn, request: ExecutionRequest, done: _Outcome) -> None:
 
 
 def _wait(
-    thread: threading.Thread, deadline: float, cancelled: threading.Event | None
+    finished: threading.Event, deadline: float, cancelled: threading.Event | None
 ) -> Outcome | None:
     while True:
-        thread.join(min(_POLL_S, max(0.0, deadline - time.monotonic())))
-        if not thread.is_alive():
+        if finished.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
             return None
         if cancelled is not None and cancelled.is_set():
             return Outcome.cancelled
