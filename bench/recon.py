@@ -26,7 +26,7 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also run grappa and raki on the data SVD-compressed to this many virtual coils",
     )
+    parser.add_argument(
+        "--full-length",
+        action="store_true",
+        help="also run raki and rraki trained as the paper did (raki.FULL_LENGTH; minutes a slice)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     parser.add_argument(
         "--pipeline",
@@ -136,14 +141,21 @@ def cgrappa_runner() -> Runner | None:
 
 
 def registered_runner(
-    name: str, seed: int, *, threads: int | None = None, virtual_coils: int | None = None
+    name: str,
+    seed: int,
+    *,
+    threads: int | None = None,
+    virtual_coils: int | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> Runner:
-    """A registered method with its defaults (a seed and CPU threads where it takes them);
-    with `virtual_coils` the k-space is SVD-compressed first (timed with the method)."""
+    """A registered method with its defaults (a seed and CPU threads where it takes them)
+    changed by `overrides`; with `virtual_coils` the k-space is SVD-compressed first (timed
+    with the method)."""
     accepted = accepted_settings(name)
     settings: dict[str, Any] = {"seed": seed} if "seed" in accepted else {}
     if threads is not None and "threads" in accepted:
         settings["threads"] = threads
+    settings.update(overrides or {})
 
     def run(kspace: KSpace) -> np.ndarray:
         if virtual_coils is not None:
@@ -163,6 +175,14 @@ def runners(args: argparse.Namespace) -> dict[str, Runner]:
             found[f"{name} cc{args.coil_compression}"] = registered_runner(
                 name, args.seed, threads=args.threads, virtual_coils=args.coil_compression
             )
+    if args.full_length:
+        from voxelhub.recon.raki import FULL_LENGTH
+
+        for name in ("raki", "rraki"):
+            if name in found:
+                found[f"{name} full"] = registered_runner(
+                    name, args.seed, threads=args.threads, overrides=FULL_LENGTH
+                )
     peer = cgrappa_runner()
     if peer is not None:
         found = {

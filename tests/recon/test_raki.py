@@ -16,7 +16,7 @@ from voxelhub.recon.methods import reconstruct
 from voxelhub.recon.metrics import nmse
 from voxelhub.recon.model import Sampling
 from voxelhub.recon.phantom import PhantomAcquisition, PhantomSpec, simulate
-from voxelhub.recon.raki import fill, reconstruct_raki
+from voxelhub.recon.raki import FULL_LENGTH, fill, reconstruct_raki
 from voxelhub.recon.rraki import fill as rraki_fill
 from voxelhub.recon.rraki import reconstruct_rraki
 from voxelhub.recon.zerofilled import zero_filled
@@ -257,13 +257,36 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
         "slices_per_batch": None, "training_readout": 128,
         "precision": result.settings["precision"], "threads": 1,
         "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
-        "schedule": "cosine", "held_out": 0.2, "patience": 40, "features": 64,
+        "schedule": "cosine", "held_out": 0.0, "patience": 40, "features": None,
         "acceleration": 3, "acs_lines": 11,
     }  # fmt: skip
     assert result.settings["precision"] in {"float32", "bfloat16"}
     assert (
         "linear_weight" not in reconstruct(tiny_r3.kspace, "raki", iterations=1, threads=1).settings
     )
+
+
+def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
+    options = _raki_net.Options(iterations=None, learning_rate=1e-2)
+    rates = (2, 4, 5, 6)
+    assert [options.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0.1, 0.1]
+    assert [options.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.2, 0.2]
+    assert [options.resolved_iterations(held) for held in (0.0, 0.1)] == [400, 200]
+    chosen = replace(options, held_out=0.3, iterations=7)
+    assert chosen.resolved_held_out(2, residual=False) == 0.3
+    assert chosen.resolved_iterations(0.3) == 7
+
+
+@pytest.mark.parametrize("name", ["raki", "rraki"])
+def test_full_length_is_the_papers_training(tiny_r3: PhantomAcquisition, name: str) -> None:
+    settings = {**FULL_LENGTH, "iterations": 2, "threads": 1}
+    recorded = reconstruct(tiny_r3.kspace, name, **settings).settings
+    assert {key: recorded[key] for key in settings} == settings
+
+
+def test_unknown_schedule_is_refused(tiny_r3: PhantomAcquisition) -> None:
+    with pytest.raises(ReconError, match="schedule must be one of cosine, constant"):
+        fill(tiny_r3.kspace.data[0], tiny_r3.kspace.sampling, schedule="linear")
 
 
 @pytest.mark.parametrize(

@@ -264,9 +264,10 @@ def forward_backward(
     slices, networks, missing, out_rows, out_cols = batch.wanted.shape
     rows, cols = batch.grid
 
-    hidden_1 = torch.relu(torch.bmm(w1.to(dtype), columns))
+    # In place: two fewer allocations of the largest activations per step.
+    hidden_1 = torch.bmm(w1.to(dtype), columns).relu_()
     hidden_1 = hidden_1.view(slices * networks, w2.shape[2], rows * cols)
-    hidden_2 = torch.relu(torch.bmm(w2.to(dtype), hidden_1))
+    hidden_2 = torch.bmm(w2.to(dtype), hidden_1).relu_()
     taps = torch.bmm(w3.to(dtype), hidden_2).view(-1, TAPS_3, missing, rows, cols)
     cnn = shift_sum(taps, batch.dilation).view(batch.wanted.shape)
     error = cnn - batch.wanted

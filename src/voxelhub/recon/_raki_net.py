@@ -32,6 +32,20 @@ __all__ = ["Options", "Training", "Weights", "fill", "initial_weights", "reconst
 # steps, about the learning rate in size whatever the gradient, only move it away from that
 # fit (at R = 6 the real-valued refit amplifies noise, NMSE 0.035 against GRAPPA's 0.019).
 LINEAR_RATE_FACTOR = 0.0
+SCHEDULES = ("cosine", "constant")
+# Early stopping pays only where the networks fit noise. On the 15-coil phantom with 24 ACS
+# lines (seed 0) holding out outer ACS rows cost accuracy up to R = 4, where those rows are
+# more use as training data (RAKI at R = 4: NMSE 0.0154 with a tenth held out, 0.0139
+# without), and kept it from R = 5 on (RAKI at R = 6 without: 0.037, with: 0.026). There
+# RAKI does best with a tenth held out, residual RAKI with a fifth (at R = 5 0.016 against
+# 0.025 with a tenth: it starts from GRAPPA and must stop before it fits the noise).
+HELD_OUT_FROM_ACCELERATION = 5
+HELD_OUT_RAKI = 0.1
+HELD_OUT_RESIDUAL = 0.2
+# Without held-out rows nothing stops the training early and longer pays (RAKI at R = 2:
+# NMSE 0.00129 after 200 steps, 0.00116 after 400); with them the patience ends it.
+ITERATIONS_WITHOUT_HELD_OUT = 400
+ITERATIONS_WITH_HELD_OUT = 200
 
 
 @contextlib.contextmanager
@@ -75,10 +89,14 @@ class Options:
     the largest singular value of the calibration matrix) and is trained at
     `linear_learning_rate` (None: `LINEAR_RATE_FACTOR` x `learning_rate`, i.e. fixed), its
     own error weighted `linear_weight` in the loss. `schedule`, `held_out`, `patience` and
-    `features` are `_raki_train.Training`'s.
+    `features` are `_raki_train.Training`'s; `held_out` None holds out no ACS rows below
+    R = `HELD_OUT_FROM_ACCELERATION` and from there `HELD_OUT_RAKI` (RAKI) or
+    `HELD_OUT_RESIDUAL` (residual RAKI) of them; `iterations` None trains
+    `ITERATIONS_WITHOUT_HELD_OUT` steps without held-out rows, `ITERATIONS_WITH_HELD_OUT`
+    with them.
     """
 
-    iterations: int
+    iterations: int | None
     learning_rate: float
     seed: int = 0
     device: str | None = None
@@ -90,7 +108,7 @@ class Options:
     linear_weight: float = 0.0
     linear_regularization: float = 0.1
     schedule: str = "cosine"
-    held_out: float = 0.2
+    held_out: float | None = None
     patience: int | None = 40
     features: int | None = 64
 
@@ -98,6 +116,18 @@ class Options:
         if self.linear_learning_rate is not None:
             return self.linear_learning_rate
         return self.learning_rate * LINEAR_RATE_FACTOR
+
+    def resolved_held_out(self, acceleration: int, *, residual: bool) -> float:
+        if self.held_out is not None:
+            return self.held_out
+        if acceleration < HELD_OUT_FROM_ACCELERATION:
+            return 0.0
+        return HELD_OUT_RESIDUAL if residual else HELD_OUT_RAKI
+
+    def resolved_iterations(self, held_out: float) -> int:
+        if self.iterations is not None:
+            return self.iterations
+        return ITERATIONS_WITH_HELD_OUT if held_out > 0 else ITERATIONS_WITHOUT_HELD_OUT
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -192,10 +222,14 @@ def fill(
             f"RAKI takes k-space shaped (slices, coils, readout, phase-encode), got {data.shape}"
         )
     check_sampling(data.shape, sampling)
-    if options.iterations < 0 or options.learning_rate <= 0:
+    if (options.iterations is not None and options.iterations < 0) or options.learning_rate <= 0:
         raise ReconError(
             f"RAKI needs iterations >= 0 and a positive learning rate, got"
             f" {options.iterations} and {options.learning_rate}"
+        )
+    if options.schedule not in SCHEDULES:
+        raise ReconError(
+            f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}"
         )
     if not np.isfinite(data).all():
         raise ReconError("the k-space contains NaN or infinite values; RAKI cannot train on them")
@@ -242,15 +276,16 @@ def _fill_batch(
         dtype=torch.float32,
         device=device,
     )
+    held_out = options.resolved_held_out(sampling.acceleration, residual=residual)
     training = Training(
-        options.iterations,
+        options.resolved_iterations(held_out),
         options.learning_rate,
         mixed_precision=mixed_precision,
         linear_learning_rate=options.resolved_linear_learning_rate(),
         linear_weight=options.linear_weight,
         regularization=options.linear_regularization,
         schedule=options.schedule,
-        held_out=options.held_out,
+        held_out=held_out,
         patience=options.patience,
         features=options.features,
         seed=options.seed,
@@ -338,12 +373,15 @@ def reconstruct(kspace: KSpace, options: Options, *, method: str) -> Reconstruct
     """
     begin = time.perf_counter()
     device = resolve_device(options.device)
+    held_out = options.resolved_held_out(kspace.sampling.acceleration, residual=method == "rraki")
     used = replace(
         options,
+        iterations=options.resolved_iterations(held_out),
         device=str(device),
         precision=resolve_precision(options.precision, device),
         threads=cpu_threads(options.threads) if device.type == "cpu" else None,
         linear_learning_rate=options.resolved_linear_learning_rate(),
+        held_out=held_out,
     )
     full = fill(kspace.data, kspace.sampling, options=used, residual=method == "rraki")
     images = kspace_to_images(full, kspace.header)

@@ -9,16 +9,18 @@ back and the coils combined by root-sum-of-squares. All networks of a slice (and
 of several slices) train as one batched computation; see `_raki_net`.
 
 Training (`_raki_train`): Adam with the learning rate falling from 1e-2 to 0 along a half
-cosine over at most 200 steps, in bfloat16 products where the hardware has them, on the 128
-readout points of the ACS around its energy peak; the outermost 20 % of the ACS rows are held
-out and each network keeps its weights of least held-out error (the batch stops once the
-summed held-out error has fallen by less than 0.1 % in 40 steps); layer 1 learns on the 64
-leading principal components of the coil patches (`features`; None trains on all 2*Nc*10,
-as the paper). The paper trained ~1000 iterations at 3e-3 on the whole ACS block. On the
-15-coil 640 x 320 phantom (24 ACS lines, SNR 40, one slice per R) this takes 1-7 s per
-slice on 2 CPU cores; without the held-out rows NMSE at R = 5 / 6 rises from 0.024 / 0.025
-to 0.028 / 0.036, while at R = 4 they cost accuracy (0.0148 against 0.0130; 600 steps
-without them 0.0120). Figures: bench/README.md, section recon.py.
+cosine, in bfloat16 products where the hardware has them, on the 128 readout points of the
+ACS around its energy peak; layer 1 learns on the 64 leading principal components of the
+coil patches (`features`; None trains on all 2*Nc*10, as the paper). Below R = 5 every ACS
+row trains the networks for 400 steps; from R = 5 on the outermost 10 % of the rows are held
+out, each network keeps its weights of least held-out error and the batch stops once the
+summed held-out error has fallen by less than 0.1 % in 40 steps (at most 200 steps): there
+the networks fit the noise of the ACS, below it they need its every row
+(`_raki_net.Options`). `FULL_LENGTH` is the paper's training (1000 constant steps at 3e-3,
+every component, no held-out rows), the bar of these defaults. On the 15-coil 640 x 320
+phantom (24 ACS lines, SNR 40, seed 1, one slice per R) the defaults take about 8-25 s of
+one CPU core per slice against 70-90 s for `FULL_LENGTH`, with NMSE at most 2 % above it at
+R = 2-4 and 17-20 % lower at R = 5-6; figures in bench/README.md, recon.py.
 
 Borders: gaps before the first and after the last acquired grid line, and the 3 readout
 points at each edge, are predicted from zero-padded neighbours (the k-space periphery).
@@ -28,21 +30,39 @@ grid lines, and every acquired line is put back as measured.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from voxelhub.recon import _raki_net
 from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 
-DEFAULT_ITERATIONS = 200
+DEFAULT_ITERATIONS: int | None = None  # 400, or 200 with held-out rows (`_raki_net.Options`)
 DEFAULT_LEARNING_RATE = 1e-2
 DEFAULT_TRAINING_READOUT = 128
-DEFAULT_HELD_OUT = 0.2
+DEFAULT_SCHEDULE = "cosine"
+DEFAULT_HELD_OUT: float | None = None  # chosen by the acceleration (`_raki_net.Options`)
 DEFAULT_PATIENCE = 40
 DEFAULT_FEATURES = 64
+
+# The paper's training, the quality bar of the defaults: Adam at a constant 3e-3 for 1000
+# iterations on every patch component, every ACS row trained on, no early stop. Only the
+# readout window stays ours (`training_readout`): the whole ACS block costs 5x as much again.
+FULL_LENGTH: Mapping[str, object] = MappingProxyType(
+    {
+        "iterations": 1000,
+        "learning_rate": 3e-3,
+        "schedule": "constant",
+        "held_out": 0.0,
+        "patience": None,
+        "features": None,
+    }
+)
 
 
 def reconstruct_raki(
     kspace: KSpace,
     *,
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | None = DEFAULT_ITERATIONS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     device: str | None = None,
@@ -50,7 +70,8 @@ def reconstruct_raki(
     training_readout: int | None = DEFAULT_TRAINING_READOUT,
     precision: str | None = None,
     threads: int | None = None,
-    held_out: float = DEFAULT_HELD_OUT,
+    schedule: str = DEFAULT_SCHEDULE,
+    held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
 ) -> Reconstruction:
@@ -60,10 +81,14 @@ def reconstruct_raki(
     (default 8 on a GPU, 1 on the CPU); `training_readout` central readout points of the ACS
     train the networks (None: all of them); `precision` "float32" or "bfloat16" (None: the
     hardware's native one); `threads` CPU threads (None: one per core; 1 is much faster
-    where other processes share the cores); `held_out` the fraction of ACS rows kept for
-    early stopping (0: none), `patience` the steps without 0.1 % improvement before the
-    training stops (None: never early), `features` the principal components layer 1 learns on (None:
-    all). The same seed gives the same images on the same machine.
+    where other processes share the cores); `schedule` the learning rate's course, "cosine"
+    (falling to 0) or "constant"; `held_out` the fraction of ACS rows kept for early
+    stopping (0: none; None: 0.1 from R = 5 on, none below), `iterations` the most
+    training steps (None: 400, or 200 with held-out rows; see `_raki_net.Options`),
+    `patience` the steps without 0.1 % improvement before the training stops (None: never
+    early), `features` the principal components layer 1 learns on (None: all).
+    `**FULL_LENGTH` trains as the paper did. The same seed gives the same images on the
+    same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
@@ -79,6 +104,7 @@ def reconstruct_raki(
         training_readout=training_readout,
         precision=precision,
         threads=threads,
+        schedule=schedule,
         held_out=held_out,
         patience=patience,
         features=features,
@@ -90,14 +116,15 @@ def fill(
     kspace_slice: ComplexArray,
     sampling: Sampling,
     *,
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | None = DEFAULT_ITERATIONS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     device: str | None = None,
     training_readout: int | None = DEFAULT_TRAINING_READOUT,
     precision: str | None = None,
     threads: int | None = None,
-    held_out: float = DEFAULT_HELD_OUT,
+    schedule: str = DEFAULT_SCHEDULE,
+    held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
 ) -> ComplexArray:
@@ -113,6 +140,7 @@ def fill(
         training_readout=training_readout,
         precision=precision,
         threads=threads,
+        schedule=schedule,
         held_out=held_out,
         patience=patience,
         features=features,

@@ -11,10 +11,11 @@ The linear branch is our GRAPPA kernel (`grappa.fit_kernel` on the whole ACS blo
 Tikhonov lambda 0.1 relative to the largest singular value) written as a real map on the
 stacked real/imaginary patches, and stays fixed by default (`linear_learning_rate` 0); the
 CNN's last layer starts at zero, so training starts from the GRAPPA reconstruction and the
-CNN learns only the residual, each network keeping its weights of least error on the held-out
-outer ACS rows. A linear branch refitted in real arithmetic on the ACS (the previous start)
-amplified noise at R >= 5 (NMSE 0.035 against GRAPPA's 0.019 at R = 6). Batching, borders and
-the other defaults are as in `raki`.
+CNN learns only the residual. From R = 5 on the outer fifth of the ACS rows is held out and
+each network keeps its weights of least error there (`_raki_net.Options`). A linear branch
+refitted in real arithmetic on the ACS (the previous start) amplified noise at R >= 5 (NMSE
+0.035 against GRAPPA's 0.019 at R = 6). Batching, borders and the other defaults are as in
+`raki`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from __future__ import annotations
 from voxelhub.recon import _raki_net
 from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 from voxelhub.recon.raki import (
-    DEFAULT_FEATURES,
     DEFAULT_HELD_OUT,
-    DEFAULT_ITERATIONS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_PATIENCE,
+    DEFAULT_SCHEDULE,
     DEFAULT_TRAINING_READOUT,
 )
 
+# The CNN starts at zero on top of GRAPPA: layer 1 trains on every patch component (at R = 4,
+# seed 0: NMSE 0.0111 against 0.0115 on 64) and 200 steps suffice (on 64, 400 gave 0.0116).
+DEFAULT_ITERATIONS = 200
+DEFAULT_FEATURES: int | None = None
 DEFAULT_LINEAR_WEIGHT = 0.0
 DEFAULT_LINEAR_REGULARIZATION = 0.1
 
@@ -48,7 +52,8 @@ def reconstruct_rraki(
     linear_learning_rate: float | None = None,
     linear_weight: float = DEFAULT_LINEAR_WEIGHT,
     linear_regularization: float = DEFAULT_LINEAR_REGULARIZATION,
-    held_out: float = DEFAULT_HELD_OUT,
+    schedule: str = DEFAULT_SCHEDULE,
+    held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
 ) -> Reconstruction:
@@ -57,7 +62,9 @@ def reconstruct_rraki(
     `linear_regularization` is the Tikhonov lambda of the linear branch's GRAPPA fit
     (relative to the largest singular value of the calibration matrix), `linear_learning_rate`
     its learning rate (None: 0, fixed), `linear_weight` the weight of its own error in the
-    loss; the other options are `raki.reconstruct_raki`'s.
+    loss; `held_out` None holds out the outer fifth of the ACS rows from R = 5 on, none
+    below; the other options are `raki.reconstruct_raki`'s (here layer 1 learns on every
+    patch component by default, 200 steps at most).
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
@@ -76,6 +83,7 @@ def reconstruct_rraki(
         linear_learning_rate=linear_learning_rate,
         linear_weight=linear_weight,
         linear_regularization=linear_regularization,
+        schedule=schedule,
         held_out=held_out,
         patience=patience,
         features=features,
@@ -97,7 +105,8 @@ def fill(
     linear_learning_rate: float | None = None,
     linear_weight: float = DEFAULT_LINEAR_WEIGHT,
     linear_regularization: float = DEFAULT_LINEAR_REGULARIZATION,
-    held_out: float = DEFAULT_HELD_OUT,
+    schedule: str = DEFAULT_SCHEDULE,
+    held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
 ) -> ComplexArray:
@@ -113,6 +122,7 @@ def fill(
         linear_learning_rate=linear_learning_rate,
         linear_weight=linear_weight,
         linear_regularization=linear_regularization,
+        schedule=schedule,
         held_out=held_out,
         patience=patience,
         features=features,
