@@ -207,16 +207,20 @@ def start_job(
         priority=body.priority,
         extra=extra,
     )
+    _audit_created(db, principal, slug, job)
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return JobOut.model_validate(job)
+
+
+def _audit_created(db: DbDep, principal: Principal, slug: str, job: Job) -> None:
     audit.record(
         db,
         principal,
         "job.create",
         object_type="job",
         object_id=job.id,
-        detail={"algorithm": slug, "case": str(body.case_id)},
+        detail={"algorithm": slug, "case": str(job.case_id)},
     )
-    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
-    return JobOut.model_validate(job)
 
 
 @router.post("/algorithms/{slug}/jobs/batch", status_code=status.HTTP_202_ACCEPTED)
@@ -227,14 +231,7 @@ def start_jobs(
     algorithm = service.get_algorithm(db, slug)
     jobs = service.start_jobs(db, principal, algorithm, body.jobs, send=sender(runtime))
     for job in jobs:
-        audit.record(
-            db,
-            principal,
-            "job.create",
-            object_type="job",
-            object_id=job.id,
-            detail={"algorithm": slug, "case": str(job.case_id)},
-        )
+        _audit_created(db, principal, slug, job)
     return [JobOut.model_validate(job) for job in jobs]
 
 
