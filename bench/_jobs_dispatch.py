@@ -3,6 +3,11 @@
 Jobs are created through the HTTP API (several keep-alive clients) or in this process with
 `service.start_job`, one transaction each, as the API does; each job gets a case of its own.
 Every figure comes from the jobs' own timestamps in the database (one clock: one machine).
+
+In this process, `inprocess` sends one message per job (`voxelhub.run_job`: the dispatcher's
+groups of one), `inprocess-batch` starts the jobs with `service.start_jobs`, BATCH a
+transaction, whose messages go out in groups (`voxelhub.run_jobs`, `tasks.GROUP_SIZE` jobs
+a message). The API process (`http`, `http-batch`) groups what waits together.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +27,12 @@ from _jobs_stats import Profiler, spread, worker_profile
 from sqlalchemy import func, select
 
 from voxelhub.algorithms import service
-from voxelhub.algorithms.schemas import InputRef
+from voxelhub.algorithms.schemas import InputRef, JobCreate
 from voxelhub.archives.models import Case
 from voxelhub.core.db import session_scope
-from voxelhub.jobs import engine
+from voxelhub.jobs import engine, tasks
 from voxelhub.jobs.models import Job
-from voxelhub.jobs.tasks import sender
+from voxelhub.jobs.tasks import dispatcher_for, sender
 
 POLL_S = 0.25
 SERIAL_POLL_S = 0.02
@@ -106,11 +112,74 @@ def _job_body(platform: Platform, case_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
-def create_inprocess(platform: Platform, cases: list[uuid.UUID], *, threads: int) -> Created:
-    """`service.start_job` per case here, one transaction each, sent after the commit."""
+def create_inprocess_batch(
+    platform: Platform, cases: list[uuid.UUID], *, threads: int, batch: int = BATCH
+) -> Created:
+    """`service.start_jobs` for `batch` cases at a time here, one transaction each; their
+    messages go out in groups after the commit."""
     created = Created()
     url, principal = platform.database_url, platform.principal()
     archive_id = uuid.UUID(platform.archive_id)
+    dispatcher = dispatcher_for(platform.rt)
+    dispatcher.group_size = tasks.GROUP_SIZE
+
+    def timed_send_many(messages: list[tuple[uuid.UUID, str, int]]) -> None:
+        started = time.perf_counter()
+        dispatcher.send_many(messages)
+        created.send_s.append(time.perf_counter() - started)
+
+    def run(chunk: list[uuid.UUID]) -> None:
+        for first in range(0, len(chunk), batch):
+            part = chunk[first : first + batch]
+            started = time.perf_counter()
+            try:
+                with session_scope(url) as db:
+                    requests = [
+                        JobCreate(
+                            archive_id=archive_id,
+                            case_id=case_id,
+                            inputs={"payload": InputRef(value={"case": str(case_id)})},
+                        )
+                        for case_id in part
+                    ]
+                    jobs = service.start_jobs(
+                        db,
+                        principal,
+                        service.get_algorithm(db, "echo"),
+                        requests,
+                        send=_Batched(timed_send_many),
+                    )
+                    job_ids = [job.id for job in jobs]
+            except Exception as err:  # counted and shown; the run goes on
+                created.errors.append(f"{type(err).__name__}: {err}"[:300])
+                continue
+            created.call_s.append(time.perf_counter() - started)
+            created.ids += job_ids
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, _split(cases, threads)))
+    created.seconds = time.perf_counter() - started
+    return created
+
+
+class _Batched:
+    """A sender that hands a batch's messages over together (`engine.create_jobs`), timed."""
+
+    def __init__(self, send_many: Callable[[list[tuple[uuid.UUID, str, int]]], None]) -> None:
+        self.send_many = send_many
+
+    def __call__(self, job_id: uuid.UUID, queue: str, priority: int) -> None:
+        self.send_many([(job_id, queue, priority)])
+
+
+def create_inprocess(platform: Platform, cases: list[uuid.UUID], *, threads: int) -> Created:
+    """`service.start_job` per case here, one transaction each, sent after the commit, one
+    message per job (the dispatcher's groups of one)."""
+    created = Created()
+    url, principal = platform.database_url, platform.principal()
+    archive_id = uuid.UUID(platform.archive_id)
+    dispatcher_for(platform.rt).group_size = 1
     send = sender(platform.rt)
 
     def timed_send(job_id: uuid.UUID, queue: str, priority: int) -> None:
@@ -280,6 +349,8 @@ def run(
                 created = create_http(platform, cases, clients=clients)
             elif how == "http-batch":
                 created = create_http(platform, cases, clients=clients, batch=BATCH)
+            elif how == "inprocess-batch":
+                created = create_inprocess_batch(platform, cases, threads=clients)
             else:
                 created = create_inprocess(platform, cases, threads=clients)
             done = wait_final(platform, created.ids, timeout_s=timeout_s)

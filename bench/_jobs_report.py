@@ -15,7 +15,9 @@ CONFIGS = {
 HOW = {
     "http": "HTTP, {clients} clients",
     "http-batch": "HTTP batches of 100, {clients} clients",
-    "inprocess": "start_job in-process, {clients} threads",
+    "inprocess": "start_job in-process, one message a job, {clients} threads",
+    "inprocess-batch": "start_jobs in-process, 100 a transaction, grouped messages, "
+    "{clients} threads",
 }
 
 
@@ -71,11 +73,16 @@ def dispatch_rows(figures: dict[str, Any], goals: dict[str, float]) -> list[dict
             _row("  dispatch latency p50 (started - created)", where,
                  f["dispatch"]["p50_ms"], "ms"),
             _row("  dispatch latency p95", where, f["dispatch"]["p95_ms"], "ms"),
+            _row("  dispatch latency p99", where, f["dispatch"].get("p99_ms"), "ms"),
             _row("  end-to-end p50 (finished - created)", where,
                  f["end_to_end"]["p50_ms"], "ms"),
             _row("  end-to-end p95", where, f["end_to_end"]["p95_ms"], "ms"),
             _row("  run on worker p50 (finished - started)", where, f["run"]["p50_ms"], "ms"),
             _row("  CPU per job, all processes", where, cpu or None, "ms"),
+            *(
+                _row(f"  CPU per job, {role}", where, ms, "ms")
+                for role, ms in f["cpu_ms_per_job"].items()
+            ),
             _row("  CPU-bound ceiling (cores x 1000 / CPU per job)", where,
                  (os.cpu_count() or 1) * 1000 / cpu if cpu else None, "jobs/s"),
         ]  # fmt: skip

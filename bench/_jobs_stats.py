@@ -78,12 +78,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def spread(values_s: list[float]) -> dict[str, Any]:
-    """p50/p95/max/mean in milliseconds of a list of seconds."""
+    """p50/p95/p99/max/mean in milliseconds of a list of seconds."""
     ms = [v * 1000 for v in values_s]
     return {
         "n": len(ms),
         "p50_ms": percentile(ms, 50),
         "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
         "max_ms": max(ms) if ms else None,
         "mean_ms": sum(ms) / len(ms) if ms else None,
     }

@@ -176,7 +176,7 @@ class Runner:
         self.started = time.monotonic()
         self.budget_s = float(args.budget_s or sizes.budget_s)
         self.rate = ASSUMED_RATE
-        per_transport = 3 + int(sizes.concurrency4) + int(self._may_profile())
+        per_transport = 4 + int(sizes.concurrency4) + int(self._may_profile())
         self.runs_left = len(self.transports) * per_transport if "dispatch" in self.sections else 0
         self.fixed_left_s = sizes.fixed_per_run_s * self.runs_left
         if "trigger" in self.sections and "embedded" in self.transports:
@@ -270,6 +270,7 @@ class Runner:
                     ("http", sizes.http_jobs),
                     ("http-batch", self.jobs),
                     ("inprocess", self.jobs),
+                    ("inprocess-batch", self.jobs),
                 )
                 for how, wanted in runs:
                     self.dispatch(
@@ -283,7 +284,7 @@ class Runner:
                     self.dispatch(
                         f"profile/{transport}/serve-w2",
                         platform,
-                        how="inprocess",
+                        how="http-batch",
                         wanted=max(sizes.profile_jobs, 50),
                         profile_to=self.work / "profiles" / transport,
                     )
@@ -387,7 +388,8 @@ def _headline(key: str, f: dict[str, Any]) -> str:
             f"{f['states']} throughput {f['throughput_per_s'] or 0:.1f}/s (creation "
             f"{f['creation_per_s'] or 0:.1f}/s, execution {f['execution_per_s'] or 0:.1f}/s); "
             f"dispatch p50 {_ms(f['dispatch']['p50_ms'])} ms p95 {_ms(f['dispatch']['p95_ms'])}"
-            f" ms; end-to-end p50 {_ms(f['end_to_end']['p50_ms'])} ms; CPU ms/job "
+            f" ms p99 {_ms(f['dispatch'].get('p99_ms'))} ms; end-to-end p50 "
+            f"{_ms(f['end_to_end']['p50_ms'])} ms; CPU ms/job "
             + ", ".join(f"{k} {v:.1f}" for k, v in f["cpu_ms_per_job"].items())
             + f"; others' CPU {f['others_cpu_seconds']:.1f} s, steal {f['steal_seconds']:.1f} s"
         )

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import psycopg
@@ -35,7 +35,8 @@ LOG_LIMIT = 256 * 1024
 # statement itself where no loaded Job needs synchronising).
 _JOBS = cast(Table, Job.__table__)
 
-# How a message is sent: (job id, queue, priority) -> None. Set per process.
+# How a message is sent: (job id, queue, priority) -> None. Set per process. A sender
+# with a `send_many` method (the worker's dispatcher) is handed a batch's messages together.
 Sender = Callable[[uuid.UUID, str, int], None]
 
 
@@ -56,8 +57,18 @@ def create_jobs(db: Session, jobs: list[Job], send: Sender) -> list[Job]:
     db.add_all(jobs)
     db.flush()
     messages = [(job.id, job.queue, job.priority) for job in jobs]
+    send_many: Callable[[list[tuple[uuid.UUID, str, int]]], None] | None = getattr(
+        send, "send_many", None
+    )
 
     def send_all() -> None:
+        if send_many is not None:
+            try:
+                send_many(messages)
+            except Exception:  # the reconciler sends them later
+                logger.warning("could not send %d jobs now; the reconciler will",
+                               len(messages), exc_info=True)  # fmt: skip
+            return
         for message in messages:
             _send_quietly(send, *message)
 
@@ -162,6 +173,127 @@ def claim(
     return Job(**{key: value for (_, key), value in zip(_COLUMNS, row, strict=True)})
 
 
+# The claim of a group (the jobs of one message): the same guards as `_CLAIM_SQL`, with each
+# job's place among the group's jobs of its user (and of its algorithm) added to the count
+# of running ones, so that claiming several at once never passes a limit either.
+_CLAIM_MANY_SQL = f"""
+WITH wanted AS (
+    SELECT jobs.id, jobs.created_by, jobs.algorithm_id, given.place
+    FROM unnest(%(job_ids)s::uuid[]) WITH ORDINALITY AS given(id, place)
+    JOIN jobs ON jobs.id = given.id
+    WHERE jobs.state IN ('{PENDING}', '{QUEUED}') AND NOT jobs.cancel_requested
+), ranked AS (
+    SELECT wanted.id,
+        row_number() OVER (PARTITION BY wanted.created_by ORDER BY wanted.place)
+        + (SELECT count(*) FROM jobs AS running WHERE running.state = '{RUNNING}'
+           AND running.created_by IS NOT DISTINCT FROM wanted.created_by) AS user_running,
+        row_number() OVER (PARTITION BY wanted.algorithm_id ORDER BY wanted.place)
+        + (SELECT count(*) FROM jobs AS running WHERE running.state = '{RUNNING}'
+           AND running.algorithm_id = wanted.algorithm_id) AS algorithm_running,
+        coalesce((SELECT max_concurrent_jobs FROM algorithms
+                  WHERE algorithms.id = wanted.algorithm_id), {NO_LIMIT}) AS algorithm_limit
+    FROM wanted
+)
+UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1,
+    started_at = %(now)s, worker = %(worker)s
+FROM ranked
+WHERE jobs.id = ranked.id AND jobs.state IN ('{PENDING}', '{QUEUED}')
+    AND NOT jobs.cancel_requested
+    AND ranked.user_running <= %(max_jobs_per_user)s
+    AND ranked.algorithm_running <= ranked.algorithm_limit
+RETURNING {", ".join(f"jobs.{name}" for name, _ in _COLUMNS)}
+"""
+
+
+def _claim_many_on(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    with conn.pipeline():
+        conn.execute(_LOCK_SQL, {"k": _CLAIM_LOCK})
+        cursor = conn.execute(_CLAIM_MANY_SQL, params)
+        conn.commit()
+    return cursor.fetchall()
+
+
+def claim_many(
+    database_url: str,
+    job_ids: list[uuid.UUID],
+    worker: str,
+    *,
+    max_jobs_per_user: int = NO_LIMIT,
+) -> list[Job]:
+    """`claim` for the jobs of one message, in one statement and one round trip.
+
+    Returns the jobs claimed, in the order given. A job is claimed on the same terms as by
+    `claim` (its state, its cancellation, both limits); where a limit leaves room for only
+    some of the group's jobs of one user or algorithm, the first ones are claimed (a job
+    kept out by one limit still takes its place under the other: never more than a limit
+    allows, sometimes fewer). `waiting_for_limits_many` says which of the others still wait.
+    """
+    unique = list(dict.fromkeys(job_ids))
+    if not unique:
+        return []
+    params = {
+        "job_ids": unique,
+        "max_jobs_per_user": max_jobs_per_user,
+        "now": utcnow(),
+        "worker": worker,
+    }
+    rows = kept(database_url, "claims").run(lambda conn: _claim_many_on(conn, params))
+    claimed = {
+        job.id: job
+        for job in (
+            Job(**{key: value for (_, key), value in zip(_COLUMNS, row, strict=True)})
+            for row in rows
+        )
+    }
+    return [claimed[job_id] for job_id in unique if job_id in claimed]
+
+
+def waiting_for_limits_many(
+    db: Session, job_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, int]]:
+    """`waiting_for_limits` for several jobs in one query: (queue, priority) by job id of
+    those that still wait to run."""
+    rows = db.execute(
+        select(Job.id, Job.queue, Job.priority).where(
+            Job.id.in_(job_ids), Job.state.in_((PENDING, QUEUED)), Job.cancel_requested.is_(False)
+        )
+    )
+    return {row.id: (row.queue, row.priority) for row in rows}
+
+
+_RELEASE_SQL = f"""
+UPDATE jobs SET
+    state = CASE WHEN cancel_requested THEN '{CANCELLED}' ELSE '{QUEUED}' END,
+    outcome = CASE WHEN cancel_requested THEN '{CANCELLED}' ELSE outcome END,
+    message = CASE WHEN cancel_requested THEN 'cancelled before it started' ELSE message END,
+    finished_at = CASE WHEN cancel_requested THEN %(now)s ELSE finished_at END,
+    attempts = greatest(attempts - 1, 0), worker = NULL, started_at = NULL, queued_at = %(now)s
+WHERE id = ANY(%(job_ids)s) AND state = '{RUNNING}' AND worker = %(worker)s
+RETURNING id, queue, priority, state
+"""
+
+
+def release(
+    database_url: str, job_ids: list[uuid.UUID], worker: str
+) -> list[tuple[uuid.UUID, str, int]]:
+    """Give back jobs this worker claimed but has not started: queued again, without the
+    attempt their claim counted (cancelled instead where a cancellation was asked for
+    meanwhile). Returns (id, queue, priority) of those queued again: they need a message.
+    Jobs no longer this worker's are left alone."""
+    if not job_ids:
+        return []
+    params = {"job_ids": job_ids, "worker": worker, "now": utcnow()}
+
+    def run(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        with conn.pipeline():
+            cursor = conn.execute(_RELEASE_SQL, params)
+            conn.commit()
+        return cursor.fetchall()
+
+    rows = kept(database_url, "claims").run(run)
+    return [(job_id, queue, priority) for job_id, queue, priority, state in rows if state == QUEUED]
+
+
 def waiting_for_limits(db: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
     """After a failed claim: (queue, priority) when the job still waits to run (a limit was
     reached), None when it is not to be run at all (gone, finished, taken, cancelled)."""
@@ -258,18 +390,22 @@ def _json_or_none(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
+def _finish_params(job_id: uuid.UUID, worker: str, result: Finish, now: datetime) -> dict[str, Any]:
+    return {
+        **_ending(result),
+        "job_id": job_id,
+        "worker": worker,
+        "now": now,
+        "resources": _json_or_none(result.resources),
+        "outputs": _json_or_none(result.outputs),
+    }
+
+
 def finish_now(database_url: str, job_id: uuid.UUID, worker: str, result: Finish) -> bool:
     """`finish` with the result's `writes`, committed, in one round trip on this process's
     kept connection (see `kept`); False, with nothing written, if the job was taken from
     this worker meanwhile (or deleted)."""
-    params = {
-        **_ending(result),
-        "job_id": job_id,
-        "worker": worker,
-        "now": utcnow(),
-        "resources": _json_or_none(result.resources),
-        "outputs": _json_or_none(result.outputs),
-    }
+    params = _finish_params(job_id, worker, result, utcnow())
 
     def run(conn: psycopg.Connection[Any]) -> tuple[bool, Callable[[], None] | None]:
         sent: list[psycopg.Cursor[Any]] = []
@@ -292,6 +428,52 @@ def finish_now(database_url: str, job_id: uuid.UUID, worker: str, result: Finish
             then()
         except Exception:  # the end stands; what is left is an orphan for the sweep
             logger.warning("after recording job %s", job_id, exc_info=True)
+    return done
+
+
+def finish_many_now(
+    database_url: str, worker: str, ends: list[tuple[uuid.UUID, Finish]]
+) -> list[bool]:
+    """`finish_now` for several runs of this worker, in one transaction and one round trip:
+    each run's `writes` and finish UPDATE, as `finish_now` sends them, one run after the
+    other. Says, run by run, whether its end was recorded (False: the job was taken from
+    this worker meanwhile; its writes did nothing either). The caller orders the runs (the
+    writes of each lock its case's row: in one order, two of these never deadlock).
+
+    Any error rolls all of them back: the caller records them one by one then.
+    """
+    now = utcnow()
+
+    def run(conn: psycopg.Connection[Any]) -> list[tuple[list[psycopg.Cursor[Any]], Any]]:
+        sent: list[tuple[list[psycopg.Cursor[Any]], Any]] = []
+        with conn.pipeline():
+            for job_id, result in ends:
+                params = _finish_params(job_id, worker, result, now)
+                cursors: list[psycopg.Cursor[Any]] = []
+
+                def send_finish(
+                    params: dict[str, Any] = params, cursors: list[psycopg.Cursor[Any]] = cursors
+                ) -> None:
+                    cursors.append(conn.execute(_FINISH_SQL, params))
+
+                if result.writes is None:
+                    send_finish()
+                    sent.append((cursors, None))
+                else:
+                    sent.append((cursors, result.writes(conn, params, send_finish)))
+            conn.commit()
+        return sent
+
+    sent = kept(database_url, "finish").run(run)
+    done = []
+    for (job_id, _), (cursors, then) in zip(ends, sent, strict=True):
+        recorded = cursors[0].fetchone() is not None
+        done.append(recorded)
+        if recorded and then is not None:
+            try:
+                then()
+            except Exception:  # the end stands; what is left is an orphan for the sweep
+                logger.warning("after recording job %s", job_id, exc_info=True)
     return done
 
 
