@@ -3,6 +3,7 @@ from __future__ import annotations
 import doctest
 import importlib
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from voxelhub.recon.rraki import reconstruct_rraki
 from voxelhub.recon.zerofilled import zero_filled
 
 # Short trainings on one thread keep the module fast and independent of other processes.
-FAST = {"iterations": 300, "threads": 1}
+FAST: dict[str, Any] = {"iterations": 300, "threads": 1}
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +259,7 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
         "precision": result.settings["precision"], "threads": 1,
         "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
         "schedule": "cosine", "held_out": 0.0, "patience": 40, "features": None,
-        "acceleration": 3, "acs_lines": 11,
+        "irregular_gaps": "grappa", "acceleration": 3, "acs_lines": 11,
     }  # fmt: skip
     assert result.settings["precision"] in {"float32", "bfloat16"}
     assert (
@@ -270,7 +271,7 @@ def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
     options = _raki_net.Options(iterations=None, learning_rate=1e-2)
     rates = (2, 4, 5, 6)
     assert [options.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0.1, 0.1]
-    assert [options.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.2, 0.2]
+    assert [options.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.35, 0.35]
     assert [options.resolved_iterations(held) for held in (0.0, 0.1)] == [400, 200]
     chosen = replace(options, held_out=0.3, iterations=7)
     assert chosen.resolved_held_out(2, residual=False) == 0.3

@@ -108,13 +108,42 @@ def grappa_kspace(
     out = np.array(data, dtype=np.complex64, copy=True)
     out[..., ~sampling.mask] = 0
     groups = gap_groups(sampling.mask, blocks=blocks, acs_lines=sampling.acs_lines)
+    fill_groups(out, sampling, groups, taps=taps, regularization=regularization)
+    return out
+
+
+def fill_groups(
+    kspace: ComplexArray,
+    sampling: Sampling,
+    groups: list[GapGroup],
+    *,
+    taps: int,
+    regularization: float,
+) -> None:
+    """Fill the missing lines of `groups` in k-space (slices x coils x readout x PE) in place,
+    one kernel per slice and group calibrated on that slice's ACS block; the groups' source
+    lines must hold the acquired data."""
     start, stop = sampling.acs
-    for index in range(out.shape[0]):
-        acs = np.ascontiguousarray(out[index, :, :, start:stop])
+    for index in range(kspace.shape[0]):
+        acs = np.ascontiguousarray(kspace[index, :, :, start:stop])
         for group in groups:
             weights = fit_kernel(acs, group, taps=taps, regularization=regularization)
-            apply_kernel(out[index], group, weights=weights, taps=taps)
-    return out
+            apply_kernel(kspace[index], group, weights=weights, taps=taps)
+
+
+def irregular_groups(sampling: Sampling, *, blocks: int = DEFAULT_KERNEL[1]) -> list[GapGroup]:
+    """The gap groups off the regular grid: every missing line whose nearest acquired lines
+    are not R apart (beside an ACS block off the grid, before the first and after the last
+    acquired line).
+
+    >>> mask = np.zeros(16, bool); mask[::4] = True; mask[5:11] = True
+    >>> [(g.sources, g.targets) for g in irregular_groups(Sampling(mask, (5, 11), 4))]
+    [((0, 2), (1,)), ((0,), (1, 2, 3))]
+    """
+    rate = sampling.acceleration
+    regular = ((0, rate), tuple(range(1, rate)))
+    groups = gap_groups(sampling.mask, blocks=blocks, acs_lines=sampling.acs_lines)
+    return [g for g in groups if (g.sources, g.targets) != regular]
 
 
 def grappa(

@@ -11,11 +11,11 @@ The linear branch is our GRAPPA kernel (`grappa.fit_kernel` on the whole ACS blo
 Tikhonov lambda 0.1 relative to the largest singular value) written as a real map on the
 stacked real/imaginary patches, and stays fixed by default (`linear_learning_rate` 0); the
 CNN's last layer starts at zero, so training starts from the GRAPPA reconstruction and the
-CNN learns only the residual. From R = 5 on the outer fifth of the ACS rows is held out and
+CNN learns only the residual. From R = 5 on the outer 35 % of the ACS rows are held out and
 each network keeps its weights of least error there (`_raki_net.Options`). A linear branch
 refitted in real arithmetic on the ACS (the previous start) amplified noise at R >= 5 (NMSE
-0.035 against GRAPPA's 0.019 at R = 6). Batching, borders and the other defaults are as in
-`raki`.
+0.035 against GRAPPA's 0.019 at R = 6). Batching, borders, the GRAPPA kernels for the
+lines off the regular grid (`irregular_gaps`) and the other defaults are as in `raki`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from voxelhub.recon import _raki_net
 from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 from voxelhub.recon.raki import (
     DEFAULT_HELD_OUT,
+    DEFAULT_IRREGULAR_GAPS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_PATIENCE,
     DEFAULT_SCHEDULE,
@@ -56,13 +57,14 @@ def reconstruct_rraki(
     held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
+    irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
 ) -> Reconstruction:
     """Residual-RAKI magnitude images (slices x rows x columns, float32).
 
     `linear_regularization` is the Tikhonov lambda of the linear branch's GRAPPA fit
     (relative to the largest singular value of the calibration matrix), `linear_learning_rate`
     its learning rate (None: 0, fixed), `linear_weight` the weight of its own error in the
-    loss; `held_out` None holds out the outer fifth of the ACS rows from R = 5 on, none
+    loss; `held_out` None holds out the outer 35 % of the ACS rows from R = 5 on, none
     below; the other options are `raki.reconstruct_raki`'s (here layer 1 learns on every
     patch component by default, 200 steps at most).
 
@@ -87,6 +89,7 @@ def reconstruct_rraki(
         held_out=held_out,
         patience=patience,
         features=features,
+        irregular_gaps=irregular_gaps,
     )
     return _raki_net.reconstruct(kspace, options, method="rraki")
 
@@ -109,6 +112,7 @@ def fill(
     held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
+    irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
 ) -> ComplexArray:
     """One slice's k-space (coils, readout, PE) with the missing lines predicted by rRAKI."""
     options = _raki_net.Options(
@@ -126,6 +130,7 @@ def fill(
         held_out=held_out,
         patience=patience,
         features=features,
+        irregular_gaps=irregular_gaps,
     )
     return _raki_net.fill_slice(kspace_slice, sampling, options=options, residual=True)
 
