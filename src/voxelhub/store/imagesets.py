@@ -6,7 +6,7 @@ import gzip
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,7 +64,23 @@ def series_metadata(db: Session, store: ObjectStore, series: Series) -> list[dic
     return loaded
 
 
-def pixel_of(instance: Instance) -> PixelDescription | None:
+class StoredFrames(Protocol):
+    """Where an instance's frames are and how they are encoded: an `Instance` row, or just
+    the columns a frame read needs (`dicomweb.frames.FrameSource`)."""
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def object_key(self) -> str: ...
+    @property
+    def frame_offsets(self) -> list[int]: ...
+    @property
+    def frames_transfer_syntax_uid(self) -> str: ...
+    @property
+    def pixel(self) -> dict[str, Any] | None: ...
+
+
+def pixel_of(instance: StoredFrames) -> PixelDescription | None:
     return PixelDescription(**instance.pixel) if instance.pixel else None
 
 
@@ -73,7 +89,7 @@ def read_header(store: ObjectStore, instance: Instance) -> bytes:
 
 
 def read_frames(
-    store: ObjectStore, instance: Instance, numbers: Sequence[int] | None = None
+    store: ObjectStore, instance: StoredFrames, numbers: Sequence[int] | None = None
 ) -> list[bytes]:
     """Frames as stored (1-based numbers; all frames when `numbers` is None)."""
     offsets = instance.frame_offsets

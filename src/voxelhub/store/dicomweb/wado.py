@@ -13,7 +13,13 @@ from voxelhub.dicom.join import frame_for_transfer_syntax, join_instance
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store.dicomweb.negotiate import ANY_SYNTAX, Wanted, frame_media_type
 from voxelhub.store.errors import InvalidQuery
-from voxelhub.store.imagesets import pixel_of, read_frames, read_header, read_instance
+from voxelhub.store.imagesets import (
+    StoredFrames,
+    pixel_of,
+    read_frames,
+    read_header,
+    read_instance,
+)
 from voxelhub.store.models import Instance
 
 
@@ -42,7 +48,7 @@ def _instance_target(instance: Instance, syntax: str) -> str:
 
 
 def frame_parts(
-    store: ObjectStore, instance: Instance, numbers: Sequence[int] | None, wanted: Wanted
+    store: ObjectStore, instance: StoredFrames, numbers: Sequence[int] | None, wanted: Wanted
 ) -> list[tuple[str, bytes]]:
     """(content type, bytes) of each requested frame."""
     stored_syntax = instance.frames_transfer_syntax_uid
