@@ -237,3 +237,24 @@ def test_the_end_of_a_quick_run_is_recorded_while_a_long_one_after_it_runs(
     # Recorded without waiting for the end of the long run after it.
     assert seen[-1] == engine.SUCCEEDED
     assert [job.state for job in _jobs(url, ids)] == [engine.SUCCEEDED] * 2
+
+
+def test_jobs_of_no_user_count_together_under_the_user_limit(
+    runtime: Runtime, admin: Account
+) -> None:
+    """Jobs with no user (started by the platform) share one user limit, as one user."""
+    url = runtime.database_url
+    ids = _echo_jobs(runtime, admin, 4)
+    nobody, theirs = ids[:3], ids[3]
+    with session_scope(url) as db:
+        db.execute(update(Job).where(Job.id.in_(nobody)).values(created_by=None))
+    claimed = engine.claim_many(url, nobody, WORKER, max_jobs_per_user=2)
+    assert [job.id for job in claimed] == nobody[:2]
+    assert all(job.created_by is None and job.state == "running" for job in claimed)
+    assert engine.claim(url, nobody[2], WORKER, max_jobs_per_user=2) is None
+    # A user's job is not held back by the jobs of no user.
+    mine = engine.claim(url, theirs, WORKER, max_jobs_per_user=2)
+    assert mine is not None and mine.created_by == admin.id
+    assert engine.finish_now(url, nobody[0], WORKER, engine.Finish("succeeded", "succeeded"))
+    again = engine.claim(url, nobody[2], WORKER, max_jobs_per_user=2)
+    assert again is not None and again.attempts == 1 and again.created_by is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -11,10 +12,10 @@ import tempfile
 import threading
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -169,10 +170,30 @@ def memory_scratch() -> str | None:
 def _scratch_for(job: Job) -> str | None:
     """Memory for a built-in whose inputs are all inline (small, and no files to copy)."""
     cached = _versions.get(job.version_id)
-    values = job.inputs.get("values", {}).values()
-    if cached is None or cached[0].kind != "builtin" or any("value" not in v for v in values):
+    if cached is None or cached[0].kind != "builtin" or any("value" not in v for v in _values(job)):
         return None
     return memory_scratch()
+
+
+class _NoSession:
+    """Where a job needs no database: anything asked of it is a mistake, said at once."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"no session here: {name} was asked for a job that needs none")
+
+
+@contextlib.contextmanager
+def _session_if_needed(runtime: Runtime, job: Job) -> Iterator[Session]:
+    if job.version_id in _versions and all("value" in v for v in _values(job)):
+        yield cast(Session, _NoSession())
+        return
+    with session_scope(runtime.database_url) as db:
+        yield db
+
+
+def _values(job: Job) -> Iterable[dict[str, Any]]:
+    values: dict[str, dict[str, Any]] = job.inputs.get("values", {})
+    return values.values()
 
 
 def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) -> engine.Finish:
@@ -186,9 +207,9 @@ def run_algorithm_job(runtime: Runtime, job: Job, cancelled: threading.Event) ->
     keep = False
     try:
         prepare_workdir(workdir)
-        # A session connects on its first query only: a job whose version is cached and
-        # whose inputs are all inline never opens a transaction here.
-        with session_scope(runtime.database_url) as db:
+        # A job whose version is cached and whose inputs are all inline needs no session
+        # (making and closing one costs more than a trivial built-in's run).
+        with _session_if_needed(runtime, job) as db:
             found = _version_of(db, job)
             if found is None:
                 return engine.Finish(engine.FAILED, "error", "the algorithm version was deleted")
