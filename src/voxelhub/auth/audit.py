@@ -11,6 +11,20 @@ from voxelhub.auth.models import AuditEvent
 from voxelhub.auth.service import Principal
 from voxelhub.core.db import utcnow
 
+# The columns `event_values` gives, in the order statements that insert events list them
+# (`detail` last: a statement may compute it).
+EVENT_COLUMNS = (
+    "at",
+    "user_id",
+    "username",
+    "action",
+    "object_type",
+    "object_id",
+    "ip",
+    "user_agent",
+    "detail",
+)
+
 
 def event_values(
     principal: Principal | None,

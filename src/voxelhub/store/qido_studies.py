@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from voxelhub.auth import audit
 from voxelhub.auth.models import AuditEvent
 from voxelhub.store.models import Instance, Series, Study
 from voxelhub.store.qido_document import JSON_STRING, KEYS, RETRIEVE_URL
@@ -163,10 +164,10 @@ def render_audited(
         func.jsonb_build_object(literal_column("'returned'"), answer.c.count)
     )
     table = AuditEvent.__table__
-    values = [literal(event[name], table.c[name].type) for name in _AUDIT_COLUMNS[:-1]]
+    values = [literal(event[name], table.c[name].type) for name in audit.EVENT_COLUMNS[:-1]]
     recorded = (
         insert(AuditEvent)
-        .from_select(list(_AUDIT_COLUMNS), select(*values, detail).where(visible))
+        .from_select(list(audit.EVENT_COLUMNS), select(*values, detail).where(visible))
         .cte("recorded")
     )
     outcome = select(answer.c.count, answer.c.body, visible.label("visible")).add_cte(recorded)
@@ -176,17 +177,3 @@ def render_audited(
     if not row[2]:
         return None
     return Body(str(row[1]).encode(), int(row[0]))
-
-
-# `detail` last: it is the one computed in the statement.
-_AUDIT_COLUMNS = (
-    "at",
-    "user_id",
-    "username",
-    "action",
-    "object_type",
-    "object_id",
-    "ip",
-    "user_agent",
-    "detail",
-)

@@ -54,17 +54,7 @@ _COLUMNS = (
     Instance.frames_transfer_syntax_uid,
     Instance.pixel,
 )
-_AUDITED = (
-    "at",
-    "user_id",
-    "username",
-    "action",
-    "object_type",
-    "object_id",
-    "ip",
-    "user_agent",
-    "detail",
-)
+_AUDITED = audit.EVENT_COLUMNS
 
 
 def _readable_archives() -> Select[Any]:
