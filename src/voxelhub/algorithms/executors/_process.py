@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import IO
 
 from voxelhub.algorithms.contract import ExecutionResult, Limits, Outcome, last_line
@@ -88,10 +89,12 @@ def supervise(
     cancelled: threading.Event | None = None,
     stop: Callable[[subprocess.Popen[bytes]], None] = kill_group,
     memory: MemoryLimit | None = None,
+    cwd: Path | None = None,
 ) -> Finished:
     """Run `argv` to completion, or `stop` it at the deadline or when `cancelled` is set.
 
     With `memory`, it runs through the launcher under that limit, and its peak RSS is measured.
+    `cwd` is where it runs (else the worker's own folder).
     """
     report_r, report_w = os.pipe()
     if memory is not None:
@@ -108,6 +111,7 @@ def supervise(
             env=dict(env),
             start_new_session=True,
             pass_fds=(report_w,) if memory is not None else (),
+            cwd=cwd,
         )
     except OSError:
         os.close(report_r)

@@ -76,6 +76,9 @@ class ContainerExecutor:
                 time_limit_s=request.limits.time_limit_s,
                 cancelled=cancelled,
                 stop=lambda proc: self._kill(name, proc),
+                # In the job's folder: podman's monitor leaves a file named `oom` in its
+                # working folder when the container is killed for memory.
+                cwd=request.workdir,
             )
             oom_killed = self._oom_killed(name)
         finally:
