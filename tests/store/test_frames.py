@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from sqlalchemy import func, select
@@ -64,6 +64,14 @@ def _archive(client: TestClient, owner: Account, name: str = "CT") -> str:
     return archive_id
 
 
+def _stored(client: TestClient, owner: Account, *, slices: int) -> tuple[list[Dataset], str]:
+    """A small CT series stored by `owner` in a new archive, and that archive's id."""
+    series = ct_phantom(slices=slices, size=32)
+    archive_id = _archive(client, owner)
+    stow(client, owner, archive_id, series)
+    return series, archive_id
+
+
 def test_frames_are_the_stored_bytes_or_the_original_pixels(
     client: TestClient, owner: Account, runtime: Runtime, database_url: str
 ) -> None:
@@ -106,9 +114,7 @@ def test_lossless_jpeg_2000_comes_back_as_it_came(client: TestClient, owner: Acc
 def test_every_frame_read_is_audited_and_failed_ones_are_not(
     client: TestClient, owner: Account, database_url: str
 ) -> None:
-    series = ct_phantom(slices=2, size=32)
-    archive_id = _archive(client, owner)
-    stow(client, owner, archive_id, series)
+    series, archive_id = _stored(client, owner, slices=2)
     url = _frames_url(series[0])
     headers = {**owner.headers, "Accept": AS_STORED}
 
@@ -141,9 +147,7 @@ def test_every_frame_read_is_audited_and_failed_ones_are_not(
 def test_a_role_granted_or_revoked_takes_effect_on_the_next_request(
     client: TestClient, owner: Account, make_user, role: str
 ) -> None:  # type: ignore[no-untyped-def]
-    series = ct_phantom(slices=1, size=32)
-    archive_id = _archive(client, owner)
-    stow(client, owner, archive_id, series)
+    series, archive_id = _stored(client, owner, slices=1)
     reader: Account = make_user("reader")
     headers = {**reader.headers, "Accept": AS_STORED}
     unscoped, scoped = _frames_url(series[0]), _frames_url(series[0], archive_id)
@@ -167,9 +171,7 @@ def test_a_role_granted_or_revoked_takes_effect_on_the_next_request(
 def test_admins_read_every_archive_and_anonymous_callers_none(
     client: TestClient, owner: Account, admin: Account
 ) -> None:
-    series = ct_phantom(slices=1, size=32)
-    archive_id = _archive(client, owner)
-    stow(client, owner, archive_id, series)
+    series, archive_id = _stored(client, owner, slices=1)
     url = _frames_url(series[0], archive_id)
     assert client.get(f"{url}/1", headers={**admin.headers, "Accept": AS_STORED}).status_code == 200
     assert client.get(f"{url}/1", headers={"Accept": AS_STORED}).status_code == 401
@@ -178,9 +180,7 @@ def test_admins_read_every_archive_and_anonymous_callers_none(
 
 
 def test_a_deleted_series_is_gone_on_the_next_request(client: TestClient, owner: Account) -> None:
-    series = ct_phantom(slices=2, size=32)
-    archive_id = _archive(client, owner)
-    stow(client, owner, archive_id, series)
+    series, archive_id = _stored(client, owner, slices=2)
     ds = series[0]
     headers = {**owner.headers, "Accept": AS_STORED}
     assert client.get(f"{_frames_url(ds)}/1", headers=headers).status_code == 200

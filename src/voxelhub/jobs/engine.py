@@ -166,6 +166,11 @@ def _claim_on(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[An
     return row
 
 
+def _claim_params(worker: str, max_jobs_per_user: int, **jobs: Any) -> dict[str, Any]:
+    """The parameters of a claim statement: the job(s) named by `jobs`, this worker, now."""
+    return {**jobs, "max_jobs_per_user": max_jobs_per_user, "now": utcnow(), "worker": worker}
+
+
 def claim(
     database_url: str, job_id: uuid.UUID, worker: str, *, max_jobs_per_user: int = NO_LIMIT
 ) -> Job | None:
@@ -177,12 +182,7 @@ def claim(
     when a limit is reached: `waiting_for_limits` tells that case apart. The Job returned
     is not attached to any session (it is read, never changed, by the job's handler).
     """
-    params = {
-        "job_id": job_id,
-        "max_jobs_per_user": max_jobs_per_user,
-        "now": utcnow(),
-        "worker": worker,
-    }
+    params = _claim_params(worker, max_jobs_per_user, job_id=job_id)
     row = kept(database_url, "claims").run(lambda conn: _claim_on(conn, params))
     return None if row is None else _claimed_job(row)
 
@@ -260,12 +260,7 @@ def claim_many(
     unique = list(dict.fromkeys(job_ids))
     if not unique:
         return []
-    params = {
-        "job_ids": unique,
-        "max_jobs_per_user": max_jobs_per_user,
-        "now": utcnow(),
-        "worker": worker,
-    }
+    params = _claim_params(worker, max_jobs_per_user, job_ids=unique)
     rows = kept(database_url, "claims").run(lambda conn: _claim_many_on(conn, params))
     claimed = {job.id: job for job in map(_claimed_job, rows)}
     return [claimed[job_id] for job_id in unique if job_id in claimed]
@@ -446,12 +441,19 @@ def finish_now(database_url: str, job_id: uuid.UUID, worker: str, result: Finish
         return sent[0].fetchone() is not None, then
 
     done, then = kept(database_url, "finish").run(run)
-    if done and then is not None:
-        try:
-            then()
-        except Exception:  # the end stands; what is left is an orphan for the sweep
-            logger.warning("after recording job %s", job_id, exc_info=True)
+    if done:
+        _after_recording(job_id, then)
     return done
+
+
+def _after_recording(job_id: uuid.UUID, then: Callable[[], None] | None) -> None:
+    """What a recorded end's writes do after the commit (delete replaced objects)."""
+    if then is None:
+        return
+    try:
+        then()
+    except Exception:  # the end stands; what is left is an orphan for the sweep
+        logger.warning("after recording job %s", job_id, exc_info=True)
 
 
 def finish_many_now(
@@ -492,11 +494,8 @@ def finish_many_now(
     for (job_id, _), (cursors, then) in zip(ends, sent, strict=True):
         recorded = cursors[0].fetchone() is not None
         done.append(recorded)
-        if recorded and then is not None:
-            try:
-                then()
-            except Exception:  # the end stands; what is left is an orphan for the sweep
-                logger.warning("after recording job %s", job_id, exc_info=True)
+        if recorded:
+            _after_recording(job_id, then)
     return done
 
 
