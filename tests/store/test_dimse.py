@@ -28,7 +28,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import MaximumLengthNotification
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from sqlalchemy import func, select
 
 from tests.conftest import Account
@@ -163,6 +167,8 @@ def test_config_refuses_bad_ports_and_missing_archive() -> None:
         DimseConfig(archive="x", remote_aes={"PACS": ("pacs", 0)})
     with pytest.raises(DimseConfigError, match="archive"):
         DimseConfig(archive=" ")
+    with pytest.raises(DimseConfigError, match="idle timeout"):
+        DimseConfig(archive="x", idle_timeout_s=0)
 
 
 def test_contexts_copied_per_association_equal_the_supported_ones() -> None:
@@ -245,7 +251,8 @@ def test_instances_left_in_the_journal_are_indexed_on_start(
     runtime: Runtime, archive_name: str, series_files: list[Path]
 ) -> None:
     """What a crash left acknowledged but not indexed is stored when the service starts;
-    a withdrawn record and a record cut short (never acknowledged) are not."""
+    a withdrawn record and a record cut short (never acknowledged) are not, and segments
+    prepared but never used are removed."""
     config = DimseConfig(archive=archive_name, ae_title=AE_TITLE, port=0)
     with start_dimse(runtime, config) as server:
         folder = runtime.settings.home / JOURNAL_FOLDER / str(server.archive_id)
@@ -260,8 +267,11 @@ def test_instances_left_in_the_journal_are_indexed_on_start(
     with segment.path.open("ab") as journal:  # the crash came while this one was written
         journal.write(struct.pack("<4sIQI", b"VXJ1", len(origin), len(torn), 0) + origin)
         journal.write(torn[:1000])
+    prepared = Segment.create(folder, zeroed=1 << 20)  # written over zeros
+    prepared.append(origin, series_files[7].read_bytes())
+    Segment.create(folder, zeroed=1 << 20)  # prepared, never used
     expected = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                      for p in [*series_files[:4], series_files[5]])  # fmt: skip
+                      for p in [*series_files[:4], series_files[5], series_files[7]])  # fmt: skip
 
     with start_dimse(runtime, config) as server:
         assert server.flush(timeout=120)
@@ -334,6 +344,64 @@ def test_a_c_store_in_small_fragments_is_stored_too(
     assert dimse.flush(timeout=60)
     uids = [str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in series_files[:3]]
     assert stored_uids(runtime, dimse.archive_id) == sorted(uids)
+
+
+def test_an_association_answers_echo_and_find_between_its_stores(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path]
+) -> None:
+    """While instances come in, the association's own loop rests; a C-ECHO or C-FIND
+    between C-STOREs wakes it, is answered, and the stores after it take the receive
+    path again."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        stored = [assoc.send_c_store(dcmread(path)).Status for path in series_files[:3]]
+        echoed = assoc.send_c_echo().Status
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientID = PATIENT.patient_id
+        query.StudyInstanceUID = ""
+        found = [
+            (answer.Status, identifier.StudyInstanceUID if identifier else None)
+            for answer, identifier in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind
+            )
+        ]
+        stored += [assoc.send_c_store(dcmread(path)).Status for path in series_files[3:5]]
+        echoed_again = assoc.send_c_echo().Status
+    finally:
+        assoc.release()
+    assert assoc.is_released
+    assert stored == [0x0000] * 5
+    assert echoed == echoed_again == 0x0000
+    study = str(dcmread(series_files[0], stop_before_pixels=True).StudyInstanceUID)
+    assert found == [(0xFF00, study), (0x0000, None)]
+    assert dimse.flush(timeout=60)
+    assert len(stored_uids(runtime, dimse.archive_id)) == 5
+
+
+def test_a_peer_silent_after_its_stores_is_aborted_at_the_idle_timeout(
+    runtime: Runtime, archive_name: str, series_files: list[Path]
+) -> None:
+    """A modality that stops talking in the middle of an association does not hold it
+    forever, also while the association's loop rests between instances."""
+    config = DimseConfig(archive=archive_name, ae_title=AE_TITLE, port=0, idle_timeout_s=1.0)
+    with start_dimse(runtime, config) as server:
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        assert assoc.send_c_store(dcmread(series_files[0])).Status == 0x0000
+        deadline = time.monotonic() + 20
+        while not assoc.is_aborted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+        assert server.flush(timeout=60)
+        assert len(stored_uids(runtime, server.archive_id)) == 1
 
 
 def _store_rq_pdus(assoc: Association, ds: Dataset) -> list[bytes]:

@@ -46,7 +46,8 @@ class DimseConfig:
 
     `archive` is the name of the archive C-STORE stores into and C-FIND/C-GET/C-MOVE read
     from. `remote_aes` maps the AE titles that C-MOVE may send to onto (host, port).
-    Port 0 picks a free port (see `DimseServer.port`).
+    Port 0 picks a free port (see `DimseServer.port`). A peer that sends nothing for
+    `idle_timeout_s` is aborted, so a modality that hangs does not hold an association.
     """
 
     archive: str
@@ -54,6 +55,7 @@ class DimseConfig:
     port: int = 11112
     host: str = "127.0.0.1"
     remote_aes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    idle_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title))
@@ -63,6 +65,11 @@ class DimseConfig:
                 "VOXELHUB_DEFAULT_ARCHIVE)"
             )
         _check_port(self.port, "DIMSE listening", lowest=0)
+        if not self.idle_timeout_s > 0:
+            raise DimseConfigError(
+                f"the DIMSE idle timeout must be a positive number of seconds, not "
+                f"{self.idle_timeout_s}"
+            )
         remotes: dict[str, tuple[str, int]] = {}
         for title, (host, port) in self.remote_aes.items():
             checked = check_ae_title(title, what="remote AE title")

@@ -10,7 +10,7 @@ no partly decoded message in pynetdicom); everything else - negotiation, release
 C-ECHO, C-FIND, C-GET, C-MOVE, the answers to our own C-STOREs - goes through pynetdicom
 unchanged. The state machine stays in Sta6 (data transfer) throughout, as P-DATA leaves it.
 Between PDUs the thread waits on the socket instead of sleeping, so it reads as soon as the
-peer sends.
+peer sends, and while instances come in the association's own polling loop is parked.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class StoreDUL(DULServiceProvider):
         super().__init__(assoc)
         self._receiver = receiver
         self._incoming: _Incoming | None = None
+        self._parked = False
 
     # --- reading -------------------------------------------------------------------------
 
@@ -103,6 +104,30 @@ class StoreDUL(DULServiceProvider):
             return
         if not taken:
             self._hand_on(data)
+        elif self._incoming is None:
+            self._park()
+
+    def _park(self) -> None:
+        """Stop the association's loop while instances come in here, if it has nothing
+        left to handle.
+
+        That loop wakes every millisecond to look for decoded messages, release and abort
+        requests and the network timeout: about a millisecond of CPU per received CT slice,
+        taken from this thread and the indexing threads. All of those reach it through
+        events that pass this thread first (`_next_event`), which restarts it. It waits at
+        pynetdicom's own pause point, the reactor checkpoint.
+        """
+        assoc = self.assoc
+        if self._parked or not assoc.dimse.msg_queue.empty() or not self.to_user_queue.empty():
+            return
+        self._parked = True
+        assoc._reactor_checkpoint.clear()
+
+    def _unpark(self) -> None:
+        """Let the association's loop run again (only if this thread stopped it)."""
+        if self._parked:
+            self._parked = False
+            self.assoc._reactor_checkpoint.set()
 
     def _plain_socket(self) -> socket.socket | None:
         wrapper = self.socket
@@ -213,6 +238,12 @@ class StoreDUL(DULServiceProvider):
 
     def run_reactor(self) -> None:
         """pynetdicom's DUL loop, waiting on the socket where it would sleep."""
+        try:
+            self._run_reactor()
+        finally:
+            self._unpark()  # the association's loop ends when it sees this one has
+
+    def _run_reactor(self) -> None:
         self._idle_timer.start()
         pause = False
         while True:
@@ -235,13 +266,24 @@ class StoreDUL(DULServiceProvider):
                              exc_info=True)  # fmt: skip
                 self._abort_now()
                 return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
+            event = self._next_event()
+            if event is None:
                 pause = True
                 continue
             self.state_machine.do_action(event)
             pause = False
+
+    def _next_event(self) -> str | None:
+        """The next event for pynetdicom's state machine, None if there is none; either
+        way the association's loop runs again when it may have something to do."""
+        try:
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            if self._parked and self.idle_timer_expired():
+                self._unpark()  # it applies the network timeout
+            return None
+        self._unpark()
+        return event
 
     def _wait(self, timeout: float) -> None:
         """Until the peer sends something, or `timeout` (local primitives are polled)."""

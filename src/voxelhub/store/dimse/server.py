@@ -124,6 +124,7 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     ae = AE(ae_title=config.ae_title)
     ae.maximum_pdu_size = UNLIMITED_PDU
     ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.network_timeout = config.idle_timeout_s
     add_supported_contexts(ae)
     store = StoreService(runtime, archive_id)
     find = FindService(runtime, archive_id, ae_title=config.ae_title)

@@ -20,7 +20,6 @@ import json
 import logging
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -51,7 +50,7 @@ from voxelhub.store.dimse.common import (
     Peer,
     status,
 )
-from voxelhub.store.dimse.journal import Segment, leftovers, pending_records
+from voxelhub.store.dimse.journal import Segment, Spares, leftovers, pending_records
 from voxelhub.store.errors import UidConflict
 from voxelhub.store.models import Instance, Series
 
@@ -61,10 +60,6 @@ JOURNAL_FOLDER = "dimse-journal"
 # How long a closing association waits for its instances to be indexed before it stops
 # marking the archive in flight.
 GUARD_FLUSH_S = 120.0
-
-
-# Journal writes overlap reading and checking the instance (fdatasync releases the GIL).
-_journal_writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dimse-journal")
 
 
 @dataclass
@@ -113,6 +108,8 @@ class StoreService:
         self._associations: dict[Association, _Association] = {}
         self._lock = threading.Lock()
         self._replay()
+        # After the replay, which removes the segments it finds without records.
+        self._spares = Spares(self._folder)
 
     def _replay(self) -> None:
         """Index again what a previous run acknowledged and may not have committed."""
@@ -134,6 +131,7 @@ class StoreService:
     def close(self) -> None:
         """Index the instances still queued and release the database connections."""
         self._committer.close()
+        self._spares.close()
         with self._lock:
             states, self._associations = list(self._associations.values()), {}
         for state in states:
@@ -201,23 +199,22 @@ class StoreService:
     ) -> int | Dataset:
         prepare = self._prepare.get()
         # Without de-identification the bytes received are the bytes stored: they go to
-        # the journal while they are read and checked.
-        journaled = None if prepare is not None else self._journal(state, data)
+        # the journal first, and the disk writes them while they are read and checked.
+        written = self._write(state, data) if prepare is None else None
         received = self._receive(data, requested_uid=requested_uid, prepare=prepare)
         if isinstance(received, Dataset) or self._met_before(state, received):
-            if journaled is not None and self._journaled(journaled) is not None:
-                journaled.result().cancel_last()
+            if written is not None:
+                written.cancel_last()
             if isinstance(received, Dataset):
                 return received
             return self._store_now(received, state.peer)
-        if journaled is None:
-            journaled = self._journal(state, received.data)
-        segment = self._journaled(journaled)
-        if segment is None:
+        if prepare is not None:
+            written = self._write(state, received.data)
+        if written is None or not self._synced(written):
             return status(OUT_OF_RESOURCES, "storage failed: the journal cannot be written")
         self._committer.enqueue(
             received.data, state.peer, sop_instance_uid=received.sop_instance_uid,
-            segment=segment,
+            segment=written,
         )  # fmt: skip
         return SUCCESS
 
@@ -233,25 +230,35 @@ class StoreService:
             state.guard = self._hold_guard()
         return state
 
-    def _journal(self, state: _Association, data: bytes) -> Future[Segment]:
-        # One C-STORE at a time per association: its segment is not shared.
-        def append() -> Segment:
-            if state.segment is None or state.segment.full:
-                if state.segment is not None:
-                    state.segment.seal()
-                state.segment = Segment.create(self._folder)
-            state.segment.append(state.origin, data)
-            return state.segment
-
-        return _journal_writers.submit(append)
-
-    @staticmethod
-    def _journaled(journaled: Future[Segment]) -> Segment | None:
+    def _write(self, state: _Association, data: bytes) -> Segment | None:
+        """Write `data` to the association's journal segment (not yet durable: see
+        `_synced`); None if it cannot be written."""
         try:
-            return journaled.result()
+            segment = state.segment
+            if segment is None or segment.full:
+                state.segment = None
+                if segment is not None:
+                    segment.seal()
+                segment = state.segment = self._spares.take()
+            segment.write(state.origin, data)
         except OSError:
             logger.error("a C-STORE instance could not be journaled", exc_info=True)
             return None
+        return segment
+
+    @staticmethod
+    def _synced(segment: Segment) -> bool:
+        """Whether the record just written is durable; if not, it is withdrawn."""
+        try:
+            segment.sync()
+        except OSError:
+            logger.error("a C-STORE instance could not be journaled", exc_info=True)
+            try:
+                segment.cancel_last()
+            except OSError:
+                logger.warning("cannot withdraw the record from %s", segment.path)
+            return False
+        return True
 
     def _receive(
         self, data: bytes, *, requested_uid: str, prepare: Prepare | None
