@@ -144,10 +144,10 @@ class Segment:
 
     def sync(self) -> None:
         """Make what was written durable."""
-        fd = self._fd
-        if fd is None:
-            raise RuntimeError(f"journal segment {self.path.name} is sealed")
-        os.fdatasync(fd)
+        with self._lock:  # so that a seal cannot close the file meanwhile
+            if self._fd is None:
+                raise OSError(f"journal segment {self.path.name} was sealed before its sync")
+            os.fdatasync(self._fd)
 
     def cancel_last(self) -> None:
         """The record just appended is not to be indexed (it was refused after all).
