@@ -182,6 +182,7 @@ def start_dicom_service(runtime: Runtime, options: ServeOptions) -> DimseServer 
         port=options.dimse_port,
         host=options.host,
         remote_aes=_remote_aes(runtime.settings),
+        idle_timeout_s=runtime.settings.dicom_idle_timeout_s,
     )
     return start_dimse(runtime, config)
 

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='C-MOVE destinations: AE title → "host:port"',
     )
+    dicom_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A DIMSE peer that sends nothing for this long is aborted",
+    )
     cors_origins: list[str] = Field(
         default_factory=lambda: ["*"], description="Origins allowed to call the APIs from a browser"
     )
