@@ -15,6 +15,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -382,6 +383,49 @@ def test_an_association_answers_echo_and_find_between_its_stores(
     assert found == [(0xFF00, study), (0x0000, None)]
     assert dimse.flush(timeout=60)
     assert len(stored_uids(runtime, dimse.archive_id)) == 5
+
+
+def _indexers() -> list[psutil.Process]:
+    """The C-STORE indexer processes started by this test process."""
+    return [
+        child for child in psutil.Process().children()
+        if "voxelhub.store.dimse.indexer" in " ".join(child.cmdline())
+    ]  # fmt: skip
+
+
+def test_instances_acknowledged_before_the_indexer_is_killed_are_indexed(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path]
+) -> None:
+    """The process that indexes acknowledged instances may die (a codec crash, the OOM
+    killer): another takes its place and indexes what the first had not, each once, and
+    the association goes on."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        stored = [assoc.send_c_store(dcmread(path)).Status for path in series_files[:4]]
+        (first,) = _indexers()
+        first.kill()
+        first.wait(10)
+        stored += [assoc.send_c_store(dcmread(path)).Status for path in series_files[4:]]
+    finally:
+        assoc.release()
+    assert stored == [0x0000] * len(series_files)
+    assert dimse.flush(timeout=120)
+    (second,) = _indexers()
+    assert second.pid != first.pid
+    expected = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in series_files)
+    assert stored_uids(runtime, dimse.archive_id) == expected
+    with session_scope(runtime.database_url) as db:
+        first_stores = db.scalars(
+            select(AuditEvent.detail["sop_instance_uid"].astext).where(
+                AuditEvent.action == "dimse.store",
+                AuditEvent.object_id == str(dimse.archive_id),
+                AuditEvent.detail["already_stored"].astext == "false",
+            )
+        ).all()
+    assert sorted(first_stores) == expected  # each stored once, whichever process did it
 
 
 def test_a_peer_silent_after_its_stores_is_aborted_at_the_idle_timeout(

@@ -1,8 +1,8 @@
 """Indexing C-STORE instances in the background, many per transaction.
 
 Two kinds of instance arrive here. Journaled ones were made durable in the journal and
-already acknowledged: they are split (HTJ2K encoding) in a thread pool while the next
-instance is received, and indexed in batches. Waited-for ones (a UID already stored or on
+already acknowledged (in the indexer process, see `indexer`): they are split (HTJ2K
+encoding) in a thread pool while the next ones arrive, and indexed in batches. Waited-for ones (a UID already stored or on
 its way, whose answer depends on the index) were split by the handler, which waits for
 the commit to answer. One thread indexes whatever has arrived with `Ingest.add_many` (one
 multi-row INSERT, objects written in parallel and fsynced in one pass), commits, and then
@@ -26,6 +26,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -36,7 +37,6 @@ from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.model import SplitInstance
 from voxelhub.store.dicomweb.stow import split_part
 from voxelhub.store.dimse.common import Peer, record
-from voxelhub.store.dimse.journal import Segment
 from voxelhub.store.ingest import Ingest, Stored
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,14 @@ MAX_OUTSTANDING = 256
 
 Outcome = Stored | VoxelhubError
 
+
+class Journaled(Protocol):
+    """Where an acknowledged instance is kept until it is indexed (a journal segment)."""
+
+    def done(self) -> None:
+        """The instance is indexed (or will never be): the journal may drop it."""
+
+
 _splitters = ThreadPoolExecutor(
     max_workers=max(os.cpu_count() or 1, 1), thread_name_prefix="dimse-split"
 )
@@ -63,7 +71,7 @@ class _Pending:
     peer: Peer
     sop_instance_uid: str
     split: Future[SplitInstance]
-    segment: Segment | None = None  # journaled: acknowledged already
+    segment: Journaled | None = None  # journaled: acknowledged already
     payload: bytes = b""
     done: Future[Outcome] = field(default_factory=Future)
     finished: bool = False
@@ -113,7 +121,7 @@ class Committer:
         return pending.done.result()
 
     def enqueue(
-        self, payload: bytes, peer: Peer, *, sop_instance_uid: str, segment: Segment
+        self, payload: bytes, peer: Peer, *, sop_instance_uid: str, segment: Journaled
     ) -> None:
         """Index a journaled (durable, acknowledged) instance; `segment` hears when it is."""
         with self._progress:

@@ -121,13 +121,16 @@ class Segment:
     def full(self) -> bool:
         return self._size >= max(SEGMENT_BYTES, self._zeroed)
 
-    def append(self, origin: bytes, payload: bytes) -> None:
-        """Write one record and make it durable; then it may be acknowledged."""
-        self.write(origin, payload)
+    def append(self, origin: bytes, payload: bytes) -> int:
+        """Write one record and make it durable; then it may be acknowledged. Returns where
+        its payload starts in the file."""
+        offset = self.write(origin, payload)
         self.sync()
+        return offset
 
-    def write(self, origin: bytes, payload: bytes) -> None:
+    def write(self, origin: bytes, payload: bytes) -> int:
         """Write one record and start its write-out to the disk; `sync()` waits for it.
+        Returns where its payload starts in the file.
 
         Started early, the disk write overlaps the checks of the instance, and the sync
         that must precede the acknowledgement has less left to wait for.
@@ -137,10 +140,12 @@ class Segment:
                 raise RuntimeError(f"journal segment {self.path.name} is sealed")
             crc = zlib.crc32(payload, zlib.crc32(origin))
             header = _HEADER.pack(_MAGIC, len(origin), len(payload), crc)
-            written = os.pwritev(self._fd, [header, origin, payload], self._size)
-            _start_write_out(self._fd, self._size, written)
+            start = self._size
+            written = os.pwritev(self._fd, [header, origin, payload], start)
+            _start_write_out(self._fd, start, written)
             self._size += written
             self._outstanding += 1
+        return start + _HEADER.size + len(origin)
 
     def sync(self) -> None:
         """Make what was written durable."""
@@ -194,6 +199,12 @@ def read_segment(path: Path) -> Iterator[tuple[bytes, bytes]]:
     """The complete (origin, payload) records of a segment, in order, up to the first torn
     or damaged one."""
     data = path.read_bytes()
+    for origin, start, length in _records(path, data):
+        yield origin, data[start : start + length]
+
+
+def _records(path: Path, data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(origin, payload offset, payload length) of each intact record of `data`."""
     position = 0
     while position + _HEADER.size <= len(data):
         if data[position : position + _HEADER.size] == _UNWRITTEN:
@@ -201,25 +212,26 @@ def read_segment(path: Path) -> Iterator[tuple[bytes, bytes]]:
         magic, origin_length, length, crc = _HEADER.unpack_from(data, position)
         start = position + _HEADER.size
         origin = data[start : start + origin_length]
-        payload = data[start + origin_length : start + origin_length + length]
+        payload = memoryview(data)[start + origin_length : start + origin_length + length]
         intact = len(origin) == origin_length and len(payload) == length
         if magic != _MAGIC or not intact or zlib.crc32(payload, zlib.crc32(origin)) != crc:
             logger.warning("journal segment %s ends in a damaged record at byte %d; the rest "
                            "was never acknowledged", path, position)  # fmt: skip
             return
-        yield origin, payload
+        yield origin, start + origin_length, length
         position = start + origin_length + length
 
 
-def pending_records(path: Path) -> list[tuple[bytes, bytes]]:
-    """The records of a segment still to index: each but those cancelled after it."""
-    records: list[tuple[bytes, bytes]] = []
-    for origin, payload in read_segment(path):
-        if origin == CANCEL and not payload:
+def pending_records(path: Path) -> list[tuple[bytes, int, int]]:
+    """The records of a segment still to index, as (origin, payload offset, payload
+    length): each but those cancelled after it."""
+    records: list[tuple[bytes, int, int]] = []
+    for origin, start, length in _records(path, path.read_bytes()):
+        if origin == CANCEL and not length:
             if records:
                 records.pop()
             continue
-        records.append((origin, payload))
+        records.append((origin, start, length))
     return records
 
 

@@ -3,9 +3,10 @@
 The dataset is taken as the peer encoded it (no decode and re-encode), prefixed with the
 file meta, de-identified when the archive asks for it, read and validated. A new instance
 is then appended to the association's journal segment (fdatasync) and acknowledged; the
-`Committer` splits and indexes it in the background, many per transaction, while the peer
-sends the next one. An instance whose UID is already stored or on its way is split here
-and answered only once the index has judged it (stored before, or a UID conflict).
+indexer process (`indexer`) reads it back from the segment, splits and indexes it, many per
+transaction, while the peer sends the next one. An instance whose UID is already stored or
+on its way is split here and answered only once this process's `Committer` has judged it
+(stored before, or a UID conflict).
 
 Either way a success status names an instance that a crash cannot lose: the journal is
 read back on start (see `journal`). Requests reach `StoreService.receive` from the thread
@@ -50,6 +51,7 @@ from voxelhub.store.dimse.common import (
     Peer,
     status,
 )
+from voxelhub.store.dimse.indexer import Indexer
 from voxelhub.store.dimse.journal import Segment, Spares, leftovers, pending_records
 from voxelhub.store.errors import UidConflict
 from voxelhub.store.models import Instance, Series
@@ -95,7 +97,10 @@ class StoreService:
         self._archive_id = archive_id
         self._prepare = CachedPreparer(self._lookup_preparer)
         self._folder = runtime.settings.home / JOURNAL_FOLDER / str(archive_id)
+        # Instances whose answer waits for the index are indexed here; acknowledged ones by
+        # the indexer process, away from this process's GIL (see `indexer`).
         self._committer = Committer(runtime, archive_id, refused=self._folder / "refused")
+        self._indexer = Indexer(runtime, archive_id, refused=self._folder / "refused")
         # Existence checks only (one statement each, no transaction); a failed lookup
         # sends the instance the slow way.
         self._lookups = create_engine(
@@ -117,19 +122,19 @@ class StoreService:
             records = pending_records(path)
             segment = Segment.leftover(path, len(records))
             logger.info("indexing %d C-STORE instance(s) left in %s", len(records), path)
-            for origin, payload in records:
+            for origin, offset, length in records:
                 # The UID is learnt when the instance is split; no peer waits on it.
-                self._committer.enqueue(payload, Peer(**json.loads(origin)),
-                                        sop_instance_uid="", segment=segment)  # fmt: skip
+                self._indexer.enqueue(segment, offset, length, origin=origin, uid="")
             if not records:
                 segment.seal()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every acknowledged instance is indexed; False on timeout."""
-        return self._committer.flush(timeout)
+        return self._indexer.flush(timeout) and self._committer.flush(timeout)
 
     def close(self) -> None:
         """Index the instances still queued and release the database connections."""
+        self._indexer.close()
         self._committer.close()
         self._spares.close()
         with self._lock:
@@ -152,7 +157,7 @@ class StoreService:
         if state.segment is not None:
             state.segment.seal()
         if state.guard is not None:
-            if not self._committer.flush(GUARD_FLUSH_S):
+            if not self.flush(GUARD_FLUSH_S):
                 logger.warning("C-STORE instances of %s still being indexed", state.peer)
             self._release_guard(state.guard)
 
@@ -204,18 +209,17 @@ class StoreService:
         received = self._receive(data, requested_uid=requested_uid, prepare=prepare)
         if isinstance(received, Dataset) or self._met_before(state, received):
             if written is not None:
-                written.cancel_last()
+                written[0].cancel_last()
             if isinstance(received, Dataset):
                 return received
             return self._store_now(received, state.peer)
         if prepare is not None:
             written = self._write(state, received.data)
-        if written is None or not self._synced(written):
+        if written is None or not self._synced(written[0]):
             return status(OUT_OF_RESOURCES, "storage failed: the journal cannot be written")
-        self._committer.enqueue(
-            received.data, state.peer, sop_instance_uid=received.sop_instance_uid,
-            segment=written,
-        )  # fmt: skip
+        segment, offset = written
+        self._indexer.enqueue(segment, offset, len(received.data), origin=state.origin,
+                              uid=received.sop_instance_uid)  # fmt: skip
         return SUCCESS
 
     def _association(self, assoc: Association) -> _Association:
@@ -230,9 +234,10 @@ class StoreService:
             state.guard = self._hold_guard()
         return state
 
-    def _write(self, state: _Association, data: bytes) -> Segment | None:
+    def _write(self, state: _Association, data: bytes) -> tuple[Segment, int] | None:
         """Write `data` to the association's journal segment (not yet durable: see
-        `_synced`); None if it cannot be written."""
+        `_synced`): the segment and where the data starts in it; None if it cannot be
+        written."""
         try:
             segment = state.segment
             if segment is None or segment.full:
@@ -240,11 +245,10 @@ class StoreService:
                 if segment is not None:
                     segment.seal()
                 segment = state.segment = self._spares.take()
-            segment.write(state.origin, data)
+            return segment, segment.write(state.origin, data)
         except OSError:
             logger.error("a C-STORE instance could not be journaled", exc_info=True)
             return None
-        return segment
 
     @staticmethod
     def _synced(segment: Segment) -> bool:
@@ -291,7 +295,7 @@ class StoreService:
         fails counts as met before, which is the safe way.
         """
         uid = received.sop_instance_uid
-        if self._committer.is_pending(uid):
+        if self._indexer.is_pending(uid):
             return True
         known = state.known.get(received.series_instance_uid)
         if known is None:
