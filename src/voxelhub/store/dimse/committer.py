@@ -2,11 +2,11 @@
 
 Two kinds of instance arrive here. Journaled ones were made durable in the journal and
 already acknowledged (in the indexer process, see `indexer`): they are split (HTJ2K
-encoding) in a thread pool while the next ones arrive, and indexed in batches. Waited-for ones (a UID already stored or on
-its way, whose answer depends on the index) were split by the handler, which waits for
-the commit to answer. One thread indexes whatever has arrived with `Ingest.add_many` (one
-multi-row INSERT, objects written in parallel and fsynced in one pass), commits, and then
-lets the journal drop what is indexed.
+encoding) in a thread pool while the next ones arrive, and indexed in batches. Waited-for
+ones (a UID already stored or on its way, whose answer depends on the index) were split by
+the handler, which waits for the commit to answer. One thread indexes whatever has
+arrived with `Ingest.add_many` (one multi-row INSERT, objects written in parallel and
+fsynced in one pass), commits, and then lets the journal drop what is indexed.
 
 A journaled instance whose indexing fails on the database is tried again until it is
 stored (or, when the service stops, left in the journal for the next start); one that can
