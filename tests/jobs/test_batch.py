@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -93,3 +95,38 @@ def test_one_refused_job_refuses_the_whole_batch(
     )
     assert empty.status_code == 422
     assert _counts(database_url) == (0, 0)
+
+
+def test_a_batch_stores_each_job_as_answered_with_one_audit_event_each(
+    client: TestClient, make_user, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    user: Account = make_user("rad")
+    archive_id, cases = _cases(client, user, 2)
+    answer = client.post(
+        "/api/v1/algorithms/echo/jobs/batch",
+        json={"jobs": [{**_job(archive_id, case_id, [i]), "priority": 7 + i}
+                       for i, case_id in enumerate(cases)]},
+        headers=user.headers,
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    answered = {job["id"]: job for job in answer.json()}
+    with session_scope(database_url) as db:
+        rows = list(db.scalars(select(Job).where(Job.created_by == user.id)))
+        events = list(db.scalars(select(AuditEvent).where(AuditEvent.action == "job.create")))
+    assert {str(row.id) for row in rows} == set(answered)
+    for row in rows:
+        job = answered[str(row.id)]
+        assert (row.case_id, row.priority, row.attempts, row.max_attempts) == (
+            uuid.UUID(job["case_id"]),
+            job["priority"],
+            0,
+            3,
+        )
+        assert row.inputs == job["inputs"] and row.outputs == {} and row.log == ""
+        assert row.created_at == datetime.fromisoformat(job["created_at"])
+        assert not row.cancel_requested and row.worker is None
+    assert sorted((e.object_type, e.object_id, e.user_id, e.username) for e in events) == sorted(
+        ("job", job_id, user.id, "rad") for job_id in answered
+    )
+    assert sorted(e.detail["case"] for e in events) == sorted(cases)
+    assert {e.detail["algorithm"] for e in events} == {"echo"}

@@ -116,3 +116,36 @@ def test_nothing_is_written_for_a_job_taken_from_its_worker(
     assert job is not None and (job.state, job.worker) == (engine.RUNNING, "another-host:2")
     assert [(v.interface, v.kind) for v in values] == [(OUTPUT, "file")]
     assert runtime.store.exists(made.old_key)
+
+
+def test_the_ends_of_a_group_replace_each_case_value_only_where_still_the_workers(
+    runtime: Runtime, admin: Account
+) -> None:
+    kept, taken = (_job_on_a_case_with_a_file_output(runtime, admin, {"n": n}) for n in (1, 2))
+    claimed = engine.claim_many(runtime.database_url, [kept.job_id, taken.job_id], WORKER)
+    assert [job.id for job in claimed] == [kept.job_id, taken.job_id]
+    results = [runner.run_algorithm_job(runtime, job, threading.Event()) for job in claimed]
+    assert all(result.writes is not None for result in results)
+    with session_scope(runtime.database_url) as db:
+        job = db.get(Job, taken.job_id)
+        assert job is not None
+        job.worker = "another-host:2"  # re-queued meanwhile, and claimed by another worker
+    tasks.record_ends(_context(runtime), list(zip(claimed, results, strict=True)))
+    with session_scope(runtime.database_url) as db:
+        jobs = {job_id: db.get(Job, job_id) for job_id in (kept.job_id, taken.job_id)}
+        values = {
+            made.case_id: list(
+                db.scalars(select(CaseValue).where(CaseValue.case_id == made.case_id))
+            )
+            for made in (kept, taken)
+        }
+    done, other = jobs[kept.job_id], jobs[taken.job_id]
+    assert done is not None and done.state == engine.SUCCEEDED
+    assert other is not None and (other.state, other.worker) == (engine.RUNNING, "another-host:2")
+    assert [(v.interface, v.kind, v.value) for v in values[kept.case_id]] == [
+        (OUTPUT, "json", {"kind": "json", "value": {"n": 1}})
+    ]
+    assert done.outputs["payload"]["case_value"] == str(values[kept.case_id][0].id)
+    assert [(v.interface, v.kind) for v in values[taken.case_id]] == [(OUTPUT, "file")]
+    assert not runtime.store.exists(kept.old_key)
+    assert runtime.store.exists(taken.old_key)

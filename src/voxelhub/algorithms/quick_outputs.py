@@ -17,26 +17,42 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from voxelhub.algorithms.io import read_scalar
 from voxelhub.archives.values import FILE_KINDS, ValueKind
 from voxelhub.archives.values_service import check_interface
+from voxelhub.core.db import json_param
 from voxelhub.core.objects import ObjectStore
 from voxelhub.jobs.engine import FINISHED_HERE, Writes
 
 _LOCK_CASE_SQL = "SELECT 1 FROM cases WHERE id = %(case_id)s FOR UPDATE"
-_DROP_SQL = (
-    "DELETE FROM case_values WHERE case_id = %(case_id)s AND interface = ANY(%(targets)s) "
-    f"AND {FINISHED_HERE} RETURNING object_keys"
+# After the case's lock (a statement of its own: this one's snapshot is taken once that is
+# held, so it sees every value that the case's last writer committed): the replaced values'
+# rows go, the new ones come, the case counts as updated, all only where the end was
+# recorded. The INSERT waits for the DELETE (it counts its rows first): a replaced value's
+# row holds the same case and interface, which are unique.
+_REPLACE_SQL = f"""
+WITH here AS (SELECT {FINISHED_HERE} AS recorded),
+given AS (
+    SELECT * FROM jsonb_to_recordset(%(values)s::jsonb)
+        AS v(id uuid, interface varchar(100), kind varchar(30), value jsonb)
+), dropped AS (
+    DELETE FROM case_values
+    WHERE case_id = %(case_id)s AND interface IN (SELECT interface FROM given)
+        AND (SELECT recorded FROM here)
+    RETURNING object_keys
+), added AS (
+    INSERT INTO case_values
+        (id, case_id, interface, kind, value, object_keys, size_bytes, created_at)
+    SELECT given.id, %(case_id)s, given.interface, given.kind, given.value, '[]', 0, %(now)s
+    FROM given
+    WHERE (SELECT count(*) FROM dropped) >= 0 AND (SELECT recorded FROM here)
+), touched AS (
+    UPDATE cases SET updated_at = %(now)s
+    WHERE id = %(case_id)s AND (SELECT recorded FROM here)
 )
-_ADD_SQL = (
-    "INSERT INTO case_values "
-    "(id, case_id, interface, kind, value, object_keys, size_bytes, created_at) "
-    "SELECT %(value_id)s, %(case_id)s, %(target)s, %(kind)s, %(value)s, '[]', 0, %(now)s "
-    f"WHERE {FINISHED_HERE}"
-)
-_TOUCH_SQL = f"UPDATE cases SET updated_at = %(now)s WHERE id = %(case_id)s AND {FINISHED_HERE}"
+SELECT object_keys FROM dropped
+"""
 
 
 def all_scalar(outputs: list[dict[str, Any]]) -> bool:
@@ -79,26 +95,46 @@ def collected(read: list[ScalarOutput]) -> dict[str, Any]:
     }
 
 
-def writes(store: ObjectStore, case_id: uuid.UUID, read: list[ScalarOutput]) -> Writes:
-    """The statements that store `read` as values of the case with the job's end."""
+@dataclass(frozen=True)
+class _ScalarWrites:
+    """`engine.Writes` of scalar outputs: the case's lock, then one statement that replaces
+    its values (`_REPLACE_SQL`)."""
 
-    def send(
-        conn: psycopg.Connection[Any], params: dict[str, Any], send_finish: Callable[[], None]
-    ) -> Callable[[], None]:
-        ours = {**params, "case_id": case_id}
-        conn.execute(_LOCK_CASE_SQL, ours)
-        send_finish()
-        dropped = conn.execute(_DROP_SQL, {**ours, "targets": [out.target for out in read]})
-        for out in read:
-            value = {"value_id": out.value_id, "target": out.target, "kind": str(out.body["kind"])}
-            conn.execute(_ADD_SQL, {**ours, **value, "value": Jsonb(out.body)})
-        conn.execute(_TOUCH_SQL, ours)
+    store: ObjectStore
+    case_id: uuid.UUID
+    read: list[ScalarOutput]
+
+    def lock(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+        conn.execute(_LOCK_CASE_SQL, {"case_id": self.case_id})
+
+    def write(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> Callable[[], None]:
+        replaced = conn.execute(
+            _REPLACE_SQL,
+            {
+                **params,
+                "case_id": self.case_id,
+                "values": json_param(
+                    [
+                        {
+                            "id": out.value_id,
+                            "interface": out.target,
+                            "kind": str(out.body["kind"]),
+                            "value": out.body,
+                        }
+                        for out in self.read
+                    ]
+                ),
+            },
+        )
 
         def remove_replaced() -> None:
-            for (keys,) in dropped.fetchall():
+            for (keys,) in replaced.fetchall():
                 for key in keys or ():
-                    store.delete(key)
+                    self.store.delete(key)
 
         return remove_replaced
 
-    return send
+
+def writes(store: ObjectStore, case_id: uuid.UUID, read: list[ScalarOutput]) -> Writes:
+    """The statements that store `read` as values of the case with the job's end."""
+    return _ScalarWrites(store, case_id, read)

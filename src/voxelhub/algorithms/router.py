@@ -219,8 +219,12 @@ def _audit_created(db: DbDep, principal: Principal, slug: str, job: Job) -> None
         "job.create",
         object_type="job",
         object_id=job.id,
-        detail={"algorithm": slug, "case": str(job.case_id)},
+        detail=_created_detail(slug, job),
     )
+
+
+def _created_detail(slug: str, job: Job) -> dict[str, str]:
+    return {"algorithm": slug, "case": str(job.case_id)}
 
 
 @router.post("/algorithms/{slug}/jobs/batch", status_code=status.HTTP_202_ACCEPTED)
@@ -230,8 +234,13 @@ def start_jobs(
     """Run the algorithm on many cases at once, in one transaction (e.g. a whole archive)."""
     algorithm = service.get_algorithm(db, slug)
     jobs = service.start_jobs(db, principal, algorithm, body.jobs, send=sender(runtime))
-    for job in jobs:
-        _audit_created(db, principal, slug, job)
+    audit.record_many(
+        db,
+        principal,
+        "job.create",
+        object_type="job",
+        events=[(job.id, _created_detail(slug, job)) for job in jobs],
+    )
     return [JobOut.model_validate(job) for job in jobs]
 
 

@@ -204,24 +204,24 @@ def start_jobs(
     _check_cases(db, requests)
     version = _runnable_version(db, algorithm)
     queue = queue_for(db, version.resources)
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for index, request in enumerate(requests):
         try:
             resolved = _resolve_inputs(db, algorithm, version, request.case_id, request.inputs)
         except InvalidInputs as err:
             raise InvalidInputs(f"job {index} (case {request.case_id}): {err}") from err
         jobs.append(
-            Job(
-                algorithm_id=algorithm.id,
-                version_id=version.id,
-                archive_id=request.archive_id,
-                case_id=request.case_id,
-                created_by=principal.user_id,
-                queue=queue,
-                priority=request.priority,
-                inputs={"values": resolved}
+            {
+                "algorithm_id": algorithm.id,
+                "version_id": version.id,
+                "archive_id": request.archive_id,
+                "case_id": request.case_id,
+                "created_by": principal.user_id,
+                "queue": queue,
+                "priority": request.priority,
+                "inputs": {"values": resolved}
                 | ({"webhook": request.webhook} if request.webhook else {}),
-            )
+            }
         )
     return engine.create_jobs(db, jobs, send)
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from voxelhub.auth.models import AuditEvent
 from voxelhub.auth.service import Principal
-from voxelhub.core.db import utcnow
+from voxelhub.core.db import insert_from_json, json_rows, utcnow
 
 # The columns `event_values` gives, in the order statements that insert events list them
 # (`detail` last: a statement may compute it).
@@ -62,6 +63,31 @@ def record(
         principal, action, object_type=object_type, object_id=object_id, detail=detail
     )
     db.add(AuditEvent(**values))
+
+
+_EVENTS = cast(Table, AuditEvent.__table__)
+
+
+def record_many(
+    db: Session,
+    principal: Principal | None,
+    action: str,
+    *,
+    object_type: str,
+    events: Sequence[tuple[object, dict[str, Any]]],
+) -> None:
+    """`record` for one act on many objects (`events`: object id and detail of each), in
+    one statement, now (e.g. the jobs one request created)."""
+    if not events:
+        return
+    common = event_values(principal, action, object_type=object_type)
+    rows = []
+    for object_id, detail in events:
+        event = {**common, "object_id": str(object_id), "detail": detail}
+        rows.append([event[name] for name in EVENT_COLUMNS])
+    db.connection().exec_driver_sql(
+        insert_from_json(_EVENTS, EVENT_COLUMNS), {"rows": json_rows(EVENT_COLUMNS, rows)}
+    )
 
 
 def recent(

@@ -7,13 +7,16 @@ services only flush.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, MetaData, create_engine, text
+from psycopg.types.json import Jsonb
+from sqlalchemy import DateTime, MetaData, Table, create_engine, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -91,6 +94,48 @@ def session_scope(url: str) -> Iterator[Session]:
             callback()
         except Exception:
             logger.warning("after-commit callback %r failed", callback, exc_info=True)
+
+
+@functools.cache
+def insert_from_json(table: Table, columns: tuple[str, ...]) -> str:
+    """An INSERT of many rows of `table` from one JSON parameter, `rows` (see `json_rows`).
+
+    One short statement for any number of rows: the driver parses it once and the server
+    prepares it, where a multi-row VALUES statement (the ORM's) is new text of thousands of
+    characters for each batch, parsed and planned anew every time. Built at first use, not
+    at import: a foreign key's column has its type only once the table it refers to is
+    defined.
+    """
+    dialect = make_url("postgresql+psycopg://").get_dialect()()
+    names = ", ".join(f'"{name}"' for name in columns)
+    typed = ", ".join(f'"{name}" {table.c[name].type.compile(dialect=dialect)}' for name in columns)
+    return (
+        f"INSERT INTO {table.name} ({names}) "
+        f"SELECT {names} FROM jsonb_to_recordset(%(rows)s::jsonb) AS given({typed})"
+    )
+
+
+def _json_default(value: object) -> str:
+    """UUIDs and timestamps as PostgreSQL reads them back from JSON text."""
+    if isinstance(value, uuid.UUID | datetime):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not sent as JSON")
+
+
+_dumps = functools.partial(json.dumps, default=_json_default)
+
+
+def json_param(value: Any) -> Jsonb:
+    """`value` as a JSONB parameter, its UUIDs and timestamps as strings: rows for a
+    statement to read with `jsonb_to_recordset`, sent as one JSON document dumped in one C
+    call, where the driver builds and escapes array parameters element by element in
+    Python."""
+    return Jsonb(value, dumps=_dumps)
+
+
+def json_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Jsonb:
+    """The `rows` parameter of `insert_from_json(table, columns)`."""
+    return json_param([dict(zip(columns, row, strict=True)) for row in rows])
 
 
 def ping(url: str) -> None:

@@ -14,14 +14,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Table, and_, or_, select, text, update
+from sqlalchemy import Column, Table, and_, or_, select, text, update
 from sqlalchemy.orm import Session, configure_mappers
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
-from voxelhub.core.db import after_commit, utcnow
+from voxelhub.core.db import after_commit, insert_from_json, json_param, json_rows, utcnow
 from voxelhub.jobs.errors import JobNotFound, JobStateError
 from voxelhub.jobs.kept import kept
 from voxelhub.jobs.models import Job, WorkerHeartbeat
@@ -35,6 +36,7 @@ LOG_LIMIT = 256 * 1024
 # The jobs table for Core statements (the ORM's bulk-update path costs more CPU than the
 # statement itself where no loaded Job needs synchronising).
 _JOBS = cast(Table, Job.__table__)
+_COLUMNS = tuple((c.name, c.key) for c in _JOBS.c)
 
 # How a message is sent: (job id, queue, priority) -> None. Set per process. A sender
 # with a `send_many` method (the worker's dispatcher) is handed a batch's messages together.
@@ -51,13 +53,46 @@ def create_job(db: Session, job: Job, send: Sender) -> Job:
     return job
 
 
-def create_jobs(db: Session, jobs: list[Job], send: Sender) -> list[Job]:
-    """`create_job` for many jobs: one INSERT, their messages handed over together."""
-    for job in jobs:
-        job.state = PENDING
-    db.add_all(jobs)
-    db.flush()
-    messages = [(job.id, job.queue, job.priority) for job in jobs]
+def _default_of(column: Column[Any]) -> Callable[[], Any]:
+    """The value the ORM gives `column` of a new row where none is set."""
+    default = column.default
+    if isinstance(default, CallableColumnDefault):
+        # The ORM's wrapper of a default that takes no arguments: its context is unused.
+        return functools.partial(default.arg, cast(Any, None))
+    if isinstance(default, ScalarElementColumnDefault):
+        return lambda: default.arg
+    return lambda: None
+
+
+_NEW_JOB = tuple((c.key, _default_of(c)) for c in _JOBS.c)
+_JOB_KEYS = frozenset(key for key, _ in _NEW_JOB)
+
+
+def create_jobs(db: Session, jobs: list[dict[str, Any]], send: Sender) -> list[Job]:
+    """`create_job` for many jobs, given as their columns (the table's defaults fill the
+    rest): one INSERT of them all (`insert_from_json`), their messages handed over
+    together after the commit. The Jobs returned are of no session (to be read).
+
+    Not the ORM's unit of work: for a batch its flush cost more than everything else a
+    request to create jobs does, most of it building and parsing one multi-row VALUES
+    statement of every column of every job.
+    """
+    for given in jobs:
+        if unknown := given.keys() - _JOB_KEYS:
+            raise ValueError(f"a job has no column {', '.join(sorted(unknown))}")
+    rows = [
+        tuple(
+            PENDING if key == "state" else given[key] if key in given else default()
+            for key, default in _NEW_JOB
+        )
+        for given in jobs
+    ]
+    names = tuple(name for name, _ in _COLUMNS)
+    db.connection().exec_driver_sql(
+        insert_from_json(_JOBS, names), {"rows": json_rows(names, rows)}
+    )
+    created = [_detached_job(row) for row in rows]
+    messages = [(job.id, job.queue, job.priority) for job in created]
     send_many: Callable[[list[tuple[uuid.UUID, str, int]]], None] | None = getattr(
         send, "send_many", None
     )
@@ -74,7 +109,7 @@ def create_jobs(db: Session, jobs: list[Job], send: Sender) -> list[Job]:
             _send_quietly(send, *message)
 
     after_commit(db, send_all)
-    return jobs
+    return created
 
 
 def _send_quietly(send: Sender, job_id: uuid.UUID, queue: str, priority: int) -> None:
@@ -122,9 +157,6 @@ def mark_queued(db: Session, *job_ids: uuid.UUID) -> None:
 # that another transaction has not committed yet.
 _CLAIM_LOCK = 0x766F78656C636C6D
 NO_LIMIT = 1_000_000
-
-
-_COLUMNS = tuple((c.name, c.key) for c in _JOBS.c)
 
 
 def _user_running(jobs: str) -> str:
@@ -184,7 +216,7 @@ def claim(
     """
     params = _claim_params(worker, max_jobs_per_user, job_id=job_id)
     row = kept(database_url, "claims").run(lambda conn: _claim_on(conn, params))
-    return None if row is None else _claimed_job(row)
+    return None if row is None else _detached_job(row)
 
 
 @functools.cache
@@ -194,7 +226,7 @@ def _new_job() -> Callable[[], Job]:
     return new
 
 
-def _claimed_job(row: tuple[Any, ...]) -> Job:
+def _detached_job(row: tuple[Any, ...]) -> Job:
     """A Job of no session from a row of `_COLUMNS`, its values set as loaded ones (the
     constructor's change events per column cost more than the rest of a trivial run's
     claim)."""
@@ -206,13 +238,21 @@ def _claimed_job(row: tuple[Any, ...]) -> Job:
 # The claim of a group (the jobs of one message): the same guards as `_CLAIM_SQL`, with each
 # job's place among the group's jobs of its user (and of its algorithm) added to the count
 # of running ones, so that claiming several at once never passes a limit either.
+# `found` and `ranked` are materialised: with statistics from before a burst of new jobs
+# (an estimate of few waiting ones), the planner otherwise scanned every waiting job's entry
+# in ix_jobs_state_queue, once to find the group's jobs, and as the outer side of the
+# UPDATE's join, computing `ranked` (its counts of running jobs) again for each entry:
+# thousands of index scans per claim once a thousand jobs wait.
 _CLAIM_MANY_SQL = f"""
-WITH wanted AS (
-    SELECT jobs.id, jobs.created_by, jobs.algorithm_id, given.place
+WITH found AS MATERIALIZED (
+    SELECT jobs.id, jobs.created_by, jobs.algorithm_id, jobs.state, jobs.cancel_requested,
+        given.place
     FROM unnest(%(job_ids)s::uuid[]) WITH ORDINALITY AS given(id, place)
     JOIN jobs ON jobs.id = given.id
-    WHERE jobs.state IN ('{PENDING}', '{QUEUED}') AND NOT jobs.cancel_requested
-), ranked AS (
+), wanted AS (
+    SELECT id, created_by, algorithm_id, place FROM found
+    WHERE state IN ('{PENDING}', '{QUEUED}') AND NOT cancel_requested
+), ranked AS MATERIALIZED (
     SELECT wanted.id,
         row_number() OVER (PARTITION BY wanted.created_by ORDER BY wanted.place)
         + {_user_running("wanted")} AS user_running,
@@ -262,7 +302,7 @@ def claim_many(
         return []
     params = _claim_params(worker, max_jobs_per_user, job_ids=unique)
     rows = kept(database_url, "claims").run(lambda conn: _claim_many_on(conn, params))
-    claimed = {job.id: job for job in map(_claimed_job, rows)}
+    claimed = {job.id: job for job in map(_detached_job, rows)}
     return [claimed[job_id] for job_id in unique if job_id in claimed]
 
 
@@ -345,11 +385,18 @@ class Finish:
     writes: Writes | None = None
 
 
-# Statements that store a run's outputs with its end on a kept connection (see
-# `finish_now`): called inside the transaction, in pipeline mode, with the finish's
-# parameters and a function that sends the finish UPDATE; sends its locks, then that,
-# then its writes (each guarded by FINISHED_HERE), and returns what to do after the commit.
-Writes = Callable[[psycopg.Connection[Any], dict[str, Any], Callable[[], None]], Callable[[], None]]
+class Writes(Protocol):
+    """Statements that store a run's outputs with its end on a kept connection (see
+    `finish_now`), sent inside the transaction that records the end, in pipeline mode,
+    with parameters that hold at least those FINISHED_HERE reads: the locks they need
+    before the end is recorded (`lock`), the writes after it (`write`, each guarded by
+    FINISHED_HERE)."""
+
+    def lock(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+        """Send the statements that take the writes' locks."""
+
+    def write(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> Callable[[], None]:
+        """Send the writes; return what to do after the commit."""
 
 
 class Rejected(Exception):
@@ -424,21 +471,16 @@ def finish_now(database_url: str, job_id: uuid.UUID, worker: str, result: Finish
     kept connection (see `kept`); False, with nothing written, if the job was taken from
     this worker meanwhile (or deleted)."""
     params = _finish_params(job_id, worker, result, utcnow())
+    writes = result.writes
 
     def run(conn: psycopg.Connection[Any]) -> tuple[bool, Callable[[], None] | None]:
-        sent: list[psycopg.Cursor[Any]] = []
-
-        def send_finish() -> None:
-            sent.append(conn.execute(_FINISH_SQL, params))
-
         with conn.pipeline():
-            then = None
-            if result.writes is None:
-                send_finish()
-            else:
-                then = result.writes(conn, params, send_finish)
+            if writes is not None:
+                writes.lock(conn, params)
+            finished = conn.execute(_FINISH_SQL, params)
+            then = None if writes is None else writes.write(conn, params)
             conn.commit()
-        return sent[0].fetchone() is not None, then
+        return finished.fetchone() is not None, then
 
     done, then = kept(database_url, "finish").run(run)
     if done:
@@ -456,47 +498,59 @@ def _after_recording(job_id: uuid.UUID, then: Callable[[], None] | None) -> None
         logger.warning("after recording job %s", job_id, exc_info=True)
 
 
+# `_FINISH_SQL` for several runs at once, each run's columns read from JSON (`json_param`).
+_FINISH_MANY_SQL = f"""
+UPDATE jobs SET state = e.state, outcome = e.outcome, message = e.message,
+    exit_code = e.exit_code, log = e.log, finished_at = %(now)s,
+    resources = coalesce(e.resources, jobs.resources),
+    outputs = coalesce(e.outputs, jobs.outputs)
+FROM jsonb_to_recordset(%(ends)s::jsonb) AS e(job_id uuid, state text, outcome text,
+    message text, exit_code integer, log text, resources jsonb, outputs jsonb)
+WHERE jobs.id = e.job_id AND jobs.state = '{RUNNING}' AND jobs.worker = %(worker)s
+RETURNING jobs.id
+"""
+
+
 def finish_many_now(
     database_url: str, worker: str, ends: list[tuple[uuid.UUID, Finish]]
 ) -> list[bool]:
     """`finish_now` for several runs of this worker, in one transaction and one round trip:
-    each run's `writes` and finish UPDATE, as `finish_now` sends them, one run after the
-    other. Says, run by run, whether its end was recorded (False: the job was taken from
-    this worker meanwhile; its writes did nothing either). The caller orders the runs (the
-    writes of each lock its case's row: in one order, two of these never deadlock).
+    the locks of every run's `writes`, one UPDATE that records all the ends, then every
+    run's writes. Says, run by run, whether its end was recorded (False: the job was taken
+    from this worker meanwhile; its writes did nothing either). The caller orders the runs
+    (the writes of each lock its case's row: in one order, two of these never deadlock).
 
     Any error rolls all of them back: the caller records them one by one then.
     """
     now = utcnow()
+    # What the writes' FINISHED_HERE guards read.
+    each = [{"job_id": job_id, "worker": worker, "now": now} for job_id, _ in ends]
+    rows = [
+        {"job_id": job_id, **_ending(result), "resources": result.resources,
+         "outputs": result.outputs}
+        for job_id, result in ends
+    ]  # fmt: skip
+    together = {"ends": json_param(rows), "now": now, "worker": worker}
+    writes = [result.writes for _, result in ends]
 
-    def run(conn: psycopg.Connection[Any]) -> list[tuple[list[psycopg.Cursor[Any]], Any]]:
-        sent: list[tuple[list[psycopg.Cursor[Any]], Any]] = []
+    def run(conn: psycopg.Connection[Any]) -> tuple[set[uuid.UUID], list[Any]]:
         with conn.pipeline():
-            for job_id, result in ends:
-                params = _finish_params(job_id, worker, result, now)
-                cursors: list[psycopg.Cursor[Any]] = []
-
-                def send_finish(
-                    params: dict[str, Any] = params, cursors: list[psycopg.Cursor[Any]] = cursors
-                ) -> None:
-                    cursors.append(conn.execute(_FINISH_SQL, params))
-
-                if result.writes is None:
-                    send_finish()
-                    sent.append((cursors, None))
-                else:
-                    sent.append((cursors, result.writes(conn, params, send_finish)))
+            for params, write in zip(each, writes, strict=True):
+                if write is not None:
+                    write.lock(conn, params)
+            finished = conn.execute(_FINISH_MANY_SQL, together)
+            thens = [
+                None if write is None else write.write(conn, params)
+                for params, write in zip(each, writes, strict=True)
+            ]
             conn.commit()
-        return sent
+        return {job_id for (job_id,) in finished.fetchall()}, thens
 
-    sent = kept(database_url, "finish").run(run)
-    done = []
-    for (job_id, _), (cursors, then) in zip(ends, sent, strict=True):
-        recorded = cursors[0].fetchone() is not None
-        done.append(recorded)
-        if recorded:
+    recorded, thens = kept(database_url, "finish").run(run)
+    for (job_id, _), then in zip(ends, thens, strict=True):
+        if job_id in recorded:
             _after_recording(job_id, then)
-    return done
+    return [job_id in recorded for job_id, _ in ends]
 
 
 def get_job(db: Session, job_id: uuid.UUID) -> Job:
