@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 
+from voxelhub.core.sockets import receive_exactly
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.model import SplitInstance
 from voxelhub.store.dicomweb.splitting import content_hash, split_for_store
@@ -44,21 +45,6 @@ class SplitFailed(Exception):
     """A part could not be split for a reason other than its content (`str` says why)."""
 
 
-def _receive(sock: socket.socket, size: int) -> bytes | None:
-    """Exactly `size` bytes, or None when the other end closed first."""
-    data = sock.recv(size, socket.MSG_WAITALL)  # one call, unless a signal cuts it short
-    if len(data) == size:
-        return data
-    chunks, got = [data], len(data)
-    while got < size:
-        more = sock.recv(size - got, socket.MSG_WAITALL)
-        if not more:
-            return None
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
-
-
 def _split(body: bytes) -> tuple[int, bytes]:
     try:
         split = split_for_store(body)
@@ -72,8 +58,8 @@ def _split(body: bytes) -> tuple[int, bytes]:
 def serve(sock: socket.socket) -> None:
     """A worker's life: split each body it is sent, until its socket closes."""
     with sock:
-        while (head := _receive(sock, _REQUEST.size)) is not None:
-            body = _receive(sock, _REQUEST.unpack(head)[0])
+        while (head := receive_exactly(sock, _REQUEST.size)) is not None:
+            body = receive_exactly(sock, _REQUEST.unpack(head)[0])
             if body is None:
                 return
             status, payload = _split(body)

@@ -43,6 +43,7 @@ from pydantic import SecretStr
 
 from voxelhub.core.runtime import Runtime
 from voxelhub.core.settings import Settings
+from voxelhub.core.sockets import receive_exactly
 from voxelhub.store.dimse.committer import MAX_OUTSTANDING
 from voxelhub.store.dimse.journal import Segment
 
@@ -60,25 +61,11 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 
 def _receive(sock: socket.socket) -> dict[str, Any] | None:
     """The next message, or None when the other end closed."""
-    head = _exactly(sock, _LENGTH.size)
+    head = receive_exactly(sock, _LENGTH.size)
     if head is None:
         return None
-    body = _exactly(sock, _LENGTH.unpack(head)[0])
+    body = receive_exactly(sock, _LENGTH.unpack(head)[0])
     return None if body is None else json.loads(body)
-
-
-def _exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks, got = [], 0
-    while got < size:
-        try:
-            chunk = sock.recv(size - got)
-        except OSError:
-            return None
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _settings_document(settings: Settings) -> dict[str, Any]:
