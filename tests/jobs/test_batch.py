@@ -35,6 +35,13 @@ def _job(archive_id: str, case_id: str, value: Any) -> dict[str, Any]:
     return {"archive_id": archive_id, "case_id": case_id, "inputs": {"payload": {"value": value}}}
 
 
+def _start_batch(client: TestClient, user: Account, jobs: list[dict[str, Any]]) -> Any:
+    """The batch route's answer to `user` asking for `jobs`."""
+    return client.post(
+        "/api/v1/algorithms/echo/jobs/batch", json={"jobs": jobs}, headers=user.headers
+    )
+
+
 def _counts(database_url: str) -> tuple[int, int]:
     with session_scope(database_url) as db:
         jobs = db.scalar(select(func.count()).select_from(Job))
@@ -47,10 +54,8 @@ def test_a_batch_starts_one_job_per_case_with_its_own_inputs(
 ) -> None:  # type: ignore[no-untyped-def]
     user: Account = make_user("rad")
     archive_id, cases = _cases(client, user, 3)
-    answer = client.post(
-        "/api/v1/algorithms/echo/jobs/batch",
-        json={"jobs": [_job(archive_id, case_id, {"n": i}) for i, case_id in enumerate(cases)]},
-        headers=user.headers,
+    answer = _start_batch(
+        client, user, [_job(archive_id, case_id, {"n": i}) for i, case_id in enumerate(cases)]
     )
     assert answer.status_code == 202, answer.text
     jobs = answer.json()
@@ -102,11 +107,9 @@ def test_a_batch_stores_each_job_as_answered_with_one_audit_event_each(
 ) -> None:  # type: ignore[no-untyped-def]
     user: Account = make_user("rad")
     archive_id, cases = _cases(client, user, 2)
-    answer = client.post(
-        "/api/v1/algorithms/echo/jobs/batch",
-        json={"jobs": [{**_job(archive_id, case_id, [i]), "priority": 7 + i}
-                       for i, case_id in enumerate(cases)]},
-        headers=user.headers,
+    answer = _start_batch(
+        client, user,
+        [{**_job(archive_id, case_id, [i]), "priority": 7 + i} for i, case_id in enumerate(cases)],
     )  # fmt: skip
     assert answer.status_code == 202, answer.text
     answered = {job["id"]: job for job in answer.json()}
