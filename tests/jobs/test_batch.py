@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +43,17 @@ def _start_batch(client: TestClient, user: Account, jobs: list[dict[str, Any]]) 
     )
 
 
+def _accepted_batch(
+    client: TestClient, user: Account, count: int, job: Callable[[str, str, int], dict[str, Any]]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """`count` new cases of `user` and the jobs the batch route accepted for them, the
+    request of each made by `job(archive_id, case_id, index)`."""
+    archive_id, cases = _cases(client, user, count)
+    answer = _start_batch(client, user, [job(archive_id, c, i) for i, c in enumerate(cases)])
+    assert answer.status_code == 202, answer.text
+    return cases, answer.json()
+
+
 def _counts(database_url: str) -> tuple[int, int]:
     with session_scope(database_url) as db:
         jobs = db.scalar(select(func.count()).select_from(Job))
@@ -53,12 +65,7 @@ def test_a_batch_starts_one_job_per_case_with_its_own_inputs(
     client: TestClient, make_user, database_url: str
 ) -> None:  # type: ignore[no-untyped-def]
     user: Account = make_user("rad")
-    archive_id, cases = _cases(client, user, 3)
-    answer = _start_batch(
-        client, user, [_job(archive_id, case_id, {"n": i}) for i, case_id in enumerate(cases)]
-    )
-    assert answer.status_code == 202, answer.text
-    jobs = answer.json()
+    cases, jobs = _accepted_batch(client, user, 3, lambda a, c, i: _job(a, c, {"n": i}))
     assert [job["case_id"] for job in jobs] == cases
     assert [job["inputs"]["values"]["payload"]["value"] for job in jobs] == [
         {"n": 0},
@@ -106,13 +113,10 @@ def test_a_batch_stores_each_job_as_answered_with_one_audit_event_each(
     client: TestClient, make_user, database_url: str
 ) -> None:  # type: ignore[no-untyped-def]
     user: Account = make_user("rad")
-    archive_id, cases = _cases(client, user, 2)
-    answer = _start_batch(
-        client, user,
-        [{**_job(archive_id, case_id, [i]), "priority": 7 + i} for i, case_id in enumerate(cases)],
-    )  # fmt: skip
-    assert answer.status_code == 202, answer.text
-    answered = {job["id"]: job for job in answer.json()}
+    cases, jobs = _accepted_batch(
+        client, user, 2, lambda a, c, i: {**_job(a, c, [i]), "priority": 7 + i}
+    )
+    answered = {job["id"]: job for job in jobs}
     with session_scope(database_url) as db:
         rows = list(db.scalars(select(Job).where(Job.created_by == user.id)))
         events = list(db.scalars(select(AuditEvent).where(AuditEvent.action == "job.create")))
