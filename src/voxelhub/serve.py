@@ -34,6 +34,7 @@ from voxelhub.core.settings import Settings
 from voxelhub.jobs import broker, celery_app
 from voxelhub.jobs.celery_app import celery_for
 from voxelhub.jobs.supervisor import Supervisor
+from voxelhub.main import tune_body_reading
 from voxelhub.store.dimse import DimseConfig, DimseServer, start_dimse
 
 logger = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ def serve_http(runtime: Runtime, options: ServeOptions) -> None:
         "log_level": runtime.settings.log_level.lower(),
     }
     if options.web_processes <= 1:
+        tune_body_reading()
         uvicorn.Server(uvicorn.Config(build_app(runtime), **common)).run()  # type: ignore[arg-type]
         return
     # Each process builds its own app from the same settings (home passed by environment).

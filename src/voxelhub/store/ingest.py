@@ -8,6 +8,7 @@ once, a different object under a known UID is refused.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from voxelhub.core.db import utcnow
+from voxelhub.core.db import insert_from_json, json_rows, utcnow
 from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
 from voxelhub.dicom.model import SplitInstance
@@ -36,6 +37,16 @@ _INSTANCES = cast(Table, Instance.__table__)
 _writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-put")
 # Objects up to this size are written from one joined copy.
 _JOIN_BYTES = 4 * 1024 * 1024
+
+
+@functools.cache
+def _insert_instances(columns: tuple[str, ...]) -> str:
+    """`insert_from_json` for instance rows, skipping a UID already stored in the archive."""
+    return (
+        f"{insert_from_json(_INSTANCES, columns)} "
+        "ON CONFLICT ON CONSTRAINT uq_dicom_instances_uid DO NOTHING "
+        "RETURNING sop_instance_uid, id"
+    )
 
 
 @dataclass(frozen=True)
@@ -331,15 +342,15 @@ class Ingest:
         batch: dict[str, tuple[int, dict[str, Any], uuid.UUID, uuid.UUID]],
         outcomes: list[Stored | VoxelhubError | None],
     ) -> None:
+        rows = [row for _, row, _, _ in batch.values()]
         with self.db.begin_nested():
-            # Rows as parameters, not as one VALUES clause: the statement is compiled once
-            # and cached, and sent in pages of rows ("insertmanyvalues").
-            # The table, not the entity: no ORM bookkeeping per row.
-            returned = self.db.execute(
-                insert(_INSTANCES)
-                .on_conflict_do_nothing(constraint="uq_dicom_instances_uid")
-                .returning(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id),
-                [row for _, row, _, _ in batch.values()],
+            # All rows as one JSON parameter of one short statement, prepared once: a
+            # multi-row VALUES statement would be new text for the driver to parse and
+            # the server to plan for every batch. The table, not the entity: no ORM
+            # bookkeeping per row.
+            returned = self.db.connection().exec_driver_sql(
+                _insert_instances(tuple(rows[0])),
+                {"rows": json_rows(tuple(rows[0]), [tuple(row.values()) for row in rows])},
             )
             inserted: dict[str, uuid.UUID] = {uid: id_ for uid, id_ in returned}
         missing = [uid for uid in batch if uid not in inserted]
