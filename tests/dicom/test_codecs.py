@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -163,3 +166,44 @@ def test_unknown_or_undecodable_syntaxes_are_refused() -> None:
     with pytest.raises(DicomError) as caught:
         decode_htj2k(b"\xff\x4f garbage", MONO16)
     assert caught.value.code == "undecodable"
+
+
+# A fresh process whose threads all encode their first frames at once: the codec's tables
+# are filled on first use, and without the warm-up one process in about 40 (8 threads)
+# wrote a corrupt codestream.
+_FIRST_ENCODES = """
+import sys, threading
+import numpy as np
+from voxelhub.dicom.codecs import decode_htj2k, encode_htj2k
+from voxelhub.dicom.model import PixelDescription
+
+pixel = PixelDescription(128, 128, 1, 16, 12, 0, "MONOCHROME2")
+y, x = np.mgrid[0:128, 0:128]
+frame = ((np.sin(x / 7) + np.cos(y / 5)) * 800 + 1000 + (x * y) % 37).astype(np.uint16).tobytes()
+start = threading.Barrier(8)
+encoded = [b""] * 8
+
+def encode(index):
+    start.wait()
+    encoded[index] = encode_htj2k(frame, pixel)
+
+threads = [threading.Thread(target=encode, args=(i,)) for i in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+reference = encode_htj2k(frame, pixel)
+good = all(e == reference and decode_htj2k(e, pixel) == frame for e in encoded)
+sys.exit(0 if good else 1)
+"""
+
+
+@pytest.mark.slow
+def test_threads_encoding_at_once_in_a_fresh_process_agree() -> None:
+    def run(_: int) -> int:
+        command = [sys.executable, "-c", _FIRST_ENCODES]
+        return subprocess.run(command, check=False, timeout=120).returncode
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = list(pool.map(run, range(60)))
+    assert codes.count(0) == len(codes), f"{len(codes) - codes.count(0)} of 60 processes differ"

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -74,6 +75,32 @@ def fits_bits_stored(frame: bytes | memoryview, pixel: PixelDescription) -> bool
     return bool(samples.min() >= low and samples.max() <= high)
 
 
+_htj2k_warm = threading.Event()
+_htj2k_warming = threading.Lock()
+
+
+def _warm_up_htj2k() -> None:
+    """Encode and decode a tiny image once per process, alone, before any other HTJ2K work.
+
+    The HTJ2K codec (OpenJPH, inside imagecodecs) fills its block coder's tables on first
+    use without a lock. Threads that encode at once in a fresh process can fill them while
+    another already codes with them, and that codestream comes out corrupt: about one
+    process in 70 with 4 threads encoding their first frames (a stored frame that no longer
+    decodes, or a re-sent instance judged different from itself). Done once, up front, no
+    race is left.
+    """
+    if _htj2k_warm.is_set():
+        return
+    with _htj2k_warming:
+        if _htj2k_warm.is_set():
+            return
+        for dtype in (np.uint8, np.uint16):
+            sample = np.arange(64, dtype=dtype).reshape(8, 8)
+            encoded = imagecodecs.htj2k_encode(sample, rgb=False, planar=False, reversible=True)
+            imagecodecs.htj2k_decode(encoded)
+        _htj2k_warm.set()
+
+
 def encode_htj2k(frame: bytes | memoryview, pixel: PixelDescription) -> bytes:
     """One native frame as a lossless HTJ2K codestream (no colour transform).
 
@@ -87,12 +114,14 @@ def encode_htj2k(frame: bytes | memoryview, pixel: PixelDescription) -> bytes:
         )
     planar = pixel.samples_per_pixel > 1 and pixel.planar_configuration == 1
     array = _frame_array(frame, pixel, planar=planar)
+    _warm_up_htj2k()
     return bytes(imagecodecs.htj2k_encode(array, rgb=False, planar=planar, reversible=True))
 
 
 def decode_htj2k(data: bytes, pixel: PixelDescription) -> bytes:
     """An HTJ2K codestream as native frame bytes laid out as `pixel` says."""
     planar = pixel.samples_per_pixel > 1 and pixel.planar_configuration == 1
+    _warm_up_htj2k()
     try:
         array = imagecodecs.htj2k_decode(data, planar=planar)
     except Exception as err:  # imagecodecs raises its own error types
