@@ -222,6 +222,50 @@ def sweep(
     )
 
 
+@app.command()
+def verify(
+    home: HomeOption = None,
+    archive: Annotated[
+        str | None, typer.Option(help="Only this archive (by name); all archives by default")
+    ] = None,
+) -> None:
+    """Read back and decode every stored frame; list the damaged ones (exit status 1)."""
+    from sqlalchemy import select
+
+    from voxelhub.archives.models import Archive
+    from voxelhub.core.db import session_scope
+    from voxelhub.store.verify import verify_imagesets
+
+    try:
+        settings = load_settings(home)
+        setup_logging("WARNING")
+        with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+            archive_id = None
+            if archive is not None:
+                archive_id = db.scalar(select(Archive.id).where(Archive.name == archive))
+                if archive_id is None:
+                    raise typer.BadParameter(f"no archive named {archive!r}")
+            result = verify_imagesets(db, runtime.store, archive_id=archive_id)
+    except VoxelhubError as err:
+        raise fail(err) from err
+    for damaged in result.damaged:
+        where = f"frame {damaged.frame}" if damaged.frame is not None else "every frame"
+        out.print(
+            f"damaged: study {damaged.study_instance_uid} series "
+            f"{damaged.series_instance_uid} instance {damaged.sop_instance_uid}, {where}: "
+            f"{damaged.reason}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(
+        f"{result.instances} instances, {result.frames} frames read and decoded; "
+        f"{len(result.damaged)} damaged"
+    )
+    if result.damaged:
+        raise typer.Exit(code=1)
+
+
 def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         return sys.stdin.readline().rstrip("\n")
