@@ -6,8 +6,10 @@ import getpass
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +24,11 @@ from voxelhub.ingest.cli import upload_command
 from voxelhub.jobs.scaler import autoscale_command
 from voxelhub.recon.cli import recon_command
 from voxelhub.segment.cli import segment_command
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from voxelhub.core.runtime import Runtime
 
 app = typer.Typer(
     help="voxelhub: an open platform for medical imaging AI.",
@@ -120,8 +127,6 @@ def worker(
     """Run a worker that consumes job queues (any number of hosts may run one)."""
     from datetime import timedelta
 
-    from sqlalchemy.orm import Session
-
     from voxelhub.algorithms import triggers
     from voxelhub.algorithms.catalog import register_builtins
     from voxelhub.algorithms.runner import run_algorithm_job
@@ -178,6 +183,17 @@ def worker(
     )
 
 
+@contextmanager
+def _database(home: Path | None) -> Iterator[tuple[Runtime, Session]]:
+    """The runtime of `home` (or of the environment) and a session committed at the end."""
+    from voxelhub.core.db import session_scope
+
+    settings = load_settings(home)
+    setup_logging("WARNING")
+    with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+        yield runtime, db
+
+
 @app.command()
 def migrate(home: HomeOption = None) -> None:
     """Apply database migrations (serve and worker do this on start too)."""
@@ -203,13 +219,10 @@ def sweep(
     """Remove stored objects that no index row points to (left by crashes or failed writes)."""
     from datetime import timedelta
 
-    from voxelhub.core.db import session_scope
     from voxelhub.store.sweep import sweep_imagesets
 
     try:
-        settings = load_settings(home)
-        setup_logging("WARNING")
-        with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+        with _database(home) as (runtime, db):
             result = sweep_imagesets(
                 db, runtime.store, grace=timedelta(minutes=grace_minutes), dry_run=dry_run
             )
@@ -233,13 +246,10 @@ def verify(
     from sqlalchemy import select
 
     from voxelhub.archives.models import Archive
-    from voxelhub.core.db import session_scope
     from voxelhub.store.verify import verify_imagesets
 
     try:
-        settings = load_settings(home)
-        setup_logging("WARNING")
-        with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+        with _database(home) as (runtime, db):
             archive_id = None
             if archive is not None:
                 archive_id = db.scalar(select(Archive.id).where(Archive.name == archive))
@@ -288,13 +298,10 @@ def user_create(
     """Create a user account (asks for the password)."""
     from voxelhub.auth import audit
     from voxelhub.auth import service as auth_service
-    from voxelhub.core.db import session_scope
 
     password = _read_password(password_stdin)
     try:
-        settings = load_settings(home)
-        setup_logging("WARNING")
-        with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+        with _database(home) as (_, db):
             user = auth_service.create_user(db, username, password, email=email, is_admin=admin)
             audit.record(
                 db,
@@ -323,12 +330,9 @@ def token_create(
 
     from voxelhub.auth import audit
     from voxelhub.auth import service as auth_service
-    from voxelhub.core.db import session_scope
 
     try:
-        settings = load_settings(home)
-        setup_logging("WARNING")
-        with bootstrap.opened(settings) as runtime, session_scope(runtime.database_url) as db:
+        with _database(home) as (_, db):
             account = auth_service.get_user(db, user)
             expires = timedelta(days=expires_days) if expires_days else None
             token, row = auth_service.create_token(db, account, name, expires_in=expires)
