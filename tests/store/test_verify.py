@@ -21,6 +21,7 @@ from voxelhub.core.objects import LocalObjectStore
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.split import split_instance
 from voxelhub.dicom.synthetic import ct_phantom
+from voxelhub.store import verify
 from voxelhub.store.ingest import Ingest, Stored
 from voxelhub.store.models import Instance
 from voxelhub.store.verify import verify_imagesets
@@ -79,7 +80,11 @@ def test_intact_files_of_every_kind_pass(runtime: Runtime, make_user) -> None:  
 
 
 @pytest.mark.usefixtures("cli_env")
-def test_damaged_truncated_and_missing_objects_are_listed(runtime: Runtime, make_user) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("at_once", [verify._READ_AT_ONCE_BYTES, 0], ids=["whole", "by-frame"])
+def test_damaged_truncated_and_missing_objects_are_listed(  # type: ignore[no-untyped-def]
+    runtime: Runtime, make_user, monkeypatch: pytest.MonkeyPatch, at_once: int
+) -> None:
+    monkeypatch.setattr(verify, "_READ_AT_ONCE_BYTES", at_once)
     series = ct_phantom(slices=5, size=64)
     uids = [str(ds.SOPInstanceUID) for ds in series]
     _store(runtime, make_user, "CT", [to_bytes(ds) for ds in series])

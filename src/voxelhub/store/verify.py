@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # Instances read from the index per round trip.
 _PAGE = 500
+# Instances up to this size are read in one piece; larger ones (whole-slide images) a
+# frame at a time, so memory stays bounded.
+_READ_AT_ONCE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,28 +94,42 @@ def _check(
     store: ObjectStore, source: FrameSource, result: VerifyResult
 ) -> Iterator[tuple[int | None, str]]:
     """(frame number or None, why) for each thing wrong with one instance's frames."""
-    offsets = source.frame_offsets
-    if not source.pixel or len(offsets) < 2:
+    if not source.pixel or len(source.frame_offsets) < 2:
         return  # no pixel data: nothing to decode
     pixel = PixelDescription(**source.pixel)
-    syntax = source.frames_transfer_syntax_uid
+    expected = decoded_description(pixel, source.frames_transfer_syntax_uid).frame_bytes
     try:
-        frames = read_frames(store, source)
+        for number, frame in _frames(store, source):
+            result.frames += 1
+            yield from _check_frame(frame, number, source, pixel, expected)
     except ObjectNotFound:
         yield None, f"its object {source.object_key} is missing from the store"
+
+
+def _frames(store: ObjectStore, source: FrameSource) -> Iterator[tuple[int, bytes]]:
+    """(number, bytes) of each frame: read at once, or one by one for a large instance."""
+    offsets = source.frame_offsets
+    count = len(offsets) - 1
+    if offsets[-1] - offsets[0] <= _READ_AT_ONCE_BYTES:
+        yield from enumerate(read_frames(store, source), start=1)
         return
-    expected = decoded_description(pixel, syntax).frame_bytes
-    for number, frame in enumerate(frames, start=1):
-        result.frames += 1
-        stored = offsets[number] - offsets[number - 1]
-        if len(frame) != stored:
-            yield number, f"the object ends early: {len(frame)} of the frame's {stored} bytes"
-            continue
-        try:
-            native = decode_frame(frame, syntax, pixel)
-        except Exception as err:  # whatever a codec raises, the frame is what is reported
-            why = err.message if isinstance(err, DicomError) else f"{type(err).__name__}: {err}"
-            yield number, f"it does not decode: {why}"
-            continue
-        if len(native) != expected:
-            yield number, f"it decodes to {len(native)} bytes, not the {expected} expected"
+    for number in range(1, count + 1):
+        yield number, read_frames(store, source, [number])[0]
+
+
+def _check_frame(
+    frame: bytes, number: int, source: FrameSource, pixel: PixelDescription, expected: int
+) -> Iterator[tuple[int | None, str]]:
+    offsets, syntax = source.frame_offsets, source.frames_transfer_syntax_uid
+    stored = offsets[number] - offsets[number - 1]
+    if len(frame) != stored:
+        yield number, f"the object ends early: {len(frame)} of the frame's {stored} bytes"
+        return
+    try:
+        native = decode_frame(frame, syntax, pixel)
+    except Exception as err:  # whatever a codec raises, the frame is what is reported
+        why = err.message if isinstance(err, DicomError) else f"{type(err).__name__}: {err}"
+        yield number, f"it does not decode: {why}"
+        return
+    if len(native) != expected:
+        yield number, f"it decodes to {len(native)} bytes, not the {expected} expected"
