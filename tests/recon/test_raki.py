@@ -250,7 +250,7 @@ def test_fully_sampled_and_r1_are_returned_unchanged(tiny_r3: PhantomAcquisition
 
 
 def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> None:
-    result = reconstruct(tiny_r3.kspace, "rraki", iterations=3, seed=2, threads=1)
+    result = reconstruct(tiny_r3.kspace, "rraki", iterations=3, seed=2, threads=1, device="cpu")
     assert result.images.shape == (1, 24, 31)
     assert result.images.dtype == np.float32
     assert result.settings == {
@@ -280,7 +280,7 @@ def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
 
 @pytest.mark.parametrize("name", ["raki", "rraki"])
 def test_full_length_is_the_papers_training(tiny_r3: PhantomAcquisition, name: str) -> None:
-    settings = {**FULL_LENGTH, "iterations": 2, "threads": 1}
+    settings = {**FULL_LENGTH, "iterations": 2, "threads": 1, "device": "cpu"}
     recorded = reconstruct(tiny_r3.kspace, name, **settings).settings
     assert {key: recorded[key] for key in settings} == settings
 
@@ -332,3 +332,16 @@ def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_slices_per_batch_is_asked_or_one_on_the_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert _raki_net.slices_per_batch(None, cpu, 10**6) == 1
+    assert _raki_net.slices_per_batch(5, cpu, 10**6) == 5
+    with pytest.raises(ReconError, match="slices_per_batch must be at least 1"):
+        _raki_net.slices_per_batch(0, cpu, 10**6)
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        free, _ = torch.cuda.mem_get_info(gpu)
+        assert _raki_net.slices_per_batch(None, gpu, 1) == _raki_net.MOST_SLICES_PER_BATCH
+        assert _raki_net.slices_per_batch(None, gpu, free) == 1

@@ -57,7 +57,11 @@ def test_irregular_lines_are_grappas_and_the_others_the_networks(
     regular = ~sampling.mask & ~lines
     reference = grappa_kspace(data, sampling)[0]
     filled = fill(data[0], sampling, iterations=20, threads=1)
-    np.testing.assert_allclose(filled[..., lines], reference[..., lines], rtol=1e-5, atol=1e-7)
+    # The same fit, batched in torch on the networks' device: equal to float32 rounding.
+    scale = np.abs(reference[..., lines]).max()
+    np.testing.assert_allclose(
+        filled[..., lines], reference[..., lines], rtol=1e-4, atol=1e-5 * scale
+    )
     assert not np.allclose(filled[..., regular], reference[..., regular], rtol=1e-2)
     network = fill(data[0], sampling, iterations=20, threads=1, irregular_gaps="network")
     np.testing.assert_array_equal(network[..., regular], filled[..., regular])

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from voxelhub.recon._grappa_batch import fit_kernels
 from voxelhub.recon._raki_cnn import (
     KERNEL_1,
     TAPS_3,
@@ -42,8 +43,6 @@ from voxelhub.recon._raki_cnn import (
     targets,
 )
 from voxelhub.recon.gaps import GapGroup
-from voxelhub.recon.grappa import fit_kernel
-from voxelhub.recon.model import ComplexArray
 
 
 @dataclass(frozen=True)
@@ -276,26 +275,30 @@ def fit_linear(
 
 
 def grappa_branch(
-    acs: ComplexArray, acceleration: int, *, outputs: int, regularization: float
+    acs: torch.Tensor, acceleration: int, *, outputs: int, regularization: float
 ) -> torch.Tensor:
-    """Residual RAKI's linear branch as our GRAPPA kernel, (outputs*(R-1), 2*coils*10).
+    """Residual RAKI's linear branch as our GRAPPA kernel, (slices, outputs*(R-1),
+    2*coils*10), from the complex ACS blocks (slices, coils, readout, lines) on their device.
 
     The complex 5x2 kernel from the lines p and p + R to p + 1 ... p + R - 1 is fitted on
-    the whole ACS block (coils, readout, lines) exactly as `grappa.fit_kernel` fits it, then
-    written as the real map on real/imaginary-stacked patches: with weights u + iv,
+    the whole ACS block of each slice exactly as `grappa.fit_kernel` fits it, then written as
+    the real map on real/imaginary-stacked patches: with weights u + iv,
     Re y = u Re x - v Im x and Im y = v Re x + u Im x.
     """
-    coils = acs.shape[0]
+    slices, coils = acs.shape[:2]
     group = GapGroup(
         sources=(0, acceleration),
         targets=tuple(range(1, acceleration)),
         bases=np.zeros(1, dtype=np.intp),
     )
     taps = KERNEL_1[0]
-    kernel = fit_kernel(acs, group, taps=taps, regularization=regularization)
-    # fit_kernel's rows are (tap, coil, source), its columns (coil, target line).
-    complex_kernel = torch.from_numpy(kernel).reshape(taps, coils, 2, coils, acceleration - 1)
-    real = complex_kernel.real.permute(3, 4, 1, 0, 2)  # (out coil, line, in coil, tap, source)
-    imag = complex_kernel.imag.permute(3, 4, 1, 0, 2)
-    rows = torch.stack([torch.cat([real, -imag], dim=2), torch.cat([imag, real], dim=2)])
-    return rows.reshape(2 * coils * (acceleration - 1), -1)[: outputs * (acceleration - 1)]
+    kernel = fit_kernels(acs, group, taps=taps, regularization=regularization)
+    # The rows are (tap, coil, source), the columns (coil, target line).
+    complex_kernel = kernel.reshape(slices, taps, coils, 2, coils, acceleration - 1)
+    # (slice, out coil, line, in coil, tap, source)
+    real = complex_kernel.real.permute(0, 4, 5, 2, 1, 3)
+    imag = complex_kernel.imag.permute(0, 4, 5, 2, 1, 3)
+    rows = torch.stack([torch.cat([real, -imag], dim=3), torch.cat([imag, real], dim=3)], dim=1)
+    return rows.reshape(slices, 2 * coils * (acceleration - 1), -1)[
+        :, : outputs * (acceleration - 1)
+    ]

@@ -85,19 +85,19 @@ def reconstruct_raki(
     """RAKI magnitude images (slices x rows x columns, float32) of an undersampled acquisition.
 
     `device` None picks the GPU when present; `slices_per_batch` slices train together
-    (default 8 on a GPU, 1 on the CPU); `training_readout` central readout points of the ACS
-    train the networks (None: all of them); `precision` "float32" or "bfloat16" (None: the
-    hardware's native one); `threads` CPU threads (None: one per core; 1 is much faster
-    where other processes share the cores); `schedule` the learning rate's course, "cosine"
-    (falling to 0) or "constant"; `held_out` the fraction of ACS rows kept for early
-    stopping (0: none; None: 0.1 from R = 5 on, none below), `iterations` the most
-    training steps (None: 400, or 200 with held-out rows; see `_raki_net.Options`),
-    `patience` the steps without 0.1 % improvement before the training stops (None: never
-    early), `features` the principal components layer 1 learns on (None: all),
-    `irregular_gaps` "grappa" (GRAPPA kernels for the lines off the regular grid: beside
-    the ACS block, at the phase-encode edges) or "network" (the networks predict them too).
-    `**FULL_LENGTH` trains as the paper did. The same seed gives the same images on the
-    same machine.
+    (None: on a GPU as many as fit in its free memory, at most 32; 1 on the CPU);
+    `training_readout` central readout points of the ACS train the networks (None: all of
+    them); `precision` "float32" or "bfloat16" (None: the hardware's native one);
+    `threads` CPU threads (None: one per core; 1 is much faster where other processes share
+    the cores); `schedule` the learning rate's course, "cosine" (falling to 0) or
+    "constant"; `held_out` the fraction of ACS rows kept for early stopping (0: none; None:
+    0.1 from R = 5 on, none below), `iterations` the most training steps (None: 400, or 200
+    with held-out rows; see `_raki_net.Options`), `patience` the steps without 0.1 %
+    improvement before the training stops (None: never early), `features` the principal
+    components layer 1 learns on (None: all), `irregular_gaps` "grappa" (GRAPPA kernels for
+    the lines off the regular grid: beside the ACS block, at the phase-encode edges) or
+    "network" (the networks predict them too). `**FULL_LENGTH` trains as the paper did. The
+    same seed gives the same images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
