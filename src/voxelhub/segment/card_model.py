@@ -78,8 +78,10 @@ class CardModel(SegmentationModel):
             resample_like(reorient(image, self.card.orientation), grid) for image in images
         ]
         volume = self._intensity(to_channels_xyz(network_images))
-        logits = sliding_window(volume, self.engine.predictor(volume), self.window)
-        probabilities = activate(logits, self.card.output).numpy()
+        logits = sliding_window(
+            volume, self.engine.predictor(volume), self.window, device=self.engine.device
+        )
+        probabilities = activate(logits, self.card.output).cpu().numpy()
         back = [
             resample_like(image_from_xyz(channel.astype(np.float32), grid), images[0])
             for channel in probabilities

@@ -31,10 +31,16 @@ class WindowSettings:
 
 
 def sliding_window(
-    volume: npt.NDArray[np.float32], predictor: Predictor, settings: WindowSettings
+    volume: npt.NDArray[np.float32],
+    predictor: Predictor,
+    settings: WindowSettings,
+    *,
+    device: str = "cpu",
 ) -> torch.Tensor:
-    """Network outputs (C_out, X, Y, Z) for a (C, X, Y, Z) volume, patch by patch."""
-    inputs = torch.from_numpy(np.ascontiguousarray(volume))[None]
+    """Network outputs (C_out, X, Y, Z) for a (C, X, Y, Z) volume, patch by patch, on
+    `device`: on a GPU the volume goes there once and the patches are cut and blended
+    there, rather than each batch of patches and outputs crossing to and from the host."""
+    inputs = torch.from_numpy(np.ascontiguousarray(volume))[None].to(device)
     with torch.inference_mode():
         output = sliding_window_inference(
             inputs,
