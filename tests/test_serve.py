@@ -215,6 +215,43 @@ def test_second_serve_refused_and_drop_folder_watched(home: Path) -> None:
     assert first.stop(signal.SIGTERM) == 0
 
 
+def test_raw_kspace_dropped_is_reconstructed_without_further_action(home: Path) -> None:
+    """A scanner writes a fastMRI file to the drop folder of a `serve` configured with
+    VOXELHUB_RECON_ON_ARRIVAL; the MR series appears in the store, nothing else done."""
+    from voxelhub.recon.io_fastmri import write_fastmri
+    from voxelhub.recon.phantom import PhantomSpec, simulate
+
+    drop = home.parent / "drop"
+    env = {"VOXELHUB_DROP_FOLDER": str(drop), "VOXELHUB_RECON_ON_ARRIVAL": "grappa"}
+    serve = Serve(home, env, "--workers", "1")
+    serve.wait_healthy()
+    token = serve.admin_token()
+    spec = PhantomSpec(readout=64, phase_encode=48, coils=4, slices=2, acceleration=2, acs_lines=12)
+    staged = home.parent / "knee_scan.h5.part"
+    write_fastmri(staged, simulate(spec, seed=3).kspace)
+    staged.rename(drop / "knee_scan.h5")  # as a modality finishes a file: renamed when whole
+    deadline = time.monotonic() + 180
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not found:
+        time.sleep(1)
+        found = serve.get("/dicom-web/series?Modality=MR&includefield=all", token=token)
+    assert found, f"no MR series in 180 s:\n{serve.log.read_text()[-4000:]}"
+    assert found[0]["00201209"]["Value"] == [2]
+    jobs = serve.get("/api/v1/jobs", token=token)
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    recon = next(j for j in jobs if "images" in j["outputs"])
+    assert recon["outputs"]["images"]["series_instance_uids"] == [found[0]["0020000E"]["Value"][0]]
+    # A restart keeps the two triggers, not two more.
+    assert serve.stop(signal.SIGTERM) == 0
+    again = Serve(home, env, "--workers", "1")
+    again.wait_healthy()
+    archives = again.get("/api/v1/archives", token=token)
+    incoming = next(a for a in archives if a["name"] == "Incoming")
+    triggers = again.get(f"/api/v1/archives/{incoming['id']}/triggers", token=token)
+    assert len(triggers) == 2, triggers
+    assert again.stop(signal.SIGTERM) == 0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

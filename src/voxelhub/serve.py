@@ -153,6 +153,23 @@ def _ensure_archive(runtime: Runtime, name: str) -> None:
             )
 
 
+def _ensure_reconstruction(runtime: Runtime, archive_name: str, method: str) -> None:
+    from voxelhub.algorithms import triggers
+    from voxelhub.archives.models import Archive
+
+    owner = _first_admin(runtime)
+    with session_scope(runtime.database_url) as db:
+        archive_id = db.scalar(select(Archive.id).where(Archive.name == archive_name))
+        if archive_id is None:
+            raise ConfigurationError(f"the default archive {archive_name!r} does not exist")
+        created = triggers.ensure_reconstruction(db, owner, archive_id, method)
+    for algorithm in created:
+        logger.info("raw k-space arriving in %s: added a trigger for %s", archive_name, algorithm)
+    console.print(
+        f"raw k-space arriving in [cyan]{archive_name}[/] is reconstructed by [cyan]{method}[/]"
+    )
+
+
 def _sync_builtins(runtime: Runtime) -> None:
     from voxelhub.algorithms.catalog import sync_builtins
 
@@ -220,6 +237,8 @@ def _prepare(settings: Settings, options: ServeOptions) -> Runtime:
     if settings.default_archive:
         _ensure_archive(runtime, settings.default_archive)
     _sync_builtins(runtime)
+    if settings.recon_on_arrival and settings.default_archive:
+        _ensure_reconstruction(runtime, settings.default_archive, settings.recon_on_arrival)
     # Before any worker starts: several creating the embedded broker's tables at once race.
     broker.prepare(
         celery_for(settings, runtime.database_url), runtime.database_url, celery_app.QUEUES

@@ -42,6 +42,8 @@ def test_toml_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.M
         ({"secret_key": "short"}, "shorter than 32"),
         ({"s3_bucket": "b"}, "VOXELHUB_S3_ACCESS_KEY"),
         ({"unknown_option": 1}, "unknown_option"),
+        ({"recon_on_arrival": "raki", "default_archive": ""}, "VOXELHUB_DEFAULT_ARCHIVE is empty"),
+        ({"recon_on_arrival": "sense"}, "recon_on_arrival"),
     ],
 )
 def test_insecure_or_wrong_settings_are_refused(

@@ -84,6 +84,43 @@ def create_trigger(
     return trigger
 
 
+RAW_KSPACE = "kspace"
+PREPROCESSED_KSPACE = "mri-preprocess.kspace-preprocessed"
+
+
+def ensure_reconstruction(
+    db: Session, principal: Principal, archive_id: uuid.UUID, method: str
+) -> list[str]:
+    """The two triggers that reconstruct raw k-space arriving in the archive: mri-preprocess
+    on each new `kspace` value, mri-recon-`method` on each preprocessed one. Creates the
+    ones missing (the same algorithm on the same value, whoever made it), leaves every
+    other trigger alone; returns the algorithms of those it created."""
+    wanted = [
+        TriggerCreate(
+            algorithm="mri-preprocess", input_interface="kspace", value_interface=RAW_KSPACE
+        ),
+        TriggerCreate(
+            algorithm=f"mri-recon-{method}",
+            input_interface="kspace",
+            value_interface=PREPROCESSED_KSPACE,
+        ),
+    ]
+    existing = {
+        (slug, (rule or {}).get("value_interface"))
+        for slug, rule in db.execute(
+            select(Algorithm.slug, Trigger.rule)
+            .join(Algorithm, Algorithm.id == Trigger.algorithm_id)
+            .where(Trigger.archive_id == archive_id)
+        )
+    }
+    created = []
+    for body in wanted:
+        if (body.algorithm, body.value_interface) not in existing:
+            create_trigger(db, principal, archive_id, body)
+            created.append(body.algorithm)
+    return created
+
+
 def _matches(rule: dict[str, Any], series: Series) -> bool:
     if rule.get("modality") and series.modality.upper() != str(rule["modality"]).upper():
         return False

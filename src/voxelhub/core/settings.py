@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"], description="Origins allowed to call the APIs from a browser"
     )
     max_upload_part_mb: int = Field(default=2048, gt=0)
+    recon_on_arrival: Literal["zero-filled", "grappa", "raki", "rraki"] | None = Field(
+        default=None,
+        description="Reconstruct raw k-space that arrives in the default archive (drop "
+        "folder, upload) with this method, without further action: `serve` wires the "
+        "triggers mri-preprocess on `kspace` and mri-recon-METHOD on its output",
+    )
     recon_outbox: Path | None = Field(
         default=None,
         description="A folder every reconstructed MR series is also written to, one "
@@ -182,6 +188,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "VOXELHUB_RAW_DATA_STORAGE_CLASS applies to S3 only, but the raw-data tier is "
                 f"the folder {self.raw_data_location or self.home / 'objects'}"
+            )
+        if self.recon_on_arrival is not None and not self.default_archive:
+            raise ValueError(
+                "VOXELHUB_RECON_ON_ARRIVAL reconstructs what arrives in the default archive, "
+                "but VOXELHUB_DEFAULT_ARCHIVE is empty; name an archive or unset it"
             )
         if self.secret_key is not None and len(self.secret_key.get_secret_value()) < (
             MIN_SECRET_KEY_LENGTH
