@@ -345,3 +345,24 @@ def test_slices_per_batch_is_asked_or_one_on_the_cpu() -> None:
         free, _ = torch.cuda.mem_get_info(gpu)
         assert _raki_net.slices_per_batch(None, gpu, 1) == _raki_net.MOST_SLICES_PER_BATCH
         assert _raki_net.slices_per_batch(None, gpu, free) == 1
+
+
+def test_batches_out_of_gpu_memory_are_run_again_in_halves() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def run(first: int, stop: int) -> torch.Tensor:
+        calls.append((first, stop))
+        if stop - first > 3:  # as a GPU that has room for three slices only
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return torch.arange(first, stop)
+
+    done = list(_raki_net.in_batches(10, 8, run))
+    assert [first for first, _ in done] == [0, 2, 4, 6, 8]
+    assert torch.cat([batch for _, batch in done]).tolist() == list(range(10))
+    assert calls[:3] == [(0, 8), (0, 4), (0, 2)]
+
+    def never(first: int, stop: int) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(ReconError, match="out of memory reconstructing a single slice"):
+        list(_raki_net.in_batches(4, 4, never))

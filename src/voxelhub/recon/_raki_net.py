@@ -9,9 +9,10 @@ acquired lines put back as measured.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from voxelhub.recon.grappa import irregular_groups
 from voxelhub.recon.header import pe_offset, recon_shape
 from voxelhub.recon.image import kspace_to_images
 from voxelhub.recon.model import ComplexArray, FloatArray, KSpace, Reconstruction, Sampling
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Options", "Training", "Weights", "fill", "initial_weights", "reconstruct", "train"]
 
@@ -302,22 +305,51 @@ def _filled_batches(
     per_batch = slices_per_batch(options.slices_per_batch, device, data[:1].nbytes)
     groups = irregular_groups(sampling, blocks=KERNEL_1[1])
     acquired = _index(np.flatnonzero(sampling.mask), torch.empty(0, device=device))
-    with runtime(device, options.threads):
-        for first in range(0, data.shape[0], per_batch):
-            measured = torch.from_numpy(
-                np.ascontiguousarray(data[first : first + per_batch], dtype=np.complex64)
-            ).to(device)
-            batch = _fill_batch(
-                measured, sampling, options=options, residual=residual,
-                mixed_precision=precision == "bfloat16",
+
+    def filled(first: int, stop: int) -> torch.Tensor:
+        measured = torch.from_numpy(np.ascontiguousarray(data[first:stop], dtype=np.complex64)).to(
+            device
+        )
+        batch = _fill_batch(
+            measured, sampling, options=options, residual=residual,
+            mixed_precision=precision == "bfloat16",
+        )  # fmt: skip
+        batch[..., acquired] = measured[..., acquired]
+        if options.irregular_gaps == "grappa":
+            fill_groups(
+                batch, sampling, groups, taps=KERNEL_1[0],
+                regularization=options.linear_regularization,
             )  # fmt: skip
-            batch[..., acquired] = measured[..., acquired]
-            if options.irregular_gaps == "grappa":
-                fill_groups(
-                    batch, sampling, groups, taps=KERNEL_1[0],
-                    regularization=options.linear_regularization,
-                )  # fmt: skip
-            yield first, batch
+        return batch
+
+    with runtime(device, options.threads):
+        yield from in_batches(data.shape[0], per_batch, filled)
+
+
+def in_batches(
+    count: int, size: int, run: Callable[[int, int], torch.Tensor]
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first, `run(first, stop)`) over `count` slices, `size` at a time; a batch that runs
+    the GPU out of memory (another job took some since the size was chosen) is tried again
+    in halves, down to one slice. Results do not depend on the batch size."""
+    first = 0
+    while first < count:
+        stop = min(first + size, count)
+        try:
+            result = run(first, stop)
+        except torch.OutOfMemoryError as err:
+            if size == 1:
+                raise ReconError(
+                    "the GPU ran out of memory reconstructing a single slice; free GPU "
+                    "memory (other jobs on the card) or use the setting device=cpu"
+                ) from err
+            size = max(size // 2, 1)
+            logger.warning("out of GPU memory: slices %d-%d again, %d at a time", first, stop, size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        yield first, result
+        first = stop
 
 
 def _fill_batch(
