@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _device import unavailable
 
 from voxelhub.recon.grappa import grappa
 from voxelhub.recon.masks import equispaced_mask
@@ -205,8 +206,7 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print("no CUDA GPU here; run with --device cpu for a smoke run", file=sys.stderr)
+    if unavailable(device):
         return 2
     path = args.json or HERE / "results" / f"recon-gpu-{datetime.now():%Y-%m-%dT%H%M}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

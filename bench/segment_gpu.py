@@ -35,6 +35,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from _device import unavailable  # noqa: E402
 from tests.segment.bundles import spleen_network  # noqa: E402
 
 from voxelhub.segment.inference import WindowSettings, channel_argmax, sliding_window  # noqa: E402
@@ -78,8 +79,7 @@ def labels(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print("no CUDA GPU here; run with --device cpu for a smoke run", file=sys.stderr)
+    if unavailable(device):
         return 2
     shape = (160, 160, 96) if args.small else (512, 512, 200)
     image = volume(shape)
