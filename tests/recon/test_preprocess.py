@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -79,3 +80,40 @@ def test_truncated_file_is_refused(tiny: PhantomAcquisition, tmp_path: Path) -> 
     target.write_bytes(target.read_bytes()[:4000])
     with pytest.raises(ReconError, match=r"cut\.h5"):
         read_kspace(target)
+
+
+def test_only_the_sampled_columns_are_stored(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    kspace = tiny.kspace
+    target = tmp_path / "sampled.h5"
+    write_preprocessed(target, kspace)
+    with h5py.File(target) as handle:
+        assert handle["kspace"].shape[-1] == int(kspace.sampling.mask.sum())
+    np.testing.assert_array_equal(read_kspace(target).data, kspace.data)
+
+
+def test_data_on_an_unsampled_column_keeps_every_column(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    kspace = tiny.kspace
+    data = kspace.data.copy()
+    unsampled = int(np.flatnonzero(~kspace.sampling.mask)[0])
+    data[0, 0, 5, unsampled] = 1 + 2j
+    target = tmp_path / "odd.h5"
+    write_preprocessed(target, replace(kspace, data=data))
+    with h5py.File(target) as handle:
+        assert handle["kspace"].shape[-1] == data.shape[-1]
+    np.testing.assert_array_equal(read_kspace(target).data, data)
+
+
+def test_format_1_files_are_still_read(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    """Files written before only the sampled columns were kept: every column, no `columns`."""
+    kspace = tiny.kspace
+    target = tmp_path / "old.h5"
+    write_preprocessed(target, kspace)
+    with h5py.File(target, "r+") as handle:
+        del handle["kspace"], handle["columns"]
+        handle.create_dataset("kspace", data=kspace.data, chunks=(1, *kspace.data.shape[1:]))
+        handle.attrs["voxelhub_kspace"] = 1
+    back = read_kspace(target)
+    np.testing.assert_array_equal(back.data, kspace.data)
+    assert back.sampling.acs == kspace.sampling.acs
