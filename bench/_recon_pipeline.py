@@ -5,7 +5,8 @@ the MR series in the image store, timed from the drop to the series being querya
     .venv/bin/python bench/recon.py --pipeline grappa --pipeline-slices 20
 
 The platform runs as deployed: `voxelhub serve` with its embedded PostgreSQL and broker and
-one worker of its own, two triggers on the default archive (raw `kspace` → preprocessing,
+one worker of its own, `VOXELHUB_DROP_FOLDER` and `VOXELHUB_RECON_ON_ARRIVAL=<method>` (which
+adds the two triggers to the default archive: raw `kspace` → preprocessing,
 `mri-preprocess.kspace-preprocessed` → reconstruction). Stage times come from the job rows.
 """
 
@@ -37,9 +38,14 @@ SIMULATED_SLICES = 2
 @dataclass
 class DropPlatform(Platform):
     drop: Path = Path()
+    method: str = "grappa"
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "VOXELHUB_DROP_FOLDER": str(self.drop)}
+        return {
+            **super().env(),
+            "VOXELHUB_DROP_FOLDER": str(self.drop),
+            "VOXELHUB_RECON_ON_ARRIVAL": self.method,
+        }
 
 
 def _seconds(job: dict[str, Any], start: str, stop: str) -> float | None:
@@ -97,22 +103,10 @@ def _acquisition(spec: PhantomSpec) -> KSpace:
 def _one_run(method: str, spec: PhantomSpec, work: Path) -> dict[str, Any]:
     drop = work / "drop"
     drop.mkdir(parents=True)
-    platform = DropPlatform(home=work / "home", serve_workers=1, drop=drop)
+    platform = DropPlatform(home=work / "home", serve_workers=1, drop=drop, method=method)
     platform.start()
     try:
         with httpx.Client(base_url=platform.base, headers=platform.headers, timeout=120) as client:
-            for body in (
-                {"algorithm": "mri-preprocess", "value_interface": "kspace"},
-                {
-                    "algorithm": f"mri-recon-{method}",
-                    "value_interface": "mri-preprocess.kspace-preprocessed",
-                },
-            ):
-                made = client.post(
-                    f"/api/v1/archives/{platform.archive_id}/triggers",
-                    json={**body, "input_interface": "kspace"},
-                )
-                made.raise_for_status()
             staged = work / "staging" / "knee_pipeline.h5"
             staged.parent.mkdir()
             write_fastmri(staged, _acquisition(spec))

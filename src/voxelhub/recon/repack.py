@@ -19,6 +19,10 @@ from voxelhub.recon.errors import ReconError
 from voxelhub.recon.h5 import open_h5
 
 Codec = Literal["gzip", "lzf", "none"]
+# On the ingest path of every raw file. A 20-slice 640 x 320 x 15-coil R = 4 fastMRI file
+# (492 MB): level 4 took 12.3 s for 2.37x, level 1 7.6 s for 2.36x (the zeros compress at
+# any level, the measured samples at none).
+GZIP_LEVEL = 1
 MIN_COMPRESSED_BYTES = 4096
 _MAX_CHUNK_BYTES = 4 << 20
 
@@ -69,7 +73,7 @@ def repack(source: str | Path, target: str | Path, *, codec: Codec = "gzip") -> 
     """
     options: dict[str, Any] = {}
     if codec == "gzip":
-        options = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        options = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
     elif codec == "lzf":
         options = {"compression": "lzf", "shuffle": True}
     elif codec != "none":
