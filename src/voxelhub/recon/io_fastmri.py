@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from voxelhub.recon import h5chunks
 from voxelhub.recon.detect import check_kspace, detect_sampling
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.h5 import open_h5, read_string
@@ -78,7 +79,11 @@ def read_fastmri(path: str | Path) -> KSpace:
         width = int(limits[1]) - int(limits[0]) + 1
         offset = pe_offset(header, width)
         columns = slice(offset, offset + width)
-        data = np.asarray(dataset[..., columns], dtype=np.complex64)
+        # Compressed (the raw-data tier's copy): decompressed on every core, then cut.
+        chosen = (
+            h5chunks.read(dataset)[..., columns] if dataset.compression else dataset[..., columns]
+        )
+        data = np.ascontiguousarray(chosen, dtype=np.complex64)
         mask = _mask(handle, columns, width=dataset.shape[-1], name=name)
         hints = {key: int(handle.attrs[key]) for key in _HINTS if key in handle.attrs}
     if data.ndim == 3:

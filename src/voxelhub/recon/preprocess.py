@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from voxelhub.recon import h5chunks
 from voxelhub.recon.compression import compress
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.h5 import open_h5
@@ -103,17 +104,19 @@ def write_preprocessed(
 ) -> dict[str, int]:
     """Write `kspace` as a preprocessed file; returns its raw and stored byte counts."""
     options: dict[str, Any] = {}
-    if codec == "gzip":
-        options = {"compression": "gzip", "compression_opts": level, "shuffle": True}
-    elif codec == "lzf":
+    if codec == "lzf":
         options = {"compression": "lzf", "shuffle": True}
-    elif codec != "none":
+    elif codec not in ("gzip", "none"):
         raise ReconError(f"unknown codec {codec!r}; use gzip, lzf or none")
     mask = kspace.sampling.mask.astype(bool)
     columns = np.flatnonzero(mask) if not kspace.data[..., ~mask].any() else np.arange(mask.size)
     data = np.ascontiguousarray(kspace.data[..., columns], dtype=np.complex64)
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("kspace", data=data, chunks=(1, *data.shape[1:]), **options)
+        chunks = (1, *data.shape[1:])
+        if codec == "gzip":
+            h5chunks.write_gzip(handle, "kspace", data, chunks=chunks, level=level)
+        else:
+            handle.create_dataset("kspace", data=data, chunks=chunks, **options)
         handle.create_dataset("columns", data=columns.astype(np.int32))
         handle.create_dataset("mask", data=mask)
         handle.attrs[FORMAT_ATTRIBUTE] = FORMAT_VERSION
@@ -143,7 +146,7 @@ def read_preprocessed(path: str | Path) -> KSpace:
             )
         if "kspace" not in handle or "mask" not in handle:
             raise ReconError(f"{name}: a preprocessed file needs 'kspace' and 'mask' datasets")
-        stored = np.asarray(handle["kspace"][()], dtype=np.complex64)
+        stored = np.asarray(h5chunks.read(handle["kspace"]), dtype=np.complex64)
         mask = np.asarray(handle["mask"][()], dtype=bool).reshape(-1)
         columns = (
             np.asarray(handle["columns"][()], dtype=np.intp).reshape(-1)

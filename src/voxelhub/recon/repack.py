@@ -15,6 +15,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from voxelhub.recon import h5chunks
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.h5 import open_h5
 
@@ -53,7 +54,13 @@ def _copy(source: h5py.Group, target: h5py.Group, options: dict[str, Any]) -> No
         if isinstance(node, h5py.Group):
             _copy(node, target.create_group(name), options)
         elif isinstance(node, h5py.Dataset) and options and _compressible(node):
-            copied = target.create_dataset(name, data=node[()], chunks=_chunks(node), **options)
+            if options.get("compression") == "gzip":
+                level = int(options["compression_opts"])
+                copied = h5chunks.write_gzip(
+                    target, name, h5chunks.read(node), chunks=_chunks(node), level=level
+                )
+            else:
+                copied = target.create_dataset(name, data=node[()], chunks=_chunks(node), **options)
             for key, value in node.attrs.items():
                 copied.attrs[key] = value
         else:
