@@ -13,7 +13,8 @@ detection: the sampling is what preprocessing found. Format 1 (every column stor
 
 Keeping only the sampled columns is what makes the stage fast: for a 20-slice 640 x 320 x
 15-coil file at R = 4 (492 MB) gzip wrote all columns in 11.7 s (207 MB) and read them back
-in 3.2 s; the 98 sampled columns took 3.4 s at level 1 (130 MB) and 0.6 s to read.
+in 3.2 s; the 98 sampled columns took 3.4 s at level 1 (130 MB) and 0.6 s to read, and
+with the chunks compressed on both cores of that machine (`h5chunks`) 2.3 s and 0.34 s.
 """
 
 from __future__ import annotations
