@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from voxelhub.recon.errors import ReconError
 from voxelhub.recon.gaps import GapGroup
+from voxelhub.recon.grappa import check_calibration
 from voxelhub.recon.model import Sampling
 
 POWER_ITERATIONS = 30
@@ -62,12 +62,7 @@ def fit_kernels(
     ‖S W - T‖² + (λσ₁)²‖W‖² on that slice's ACS block (complex64, slices x coils x readout
     x lines)."""
     patches, targets = calibration(acs, group, taps=taps)
-    if patches.shape[1] < patches.shape[2]:
-        raise ReconError(
-            f"the ACS block ({acs.shape[-1]} lines x {acs.shape[2]} samples) gives "
-            f"{patches.shape[1]} calibration equations for {patches.shape[2]} kernel weights; "
-            "use a smaller kernel or acquire more calibration lines"
-        )
+    check_calibration(patches.shape[1], patches.shape[2], lines=acs.shape[-1], samples=acs.shape[2])
     adjoint = patches.mH
     gram = torch.bmm(adjoint, patches).to(torch.complex128)
     rhs = torch.bmm(adjoint, targets).to(torch.complex128)
@@ -95,16 +90,10 @@ def apply_kernels(
 
 
 def fill_groups(
-    kspace: torch.Tensor,
-    sampling: Sampling,
-    groups: list[GapGroup],
-    *,
-    taps: int,
+    kspace: torch.Tensor, sampling: Sampling, groups: list[GapGroup], *, taps: int,
     regularization: float,
-) -> None:
-    """Fill the missing lines of `groups` in `kspace` (slices, coils, readout, PE) in place,
-    one kernel per slice and group calibrated on that slice's ACS block; the groups' source
-    lines must hold the acquired data (as `grappa.fill_groups`)."""
+) -> None:  # fmt: skip
+    """`grappa.fill_groups` for a tensor of k-space, every slice of it at once."""
     start, stop = sampling.acs
     acs = kspace[..., start:stop].clone()
     for group in groups:

@@ -53,16 +53,21 @@ def _largest_eigenvalue(gram: npt.NDArray[np.complex128], *, iterations: int = 3
     return value
 
 
+def check_calibration(equations: int, weights: int, *, lines: int, samples: int) -> None:
+    """Refuse a kernel the ACS block (`lines` x `samples`) gives too few equations for."""
+    if equations < weights:
+        raise ReconError(
+            f"the ACS block ({lines} lines x {samples} samples) gives {equations} calibration "
+            f"equations for {weights} kernel weights; use a smaller kernel or acquire more "
+            "calibration lines"
+        )
+
+
 def fit_kernel(acs: ComplexArray, group: GapGroup, *, taps: int, regularization: float) -> Weights:
     """Weights (taps·coils·sources x coils·targets) minimising ‖S W - T‖² + (λσ₁)²‖W‖²,
     with σ₁ the largest singular value of the source matrix S and λ = `regularization`."""
     patches, targets = _sources(acs, group, taps=taps)
-    if patches.shape[0] < patches.shape[1]:
-        raise ReconError(
-            f"the ACS block ({acs.shape[-1]} lines x {acs.shape[1]} samples) gives "
-            f"{patches.shape[0]} calibration equations for {patches.shape[1]} kernel weights; "
-            "use a smaller kernel or acquire more calibration lines"
-        )
+    check_calibration(patches.shape[0], patches.shape[1], lines=acs.shape[-1], samples=acs.shape[1])
     adjoint = patches.conj().T
     gram = (adjoint @ patches).astype(np.complex128)
     rhs = (adjoint @ targets).astype(np.complex128)
