@@ -96,6 +96,7 @@ def stow_figures(outcome: Any, seconds: float, cpu: CpuMeter | None = None) -> d
         "instances_per_s": outcome.stored / seconds if seconds else 0.0,
         "seconds": seconds,
         "server_cpu_seconds": cpu.seconds if cpu else None,
+        "server_cpu_seconds_by_process": cpu.by_kind if cpu else None,
         "server_cpu_ms_per_instance": 1000 * cpu.seconds / outcome.stored
         if cpu and outcome.stored
         else None,

@@ -68,9 +68,10 @@ def stow(servers: list[Server], data: Data, sizes: Sizes, keep: dict[str, Any]) 
                 )
             figures = stow_figures(outcome, seconds, cpu)
             out.setdefault(f"{clients}_clients", {})[server.name] = figures
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.by_kind.items()) if v >= 0.05)
             say(
                 f"STOW {clients} client(s) {server.name}: {outcome.stored}/{outcome.sent} "
-                f"stored in {seconds:.1f} s, server CPU {cpu.seconds:.1f} s",
+                f"stored in {seconds:.1f} s, server CPU {cpu.seconds:.1f} s ({shares})",
                 outcome.errors,
             )
     return out

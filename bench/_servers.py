@@ -274,16 +274,33 @@ def _tree(roots: list[int]) -> list[psutil.Process]:
     return list(procs.values())
 
 
-def tree_cpu(roots: list[int]) -> dict[int, float]:
-    """CPU seconds (user + system, children reaped included) of each process in the trees."""
+def tree_cpu(roots: list[int], names: dict[int, str] | None = None) -> dict[int, float]:
+    """CPU seconds (user + system, children reaped included) of each process in the trees;
+    `names` gets each process's kind (`process_kind`)."""
     out = {}
     for proc in _tree(roots):
         try:
             t = proc.cpu_times()
             out[proc.pid] = t.user + t.system + t.children_user + t.children_system
-        except psutil.NoSuchProcess:
+            if names is not None and proc.pid not in names:
+                names[proc.pid] = process_kind(proc.cmdline())
+        except psutil.Error:
             pass
     return out
+
+
+def process_kind(command: list[str]) -> str:
+    """A short name for a server process: "serve", "worker", a module run with -m, or the
+    program (PostgreSQL backends by their title)."""
+    if not command:
+        return "?"
+    if "-m" in command[:-1]:
+        return command[command.index("-m") + 1].rsplit(".", 1)[-1]
+    if "serve" in command[1:3]:
+        return "serve"
+    if command[0].startswith("postgres"):
+        return "postgres"
+    return Path(command[0]).name
 
 
 class CpuMeter:
@@ -293,14 +310,20 @@ class CpuMeter:
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
         self.seconds = 0.0
+        self.by_kind: dict[str, float] = {}
+        self._names: dict[int, str] = {}
 
     def __enter__(self) -> CpuMeter:
-        self._before = tree_cpu(self.roots)
+        self._before = tree_cpu(self.roots, self._names)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        after = tree_cpu(self.roots)
-        self.seconds = sum(v - self._before.get(pid, 0.0) for pid, v in after.items())
+        after = tree_cpu(self.roots, self._names)
+        spent = {pid: v - self._before.get(pid, 0.0) for pid, v in after.items()}
+        self.seconds = sum(spent.values())
+        for pid, seconds in spent.items():
+            kind = self._names.get(pid, "?")
+            self.by_kind[kind] = round(self.by_kind.get(kind, 0.0) + seconds, 3)
 
 
 def tree_rss(roots: list[int]) -> tuple[int, int]:

@@ -259,7 +259,8 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
         "precision": result.settings["precision"], "threads": 1,
         "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
         "schedule": "cosine", "held_out": 0.0, "patience": 40, "features": None,
-        "irregular_gaps": "grappa", "acceleration": 3, "acs_lines": 11,
+        "irregular_gaps": "grappa", "calibration_extension": 0,
+        "acceleration": 3, "acs_lines": 11,
     }  # fmt: skip
     assert result.settings["precision"] in {"float32", "bfloat16"}
     assert (
@@ -271,7 +272,13 @@ def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
     options = _raki_net.Options(iterations=None, learning_rate=1e-2)
     rates = (2, 4, 5, 6)
     assert [options.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0.1, 0.1]
-    assert [options.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.35, 0.35]
+    assert [options.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.2, 0.2]
+    assert [options.resolved_extension(r, residual=True) for r in rates] == [0, 0, 20, 20]
+    assert [options.resolved_extension(r, residual=False) for r in rates] == [0, 0, 0, 0]
+    acs_only = replace(options, calibration_extension=0)
+    assert [acs_only.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.35, 0.35]
+    widened = replace(options, calibration_extension=8)
+    assert [widened.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0.2, 0.2]
     assert [options.resolved_iterations(held) for held in (0.0, 0.1)] == [400, 200]
     chosen = replace(options, held_out=0.3, iterations=7)
     assert chosen.resolved_held_out(2, residual=False) == 0.3
@@ -366,3 +373,56 @@ def test_batches_out_of_gpu_memory_are_run_again_in_halves() -> None:
 
     with pytest.raises(ReconError, match="out of memory reconstructing a single slice"):
         list(_raki_net.in_batches(4, 4, never))
+
+
+@pytest.fixture(scope="module")
+def small_r5() -> PhantomAcquisition:
+    spec = PhantomSpec(readout=48, phase_encode=64, coils=6, acceleration=5, acs_lines=16)
+    return simulate(spec, seed=4)
+
+
+@pytest.mark.parametrize("extension", [0, 6, 40])
+def test_calibration_block_is_the_acs_widened_by_grappa(
+    small_r5: PhantomAcquisition, extension: int
+) -> None:
+    kspace = small_r5.kspace
+    sampling, data = kspace.sampling, kspace.data
+    start, stop = sampling.acs
+    block = _raki_net.calibration_block(
+        torch.from_numpy(data), sampling, extension=extension, regularization=0.1
+    ).numpy()
+    first, last = max(start - extension, 0), min(stop + extension, data.shape[-1])
+    assert block.shape == (*data.shape[:-1], last - first)
+    # Acquired lines (the ACS block and the grid lines beside it) are the measured ones.
+    acquired = np.flatnonzero(sampling.mask[first:last])
+    np.testing.assert_array_equal(block[..., acquired], data[..., first + acquired])
+    # The others are GRAPPA's, with the same kernel and lambda.
+    missing = np.flatnonzero(~sampling.mask[first:last])
+    assert (missing.size > 0) == (extension > 0)
+    expected = grappa_kspace(data, sampling, kernel=(5, 2), regularization=0.1)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(
+        block[..., missing], expected[..., first + missing], rtol=0, atol=1e-5 * scale
+    )
+
+
+def test_rraki_trains_on_the_widened_block_from_r5_and_records_it(
+    small_r5: PhantomAcquisition,
+) -> None:
+    result = reconstruct_rraki(small_r5.kspace, iterations=5, threads=1, device="cpu")
+    assert result.settings["calibration_extension"] == 20
+    assert result.settings["held_out"] == 0.2
+    acs_only = reconstruct_rraki(
+        small_r5.kspace, iterations=5, threads=1, device="cpu", calibration_extension=0
+    )
+    assert acs_only.settings["held_out"] == 0.35
+    assert not np.array_equal(result.images, acs_only.images)
+    # Both stay close to GRAPPA, which both start from.
+    reference = small_r5.reference
+    baseline = nmse(reference, grappa(small_r5.kspace).images)
+    assert nmse(reference, result.images) < 1.1 * baseline
+
+
+def test_negative_calibration_extension_is_refused(small_r5: PhantomAcquisition) -> None:
+    with pytest.raises(ReconError, match="calibration_extension must be 0 or more lines"):
+        reconstruct_rraki(small_r5.kspace, iterations=1, calibration_extension=-1)

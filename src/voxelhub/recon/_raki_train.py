@@ -278,10 +278,11 @@ def grappa_branch(
     acs: torch.Tensor, acceleration: int, *, outputs: int, regularization: float
 ) -> torch.Tensor:
     """Residual RAKI's linear branch as our GRAPPA kernel, (slices, outputs*(R-1),
-    2*coils*10), from the complex ACS blocks (slices, coils, readout, lines) on their device.
+    2*coils*10), from the complex calibration blocks (slices, coils, readout, lines: the ACS
+    block, or the block widened by GRAPPA, `_raki_net.calibration_block`) on their device.
 
     The complex 5x2 kernel from the lines p and p + R to p + 1 ... p + R - 1 is fitted on
-    the whole ACS block of each slice exactly as `grappa.fit_kernel` fits it, then written as
+    the whole block of each slice exactly as `grappa.fit_kernel` fits it, then written as
     the real map on real/imaginary-stacked patches: with weights u + iv,
     Re y = u Re x - v Im x and Im y = v Re x + u Im x.
     """

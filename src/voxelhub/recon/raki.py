@@ -81,6 +81,7 @@ def reconstruct_raki(
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
+    calibration_extension: int | None = None,
 ) -> Reconstruction:
     """RAKI magnitude images (slices x rows x columns, float32) of an undersampled acquisition.
 
@@ -96,7 +97,9 @@ def reconstruct_raki(
     improvement before the training stops (None: never early), `features` the principal
     components layer 1 learns on (None: all), `irregular_gaps` "grappa" (GRAPPA kernels for
     the lines off the regular grid: beside the ACS block, at the phase-encode edges) or
-    "network" (the networks predict them too). `**FULL_LENGTH` trains as the paper did. The
+    "network" (the networks predict them too), `calibration_extension` lines on each side
+    of the ACS block, filled by GRAPPA, added to the block the networks train on (None: 0;
+    see `_raki_net.CALIBRATION_EXTENSION`). `**FULL_LENGTH` trains as the paper did. The
     same seed gives the same images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
@@ -118,6 +121,7 @@ def reconstruct_raki(
         patience=patience,
         features=features,
         irregular_gaps=irregular_gaps,
+        calibration_extension=calibration_extension,
     )
     return _raki_net.reconstruct(kspace, options, method="raki")
 
@@ -138,6 +142,7 @@ def fill(
     patience: int | None = DEFAULT_PATIENCE,
     features: int | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
+    calibration_extension: int | None = None,
 ) -> ComplexArray:
     """One slice's k-space (coils, readout, PE) with the missing lines predicted by RAKI.
 
@@ -156,6 +161,7 @@ def fill(
         patience=patience,
         features=features,
         irregular_gaps=irregular_gaps,
+        calibration_extension=calibration_extension,
     )
     return _raki_net.fill_slice(kspace_slice, sampling, options=options, residual=False)
 
