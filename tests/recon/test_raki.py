@@ -53,7 +53,8 @@ def raki_r4(small_r4: PhantomAcquisition) -> float:
 
 
 def test_r3_beats_zero_filled_and_is_close_to_grappa(small_r3: PhantomAcquisition) -> None:
-    # Measured: zero-filled 0.026, GRAPPA 0.0047, RAKI 0.0029 (300 iterations).
+    # Measured: zero-filled 0.026, GRAPPA 0.0047, RAKI 0.0023 (300 iterations; 0.0029 on
+    # the ACS block alone).
     error = nmse(small_r3.reference, reconstruct_raki(small_r3.kspace, **FAST).images)
     assert error < 0.25 * nmse(small_r3.reference, zero_filled(small_r3.kspace).images)
     assert error < 1.25 * nmse(small_r3.reference, grappa(small_r3.kspace).images)
@@ -62,27 +63,29 @@ def test_r3_beats_zero_filled_and_is_close_to_grappa(small_r3: PhantomAcquisitio
 def test_r4_beats_zero_filled_and_is_no_worse_than_grappa(
     small_r4: PhantomAcquisition, raki_r4: float
 ) -> None:
-    # Measured: zero-filled 0.035, GRAPPA 0.0096, RAKI 0.0082 (300 iterations).
+    # Measured: zero-filled 0.035, GRAPPA 0.0096, RAKI 0.0044 (300 iterations; 0.0072 on
+    # the ACS block alone).
     assert raki_r4 < 0.4 * nmse(small_r4.reference, zero_filled(small_r4.kspace).images)
-    assert raki_r4 < 1.1 * nmse(small_r4.reference, grappa(small_r4.kspace).images)
+    assert raki_r4 < 0.8 * nmse(small_r4.reference, grappa(small_r4.kspace).images)
 
 
-def test_rraki_is_at_least_as_good_as_raki_at_r4(
-    small_r4: PhantomAcquisition, raki_r4: float
-) -> None:
-    # Measured: RAKI 0.0082, residual RAKI 0.0056.
+def test_rraki_beats_grappa_at_r4(small_r4: PhantomAcquisition) -> None:
+    # Measured: GRAPPA 0.0096, residual RAKI 0.0055 (0.0050 on the ACS block alone).
     result = reconstruct_rraki(small_r4.kspace, **FAST)
     assert result.method == "rraki"
-    assert nmse(small_r4.reference, result.images) <= raki_r4
+    assert nmse(small_r4.reference, result.images) < 0.8 * nmse(
+        small_r4.reference, grappa(small_r4.kspace).images
+    )
 
 
 def test_rraki_linear_branch_is_our_grappa(small_r4: PhantomAcquisition) -> None:
-    """Before any training residual RAKI's linear branch fills the regular gaps exactly as
-    GRAPPA does (the CNN's last layer starts at zero)."""
+    """Before any training residual RAKI's linear branch, fitted on the ACS block alone,
+    fills the regular gaps exactly as GRAPPA does (the CNN's last layer starts at zero)."""
     kspace = small_r4.kspace
     ours = rraki_fill(
-        kspace.data[0], kspace.sampling, iterations=0, training_readout=None, threads=1
-    )
+        kspace.data[0], kspace.sampling, iterations=0, training_readout=None, threads=1,
+        calibration_extension=0,
+    )  # fmt: skip
     theirs = grappa_kspace(kspace.data, kspace.sampling)[0]
     start, stop = kspace.sampling.acs
     lines = np.flatnonzero(kspace.sampling.mask)
@@ -259,7 +262,7 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
         "precision": result.settings["precision"], "threads": 1,
         "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
         "schedule": "cosine", "held_out": 0.0, "patience": 40, "features": None,
-        "irregular_gaps": "grappa", "calibration_extension": 0,
+        "irregular_gaps": "grappa", "calibration_extension": 20,
         "acceleration": 3, "acs_lines": 11,
     }  # fmt: skip
     assert result.settings["precision"] in {"float32", "bfloat16"}
@@ -270,15 +273,22 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
 
 def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
     options = _raki_net.Options(iterations=None, learning_rate=1e-2)
-    rates = (2, 4, 5, 6)
-    assert [options.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0.1, 0.1]
-    assert [options.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.2, 0.2]
-    assert [options.resolved_extension(r, residual=True) for r in rates] == [0, 0, 20, 20]
-    assert [options.resolved_extension(r, residual=False) for r in rates] == [0, 0, 0, 0]
+    rates = (1, 2, 4, 5, 6)
+    for residual in (False, True):
+        assert [options.resolved_extension(r, residual=residual) for r in rates] == [
+            0, 20, 20, 20, 20
+        ]  # fmt: skip
+        assert [options.resolved_held_out(r, residual=residual) for r in rates] == [
+            0, 0, 0, 0.2, 0.2
+        ]  # fmt: skip
+        assert [options.resolved_features(r, residual=residual) for r in rates] == [
+            64, None, None, None, None
+        ]  # fmt: skip
     acs_only = replace(options, calibration_extension=0)
-    assert [acs_only.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0.35, 0.35]
-    widened = replace(options, calibration_extension=8)
-    assert [widened.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0.2, 0.2]
+    assert [acs_only.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0, 0.1, 0.1]
+    assert [acs_only.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0, 0.35, 0.35]
+    assert {acs_only.resolved_features(r, residual=False) for r in rates} == {64}
+    assert replace(options, features=32).resolved_features(4, residual=False) == 32
     assert [options.resolved_iterations(held) for held in (0.0, 0.1)] == [400, 200]
     chosen = replace(options, held_out=0.3, iterations=7)
     assert chosen.resolved_held_out(2, residual=False) == 0.3
@@ -406,21 +416,25 @@ def test_calibration_block_is_the_acs_widened_by_grappa(
     )
 
 
-def test_rraki_trains_on_the_widened_block_from_r5_and_records_it(
-    small_r5: PhantomAcquisition,
+@pytest.mark.parametrize("name", ["raki", "rraki"])
+def test_the_widened_block_is_the_default_and_recorded(
+    small_r5: PhantomAcquisition, name: str
 ) -> None:
-    result = reconstruct_rraki(small_r5.kspace, iterations=5, threads=1, device="cpu")
+    result = reconstruct(small_r5.kspace, name, iterations=5, threads=1, device="cpu")
     assert result.settings["calibration_extension"] == 20
     assert result.settings["held_out"] == 0.2
-    acs_only = reconstruct_rraki(
-        small_r5.kspace, iterations=5, threads=1, device="cpu", calibration_extension=0
+    assert result.settings["features"] is None
+    acs_only = reconstruct(
+        small_r5.kspace, name, iterations=5, threads=1, device="cpu", calibration_extension=0
     )
-    assert acs_only.settings["held_out"] == 0.35
+    assert acs_only.settings["held_out"] == (0.35 if name == "rraki" else 0.1)
+    assert acs_only.settings["features"] == (None if name == "rraki" else 64)
     assert not np.array_equal(result.images, acs_only.images)
-    # Both stay close to GRAPPA, which both start from.
-    reference = small_r5.reference
-    baseline = nmse(reference, grappa(small_r5.kspace).images)
-    assert nmse(reference, result.images) < 1.1 * baseline
+
+
+def test_unknown_features_is_refused(small_r5: PhantomAcquisition) -> None:
+    with pytest.raises(ReconError, match="features must be a number of components"):
+        reconstruct_raki(small_r5.kspace, iterations=1, features="many")
 
 
 def test_negative_calibration_extension_is_refused(small_r5: PhantomAcquisition) -> None:

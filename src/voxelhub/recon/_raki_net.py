@@ -58,22 +58,38 @@ IRREGULAR_GAPS = ("grappa", "network")
 HELD_OUT_FROM_ACCELERATION = 5
 HELD_OUT_RAKI = 0.1
 HELD_OUT_RESIDUAL = 0.35
-# From R = 5 on, 24 ACS lines leave residual RAKI's CNN too few rows to learn a correction
-# that holds outside them: it fits their noise, and early stopping keeps it at its zero
-# start, the GRAPPA reconstruction. The block both branches train on is therefore widened by
-# `CALIBRATION_EXTENSION` lines on each side, filled by GRAPPA around the acquired grid lines
-# (as iterative RAKI widens its training data with a first reconstruction), and a fifth of
-# its rows, the outermost (GRAPPA-filled) ones, held out. On the 15-coil 640 x 320 phantom
-# (SNR 40, 24 ACS lines, one slice each of phantom seeds 1, 2, 3) this took NMSE / SSIM at
-# R = 5 from GRAPPA's .01511 / .7689, .01563 / .7693, .01521 / .7709 to .01479 / .7705,
-# .01529 / .7711, .01493 / .7723, and at R = 6 from .01885 / .7234, .01987 / .7279,
-# .01944 / .7237 to .01843 / .7251, .01938 / .7299, .01901 / .7255. Nearly all of that
-# gain is the linear branch's, fitted on the widened block: with the CNN untrained (seed 1)
-# .01485 / .7702 at R = 5 and .01843 / .7251 at R = 6. Plain RAKI trained on the widened
-# block got a lower NMSE at R = 5 (.01492) but a lower SSIM (.7505), and was worse at R = 6
-# (.0195 against .0189): its default stays the ACS block alone.
+# 24 ACS lines are few rows to train on: from R = 5 on both networks fitted their noise, and
+# early stopping kept residual RAKI's CNN at its zero start (the GRAPPA reconstruction) and
+# left RAKI 25-40 % behind GRAPPA; below R = 5 RAKI trailed GRAPPA too (R = 4: NMSE .0123
+# against .0101). So the block the networks (and residual RAKI's linear branch) train on is
+# widened by `CALIBRATION_EXTENSION` lines on each side, filled by GRAPPA around the acquired
+# grid lines, as iterative RAKI widens its training data with a first reconstruction.
+# Patches there whose target is an acquired grid line teach the networks from data outside
+# the ACS; those whose target is a GRAPPA line hold them near GRAPPA. From R = 5 a fifth of
+# the widened block's rows, its outermost (GRAPPA-filled) ones, is held out. Layer 1 learns
+# on every patch component there: on 64 principal components RAKI got only NMSE / SSIM
+# .0162 / .7316 at R = 5 (all: .0142 / .7641) and .0096 / .7980 at R = 4 (all: .0081 /
+# .8293). One slice of the 15-coil 640 x 320 phantom (SNR 40, 24 ACS lines, seed 1), NMSE /
+# SSIM, ACS block alone -> widened, against GRAPPA:
+#   R = 3  RAKI .00442 / .8918 -> .00327 / .9039, rRAKI .00351 / .8999 -> .00313 / .9026
+#          (GRAPPA .00435 / .8986)
+#   R = 4  RAKI .01231 / .7943 -> .00808 / .8293, rRAKI .00994 / .8171 -> .00796 / .8281
+#          (GRAPPA .01010 / .8233)
+#   R = 5  RAKI .0194 / .7314 -> .01421 / .7641, rRAKI .01511 / .7689 -> .01479 / .7705
+#          (GRAPPA .01511 / .7689)
+#   R = 6  RAKI .0259 / .6396 -> .01839 / .7165, rRAKI .01882 / .7249 -> .01843 / .7251
+#          (GRAPPA .01885 / .7234)
+# From R = 5 residual RAKI's gain is nearly all its linear branch's, fitted on the widened
+# block (with the CNN untrained: .01485 / .7702 at R = 5, .01843 / .7251 at R = 6); on
+# phantom seeds 2 and 3 it beat GRAPPA at R = 5-6 by 2-5 % too. Without held-out rows from
+# R = 5 the NMSE fell further but the SSIM too (RAKI at R = 6: .01824 / .7007). The cost on
+# 2 CPU cores: RAKI 21-35 s a slice below R = 5 (400 steps on the larger block) instead of
+# 5-6 s, 15 s from R = 5; residual RAKI 15-17 s below R = 5, 4-5 s from R = 5. With
+# `training_readout` 64, RAKI at R = 4 took 15.5 s for .00961 / .8189.
 CALIBRATION_EXTENSION = 20
 HELD_OUT_EXTENDED = 0.2
+# Principal components layer 1 learns on, with `features` "auto", on the ACS block alone.
+FEATURES_ACS = 64
 # Slices trained together on a GPU. A training step costs about the same time for 8 slices
 # as for 16 (an H100 waits on the host's kernel launches): at R = 4 on 15-coil 640 x 320
 # slices RAKI took 0.134 s a slice in batches of 8 and 0.068 in one of 16. The peak memory
@@ -136,9 +152,9 @@ class Options:
     `HELD_OUT_RESIDUAL` (residual RAKI) of them, or `HELD_OUT_EXTENDED` of a widened block;
     `iterations` None trains `ITERATIONS_WITHOUT_HELD_OUT` steps without held-out rows,
     `ITERATIONS_WITH_HELD_OUT` with them. `calibration_extension` lines on each side of the
-    ACS block, filled by GRAPPA, widen the block the networks train on (None: 0 below R =
-    `HELD_OUT_FROM_ACCELERATION`, and from there `CALIBRATION_EXTENSION` for residual RAKI,
-    0 for RAKI).
+    ACS block, filled by GRAPPA, widen the block the networks train on (None:
+    `CALIBRATION_EXTENSION`); `features` "auto" is `FEATURES_ACS` on the ACS block alone and
+    every component on a widened block.
     """
 
     iterations: int | None
@@ -155,7 +171,7 @@ class Options:
     schedule: str = "cosine"
     held_out: float | None = None
     patience: int | None = 40
-    features: int | None = 64
+    features: int | str | None = "auto"
     irregular_gaps: str = "grappa"
     calibration_extension: int | None = None
 
@@ -176,9 +192,19 @@ class Options:
     def resolved_extension(self, acceleration: int, *, residual: bool) -> int:
         if self.calibration_extension is not None:
             return self.calibration_extension
-        if residual and acceleration >= HELD_OUT_FROM_ACCELERATION:
-            return CALIBRATION_EXTENSION
-        return 0
+        return CALIBRATION_EXTENSION if acceleration > 1 else 0
+
+    def resolved_features(self, acceleration: int, *, residual: bool) -> int | None:
+        if not isinstance(self.features, str):
+            return self.features
+        if self.features != "auto":
+            raise ReconError(
+                f"features must be a number of components, None (all) or 'auto', got"
+                f" {self.features!r}"
+            )
+        if self.resolved_extension(acceleration, residual=residual) > 0:
+            return None
+        return FEATURES_ACS
 
     def resolved_iterations(self, held_out: float) -> int:
         if self.iterations is not None:
@@ -315,6 +341,7 @@ def _check(data: ComplexArray, sampling: Sampling, options: Options) -> bool:
         raise ReconError(
             f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}"
         )
+    options.resolved_features(sampling.acceleration, residual=False)
     if options.calibration_extension is not None and options.calibration_extension < 0:
         raise ReconError(
             f"calibration_extension must be 0 or more lines, got {options.calibration_extension}"
@@ -414,6 +441,7 @@ def _fill_batch(
         device=measured.device,
     )
     held_out = options.resolved_held_out(sampling.acceleration, residual=residual)
+    features = options.resolved_features(sampling.acceleration, residual=residual)
     training = Training(
         options.resolved_iterations(held_out),
         options.learning_rate,
@@ -424,7 +452,7 @@ def _fill_batch(
         schedule=options.schedule,
         held_out=held_out,
         patience=options.patience,
-        features=options.features,
+        features=features,
         seed=options.seed,
     )
     windows = [training_window(one, sampling, options.training_readout) for one in inputs]
@@ -443,7 +471,7 @@ def _fill_batch(
         )  # fmt: skip
     train(weights, acs, outputs=range(channels), training=training, linear_start=linear_start)
     with torch.no_grad():
-        predicted = predict(weights, inputs, sampling, rank=options.features) * scale
+        predicted = predict(weights, inputs, sampling, rank=features) * scale
     half = channels // 2
     return torch.complex(predicted[:, :half], predicted[:, half:])
 
@@ -561,6 +589,9 @@ def reconstruct(kspace: KSpace, options: Options, *, method: str) -> Reconstruct
         linear_learning_rate=options.resolved_linear_learning_rate(),
         held_out=held_out,
         calibration_extension=options.resolved_extension(
+            kspace.sampling.acceleration, residual=method == "rraki"
+        ),
+        features=options.resolved_features(
             kspace.sampling.acceleration, residual=method == "rraki"
         ),
     )

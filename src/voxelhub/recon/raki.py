@@ -9,18 +9,24 @@ back and the coils combined by root-sum-of-squares. All networks of a slice (and
 of several slices) train as one batched computation; see `_raki_net`.
 
 Training (`_raki_train`): Adam with the learning rate falling from 1e-2 to 0 along a half
-cosine, in bfloat16 products where the hardware has them, on the 128 readout points of the
-ACS around its energy peak; layer 1 learns on the 64 leading principal components of the
-coil patches (`features`; None trains on all 2*Nc*10, as the paper). Below R = 5 every ACS
-row trains the networks for 400 steps; from R = 5 on the outermost 10 % of the rows are held
+cosine, in bfloat16 products where the hardware has them, on the 128 readout points around
+the ACS's energy peak of a calibration block: the ACS block widened by 20 lines on each side
+whose missing lines GRAPPA fills around the acquired grid lines (`calibration_extension`;
+0: the ACS block alone, as the paper). 24 ACS lines are few rows to train on; the widened
+block made RAKI better than our GRAPPA at R = 3-6 on the phantom below (R = 4: NMSE .0081
+against GRAPPA's .0101 and .0123 on the ACS alone; R = 6: .0184 against .0189 and .0259;
+`_raki_net.CALIBRATION_EXTENSION`). Layer 1 learns on every one of the 2*Nc*10 patch
+components of a widened block and on the 64 leading principal components of the ACS block
+alone (`features` "auto"). Below R = 5 every row trains the networks for 400 steps; from
+R = 5 on the outermost fifth of the widened block's rows (a tenth of the ACS block's) is held
 out, each network keeps its weights of least held-out error and the batch stops once the
 summed held-out error has fallen by less than 0.1 % in 40 steps (at most 200 steps): there
-the networks fit the noise of the ACS, below it they need its every row
-(`_raki_net.Options`). `FULL_LENGTH` is the paper's training (1000 constant steps at 3e-3,
-every component, no held-out rows), the bar of these defaults. On the 15-coil 640 x 320
-phantom (24 ACS lines, SNR 40, seed 1, one slice per R) the defaults take about 8-25 s of
-one CPU core per slice against 70-90 s for `FULL_LENGTH`, with NMSE at most 2 % above it at
-R = 2-4 and 17-20 % lower at R = 5-6; figures in bench/README.md, recon.py.
+the networks fit the noise of what they train on, below it they need its every row
+(`_raki_net.Options`). `FULL_LENGTH` is the paper's training (1000 constant steps at 3e-3 on
+the ACS block, every component, no held-out rows). On the 15-coil 640 x 320 phantom (24 ACS
+lines, SNR 40) the defaults take 21-35 s a slice on 2 CPU cores below R = 5 and about 15 s
+from R = 5, against 70-90 s of one core for `FULL_LENGTH`, whose NMSE is 1.5-2x theirs at
+R = 4-6; figures in bench/README.md, recon.py.
 
 Borders and irregular gaps: the 3 readout points at each edge are predicted from
 zero-padded neighbours (the k-space periphery). Lines whose nearest acquired lines are not R
@@ -47,7 +53,7 @@ DEFAULT_TRAINING_READOUT = 128
 DEFAULT_SCHEDULE = "cosine"
 DEFAULT_HELD_OUT: float | None = None  # chosen by the acceleration (`_raki_net.Options`)
 DEFAULT_PATIENCE = 40
-DEFAULT_FEATURES = 64
+DEFAULT_FEATURES: int | str | None = "auto"  # 64, or all on a widened block
 DEFAULT_IRREGULAR_GAPS = "grappa"  # lines off the grid by GRAPPA (`_raki_net.IRREGULAR_GAPS`)
 
 # The paper's training, the quality bar of the defaults: Adam at a constant 3e-3 for 1000
@@ -61,6 +67,7 @@ FULL_LENGTH: Mapping[str, object] = MappingProxyType(
         "held_out": 0.0,
         "patience": None,
         "features": None,
+        "calibration_extension": 0,
     }
 )
 
@@ -79,7 +86,7 @@ def reconstruct_raki(
     schedule: str = DEFAULT_SCHEDULE,
     held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
-    features: int | None = DEFAULT_FEATURES,
+    features: int | str | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
     calibration_extension: int | None = None,
 ) -> Reconstruction:
@@ -91,15 +98,17 @@ def reconstruct_raki(
     them); `precision` "float32" or "bfloat16" (None: the hardware's native one);
     `threads` CPU threads (None: one per core; 1 is much faster where other processes share
     the cores); `schedule` the learning rate's course, "cosine" (falling to 0) or
-    "constant"; `held_out` the fraction of ACS rows kept for early stopping (0: none; None:
-    0.1 from R = 5 on, none below), `iterations` the most training steps (None: 400, or 200
+    "constant"; `held_out` the fraction of the calibration block's rows kept for early
+    stopping (0: none; None: from R = 5 on 0.2 of a widened block, 0.1 of the ACS block
+    alone, none below), `iterations` the most training steps (None: 400, or 200
     with held-out rows; see `_raki_net.Options`), `patience` the steps without 0.1 %
     improvement before the training stops (None: never early), `features` the principal
-    components layer 1 learns on (None: all), `irregular_gaps` "grappa" (GRAPPA kernels for
+    components layer 1 learns on (None: all; "auto": all on a widened block, else 64),
+    `irregular_gaps` "grappa" (GRAPPA kernels for
     the lines off the regular grid: beside the ACS block, at the phase-encode edges) or
     "network" (the networks predict them too), `calibration_extension` lines on each side
-    of the ACS block, filled by GRAPPA, added to the block the networks train on (None: 0;
-    see `_raki_net.CALIBRATION_EXTENSION`). `**FULL_LENGTH` trains as the paper did. The
+    of the ACS block, filled by GRAPPA, added to the block the networks train on (None: 20,
+    `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block alone). `**FULL_LENGTH` trains as the paper did. The
     same seed gives the same images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
@@ -140,7 +149,7 @@ def fill(
     schedule: str = DEFAULT_SCHEDULE,
     held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
-    features: int | None = DEFAULT_FEATURES,
+    features: int | str | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
     calibration_extension: int | None = None,
 ) -> ComplexArray:

@@ -14,15 +14,14 @@ CNN's last layer starts at zero, so training starts from the GRAPPA reconstructi
 CNN learns only the residual. A linear branch refitted in real arithmetic on the ACS (the
 previous start) amplified noise at R >= 5 (NMSE 0.035 against GRAPPA's 0.019 at R = 6).
 
-From R = 5 on, the CNN trained on the 24-line ACS block alone fitted its noise: early
-stopping on held-out outer ACS rows kept most networks at their start, and residual RAKI
-equalled GRAPPA there (GRAPPA's error there is mostly the bias of its Tikhonov lambda: NMSE
-0.0180 on noiseless data against 0.0193 with noise at R = 6). So from R = 5 the block the
-CNN trains on is widened by 20 lines on each side, filled by GRAPPA around the acquired
-grid lines, and its outer fifth held out; the linear branch is fitted on that block too
-(`_raki_net.CALIBRATION_EXTENSION`). Residual RAKI then beats GRAPPA at R = 5 and 6 by 2-3 %
-in NMSE with an SSIM at least as high, on three phantom seeds, but nearly all of that is
-the linear branch's: the CNN's share is under 0.5 %. Batching, borders, the GRAPPA kernels
+Both branches train on the ACS block widened by 20 lines on each side, filled by GRAPPA
+around the acquired grid lines (`calibration_extension`, `_raki_net.CALIBRATION_EXTENSION`);
+from R = 5 on its outer fifth is held out. On the ACS block alone the CNN fitted its noise
+from R = 5 on and early stopping kept it at its zero start, so residual RAKI equalled
+GRAPPA there. Widened, residual RAKI beat GRAPPA at R = 3-6 on the phantom (R = 4: NMSE
+.0080 against .0101; R = 5 and 6 by 2-5 % on three phantom seeds, SSIM at least as high);
+from R = 5 nearly all of that gain is the linear branch's, fitted on the widened block (the
+CNN's share is under 0.5 %). Batching, borders, the GRAPPA kernels
 for the lines off the regular grid (`irregular_gaps`) and the other defaults are as in
 `raki`.
 """
@@ -75,10 +74,10 @@ def reconstruct_rraki(
     (relative to the largest singular value of the calibration matrix), `linear_learning_rate`
     its learning rate (None: 0, fixed), `linear_weight` the weight of its own error in the
     loss; `calibration_extension` None widens the training block by 20 GRAPPA-filled
-    lines on each side from R = 5 on (0 below), and `held_out` None then holds out its
-    outer fifth (none below R = 5; with `calibration_extension` 0, the outer 35 % of the
-    ACS rows); the other options are `raki.reconstruct_raki`'s (here layer 1 learns on
-    every patch component by default, 200 steps at most).
+    lines on each side (0: the ACS block alone), and `held_out` None holds out the outer
+    fifth of it from R = 5 on (none below; on the ACS block alone the outer 35 %); the other
+    options are `raki.reconstruct_raki`'s (here layer 1 learns on every patch component by
+    default, 200 steps at most).
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
