@@ -108,8 +108,8 @@ def reconstruct_raki(
     the lines off the regular grid: beside the ACS block, at the phase-encode edges) or
     "network" (the networks predict them too), `calibration_extension` lines on each side
     of the ACS block, filled by GRAPPA, added to the block the networks train on (None: 20,
-    `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block alone). `**FULL_LENGTH` trains as the paper did. The
-    same seed gives the same images on the same machine.
+    `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block alone). `**FULL_LENGTH` trains as
+    the paper did. The same seed gives the same images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
