@@ -258,7 +258,7 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
     assert result.images.dtype == np.float32
     assert result.settings == {
         "iterations": 3, "learning_rate": 1e-2, "seed": 2, "device": "cpu",
-        "slices_per_batch": None, "training_readout": 128,
+        "slices_per_batch": None, "training_readout": 96,
         "precision": result.settings["precision"], "threads": 1,
         "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
         "schedule": "cosine", "held_out": 0.0, "patience": 40, "features": None,
