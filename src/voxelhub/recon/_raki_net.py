@@ -84,7 +84,8 @@ HELD_OUT_RESIDUAL = 0.35
 # phantom seeds 2 and 3 it beat GRAPPA at R = 5-6 by 2-5 % too. Without held-out rows from
 # R = 5 the NMSE fell further but the SSIM too (RAKI at R = 6: .01824 / .7007). The cost on
 # 2 CPU cores: RAKI 21-35 s a slice below R = 5 (400 steps on the larger block) instead of
-# 5-6 s, 15 s from R = 5; residual RAKI 15-17 s below R = 5, 4-5 s from R = 5. With
+# 5-6 s, 15 s from R = 5; residual RAKI 15-17 s below R = 5, 4-5 s from R = 5 (12-13 s and
+# 3 s on the 96 readout points it uses by default, `rraki.DEFAULT_TRAINING_READOUT`). With
 # `training_readout` 64, RAKI at R = 4 took 15.5 s for .00961 / .8189.
 CALIBRATION_EXTENSION = 20
 HELD_OUT_EXTENDED = 0.2
