@@ -262,7 +262,7 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
         "precision": result.settings["precision"], "threads": 1,
         "linear_learning_rate": 0.0, "linear_weight": 0.0, "linear_regularization": 0.1,
         "schedule": "cosine", "held_out": 0.0, "patience": 40, "features": None,
-        "irregular_gaps": "grappa", "calibration_extension": 20,
+        "irregular_gaps": "grappa", "calibration_extension": 20, "readout_batches": 2,
         "acceleration": 3, "acs_lines": 11,
     }  # fmt: skip
     assert result.settings["precision"] in {"float32", "bfloat16"}
@@ -440,3 +440,31 @@ def test_unknown_features_is_refused(small_r5: PhantomAcquisition) -> None:
 def test_negative_calibration_extension_is_refused(small_r5: PhantomAcquisition) -> None:
     with pytest.raises(ReconError, match="calibration_extension must be 0 or more lines"):
         reconstruct_rraki(small_r5.kspace, iterations=1, calibration_extension=-1)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_readout_parts_tile_the_training_targets(count: int) -> None:
+    block = torch.randn(2, 6, 40, 30, dtype=torch.float64)
+    parts = _raki_train.readout_parts(block, count)
+    assert len(parts) == count
+    whole = _raki_cnn.targets(block, range(6), 3)
+    pieces = [_raki_cnn.targets(part, range(6), 3) for part in parts]
+    # Every target of the whole block is trained on in exactly one part.
+    torch.testing.assert_close(torch.cat(pieces, dim=3), whole, rtol=0, atol=0)
+
+
+def test_readout_batches_are_two_on_the_cpu_without_held_out_rows(
+    small_r5: PhantomAcquisition, tiny_r3: PhantomAcquisition
+) -> None:
+    below = reconstruct(tiny_r3.kspace, "raki", iterations=2, threads=1, device="cpu")
+    assert below.settings["readout_batches"] == 2
+    held = reconstruct(small_r5.kspace, "raki", iterations=2, threads=1, device="cpu")
+    assert held.settings["held_out"] > 0
+    assert held.settings["readout_batches"] == 1
+    whole = reconstruct(
+        tiny_r3.kspace, "raki", iterations=2, threads=1, device="cpu", readout_batches=1
+    )
+    assert whole.settings["readout_batches"] == 1
+    assert not np.array_equal(whole.images, below.images)
+    with pytest.raises(ReconError, match="readout_batches must be 1 or more"):
+        reconstruct_raki(tiny_r3.kspace, iterations=1, readout_batches=0)

@@ -24,6 +24,7 @@ networks' job:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ import torch
 from voxelhub.recon._grappa_batch import fit_kernels
 from voxelhub.recon._raki_cnn import (
     KERNEL_1,
+    MARGIN,
     TAPS_3,
     Batch,
     Weights,
@@ -74,6 +76,7 @@ class Training:
     tolerance: float = 1e-3
     features: int | None = None
     seed: int = 0
+    readout_batches: int = 1
 
 
 def train(
@@ -110,11 +113,57 @@ def train(
     basis = _principal_basis(columns, training.features)
     w1 = weights.w1
     if basis is not None:
-        columns = torch.bmm(basis, columns)
         w1 = torch.bmm(weights.w1.detach(), basis.transpose(1, 2)).requires_grad_()
+    batches = [
+        _batch(
+            part,
+            outputs,
+            basis,
+            acceleration=acceleration,
+            residual=weights.linear is not None,
+            training=training,
+        )
+        for part in readout_parts(acs, training.readout_batches)
+    ]
+    parameters = [w1, weights.w2, weights.w3]
+    if weights.linear is not None:
+        parameters.append(weights.linear)
+    history = _optimise(parameters, batches, training=training)
+    with torch.no_grad():
+        if basis is not None:
+            weights.w1.copy_(torch.bmm(w1, basis))
+    return history
+
+
+def readout_parts(acs: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """`acs` (slices, C, readout, PE) cut along the readout into `count` overlapping parts
+    whose training targets tile those of the whole block: part i's targets are readout
+    points lo_i ... hi_i - 1 of the whole's, its inputs those plus `MARGIN` on each side."""
+    outputs = acs.shape[2] - 2 * MARGIN
+    count = max(1, min(count, outputs))
+    edges = [round(i * outputs / count) for i in range(count + 1)]
+    return [acs[:, :, lo : hi + 2 * MARGIN] for lo, hi in itertools.pairwise(edges)]
+
+
+def _batch(
+    acs: torch.Tensor,
+    outputs: range | list[int],
+    basis: torch.Tensor | None,
+    *,
+    acceleration: int,
+    residual: bool,
+    training: Training,
+) -> tuple[Batch, torch.Tensor]:
+    """What a step on `acs` reads, and its held-out mask (1 on the held-out positions)."""
+    columns = patches(acs, dilation=acceleration)
+    grid = (acs.shape[2] - (KERNEL_1[0] - 1), acs.shape[3] - (KERNEL_1[1] - 1) * acceleration)
+    wanted = targets(acs, outputs, acceleration)
+    linear_columns = _at_outputs(columns, grid, acceleration) if residual else None
+    if basis is not None:
+        columns = torch.bmm(basis, columns)
     kept = _held_out_mask(wanted.shape[-2:], training, device=acs.device)
     batch = Batch(
-        columns=columns.to(torch.bfloat16 if training.mixed_precision else weights.w1.dtype),
+        columns=columns.to(torch.bfloat16 if training.mixed_precision else acs.dtype),
         linear_columns=linear_columns,
         wanted=wanted,
         loss_weight=kept / kept.sum().clamp_min(1),
@@ -122,48 +171,52 @@ def train(
         dilation=acceleration,
         linear_weight=training.linear_weight,
     )
-    parameters = [w1, weights.w2, weights.w3]
-    if weights.linear is not None:
-        parameters.append(weights.linear)
-    history = _optimise(parameters, batch, held_out=1 - kept, training=training)
-    with torch.no_grad():
-        if basis is not None:
-            weights.w1.copy_(torch.bmm(w1, basis))
-    return history
+    return batch, 1 - kept
 
 
 def _optimise(
-    parameters: list[torch.Tensor], batch: Batch, *, held_out: torch.Tensor, training: Training
+    parameters: list[torch.Tensor],
+    batches: list[tuple[Batch, torch.Tensor]],
+    *,
+    training: Training,
 ) -> list[float]:
     # The gradients are written out: recording an autograd graph would only cost time.
     with torch.no_grad():
-        return _steps(parameters, batch, held_out=held_out, training=training)
+        return _steps(parameters, batches, training=training)
 
 
 def _steps(
-    parameters: list[torch.Tensor], batch: Batch, *, held_out: torch.Tensor, training: Training
+    parameters: list[torch.Tensor],
+    batches: list[tuple[Batch, torch.Tensor]],
+    *,
+    training: Training,
 ) -> list[float]:
+    """Adam steps, step i on batch i mod len(batches); the held-out error is checked on the
+    first batch only, so that successive checks compare like with like."""
     groups: list[dict[str, Any]] = [{"params": parameters[:3]}]
     linear_rate = training.linear_learning_rate
     if len(parameters) > 3 and linear_rate != 0:
         groups.append({"params": parameters[3:], "lr": linear_rate or training.learning_rate})
     optimizer = torch.optim.Adam(groups, lr=training.learning_rate)
     rates = [group["lr"] for group in optimizer.param_groups]
-    stopping = _EarlyStopping(parameters, held_out, training) if held_out.any() else None
+    first, held_out = batches[0]
+    every = training.check_every * len(batches)
+    stopping = _EarlyStopping(parameters, held_out, training, every) if held_out.any() else None
     history: list[torch.Tensor] = []  # read at the end: reading each would wait for a GPU
     for step in range(training.iterations):
         factor = _schedule(step, training)
         for group, rate in zip(optimizer.param_groups, rates, strict=True):
             group["lr"] = rate * factor
+        batch = batches[step % len(batches)][0]
         squared, grads = forward_backward(parameters, batch)
         history.append((squared * batch.loss_weight).sum() / squared.shape[2])
-        if stopping is not None and step % training.check_every == 0 and stopping.check(squared):
+        if stopping is not None and step % every == 0 and stopping.check(squared):
             break
         for parameter, grad in zip(parameters, grads, strict=True):
             parameter.grad = grad
         optimizer.step()
     if stopping is not None:
-        squared, _ = forward_backward(parameters, batch)
+        squared, _ = forward_backward(parameters, first)
         stopping.check(squared)
         stopping.restore()
     for parameter in parameters:
@@ -180,7 +233,13 @@ def _schedule(step: int, training: Training) -> float:
 class _EarlyStopping:
     """Each network's best weights by its error on the held-out positions."""
 
-    def __init__(self, parameters: list[torch.Tensor], held_out: torch.Tensor, training: Training):
+    def __init__(
+        self,
+        parameters: list[torch.Tensor],
+        held_out: torch.Tensor,
+        training: Training,
+        every: int,
+    ):
         self.parameters = parameters
         self.held_out = held_out / held_out.sum()
         self.patience = training.patience
@@ -189,7 +248,7 @@ class _EarlyStopping:
         self.since = 0
         self.reference = float("inf")
         self.tolerance = training.tolerance
-        self.every = training.check_every
+        self.every = every
 
     def check(self, squared: torch.Tensor) -> bool:
         """Keep the networks that improved; True when it is time to stop."""

@@ -10,9 +10,10 @@ of several slices) train as one batched computation; see `_raki_net`.
 
 Training (`_raki_train`): Adam with the learning rate falling from 1e-2 to 0 along a half
 cosine, in bfloat16 products where the hardware has them, on the 128 readout points around
-the ACS's energy peak of a calibration block: the ACS block widened by 20 lines on each side
-whose missing lines GRAPPA fills around the acquired grid lines (`calibration_extension`;
-0: the ACS block alone, as the paper). 24 ACS lines are few rows to train on; the widened
+the ACS's energy peak of a calibration block (on the CPU below R = 5 their two halves take
+turns, one a step: `readout_batches`): the ACS block widened by 20 lines on each side whose
+missing lines GRAPPA fills around the acquired grid lines (`calibration_extension`; 0: the
+ACS block alone, as the paper). 24 ACS lines are few rows to train on; the widened
 block made RAKI better than our GRAPPA at R = 3-6 on the phantom below (R = 4: NMSE .0081
 against GRAPPA's .0101 and .0123 on the ACS alone; R = 6: .0184 against .0189 and .0259;
 `_raki_net.CALIBRATION_EXTENSION`). Layer 1 learns on every one of the 2*Nc*10 patch
@@ -70,6 +71,7 @@ FULL_LENGTH: Mapping[str, object] = MappingProxyType(
         "features": None,
         "calibration_extension": 0,
         "training_readout": 128,
+        "readout_batches": 1,
     }
 )
 
@@ -91,6 +93,7 @@ def reconstruct_raki(
     features: int | str | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
     calibration_extension: int | None = None,
+    readout_batches: int | None = None,
 ) -> Reconstruction:
     """RAKI magnitude images (slices x rows x columns, float32) of an undersampled acquisition.
 
@@ -110,8 +113,11 @@ def reconstruct_raki(
     the lines off the regular grid: beside the ACS block, at the phase-encode edges) or
     "network" (the networks predict them too), `calibration_extension` lines on each side
     of the ACS block, filled by GRAPPA, added to the block the networks train on (None: 20,
-    `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block alone). `**FULL_LENGTH` trains as
-    the paper did. The same seed gives the same images on the same machine.
+    `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block alone), `readout_batches` the
+    parts of the training window, cut along the readout, that the steps take in turn
+    (None: 2 on the CPU without held-out rows, halving the time, else 1: every step on the
+    whole window). `**FULL_LENGTH` trains as the paper did. The same seed gives the same
+    images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
@@ -133,6 +139,7 @@ def reconstruct_raki(
         features=features,
         irregular_gaps=irregular_gaps,
         calibration_extension=calibration_extension,
+        readout_batches=readout_batches,
     )
     return _raki_net.reconstruct(kspace, options, method="raki")
 

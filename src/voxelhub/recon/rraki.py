@@ -71,6 +71,7 @@ def reconstruct_rraki(
     features: int | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
     calibration_extension: int | None = None,
+    readout_batches: int | None = None,
 ) -> Reconstruction:
     """Residual-RAKI magnitude images (slices x rows x columns, float32).
 
@@ -106,6 +107,7 @@ def reconstruct_rraki(
         features=features,
         irregular_gaps=irregular_gaps,
         calibration_extension=calibration_extension,
+        readout_batches=readout_batches,
     )
     return _raki_net.reconstruct(kspace, options, method="rraki")
 
