@@ -20,6 +20,10 @@ networks' job:
   the 5x2 coil kernel afterwards, so inference is unchanged. The singular values of 15
   coils' patches flatten into noise after about 100 of 300 components; at R = 4, 200 steps
   on 64 components gave NMSE 0.0130 where all 300 gave 0.0157.
+- Positions per step: with `readout_batches` k the window is cut along the readout into k
+  parts whose targets tile the window's (`readout_parts`), and step i trains on part
+  i mod k, each step costing 1/k. With two parts RAKI at R = 4 went from NMSE .0081 to
+  .0084 in half the time, residual RAKI stayed at .0080; four parts cost RAKI .0100.
 """
 
 from __future__ import annotations

@@ -24,10 +24,10 @@ out, each network keeps its weights of least held-out error and the batch stops 
 summed held-out error has fallen by less than 0.1 % in 40 steps (at most 200 steps): there
 the networks fit the noise of what they train on, below it they need its every row
 (`_raki_net.Options`). `FULL_LENGTH` is the paper's training (1000 constant steps at 3e-3 on
-the ACS block, every component, no held-out rows). On the 15-coil 640 x 320 phantom (24 ACS
-lines, SNR 40) the defaults take 21-35 s a slice on 2 CPU cores below R = 5 and about 15 s
-from R = 5, against 70-90 s of one core for `FULL_LENGTH`, whose NMSE is 1.5-2x theirs at
-R = 4-6; figures in bench/README.md, recon.py.
+the ACS block, every component, no held-out rows, whole steps). On the 15-coil 640 x 320
+phantom (24 ACS lines, SNR 40) on 2 AVX2 cores the defaults take 21-24 s a slice (whole
+steps below R = 5: 46-54 s), `FULL_LENGTH` 34-39 s for 1.5x their NMSE at R = 4 and 1.6x at
+R = 5; figures in bench/README.md, recon.py.
 
 Borders and irregular gaps: the 3 readout points at each edge are predicted from
 zero-padded neighbours (the k-space periphery). Lines whose nearest acquired lines are not R
