@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 URL_PREFIX = "/objects/"
 _syncers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="objects-fsync")
+# A batch is synced in the calling thread while each fsync is this quick, and in parallel
+# from the first slower one on (see `_sync_all`).
+_QUICK_FSYNC_S = 0.002
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
@@ -59,6 +62,23 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_all(paths: list[Path]) -> None:
+    """fsync `paths`: one after another while that is quick, the rest in parallel.
+
+    On a journalling file system the first fsync of a batch commits the metadata of all of
+    it (ext4 writes the data of the others first), so the rest are quick and a thread each
+    would only add wake-ups: 0.1-0.2 ms of CPU per object on a 2-core machine. Where an
+    fsync waits for the disk (a slow disk, another file system), concurrent ones share its
+    flushes, so the rest go to threads.
+    """
+    for done, path in enumerate(paths):
+        started = time.monotonic()
+        _fsync_path(path)
+        if time.monotonic() - started > _QUICK_FSYNC_S:
+            list(_syncers.map(_fsync_path, paths[done + 1 :]))
+            return
 
 
 _INSIDE_FOLDERS_MAX = 100_000
@@ -111,10 +131,7 @@ class LocalObjectStore:
         with self._pending_lock:
             files, self._pending = self._pending, set()
         try:
-            # Concurrent fsyncs share the file system's journal commits: a batch costs
-            # about one flush instead of one per file.
-            work = [*files, *{path.parent for path in files}]
-            list(_syncers.map(_fsync_path, work))
+            _sync_all([*files, *{path.parent for path in files}])
         except BaseException:
             with self._pending_lock:  # the next sync tries them again
                 self._pending |= files

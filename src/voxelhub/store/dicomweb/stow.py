@@ -31,8 +31,9 @@ CANNOT_UNDERSTAND = 0xC000
 DATASET_DOES_NOT_MATCH = 0xA900
 STUDY_UID_MISMATCH = 0xC409
 
-# Threads that wait on the split workers (or split de-identified parts themselves): two a
-# core, so that while a worker splits one part the next one is ready to be sent to it.
+# Threads that split de-identified parts (the split workers do not have the policy); the
+# window of parts in flight is twice their number, so that while a worker splits one part
+# the next one is ready to be sent to it.
 _pool = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1), thread_name_prefix="stow")
 # A split part, its content hash, and what de-identification changed.
 _Split = tuple[SplitInstance, str, DeidReport | None]
@@ -114,8 +115,8 @@ def split_prepared(
     return split_for_store(body), report
 
 
-def _split_in_worker(body: bytes | bytearray) -> _Split:
-    split, digest = splitpool.pool.split(body)
+async def _split_in_worker(body: bytes | bytearray) -> _Split:
+    split, digest = await splitpool.pool.split(body)
     return split, digest, None
 
 
@@ -234,27 +235,31 @@ async def _split_and_index(
         if not _mismatch(study_uid if prepare is None else None, split, result):
             await batches.add(split, digest)
 
-    async for part in parts:
-        media = parse_media_type(part.content_type or "application/dicom").type
-        if media != "application/dicom":
-            result.fail(
-                CANNOT_UNDERSTAND,
-                f"part of type {media!r} was skipped: send each "
-                "instance as an application/dicom part",
-            )
-            continue
-        pending.append(_submit(loop, part.body, prepare))
-        if len(pending) >= window:
+    try:
+        async for part in parts:
+            media = parse_media_type(part.content_type or "application/dicom").type
+            if media != "application/dicom":
+                result.fail(
+                    CANNOT_UNDERSTAND,
+                    f"part of type {media!r} was skipped: send each "
+                    "instance as an application/dicom part",
+                )
+                continue
+            pending.append(_submit(loop, part.body, prepare))
+            if len(pending) >= window:
+                await finish(pending.pop(0))
+        while pending:
             await finish(pending.pop(0))
-    for future in pending:
-        await finish(future)
+    finally:
+        for future in pending:  # the request failed or was cancelled: the rest is not needed
+            future.cancel()
 
 
 def _submit(
     loop: asyncio.AbstractEventLoop, body: bytes | bytearray, prepare: Prepare | None
 ) -> asyncio.Future[_Split]:
     if prepare is None:
-        return loop.run_in_executor(_pool, _split_in_worker, body)
+        return asyncio.ensure_future(_split_in_worker(body))
     return loop.run_in_executor(_pool, _split_here, body, prepare)
 
 
