@@ -25,6 +25,7 @@ class Sizes:
     size: int
     batch: int
     stow_clients: tuple[int, ...]
+    stow_rounds: int
     cstore_slices: int
     qido_studies: int
     qido_queries: int
@@ -42,6 +43,7 @@ class Sizes:
                 size=512,
                 batch=50,
                 stow_clients=(1, 4),
+                stow_rounds=1,
                 cstore_slices=100,
                 qido_studies=500,
                 qido_queries=100,
@@ -56,6 +58,7 @@ class Sizes:
             size=512,
             batch=50,
             stow_clients=(1, 4),
+            stow_rounds=3,
             cstore_slices=500,
             qido_studies=10_000,
             qido_queries=500,
