@@ -104,3 +104,17 @@ def test_a_cancelled_part_leaves_its_worker_usable(pool: SplitPool) -> None:
     split, _ = asyncio.run(cancel_then_split())
     assert split == split_for_store(body)
     assert pool._started == 1
+
+
+def test_a_loop_that_stops_mid_part_leaves_no_worker_out_of_step(pool: SplitPool) -> None:
+    body = to_bytes(ct_phantom(slices=1, size=512)[0])
+
+    async def leave_early() -> asyncio.Future[tuple[object, str]]:
+        running = asyncio.ensure_future(pool.split(body))  # still running when the loop stops
+        await asyncio.sleep(0.01)
+        return running
+
+    asyncio.run(leave_early())  # cancels the exchange: its worker cannot be trusted
+    split, _ = pool.split_blocking(body)
+    assert split == split_for_store(body)
+    assert pool._started == 1

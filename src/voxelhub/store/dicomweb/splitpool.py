@@ -181,6 +181,13 @@ class _Worker:
             f"the process splitting this instance stopped (exit code {self.process.returncode})"
         )
 
+    def abandon(self) -> None:
+        """Stop the worker without waiting for it (subprocess reaps it later)."""
+        self.alive = False
+        self.sock.close()
+        self.process.kill()
+        os.close(self.memory_fd)
+
     def close(self) -> None:
         """Close the socket (the worker then exits) and wait for the process to end."""
         self.alive = False
@@ -224,6 +231,11 @@ class SplitPool:
     ) -> tuple[SplitInstance, str]:
         try:
             return await worker.split(body)
+        except (DicomError, SplitFailed):  # its reply read in full, or the worker gone
+            raise
+        except BaseException:  # cut short (the loop stopping): its reply may still come
+            worker.abandon()
+            raise
         finally:
             self._give_back(worker)
 
