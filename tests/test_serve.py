@@ -25,6 +25,8 @@ import pytest
 from tests.conftest import SECRET
 from tests.fixtures.seaweed import SeaweedS3
 from voxelhub.core.pg import EmbeddedPostgres
+from voxelhub.core.settings import Settings
+from voxelhub.serve import embedded_queues, gpu_visible
 
 pytestmark = pytest.mark.slow
 
@@ -241,6 +243,8 @@ def test_raw_kspace_dropped_is_reconstructed_without_further_action(home: Path) 
     assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
     recon = next(j for j in jobs if "images" in j["outputs"])
     assert recon["outputs"]["images"]["series_instance_uids"] == [found[0]["0020000E"]["Value"][0]]
+    # The embedded worker serves `gpu` only where there is a GPU; else the job takes `cpu`.
+    assert recon["queue"] == ("gpu" if gpu_visible() else "cpu"), recon
     # A restart keeps the two triggers, not two more.
     assert serve.stop(signal.SIGTERM) == 0
     again = Serve(home, env, "--workers", "1")
@@ -437,3 +441,11 @@ def test_two_workers_on_a_fresh_home_and_a_killed_worker_is_restarted(home: Path
     assert states == ["succeeded"] * 4
     assert serve.stop() == 0
     assert not (home / "run" / "workers.json").exists()
+
+
+def test_embedded_worker_queues_follow_the_gpu_unless_set(tmp_path: Path) -> None:
+    found = embedded_queues(Settings(home=tmp_path))
+    assert found == ("cpu,gpu" if gpu_visible() else "cpu")
+    assert embedded_queues(Settings(home=tmp_path, embedded_worker_queues="gpu,cpu")) == "gpu,cpu"
+    with pytest.raises(ValueError, match="embedded_worker_queues"):
+        Settings(home=tmp_path, embedded_worker_queues="cpu;rm")

@@ -100,10 +100,26 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def gpu_visible() -> bool:
+    """Whether the NVIDIA driver shows a GPU to this machine (no CUDA library loaded)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def embedded_queues(settings: Settings) -> str:
+    """The queues of the workers `serve` starts: `gpu` only where a GPU is there to serve
+    it, so that a GPU-first algorithm (an MRI reconstruction) takes its `cpu` fallback on a
+    machine without one instead of a `gpu` queue that only names it."""
+    if settings.embedded_worker_queues:
+        return settings.embedded_worker_queues
+    return "cpu,gpu" if gpu_visible() else "cpu"
+
+
 def start_workers(settings: Settings, count: int) -> Supervisor:
     """Start `count` worker processes, restarted with backoff whenever one dies."""
     env = {**os.environ, "VOXELHUB_HOME": str(settings.home)}
-    command = [sys.executable, "-m", "voxelhub.cli", "worker", "--queues", "cpu,gpu"]
+    queues = embedded_queues(settings)
+    command = [sys.executable, "-m", "voxelhub.cli", "worker", "--queues", queues]
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
@@ -302,6 +318,7 @@ def run_serve(settings: Settings, options: ServeOptions) -> None:
         console.print(
             f"[bold green]voxelhub[/] on http://{options.host}:{options.port} "
             f"({mode}, home {settings.home}, {options.workers} worker(s)"
+            + (f" on {embedded_queues(settings)}" if options.workers else "")
             + (f", DICOM {options.ae_title}@{options.host}:{dimse.port}" if dimse else "")
             + "); Ctrl-C stops"
         )

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = Field(
         default=30, gt=0, description="A worker silent this long is dead: its jobs run again"
     )
+    embedded_worker_queues: str | None = Field(
+        default=None,
+        pattern=r"^(cpu|gpu|realtime)(,(cpu|gpu|realtime))*$",
+        description="Queues of the workers `serve` starts, e.g. cpu,gpu; default: cpu, and gpu "
+        "too where an NVIDIA GPU is visible (so GPU-first algorithms fall back to cpu "
+        "on a machine without one)",
+    )
     max_jobs_per_user: int = Field(default=8, ge=1, description="Running jobs per user")
     public_url: str | None = Field(
         default=None, description="Base URL the platform is reached at, for links it hands out"
