@@ -70,6 +70,12 @@ def test_parts_larger_than_the_shared_memory_and_replies_that_do_not_fit_it(
         assert split == split_for_store(body)
         assert digest == content_hash(split)
     assert len(pool._idle[0].memory) == len(large)
+    # Memory grown past what is kept goes back as soon as its part is done.
+    monkeypatch.setattr(splitpool, "_KEEP_BYTES", len(large) - 1)
+    for body in (large, small):
+        split, _ = pool.split_blocking(body)
+        assert split == split_for_store(body)
+        assert len(pool._idle[0].memory) == 4096
 
 
 def test_many_parts_at_once_share_the_workers() -> None:

@@ -50,9 +50,11 @@ _REPLY = struct.Struct("<BBQ")
 _SPLIT, _INVALID, _FAILED = 0, 1, 2
 _IN_MEMORY, _FOLLOWS = 0, 1
 # The shared memory's size to begin with and to go back to after a larger part: a CT slice
-# and its reply fit; a larger part grows it to the part's size, rounded up.
+# and its reply fit; a larger part grows it to the part's size, rounded up. Memory grown
+# past `_KEEP_BYTES` is given back as soon as its part is done, not kept for the next one.
 _MEMORY_BYTES = 2 * 1024 * 1024
 _ROUND_BYTES = 1024 * 1024
+_KEEP_BYTES = 64 * 1024 * 1024
 # How long a worker whose socket closed may take to exit before it is killed.
 _STOP_S = 5.0
 
@@ -155,6 +157,8 @@ class _Worker:
             reply = None
         if reply is None:
             raise await self._died()
+        if len(self.memory) > _KEEP_BYTES:  # the worker maps it anew with the next part
+            self._fit(0)
         status, value = reply
         if status == _SPLIT:
             done: tuple[SplitInstance, str] = value
