@@ -64,3 +64,58 @@ def test_a_batch_keeps_the_good_and_reports_each_refusal(runtime: Runtime, make_
         for instance, split in zip(stored, series, strict=True):
             header, frames = read_instance(runtime.store, instance)
             assert (header, tuple(frames)) == (split.header, split.frames)
+
+
+def _one_slice(modality: str, study: str | None = None, series: str | None = None):  # type: ignore[no-untyped-def]
+    ds = ct_phantom(slices=1, size=16)[0]
+    ds.Modality = modality
+    if study is not None:
+        ds.StudyInstanceUID = study
+    if series is not None:
+        ds.SeriesInstanceUID = series
+    return ds
+
+
+def test_a_batch_of_many_studies_and_series_counts_as_one_by_one(  # type: ignore[no-untyped-def]
+    runtime: Runtime, make_user
+) -> None:
+    """Studies and series new to a batch are upserted together and their counters written
+    together: the rows and counts equal those of instances stored one at a time."""
+    archive_id = _archive(runtime, make_user)
+    lone = [_one_slice("CR") for _ in range(5)]  # five one-instance studies
+    two = _one_slice("CT")  # a study that gets a second series, of another modality
+    two_mr = _one_slice("MR", study=two.StudyInstanceUID)
+    other = _one_slice("CT")  # a series that a later instance claims for another study
+    thief = _one_slice("CT", series=other.SeriesInstanceUID)
+    with session_scope(runtime.database_url) as db:
+        ingest = Ingest(db, runtime.store, archive_id)
+        outcomes = ingest.add_many([split_instance(to_bytes(d)) for d in [*lone, two, other]])
+        ingest.finish()
+    assert all(isinstance(o, Stored) and not o.already_stored for o in outcomes)
+    with session_scope(runtime.database_url) as db:
+        ingest = Ingest(db, runtime.store, archive_id)
+        later = ingest.add_many([split_instance(to_bytes(d)) for d in [two_mr, thief, lone[0]]])
+        ingest.finish()
+    added, refused, again = later
+    assert isinstance(added, Stored) and not added.already_stored
+    assert isinstance(refused, VoxelhubError) and refused.code == "uid_conflict"
+    assert "another study" in refused.message
+    assert isinstance(again, Stored) and again.already_stored
+
+    with session_scope(runtime.database_url) as db:
+        studies = {s.study_instance_uid: s for s in db.scalars(select(Study))}
+        assert len(studies) == 8  # the refused instance's study was upserted, empty
+        for ds in lone:
+            study = studies[ds.StudyInstanceUID]
+            assert (study.number_of_instances, study.number_of_series) == (1, 1)
+            assert study.modalities == ["CR"]
+        both = studies[two.StudyInstanceUID]
+        assert (both.number_of_instances, both.number_of_series) == (2, 2)
+        assert both.modalities == ["CT", "MR"]
+        assert studies[other.StudyInstanceUID].number_of_instances == 1
+        assert studies[thief.StudyInstanceUID].number_of_instances == 0
+        series = {s.series_instance_uid: s for s in db.scalars(select(Series))}
+        assert len(series) == 8
+        assert all(s.number_of_instances == 1 and s.version == 1 for s in series.values())
+        assert series[other.SeriesInstanceUID].study_id == studies[other.StudyInstanceUID].id
+        assert db.scalar(select(func.count()).select_from(Instance)) == 8

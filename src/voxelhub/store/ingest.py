@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, any_, case, delete, func, literal, select, update
@@ -61,9 +62,9 @@ class Stored:
     already_stored: bool
 
 
-def _upsert_study(db: Session, archive_id: uuid.UUID, split: SplitInstance) -> uuid.UUID:
+def _study_values(archive_id: uuid.UUID, split: SplitInstance) -> dict[str, Any]:
     k = split.keys
-    values = dict(
+    return dict(
         archive_id=archive_id,
         study_instance_uid=k.study_instance_uid,
         patient_id=k.patient_id,
@@ -77,6 +78,26 @@ def _upsert_study(db: Session, archive_id: uuid.UUID, split: SplitInstance) -> u
         study_description=k.study_description,
         referring_physician_name=k.referring_physician_name,
     )
+
+
+def _series_values(
+    archive_id: uuid.UUID, study_id: uuid.UUID, split: SplitInstance
+) -> dict[str, Any]:
+    k = split.keys
+    return dict(
+        id=uuid.uuid4(),
+        created_at=utcnow(),
+        archive_id=archive_id,
+        study_id=study_id,
+        series_instance_uid=k.series_instance_uid,
+        modality=k.modality,
+        series_number=k.series_number,
+        series_description=k.series_description,
+    )
+
+
+def _upsert_study(db: Session, archive_id: uuid.UUID, split: SplitInstance) -> uuid.UUID:
+    values = _study_values(archive_id, split)
     statement = (
         insert(Study)
         .values(id=uuid.uuid4(), created_at=utcnow(), **values)
@@ -91,19 +112,9 @@ def _upsert_series(
     db: Session, archive_id: uuid.UUID, study_id: uuid.UUID, split: SplitInstance
 ) -> uuid.UUID:
     k = split.keys
-    values = dict(
-        id=uuid.uuid4(),
-        created_at=utcnow(),
-        archive_id=archive_id,
-        study_id=study_id,
-        series_instance_uid=k.series_instance_uid,
-        modality=k.modality,
-        series_number=k.series_number,
-        series_description=k.series_description,
-    )
     statement = (
         insert(Series)
-        .values(**values)
+        .values(**_series_values(archive_id, study_id, split))
         .on_conflict_do_update(constraint="uq_dicom_series_uid", set_={"updated_at": utcnow()})
         .returning(Series.id, Series.study_id)
     )
@@ -115,6 +126,39 @@ def _upsert_series(
             f"it names study {k.study_instance_uid}. Check the StudyInstanceUID"
         )
     return series_id
+
+
+def _upsert_studies(
+    db: Session, archive_id: uuid.UUID, splits: Sequence[SplitInstance]
+) -> dict[str, uuid.UUID]:
+    """`_upsert_study` for one split of each of many studies, in one statement: UID → id."""
+    now = utcnow()
+    rows = [
+        {"id": uuid.uuid4(), "created_at": now, **_study_values(archive_id, split)}
+        for split in splits
+    ]
+    statement = (
+        insert(Study)
+        .values(rows)
+        .on_conflict_do_update(constraint="uq_dicom_studies_uid", set_={"updated_at": now})
+        .returning(Study.study_instance_uid, Study.id)
+    )
+    return {uid: study_id for uid, study_id in db.execute(statement)}
+
+
+def _upsert_many_series(
+    db: Session, archive_id: uuid.UUID, splits: Sequence[tuple[uuid.UUID, SplitInstance]]
+) -> dict[str, tuple[uuid.UUID, uuid.UUID]]:
+    """`_upsert_series` for one split of each of many series (with the id of the study it
+    names), in one statement: UID → (series id, id of the study that holds the series)."""
+    rows = [_series_values(archive_id, study_id, split) for study_id, split in splits]
+    statement = (
+        insert(Series)
+        .values(rows)
+        .on_conflict_do_update(constraint="uq_dicom_series_uid", set_={"updated_at": utcnow()})
+        .returning(Series.series_instance_uid, Series.id, Series.study_id)
+    )
+    return {uid: (series_id, owner) for uid, series_id, owner in db.execute(statement)}
 
 
 def _existing(db: Session, archive_id: uuid.UUID, sop_uid: str) -> Instance | None:
@@ -210,6 +254,42 @@ class Ingest:
         self._study_tally: dict[uuid.UUID, _Tally] = {}
         self._unsynced = False
 
+    def _upsert_batch(self, splits: Sequence[SplitInstance]) -> None:
+        """Upsert the studies and series of a batch not seen yet with two statements, not
+        two per series: a batch of one-instance studies (radiographs, a migrated archive)
+        otherwise costs two round trips an instance. A series found under another study is
+        left out: `_series_for` then refuses its instances as before. Should either
+        statement fail, nothing is cached and `_series_for` upserts one by one."""
+        studies: dict[str, SplitInstance] = {}
+        series: dict[str, SplitInstance] = {}
+        for split in splits:
+            k = split.keys
+            if k.series_instance_uid in self._series or k.series_instance_uid in series:
+                continue
+            series[k.series_instance_uid] = split
+            if k.study_instance_uid not in self._studies:
+                studies.setdefault(k.study_instance_uid, split)
+        if len(series) < 2:
+            return
+        try:
+            with self.db.begin_nested():
+                found = _upsert_studies(self.db, self.archive_id, list(studies.values()))
+                known = {**self._studies, **found}
+                upserted = _upsert_many_series(
+                    self.db,
+                    self.archive_id,
+                    [(known[s.keys.study_instance_uid], s) for s in series.values()],
+                )
+        except DBAPIError:
+            logger.warning("a batch upsert of studies and series failed; one by one instead",
+                           exc_info=True)  # fmt: skip
+            return
+        self._studies.update(found)
+        for uid, (series_id, owner) in upserted.items():
+            study_id = known[series[uid].keys.study_instance_uid]
+            if owner == study_id:
+                self._series[uid] = (study_id, series_id)
+
     def _series_for(self, split: SplitInstance) -> tuple[uuid.UUID, uuid.UUID]:
         k = split.keys
         known = self._series.get(k.series_instance_uid)
@@ -304,6 +384,7 @@ class Ingest:
         outcomes: list[Stored | VoxelhubError | None] = [None] * len(splits)
         batch: dict[str, tuple[int, dict[str, Any], uuid.UUID, uuid.UUID]] = {}
         alone: list[int] = []
+        self._upsert_batch(splits)
         for index, split in enumerate(splits):
             uid = split.keys.sop_instance_uid
             if uid in batch:  # the same UID twice in one batch: compared after the first
@@ -395,14 +476,38 @@ class Ingest:
     def finish(self) -> None:
         """Make the objects durable and write the counters; call before the commit."""
         self.sync()
+        now = utcnow()
+        self._add_to_series(now)
+        self._add_to_studies(now)
+        self._series_tally.clear()
+        self._study_tally.clear()
+
+    def _add_to_series(self, now: datetime) -> None:
+        if len(self._series_tally) > 1:  # one statement for many series
+            rows = [(owner, t.instances, t.size) for owner, t in self._series_tally.items()]
+            self.db.connection().exec_driver_sql(
+                _ADD_TO_SERIES, {"rows": json_rows(("id", "instances", "size"), rows), "now": now}
+            )
+            return
         for series_id, tally in self._series_tally.items():
             self.db.execute(
                 update(Series)
                 .where(Series.id == series_id)
                 .values(number_of_instances=Series.number_of_instances + tally.instances,
                         size_bytes=Series.size_bytes + tally.size,
-                        version=Series.version + 1, updated_at=utcnow())
+                        version=Series.version + 1, updated_at=now)
             )  # fmt: skip
+
+    def _add_to_studies(self, now: datetime) -> None:
+        if len(self._study_tally) > 1:  # one statement for many studies
+            rows = [
+                (owner, t.instances, sorted(t.modalities)) for owner, t in self._study_tally.items()
+            ]
+            self.db.connection().exec_driver_sql(
+                _ADD_TO_STUDIES,
+                {"rows": json_rows(("id", "instances", "modalities"), rows), "now": now},
+            )
+            return
         for study_id, tally in self._study_tally.items():
             series_count = select(func.count()).where(Series.study_id == study_id)
             modalities: Any = Study.modalities
@@ -416,10 +521,30 @@ class Ingest:
                 .where(Study.id == study_id)
                 .values(number_of_instances=Study.number_of_instances + tally.instances,
                         number_of_series=series_count.scalar_subquery(),
-                        modalities=modalities, updated_at=utcnow())
+                        modalities=modalities, updated_at=now)
             )  # fmt: skip
-        self._series_tally.clear()
-        self._study_tally.clear()
+
+
+# `finish`'s counters for many series and studies at once, from one JSON parameter each: the
+# same changes as its statements for one (modalities new to a study appended in order).
+_ADD_TO_SERIES = """
+UPDATE dicom_series AS s
+SET number_of_instances = s.number_of_instances + t.instances,
+    size_bytes = s.size_bytes + t.size, version = s.version + 1, updated_at = %(now)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(id uuid, instances integer, size bigint)
+WHERE s.id = t.id
+"""
+_ADD_TO_STUDIES = """
+UPDATE dicom_studies AS st
+SET number_of_instances = st.number_of_instances + t.instances,
+    number_of_series = (SELECT count(*) FROM dicom_series se WHERE se.study_id = st.id),
+    modalities = coalesce(st.modalities, '{}') || ARRAY(
+        SELECT m::varchar(16) FROM jsonb_array_elements_text(t.modalities) AS m
+        WHERE NOT m = ANY(coalesce(st.modalities, '{}')) ORDER BY m),
+    updated_at = %(now)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(id uuid, instances integer, modalities jsonb)
+WHERE st.id = t.id
+"""
 
 
 def store_instance(
