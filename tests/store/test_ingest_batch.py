@@ -109,6 +109,11 @@ def test_a_batch_of_many_studies_and_series_counts_as_one_by_one(  # type: ignor
             study = studies[ds.StudyInstanceUID]
             assert (study.number_of_instances, study.number_of_series) == (1, 1)
             assert study.modalities == ["CR"]
+            assert (study.patient_id, study.patient_name, study.study_date) == (
+                ds.PatientID,
+                str(ds.PatientName),
+                ds.StudyDate,
+            )
         both = studies[two.StudyInstanceUID]
         assert (both.number_of_instances, both.number_of_series) == (2, 2)
         assert both.modalities == ["CT", "MR"]
@@ -117,5 +122,11 @@ def test_a_batch_of_many_studies_and_series_counts_as_one_by_one(  # type: ignor
         series = {s.series_instance_uid: s for s in db.scalars(select(Series))}
         assert len(series) == 8
         assert all(s.number_of_instances == 1 and s.version == 1 for s in series.values())
+        first = series[lone[0].SeriesInstanceUID]
+        assert (first.modality, first.series_number, first.metadata_version) == (
+            "CR",
+            lone[0].SeriesNumber,
+            -1,
+        )
         assert series[other.SeriesInstanceUID].study_id == studies[other.StudyInstanceUID].id
         assert db.scalar(select(func.count()).select_from(Instance)) == 8

@@ -128,37 +128,73 @@ def _upsert_series(
     return series_id
 
 
+_STUDIES = cast(Table, Study.__table__)
+_SERIES = cast(Table, Series.__table__)
+_STUDY_COLUMNS = (
+    "id", "created_at", "updated_at", "archive_id", "study_instance_uid", "patient_id",
+    "patient_name", "patient_birth_date", "patient_sex", "study_date", "study_time",
+    "accession_number", "study_id", "study_description", "referring_physician_name",
+    "modalities", "number_of_series", "number_of_instances",
+)  # fmt: skip
+_SERIES_COLUMNS = (
+    "id", "created_at", "updated_at", "archive_id", "study_id", "series_instance_uid",
+    "modality", "series_number", "series_description", "number_of_instances", "size_bytes",
+    "version", "metadata_version",
+)  # fmt: skip
+
+
+@functools.cache
+def _upsert_studies_sql() -> str:
+    return (
+        f"{insert_from_json(_STUDIES, _STUDY_COLUMNS)} "
+        "ON CONFLICT ON CONSTRAINT uq_dicom_studies_uid DO UPDATE "
+        "SET updated_at = excluded.updated_at RETURNING study_instance_uid, id"
+    )
+
+
+@functools.cache
+def _upsert_series_sql() -> str:
+    return (
+        f"{insert_from_json(_SERIES, _SERIES_COLUMNS)} "
+        "ON CONFLICT ON CONSTRAINT uq_dicom_series_uid DO UPDATE "
+        "SET updated_at = excluded.updated_at RETURNING series_instance_uid, id, study_id"
+    )
+
+
 def _upsert_studies(
     db: Session, archive_id: uuid.UUID, splits: Sequence[SplitInstance]
 ) -> dict[str, uuid.UUID]:
-    """`_upsert_study` for one split of each of many studies, in one statement: UID → id."""
+    """`_upsert_study` for one split of each of many studies, in one short statement (see
+    `insert_from_json`): UID → id."""
     now = utcnow()
-    rows = [
-        {"id": uuid.uuid4(), "created_at": now, **_study_values(archive_id, split)}
-        for split in splits
-    ]
-    statement = (
-        insert(Study)
-        .values(rows)
-        .on_conflict_do_update(constraint="uq_dicom_studies_uid", set_={"updated_at": now})
-        .returning(Study.study_instance_uid, Study.id)
+    rows = []
+    for split in splits:
+        values = {"id": uuid.uuid4(), "created_at": now, "updated_at": now,
+                  **_study_values(archive_id, split), "modalities": [],
+                  "number_of_series": 0, "number_of_instances": 0}  # fmt: skip
+        rows.append(tuple(values[name] for name in _STUDY_COLUMNS))
+    returned = db.connection().exec_driver_sql(
+        _upsert_studies_sql(), {"rows": json_rows(_STUDY_COLUMNS, rows)}
     )
-    return {uid: study_id for uid, study_id in db.execute(statement)}
+    return {uid: study_id for uid, study_id in returned}
 
 
 def _upsert_many_series(
     db: Session, archive_id: uuid.UUID, splits: Sequence[tuple[uuid.UUID, SplitInstance]]
 ) -> dict[str, tuple[uuid.UUID, uuid.UUID]]:
     """`_upsert_series` for one split of each of many series (with the id of the study it
-    names), in one statement: UID → (series id, id of the study that holds the series)."""
-    rows = [_series_values(archive_id, study_id, split) for study_id, split in splits]
-    statement = (
-        insert(Series)
-        .values(rows)
-        .on_conflict_do_update(constraint="uq_dicom_series_uid", set_={"updated_at": utcnow()})
-        .returning(Series.series_instance_uid, Series.id, Series.study_id)
+    names), in one short statement: UID → (series id, id of the study that holds it)."""
+    now = utcnow()
+    rows = []
+    for study_id, split in splits:
+        values = {**_series_values(archive_id, study_id, split), "created_at": now,
+                  "updated_at": now, "number_of_instances": 0, "size_bytes": 0, "version": 0,
+                  "metadata_version": -1}  # fmt: skip
+        rows.append(tuple(values[name] for name in _SERIES_COLUMNS))
+    returned = db.connection().exec_driver_sql(
+        _upsert_series_sql(), {"rows": json_rows(_SERIES_COLUMNS, rows)}
     )
-    return {uid: (series_id, owner) for uid, series_id, owner in db.execute(statement)}
+    return {uid: (series_id, owner) for uid, series_id, owner in returned}
 
 
 def _existing(db: Session, archive_id: uuid.UUID, sop_uid: str) -> Instance | None:
