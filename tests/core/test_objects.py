@@ -565,6 +565,24 @@ def test_local_list_and_reads_stay_inside_the_root(
         local_store.get("a/file-link")
 
 
+def test_a_link_in_a_folder_already_checked_still_leads_nowhere(
+    local_store: LocalObjectStore, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not yours")
+    local_store.put("sets/one/k", b"x")  # sets/ and sets/one/ are now known inside
+    local_store.put("sets/two/k", b"y")  # a new real folder beside it
+    (local_store.root / "sets" / "three").symlink_to(outside)
+
+    with pytest.raises(InvalidKey, match="through a link"):
+        local_store.get("sets/three/secret")
+    with pytest.raises(InvalidKey, match="through a link"):
+        local_store.put("sets/three/new", b"z")
+    assert not (outside / "new").exists()
+    assert [info.key for info in local_store.list("sets/")] == ["sets/one/k", "sets/two/k"]
+
+
 def test_local_key_cannot_be_both_object_and_folder(local_store: LocalObjectStore) -> None:
     local_store.put("a/b", b"x")
 

@@ -107,19 +107,31 @@ class LocalObjectStore:
         Resolving every component of every key costs a system call per folder level, a
         quarter of the server's time when a viewer fetches a series frame by frame; so a
         folder found inside the root is remembered, and only the file itself is checked
-        for being a link on each call. (The store never makes links; a folder swapped for
-        one later takes someone with write access to the store's disk.)"""
+        for being a link on each call. A new folder in a remembered one needs only to be no
+        link itself (one `lstat`, where resolving it took a dozen calls: an image set per
+        series is a new folder per one-image study). (The store never makes links; a folder
+        swapped for one later takes someone with write access to the store's disk.)"""
         path = self.root / validate_key(key)
         folder = path.parent
         if folder not in self._inside:
-            if not folder.resolve().is_relative_to(self.root.resolve()):
-                raise InvalidKey(f"object key {key!r} leads outside the store through a link")
-            if len(self._inside) >= _INSIDE_FOLDERS_MAX:
-                self._inside.clear()
-            self._inside.add(folder)
-        if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
+            parent = folder.parent
+            if not (parent in self._inside and not folder.is_symlink()):
+                if not self._resolves_inside(folder):
+                    raise InvalidKey(f"object key {key!r} leads outside the store through a link")
+                if parent.is_relative_to(self.root) and self._resolves_inside(parent):
+                    self._remember(parent)
+            self._remember(folder)
+        if path.is_symlink() and not self._resolves_inside(path):
             raise InvalidKey(f"object key {key!r} leads outside the store through a link")
         return path
+
+    def _resolves_inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root.resolve())
+
+    def _remember(self, folder: Path) -> None:
+        if len(self._inside) >= _INSIDE_FOLDERS_MAX:
+            self._inside.clear()
+        self._inside.add(folder)
 
     def sync(self) -> None:
         """Make the objects written with `durable=False` durable: each file once, and each
