@@ -547,12 +547,16 @@ def test_local_sweep_removes_only_old_temp_files(local_store: LocalObjectStore) 
     assert fresh.exists()
 
 
+def _folder_with_a_secret(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "secret").write_bytes(b"not yours")
+    return folder
+
+
 def test_local_list_and_reads_stay_inside_the_root(
     local_store: LocalObjectStore, tmp_path: Path
 ) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "secret").write_bytes(b"not yours")
+    outside = _folder_with_a_secret(tmp_path / "outside")
     local_store.put("a/k", b"x")
     (local_store.root / "link").symlink_to(outside)
     (local_store.root / "a" / "file-link").symlink_to(outside / "secret")
@@ -568,9 +572,7 @@ def test_local_list_and_reads_stay_inside_the_root(
 def test_a_link_in_a_folder_already_checked_still_leads_nowhere(
     local_store: LocalObjectStore, tmp_path: Path
 ) -> None:
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "secret").write_bytes(b"not yours")
+    outside = _folder_with_a_secret(tmp_path / "elsewhere")
     local_store.put("sets/one/k", b"x")  # sets/ and sets/one/ are now known inside
     local_store.put("sets/two/k", b"y")  # a new real folder beside it
     (local_store.root / "sets" / "three").symlink_to(outside)
