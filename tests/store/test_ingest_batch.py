@@ -104,7 +104,7 @@ def test_a_batch_of_many_studies_and_series_counts_as_one_by_one(  # type: ignor
 
     with session_scope(runtime.database_url) as db:
         studies = {s.study_instance_uid: s for s in db.scalars(select(Study))}
-        assert len(studies) == 8  # the refused instance's study was upserted, empty
+        assert len(studies) == 7  # the refused instance's new study was not kept, empty
         for ds in lone:
             study = studies[ds.StudyInstanceUID]
             assert (study.number_of_instances, study.number_of_series) == (1, 1)
@@ -118,7 +118,7 @@ def test_a_batch_of_many_studies_and_series_counts_as_one_by_one(  # type: ignor
         assert (both.number_of_instances, both.number_of_series) == (2, 2)
         assert both.modalities == ["CT", "MR"]
         assert studies[other.StudyInstanceUID].number_of_instances == 1
-        assert studies[thief.StudyInstanceUID].number_of_instances == 0
+        assert thief.StudyInstanceUID not in studies
         series = {s.series_instance_uid: s for s in db.scalars(select(Series))}
         assert len(series) == 8
         assert all(s.number_of_instances == 1 and s.version == 1 for s in series.values())
@@ -130,3 +130,42 @@ def test_a_batch_of_many_studies_and_series_counts_as_one_by_one(  # type: ignor
         )
         assert series[other.SeriesInstanceUID].study_id == studies[other.StudyInstanceUID].id
         assert db.scalar(select(func.count()).select_from(Instance)) == 8
+
+
+def test_refused_instances_leave_no_empty_study_or_series(  # type: ignore[no-untyped-def]
+    runtime: Runtime, make_user
+) -> None:
+    """A study or series that only refused instances name is not left behind, empty, for
+    QIDO to list; one that already held instances is kept as it was."""
+    archive_id = _archive(runtime, make_user)
+    kept = _one_slice("CT")
+    with session_scope(runtime.database_url) as db:
+        ingest = Ingest(db, runtime.store, archive_id)
+        assert isinstance(ingest.add_many([split_instance(to_bytes(kept))])[0], Stored)
+        ingest.finish()
+    # The same SOPInstanceUID with other content, once in a new study (in a batch with a
+    # good instance, and alone: the batch and the one-by-one upserts) and once in a new
+    # series of the kept study.
+    reused = _one_slice("MR")
+    reused.SOPInstanceUID = kept.SOPInstanceUID
+    good = _one_slice("CR")
+    alone = _one_slice("MR")
+    alone.SOPInstanceUID = kept.SOPInstanceUID
+    in_kept_study = _one_slice("MR", study=kept.StudyInstanceUID)
+    in_kept_study.SOPInstanceUID = kept.SOPInstanceUID
+    for batch in ([reused, good], [alone], [in_kept_study]):
+        with session_scope(runtime.database_url) as db:
+            ingest = Ingest(db, runtime.store, archive_id)
+            outcomes = ingest.add_many([split_instance(to_bytes(d)) for d in batch])
+            ingest.finish()
+        assert isinstance(outcomes[0], VoxelhubError) and outcomes[0].code == "uid_conflict"
+        assert all(isinstance(o, Stored) for o in outcomes[1:])
+
+    with session_scope(runtime.database_url) as db:
+        studies = {s.study_instance_uid: s for s in db.scalars(select(Study))}
+        assert set(studies) == {kept.StudyInstanceUID, good.StudyInstanceUID}
+        first = studies[kept.StudyInstanceUID]
+        assert (first.number_of_series, first.number_of_instances) == (1, 1)
+        series = {s.series_instance_uid for s in db.scalars(select(Series))}
+        assert series == {kept.SeriesInstanceUID, good.SeriesInstanceUID}
+        assert db.scalar(select(func.count()).select_from(Instance)) == 2

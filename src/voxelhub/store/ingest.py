@@ -96,25 +96,32 @@ def _series_values(
     )
 
 
-def _upsert_study(db: Session, archive_id: uuid.UUID, split: SplitInstance) -> uuid.UUID:
+def _upsert_study(
+    db: Session, archive_id: uuid.UUID, split: SplitInstance
+) -> tuple[uuid.UUID, bool]:
+    """The study's id, and whether this call inserted its row (it had the id made here)."""
     values = _study_values(archive_id, split)
+    made = uuid.uuid4()
     statement = (
         insert(Study)
-        .values(id=uuid.uuid4(), created_at=utcnow(), **values)
+        .values(id=made, created_at=utcnow(), **values)
         .on_conflict_do_update(constraint="uq_dicom_studies_uid", set_={"updated_at": utcnow()})
         .returning(Study.id)
     )
     study_id: uuid.UUID = db.execute(statement).scalar_one()
-    return study_id
+    return study_id, study_id == made
 
 
 def _upsert_series(
     db: Session, archive_id: uuid.UUID, study_id: uuid.UUID, split: SplitInstance
-) -> uuid.UUID:
+) -> tuple[uuid.UUID, bool]:
+    """The series' id, and whether this call inserted its row; a series held by another
+    study is refused."""
     k = split.keys
+    values = _series_values(archive_id, study_id, split)
     statement = (
         insert(Series)
-        .values(**_series_values(archive_id, study_id, split))
+        .values(**values)
         .on_conflict_do_update(constraint="uq_dicom_series_uid", set_={"updated_at": utcnow()})
         .returning(Series.id, Series.study_id)
     )
@@ -125,7 +132,7 @@ def _upsert_series(
             f"series {k.series_instance_uid} is stored under another study; an instance of "
             f"it names study {k.study_instance_uid}. Check the StudyInstanceUID"
         )
-    return series_id
+    return series_id, series_id == values["id"]
 
 
 _STUDIES = cast(Table, Study.__table__)
@@ -163,9 +170,9 @@ def _upsert_series_sql() -> str:
 
 def _upsert_studies(
     db: Session, archive_id: uuid.UUID, splits: Sequence[SplitInstance]
-) -> dict[str, uuid.UUID]:
+) -> tuple[dict[str, uuid.UUID], set[uuid.UUID]]:
     """`_upsert_study` for one split of each of many studies, in one short statement (see
-    `insert_from_json`): UID → id."""
+    `insert_from_json`): UID → id, and the ids of the rows it inserted."""
     now = utcnow()
     rows = []
     for split in splits:
@@ -173,17 +180,20 @@ def _upsert_studies(
                   **_study_values(archive_id, split), "modalities": [],
                   "number_of_series": 0, "number_of_instances": 0}  # fmt: skip
         rows.append(tuple(values[name] for name in _STUDY_COLUMNS))
+    made = {row[0] for row in rows}
     returned = db.connection().exec_driver_sql(
         _upsert_studies_sql(), {"rows": json_rows(_STUDY_COLUMNS, rows)}
     )
-    return {uid: study_id for uid, study_id in returned}
+    found = {uid: study_id for uid, study_id in returned}
+    return found, made & set(found.values())
 
 
 def _upsert_many_series(
     db: Session, archive_id: uuid.UUID, splits: Sequence[tuple[uuid.UUID, SplitInstance]]
-) -> dict[str, tuple[uuid.UUID, uuid.UUID]]:
+) -> tuple[dict[str, tuple[uuid.UUID, uuid.UUID]], set[uuid.UUID]]:
     """`_upsert_series` for one split of each of many series (with the id of the study it
-    names), in one short statement: UID → (series id, id of the study that holds it)."""
+    names), in one short statement: UID → (series id, id of the study that holds it), and
+    the ids of the rows it inserted."""
     now = utcnow()
     rows = []
     for study_id, split in splits:
@@ -191,10 +201,12 @@ def _upsert_many_series(
                   "updated_at": now, "number_of_instances": 0, "size_bytes": 0, "version": 0,
                   "metadata_version": -1}  # fmt: skip
         rows.append(tuple(values[name] for name in _SERIES_COLUMNS))
+    made = {row[0] for row in rows}
     returned = db.connection().exec_driver_sql(
         _upsert_series_sql(), {"rows": json_rows(_SERIES_COLUMNS, rows)}
     )
-    return {uid: (series_id, owner) for uid, series_id, owner in returned}
+    found = {uid: (series_id, owner) for uid, series_id, owner in returned}
+    return found, made & {series_id for series_id, _ in found.values()}
 
 
 def _existing(db: Session, archive_id: uuid.UUID, sop_uid: str) -> Instance | None:
@@ -288,6 +300,10 @@ class Ingest:
         self._series: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}
         self._series_tally: dict[uuid.UUID, _Tally] = {}
         self._study_tally: dict[uuid.UUID, _Tally] = {}
+        # Rows this transaction inserted: those no instance went into (every one refused)
+        # are deleted by finish(), so a refusal leaves no empty study or series behind.
+        self._created_studies: set[uuid.UUID] = set()
+        self._created_series: set[uuid.UUID] = set()
         self._unsynced = False
 
     def _upsert_batch(self, splits: Sequence[SplitInstance]) -> None:
@@ -309,9 +325,11 @@ class Ingest:
             return
         try:
             with self.db.begin_nested():
-                found = _upsert_studies(self.db, self.archive_id, list(studies.values()))
+                found, new_studies = _upsert_studies(
+                    self.db, self.archive_id, list(studies.values())
+                )
                 known = {**self._studies, **found}
-                upserted = _upsert_many_series(
+                upserted, new_series = _upsert_many_series(
                     self.db,
                     self.archive_id,
                     [(known[s.keys.study_instance_uid], s) for s in series.values()],
@@ -321,6 +339,8 @@ class Ingest:
                            exc_info=True)  # fmt: skip
             return
         self._studies.update(found)
+        self._created_studies |= new_studies
+        self._created_series |= new_series
         for uid, (series_id, owner) in upserted.items():
             study_id = known[series[uid].keys.study_instance_uid]
             if owner == study_id:
@@ -339,10 +359,14 @@ class Ingest:
             return known
         study_id = self._studies.get(k.study_instance_uid)
         if study_id is None:
-            study_id = _upsert_study(self.db, self.archive_id, split)
+            study_id, inserted = _upsert_study(self.db, self.archive_id, split)
             self._studies[k.study_instance_uid] = study_id
-        series_id = _upsert_series(self.db, self.archive_id, study_id, split)
+            if inserted:
+                self._created_studies.add(study_id)
+        series_id, inserted = _upsert_series(self.db, self.archive_id, study_id, split)
         self._series[k.series_instance_uid] = (study_id, series_id)
+        if inserted:
+            self._created_series.add(series_id)
         return study_id, series_id
 
     def add(self, split: SplitInstance) -> Stored:
@@ -512,11 +536,39 @@ class Ingest:
     def finish(self) -> None:
         """Make the objects durable and write the counters; call before the commit."""
         self.sync()
+        self._drop_empty()
         now = utcnow()
         self._add_to_series(now)
         self._add_to_studies(now)
         self._series_tally.clear()
         self._study_tally.clear()
+
+    def _drop_empty(self) -> None:
+        """Delete the series and studies this transaction inserted that hold nothing: every
+        instance naming them was refused. No other transaction can see these rows yet, so
+        none can be adding to them."""
+        series = self._created_series - self._series_tally.keys()
+        studies = self._created_studies - self._study_tally.keys()
+        self._created_series.clear()
+        self._created_studies.clear()
+        if series:
+            self.db.execute(
+                delete(Series).where(
+                    Series.id.in_(series),
+                    ~select(Instance.id).where(Instance.series_id == Series.id).exists(),
+                )
+            )
+        if studies:
+            self.db.execute(
+                delete(Study).where(
+                    Study.id.in_(studies),
+                    ~select(Series.id).where(Series.study_id == Study.id).exists(),
+                )
+            )
+        if series or studies:
+            # A deleted row may still be cached for the next batch of this Ingest.
+            self._studies.clear()
+            self._series.clear()
 
     def _add_to_series(self, now: datetime) -> None:
         if len(self._series_tally) > 1:  # one statement for many series
