@@ -166,6 +166,21 @@ def test_stow_is_idempotent_and_refuses_reused_uids(make_archive) -> None:  # ty
     assert studies[0]["00100010"]["Value"][0]["Alphabetic"] == "Demo^Phantom"
 
 
+def test_a_refused_series_clash_leaves_no_empty_study(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """An instance that names a new study for a series stored under another is refused, and
+    its study does not show up in searches, empty."""
+    archive: ArchiveClient = make_archive()
+    series = ct_phantom(slices=2, size=32)
+    archive.scoped.store_instances(series[:1])
+    thief = copy.deepcopy(series[1])
+    thief.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.99"
+    with pytest.raises(Exception, match="409"):
+        archive.scoped.store_instances([thief])
+    studies = archive.scoped.search_for_studies()
+    assert [s["0020000D"]["Value"][0] for s in studies] == [series[0].StudyInstanceUID]
+    assert archive.scoped.search_for_series(study_instance_uid=thief.StudyInstanceUID) == []
+
+
 def test_stow_reports_bad_parts_and_stores_the_good(  # type: ignore[no-untyped-def]
     make_archive, live_server: str
 ) -> None:
