@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxelhub.dicom.model import PixelDescription
-from voxelhub.store.errors import InvalidQuery
+from voxelhub.store.errors import InvalidQuery, NotAcceptable
 
 THUMBNAIL_SIZE = 128
 
@@ -92,6 +92,34 @@ def to_display(
     return display
 
 
+MAX_VIEWPORT = 4096
+
+
+def parse_viewport(value: str | None) -> tuple[int, int] | None:
+    """The `viewport` query parameter (PS3.18 8.3.5.1.3), "width,height" in pixels."""
+    if value is None:
+        return None
+    try:
+        width, height = (int(v) for v in value.split(","))
+    except ValueError:
+        raise InvalidQuery(
+            f"viewport must be two whole numbers, width,height (e.g. 512,512), not {value!r}"
+        ) from None
+    if not (0 < width <= MAX_VIEWPORT and 0 < height <= MAX_VIEWPORT):
+        raise InvalidQuery(f"viewport sides must be between 1 and {MAX_VIEWPORT} pixels")
+    return width, height
+
+
+def fit(image: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
+    """Nearest-neighbour scaling, up or down, to the largest size inside width x height
+    that keeps the aspect ratio."""
+    rows, cols = image.shape[:2]
+    step = max(rows / height, cols / width)
+    ys = np.minimum((np.arange(max(round(rows / step), 1)) * step).astype(int), rows - 1)
+    xs = np.minimum((np.arange(max(round(cols / step), 1)) * step).astype(int), cols - 1)
+    return np.ascontiguousarray(image[ys][:, xs])
+
+
 def shrink(image: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
     """Nearest-neighbour downscale so the longer side is at most `size`."""
     rows, cols = image.shape[:2]
@@ -118,4 +146,6 @@ def rendered_media_type(accept: str | None) -> str:
             return media
         if media in ("*/*", "image/*"):
             return "image/png"
-    raise InvalidQuery("rendered images come as image/png or image/jpeg")
+    raise NotAcceptable(
+        f"cannot render as {accept!r}; rendered images come as image/png or image/jpeg"
+    )

@@ -123,7 +123,7 @@ def frames_body(
 ) -> FramesBody:
     """The requested frames of one instance, looked up and audited in one statement."""
     numbers = wado.parse_frame_list(frames)
-    wanted = negotiate.negotiate_frames(accept)
+    choices = negotiate.frame_choices(accept)
     study_uid, series_uid, sop_uid = uids
     event = audit.event_values(principal, "dicom.frames", object_type="dicomweb", object_id=sop_uid)
     statement = _lookup_and_audit(restricted=not principal.is_admin, scoped=scope is not None)
@@ -142,7 +142,9 @@ def frames_body(
             # A scoped URL of an archive the caller may not read: say that, not "no instance".
             archives.get_archive(db, principal, scope, ArchiveRole.viewer)
         raise InstanceNotFound(f"no instance {sop_uid} in series {series_uid} that you can see")
-    parts = wado.frame_parts(store, FrameSource(*row), numbers, wanted)
+    source = FrameSource(*row)
+    wanted = negotiate.choose_frames(choices, source.frames_transfer_syntax_uid)
+    parts = wado.frame_parts(store, source, numbers, wanted)
     boundary = new_boundary()
     return FramesBody(
         b"".join(write_parts(parts, boundary)),

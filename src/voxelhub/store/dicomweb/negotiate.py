@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, HTJ2K_LOSSLESS
+from pydicom.uid import UID
+
+from voxelhub.dicom.model import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    HTJ2K_LOSSLESS,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+from voxelhub.dicom.syntax import can_serve_as, is_native
 from voxelhub.store.dicomweb.multipart import parse_media_type
 from voxelhub.store.errors import NotAcceptable
 
@@ -24,12 +32,6 @@ FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.202": "image/jphc",
     "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/x-dicom-rle",
-}
-NATIVE_SYNTAXES = {
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.2",
 }
 
 
@@ -60,24 +62,44 @@ def _choices(accept: str | None) -> list[tuple[float, str, dict[str, str]]]:
     return sorted(choices, key=lambda c: c[0])
 
 
-def negotiate_instances(accept: str | None) -> str:
-    """The transfer syntax to send instances in (`*` = as stored)."""
+def instance_choices(accept: str | None) -> list[str]:
+    """The transfer syntaxes the client accepts instances in, best first (`*` = as stored)."""
     choices = _choices(accept) or [(0.0, "multipart/related", {"type": "application/dicom"})]
+    syntaxes: list[str] = []
     for _, media, params in choices:
         part = params.get("type", "application/dicom") if media == "multipart/related" else media
         if media in ("*/*", "multipart/*"):
-            return EXPLICIT_VR_LITTLE_ENDIAN
-        if part in ("application/dicom", "*/*", "application/*"):
-            return params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN)
+            syntaxes.append(EXPLICIT_VR_LITTLE_ENDIAN)
+        elif part in ("application/dicom", "*/*", "application/*"):
+            syntaxes.append(params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN))
+    if not syntaxes:
+        raise NotAcceptable(
+            f"cannot send instances as {accept!r}; accept "
+            "'multipart/related; type=\"application/dicom\"' (optionally with transfer-syntax=*)"
+        )
+    return syntaxes
+
+
+def choose_instance_syntax(choices: Sequence[str], stored: Iterable[str | None]) -> str:
+    """The first of `choices` that every instance can be sent in; `stored` holds each
+    instance's frames transfer syntax (None: no pixel data, any syntax will do)."""
+    kinds = set(stored)
+    for syntax in choices:
+        if all(instance_producible(kind, syntax) for kind in kinds):
+            return syntax
+    held = ", ".join(sorted(k for k in kinds if k)) or "no pixel data"
     raise NotAcceptable(
-        f"cannot send instances as {accept!r}; accept "
-        "'multipart/related; type=\"application/dicom\"' (optionally with transfer-syntax=*)"
+        f"cannot send these instances (frames stored as {held}) in "
+        f"{', '.join(choices)}; ask for transfer-syntax=* (as stored) or "
+        f"{EXPLICIT_VR_LITTLE_ENDIAN} (uncompressed)"
     )
 
 
-def negotiate_frames(accept: str | None) -> Wanted:
-    """The part media type and transfer syntax to send frames or pixel bulk data in."""
+def frame_choices(accept: str | None) -> list[Wanted]:
+    """The part media types and transfer syntaxes the client accepts frames or pixel bulk
+    data in, best first."""
     choices = _choices(accept) or [(0.0, "multipart/related", {"type": "application/octet-stream"})]
+    wanted: list[Wanted] = []
     for _, media, params in choices:
         part = (
             params.get("type", "application/octet-stream")
@@ -86,14 +108,70 @@ def negotiate_frames(accept: str | None) -> Wanted:
         )
         if media in ("*/*",) or part in ("*/*", "application/octet-stream"):
             syntax = params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN)
-            return Wanted("application/octet-stream", syntax)
-        if part == "image/jphc":
-            return Wanted(part, params.get("transfer-syntax", HTJ2K_LOSSLESS))
-        if part in FRAME_MEDIA_TYPES.values():
-            syntax = params.get("transfer-syntax", ANY_SYNTAX)
-            return Wanted(part, syntax)
-    raise NotAcceptable(
-        f"cannot send frames as {accept!r}; accept 'multipart/related; "
-        'type="application/octet-stream"\' with transfer-syntax=* (as stored) or '
-        f"transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN} (uncompressed)"
+            wanted.append(Wanted("application/octet-stream", syntax))
+        elif part == "image/jphc":
+            wanted.append(Wanted(part, params.get("transfer-syntax", HTJ2K_LOSSLESS)))
+        elif part in FRAME_MEDIA_TYPES.values():
+            wanted.append(Wanted(part, params.get("transfer-syntax", ANY_SYNTAX)))
+    if not wanted:
+        raise NotAcceptable(
+            f"cannot send frames as {accept!r}; accept 'multipart/related; "
+            'type="application/octet-stream"\' with transfer-syntax=* (as stored) or '
+            f"transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN} (uncompressed)"
+        )
+    return wanted
+
+
+def choose_frames(choices: Sequence[Wanted], stored: str) -> Wanted:
+    """The first of `choices` that frames stored as `stored` can be sent as: untouched (in
+    their own syntax, or one that syntax is valid in) or decoded to native little endian."""
+    for wanted in choices:
+        if frame_producible(stored, wanted):
+            return wanted
+    asked = ", ".join(
+        f"{w.media_type} ({'as stored' if w.transfer_syntax == ANY_SYNTAX else w.transfer_syntax})"
+        for w in choices
     )
+    raise NotAcceptable(
+        f"cannot send frames stored as {stored} as {asked}; ask for "
+        f'type="application/octet-stream" with transfer-syntax=* (as stored, '
+        f"{frame_media_type(stored)}) or transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN} "
+        "(uncompressed)"
+    )
+
+
+def frame_producible(stored: str, wanted: Wanted) -> bool:
+    """Whether frames stored as `stored` can be sent as `wanted`."""
+    media = wanted.media_type
+    if wanted.transfer_syntax in (ANY_SYNTAX, stored):
+        if media in ("application/octet-stream", frame_media_type(stored)):
+            return True
+        if wanted.transfer_syntax == ANY_SYNTAX:
+            return False  # an image media type that is not the stored one's
+    target = wanted.transfer_syntax
+    if not _is_transfer_syntax(target):
+        return False
+    if can_serve_as(stored, target):
+        return media in ("application/octet-stream", frame_media_type(target))
+    # Decoded: native frames are little endian octets (PS3.18 8.7.3.3.2).
+    return media == "application/octet-stream" and target in (
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        IMPLICIT_VR_LITTLE_ENDIAN,
+    )
+
+
+def instance_producible(stored: str | None, target: str) -> bool:
+    """Whether an instance whose frames are stored as `stored` (None: no pixel data) can be
+    sent as a Part-10 file in `target`."""
+    if target == ANY_SYNTAX:
+        return True
+    if not _is_transfer_syntax(target):
+        return False
+    return stored is None or is_native(target) or can_serve_as(stored, target)
+
+
+def _is_transfer_syntax(value: str) -> bool:
+    try:
+        return bool(UID(value).is_transfer_syntax)
+    except ValueError:
+        return False

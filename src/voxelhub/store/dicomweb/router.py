@@ -327,7 +327,12 @@ def _retrieve(
     instances: list[Instance],
     what: str,
 ) -> StreamingResponse:
-    syntax = negotiate.negotiate_instances(request.headers.get("accept"))
+    # Chosen before the first byte: a syntax some instance cannot be sent in is refused
+    # (406), not found out while the body streams.
+    syntax = negotiate.choose_instance_syntax(
+        negotiate.instance_choices(request.headers.get("accept")),
+        (i.frames_transfer_syntax_uid if i.pixel else None for i in instances),
+    )
     audit.record(
         db,
         principal,
@@ -442,7 +447,10 @@ def retrieve_bulk(
     found = find_instance(db, view, study, series, instance)
     audit.record(db, principal, "dicom.bulk", object_type="dicomweb", object_id=instance)
     if tag.upper() in ("7FE00010", "7FE00008", "7FE00009"):
-        wanted = negotiate.negotiate_frames(request.headers.get("accept"))
+        wanted = negotiate.choose_frames(
+            negotiate.frame_choices(request.headers.get("accept")),
+            found.frames_transfer_syntax_uid,
+        )
         return _multipart(wado.frame_parts(store, found, None, wanted), wanted.media_type)
     body = wado.bulk_value(store, found, tag.upper())
     return _multipart([("application/octet-stream", body)], "application/octet-stream")
@@ -467,7 +475,10 @@ def _render(
     array = render.to_array(native, pixel)
     window = render.parse_window(request.query_params.get("window"))
     image = render.to_display(array, instance.dataset_json, window)
-    if size is not None:
+    viewport = render.parse_viewport(request.query_params.get("viewport"))
+    if viewport is not None:
+        image = render.fit(image, *viewport)
+    elif size is not None:
         image = render.shrink(image, size)
     media = render.rendered_media_type(request.headers.get("accept"))
     quality = int(request.query_params.get("quality", "90"))
@@ -519,6 +530,21 @@ def series_thumbnail(
     if not images:
         raise BadRequest(f"series {series} has no images to render")
     return _render(request, db, store, images[len(images) // 2], 1, size=render.THUMBNAIL_SIZE)
+
+
+@router.get("/studies/{study}/thumbnail")
+def study_thumbnail(
+    study: str, request: Request, db: DbDep, store: StoreDep, view: ViewDep
+) -> Response:
+    """The middle image of the study's largest series that has images."""
+    all_series = series_of_studies(db, find_studies(db, view, study))
+    for found in sorted(all_series, key=lambda s: s.number_of_instances, reverse=True):
+        images = [i for i in instances_of(db, found.id) if i.pixel]
+        if images:
+            return _render(
+                request, db, store, images[len(images) // 2], 1, size=render.THUMBNAIL_SIZE
+            )
+    raise BadRequest(f"study {study} has no images to render")
 
 
 # --- deletion -----------------------------------------------------------------------------
