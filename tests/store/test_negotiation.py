@@ -136,3 +136,54 @@ def test_rendered_images_fit_the_viewport_and_studies_have_thumbnails(  # type: 
         assert thumbnail.status_code == 200
         assert thumbnail.headers["content-type"] == "image/png"
         assert max(imagecodecs.png_decode(thumbnail.content).shape[:2]) <= 128
+
+
+def test_searches_and_metadata_answer_json_and_single_instances_a_bare_file(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    archive: ArchiveClient = make_archive()
+    url, auth = _stored(archive, live_server)
+    base = f"{live_server}/dicom-web/archives/{archive.archive_id}"
+    with httpx.Client(headers=auth, timeout=60) as http:
+        for path in ("/studies", url.removeprefix(base) + "/metadata"):
+            xml = http.get(base + path, headers={"Accept": "application/dicom+xml"})
+            assert xml.status_code == 406, xml.text
+            for accept in ("application/dicom+json", "application/json", "*/*"):
+                answer = http.get(base + path, headers={"Accept": accept})
+                assert answer.status_code == 200
+                assert answer.headers["content-type"].startswith("application/dicom+json")
+        bare = http.get(url, headers={"Accept": "application/dicom"})
+        assert bare.status_code == 200
+        assert (
+            bare.headers["content-type"]
+            == f"application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+        )
+        assert bare.content[128:132] == b"DICM"
+        bad_quality = http.get(url + "/rendered", params={"quality": "abc"})
+        assert bad_quality.status_code == 400
+        assert "quality" in bad_quality.json()["message"]
+
+
+def test_empty_match_keys_match_everything_and_dates_are_checked(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    """PS3.4 C.2.2.2.3: a zero-length key matches every entity and asks for the attribute;
+    a date or time that is not DICOM's form is refused, not matched against nothing."""
+    archive: ArchiveClient = make_archive()
+    _stored(archive, live_server)
+    client = archive.scoped
+    base = f"{live_server}/dicom-web/archives/{archive.archive_id}"
+    auth = {"Authorization": f"Bearer {archive.owner.token}"}
+    for path, count in [
+        ("/studies?PatientName=", 1),
+        ("/studies?StudyDate=&AccessionNumber=", 1),
+        ("/series?SeriesDescription=", 1),
+        ("/instances?ImageType=", 3),
+    ]:
+        found = httpx.get(base + path, headers=auth, timeout=60).json()
+        assert len(found) == count, path
+    assert all("00080008" in i for i in found)
+    for key, value in [("StudyDate", "2020-01-01"), ("StudyDate", "-"), ("StudyTime", "25:00")]:
+        with pytest.raises(Exception, match="400"):
+            client.search_for_studies(search_filters={key: value})
+    assert len(client.search_for_studies(search_filters={"StudyDate": "19000101-"})) == 1

@@ -64,8 +64,35 @@ def parse_query(items: Iterable[tuple[str, str]]) -> Query:
             fuzzy = value.lower() == "true"
         elif name not in _CONTROL:
             attr = attribute(name)
+            if not value:
+                # Universal matching (PS3.4 C.2.2.2.3): every entity matches, and the
+                # attribute is returned.
+                include.add(attr.tag)
+                continue
+            _check_value(attr, value)
             filters[attr.tag] = (attr, value)
     return Query(filters, frozenset(include), include_all, limit, offset, fuzzy)
+
+
+_TEMPORAL = {
+    "DA": (re.compile(r"\d{8}"), "YYYYMMDD"),
+    "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"), "HHMMSS (HH, HHMM or HHMMSS.FFFFFF)"),
+}
+
+
+def _check_value(attr: Attribute, value: str) -> None:
+    """Refuse a date or time match key that no stored value could be compared with."""
+    pattern = _TEMPORAL.get(attr.vr)
+    if pattern is None or value in ("*",):
+        return
+    form, shape = pattern
+    start, dash, end = value.partition("-")
+    ends = [start, end] if dash else [start]
+    if (dash and not (start or end)) or not all(not e or form.fullmatch(e) for e in ends):
+        raise InvalidQuery(
+            f"{attr.keyword} takes {shape} or a range of two such values joined by '-' (either "
+            f"end may be left out), not {value!r}"
+        )
 
 
 def _non_negative(name: str, value: str) -> int:

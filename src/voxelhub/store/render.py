@@ -93,6 +93,20 @@ def to_display(
 
 
 MAX_VIEWPORT = 4096
+DEFAULT_QUALITY = 90
+
+
+def parse_quality(value: str | None) -> int:
+    """The `quality` query parameter (PS3.18 8.3.5.1.2): 1-100, for lossy media types."""
+    if value is None:
+        return DEFAULT_QUALITY
+    try:
+        quality = int(value)
+    except ValueError:
+        quality = 0
+    if not 1 <= quality <= 100:
+        raise InvalidQuery(f"quality must be a whole number from 1 to 100, not {value!r}")
+    return quality
 
 
 def parse_viewport(value: str | None) -> tuple[int, int] | None:

@@ -62,6 +62,26 @@ def _choices(accept: str | None) -> list[tuple[float, str, dict[str, str]]]:
     return sorted(choices, key=lambda c: c[0])
 
 
+_JSON_TYPES = ("application/dicom+json", "application/json", "application/*", "*/*")
+
+
+def require_json(accept: str | None, what: str) -> None:
+    """Refuse an Accept header that takes no JSON: searches and metadata are answered in
+    application/dicom+json only (PS3.18 8.7.3.1)."""
+    choices = _choices(accept)
+    if choices and not any(media in _JSON_TYPES for _, media, _ in choices):
+        raise NotAcceptable(
+            f"{what} come as application/dicom+json only, not {accept!r}; XML is not offered"
+        )
+
+
+def wants_single_part(accept: str | None) -> bool:
+    """Whether the client's first choice is one bare application/dicom body, not multipart
+    (what `curl -H "Accept: application/dicom" -o x.dcm` expects of one instance)."""
+    choices = _choices(accept)
+    return bool(choices) and choices[0][1] == "application/dicom"
+
+
 def instance_choices(accept: str | None) -> list[str]:
     """The transfer syntaxes the client accepts instances in, best first (`*` = as stored)."""
     choices = _choices(accept) or [(0.0, "multipart/related", {"type": "application/dicom"})]

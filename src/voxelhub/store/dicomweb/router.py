@@ -221,6 +221,7 @@ def _search_event(request: Request, principal: Principal) -> dict[str, Any]:
 
 
 def _search_in_thread(request: Request, search: Search) -> Response:
+    negotiate.require_json(request.headers.get("accept"), "search results")
     runtime: Runtime = request.app.state.runtime
     with session_scope(runtime.database_url) as db:
         principal = current_principal(optional_principal(request, db, runtime.settings))
@@ -326,7 +327,9 @@ def _retrieve(
     store: StoreDep,
     instances: list[Instance],
     what: str,
-) -> StreamingResponse:
+    *,
+    single_part: bool = False,
+) -> Response:
     # Chosen before the first byte: a syntax some instance cannot be sent in is refused
     # (406), not found out while the body streams.
     syntax = negotiate.choose_instance_syntax(
@@ -341,13 +344,16 @@ def _retrieve(
         object_id=what,
         detail={"instances": len(instances), "transfer_syntax": syntax},
     )
+    if single_part:
+        ((media, body),) = wado.instance_parts(store, instances, syntax)
+        return Response(body, media_type=media)
     return _multipart(wado.instance_parts(store, instances, syntax), "application/dicom")
 
 
 @router.get("/studies/{study}")
 def retrieve_study(
     study: str, request: Request, principal: PrincipalDep, db: DbDep, store: StoreDep, view: ViewDep
-) -> StreamingResponse:
+) -> Response:
     all_series = series_of_studies(db, find_studies(db, view, study))
     instances = [i for s in all_series for i in instances_of(db, s.id)]
     return _retrieve(request, principal, db, store, instances, study)
@@ -362,7 +368,7 @@ def retrieve_series(
     db: DbDep,
     store: StoreDep,
     view: ViewDep,
-) -> StreamingResponse:
+) -> Response:
     found = find_series(db, view, study, series)
     return _retrieve(request, principal, db, store, instances_of(db, found.id), series)
 
@@ -377,9 +383,10 @@ def retrieve_instance(
     db: DbDep,
     store: StoreDep,
     view: ViewDep,
-) -> StreamingResponse:
+) -> Response:
     found = find_instance(db, view, study, series, instance)
-    return _retrieve(request, principal, db, store, [found], instance)
+    single = negotiate.wants_single_part(request.headers.get("accept"))
+    return _retrieve(request, principal, db, store, [found], instance, single_part=single)
 
 
 # --- WADO-RS: metadata --------------------------------------------------------------------
@@ -387,8 +394,14 @@ def retrieve_instance(
 
 @router.get("/studies/{study}/metadata")
 def study_metadata(
-    study: str, principal: PrincipalDep, db: DbDep, store: StoreDep, view: ViewDep
+    study: str,
+    request: Request,
+    principal: PrincipalDep,
+    db: DbDep,
+    store: StoreDep,
+    view: ViewDep,
 ) -> Response:
+    negotiate.require_json(request.headers.get("accept"), "metadata")
     documents: list[Any] = []
     for series in series_of_studies(db, find_studies(db, view, study)):
         documents.extend(series_metadata(db, store, series))
@@ -406,6 +419,7 @@ def series_metadata_route(
     store: StoreDep,
     view: ViewDep,
 ) -> Response:
+    negotiate.require_json(request.headers.get("accept"), "metadata")
     found = find_series(db, view, study, series)
     body = series_metadata_gz(db, store, found)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
@@ -422,8 +436,15 @@ def series_metadata_route(
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
 def instance_metadata(
-    study: str, series: str, instance: str, principal: PrincipalDep, db: DbDep, view: ViewDep
+    study: str,
+    series: str,
+    instance: str,
+    request: Request,
+    principal: PrincipalDep,
+    db: DbDep,
+    view: ViewDep,
 ) -> Response:
+    negotiate.require_json(request.headers.get("accept"), "metadata")
     found = find_instance(db, view, study, series, instance)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=instance)
     return _json([found.dataset_json])
@@ -481,7 +502,7 @@ def _render(
     elif size is not None:
         image = render.shrink(image, size)
     media = render.rendered_media_type(request.headers.get("accept"))
-    quality = int(request.query_params.get("quality", "90"))
+    quality = render.parse_quality(request.query_params.get("quality"))
     return Response(
         render.encode(image, media, quality=quality),
         media_type=media,
