@@ -181,6 +181,52 @@ def test_a_refused_series_clash_leaves_no_empty_study(make_archive) -> None:  # 
     assert archive.scoped.search_for_series(study_instance_uid=thief.StudyInstanceUID) == []
 
 
+def test_stow_takes_gzip_and_refuses_what_it_cannot_read_up_front(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    archive: ArchiveClient = make_archive()
+    url = f"{live_server}/dicom-web/archives/{archive.archive_id}/studies"
+    auth = {"Authorization": f"Bearer {archive.owner.token}"}
+    boundary = "b0undary"
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    ds = ct_phantom(slices=2, size=32)
+
+    def body(*parts: bytes) -> bytes:
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        return b"".join(head + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+
+    packed = gzip.compress(body(to_bytes(ds[0]), to_bytes(ds[1])))
+    stored = httpx.post(
+        url, content=packed, headers={**auth, "Content-Type": media, "Content-Encoding": "gzip"}
+    )
+    assert stored.status_code == 200, stored.text
+    assert len(stored.json()["00081199"]["Value"]) == 2
+    cut = httpx.post(
+        url,
+        content=packed[: len(packed) // 2],
+        headers={**auth, "Content-Type": media, "Content-Encoding": "gzip"},
+    )
+    assert cut.status_code == 400
+    for headers, status, words in [
+        ({"Content-Type": media, "Content-Encoding": "br"}, 415, "Content-Encoding"),
+        (
+            {"Content-Type": media.replace("application/dicom", "application/dicom+json")},
+            415,
+            "Part-10",
+        ),
+        ({"Content-Type": media, "Accept": "application/dicom+xml"}, 406, "XML"),
+    ]:
+        answer = httpx.post(url, content=body(to_bytes(ds[0])), headers={**auth, **headers})
+        assert answer.status_code == status, answer.text
+        assert words in answer.json()["message"]
+    empty = httpx.post(
+        url, content=f"--{boundary}--\r\n".encode(), headers={**auth, "Content-Type": media}
+    )
+    assert empty.status_code == 400
+    assert "no parts" in empty.json()["message"]
+    assert len(archive.scoped.search_for_instances()) == 2
+
+
 def test_stow_reports_bad_parts_and_stores_the_good(  # type: ignore[no-untyped-def]
     make_archive, live_server: str
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 from voxelhub.store.errors import InvalidQuery, UnsupportedMediaType
 
 MAX_HEADER_BYTES = 16 * 1024
+_INFLATE_CHUNK = 1024 * 1024  # decompressed bytes yielded at a time
 CRLF = b"\r\n"
 
 
@@ -128,6 +130,41 @@ async def read_parts(
         for part in reader.feed(chunk):
             yield part
     reader.close()
+
+
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def decoded_body(stream: AsyncIterator[bytes], encoding: str | None) -> AsyncIterator[bytes]:
+    """A request body as sent, undone of its Content-Encoding (gzip or deflate) chunk by
+    chunk: never held whole, so a small compressed body cannot become a large one in memory
+    (parts are bounded as they are read)."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        async for chunk in stream:
+            yield chunk
+        return
+    if len(codings) > 1 or codings[0] not in _DECODERS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted; send the body as is, or gzip"
+        )
+    decoder = zlib.decompressobj(_DECODERS[codings[0]])
+    try:
+        async for chunk in stream:
+            pending = chunk
+            while pending:
+                out = decoder.decompress(pending, _INFLATE_CHUNK)
+                if out:
+                    yield out
+                pending = decoder.unconsumed_tail
+        rest = decoder.flush()
+    except zlib.error as err:
+        raise InvalidQuery(f"the {codings[0]} body could not be decompressed: {err}") from None
+    if rest:
+        yield rest
+    if not decoder.eof:
+        raise InvalidQuery(f"the {codings[0]} body ended before its end; the upload was cut off")
 
 
 def new_boundary() -> str:

@@ -46,12 +46,13 @@ from voxelhub.store.deid import preparer_for
 from voxelhub.store.dicomweb import negotiate, stow, wado
 from voxelhub.store.dicomweb.frames import autocommit, frames_body
 from voxelhub.store.dicomweb.multipart import (
+    decoded_body,
     new_boundary,
     parse_media_type,
     read_parts,
     write_parts,
 )
-from voxelhub.store.errors import UnsupportedMediaType
+from voxelhub.store.errors import InvalidQuery, UnsupportedMediaType
 from voxelhub.store.imagesets import (
     instances_of,
     pixel_of,
@@ -177,14 +178,20 @@ async def stow_rs(
     study: str | None = None,
 ) -> Response:
     """Store instances sent as multipart/related; type="application/dicom"."""
+    negotiate.require_json(request.headers.get("accept"), "STOW-RS responses")
     media = parse_media_type(request.headers.get("content-type", ""))
     if media.type != "multipart/related":
         raise UnsupportedMediaType(
             'STOW-RS takes Content-Type: multipart/related; type="application/dicom"; '
             f"boundary=…, not {media.type or 'nothing'}"
         )
+    if media.params.get("type", "application/dicom").lower() != "application/dicom":
+        raise UnsupportedMediaType(
+            f"STOW-RS of type={media.params['type']!r} (DICOM JSON or XML metadata with bulk "
+            'data) is not offered; send each instance as a Part-10 file, type="application/dicom"'
+        )
     parts = read_parts(
-        request.stream(),
+        decoded_body(request.stream(), request.headers.get("content-encoding")),
         media.params.get("boundary", ""),
         max_part_bytes=settings.max_upload_part_mb * 1024 * 1024,
     )
@@ -193,6 +200,11 @@ async def stow_rs(
     result = await stow.store_parts(
         parts, db=db, store=store, archive_id=archive_id, study_uid=study, prepare=prepare
     )
+    if not result.stored and not result.failed:
+        raise InvalidQuery(
+            "the multipart body holds no parts; send each instance as a part of type "
+            "application/dicom"
+        )
     detail: dict[str, Any] = {"stored": len(result.stored), "failed": len(result.failed)}
     if prepare is not None:
         detail["deidentified"] = result.deid.to_json()
