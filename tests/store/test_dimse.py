@@ -569,6 +569,25 @@ def test_findscu_refuses_a_level_its_model_lacks(dimse: DimseServer) -> None:
 
 @pytest.mark.slow
 @needs_dcmtk
+def test_findscu_refuses_a_malformed_date_and_matches_an_empty_key_universally(
+    dimse: DimseServer, series_files: list[Path], tmp_path: Path
+) -> None:
+    """A date key not in DICOM's form is refused (A900 with the reason), not matched against
+    nothing; an empty key matches everything and is returned."""
+    store_series(dimse, series_files[:1])
+    first = dcmread(series_files[0], stop_before_pixels=True)
+    bad = dcmtk("findscu", "-d", "-aec", AE_TITLE, "127.0.0.1", dimse.port, "-S",
+                "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyDate=2020-01-01")  # fmt: skip
+    output = bad.stdout + bad.stderr
+    assert "0xa900" in output.lower() and "YYYYMMDD" in output
+    found = find(dimse, tmp_path, "QueryRetrieveLevel=STUDY", "StudyDate=", "PatientName=",
+                 "StudyInstanceUID")  # fmt: skip
+    assert [f["StudyInstanceUID"] for f in found] == [str(first.StudyInstanceUID)]
+    assert found[0]["StudyDate"] == str(first.StudyDate)
+
+
+@pytest.mark.slow
+@needs_dcmtk
 def test_getscu_retrieves_a_series_and_a_compressed_instance(
     dimse: DimseServer, series_files: list[Path], tmp_path: Path
 ) -> None:

@@ -69,7 +69,7 @@ def parse_query(items: Iterable[tuple[str, str]]) -> Query:
                 # attribute is returned.
                 include.add(attr.tag)
                 continue
-            _check_value(attr, value)
+            check_value(attr, value)
             filters[attr.tag] = (attr, value)
     return Query(filters, frozenset(include), include_all, limit, offset, fuzzy)
 
@@ -80,7 +80,7 @@ _TEMPORAL = {
 }
 
 
-def _check_value(attr: Attribute, value: str) -> None:
+def check_value(attr: Attribute, value: str) -> None:
     """Refuse a date or time match key that no stored value could be compared with."""
     pattern = _TEMPORAL.get(attr.vr)
     if pattern is None or value in ("*",):

@@ -9,6 +9,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from voxelhub.store.attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, Attribute
+from voxelhub.store.errors import InvalidQuery
+from voxelhub.store.qido import check_value
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 PATIENT_TAGS = frozenset({"00100010", "00100020", "00100030", "00100040"})
@@ -93,7 +95,12 @@ def parse_identifier(identifier: Dataset, *, patient_root: bool) -> Identifier:
         if element.tag.is_private or (known and LEVELS.index(known) > rank):
             ignored.append(element.keyword or tag)
             continue
-        filters[tag] = (Attribute(element.keyword or tag, tag, element.VR), value)
+        attr = Attribute(element.keyword or tag, tag, element.VR)
+        try:
+            check_value(attr, value)
+        except InvalidQuery as err:
+            raise IdentifierError(err.message) from None
+        filters[tag] = (attr, value)
     return Identifier(level, filters, requested, tuple(ignored))
 
 
