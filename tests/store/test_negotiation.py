@@ -183,6 +183,9 @@ def test_empty_match_keys_match_everything_and_dates_are_checked(  # type: ignor
         found = httpx.get(base + path, headers=auth, timeout=60).json()
         assert len(found) == count, path
     assert all("00080008" in i for i in found)
+    beyond = httpx.get(f"{base}/studies?offset=99999999999999999999", headers=auth, timeout=60)
+    assert beyond.status_code == 200
+    assert beyond.content in (b"", b"[]")
     for key, value in [("StudyDate", "2020-01-01"), ("StudyDate", "-"), ("StudyTime", "25:00")]:
         with pytest.raises(Exception, match="400"):
             client.search_for_studies(search_filters={key: value})

@@ -27,6 +27,7 @@ from voxelhub.store.errors import InvalidQuery
 from voxelhub.store.models import Instance, Series, Study
 
 MAX_LIMIT = 10_000
+_MAX_OFFSET = 2**62
 DEFAULT_LIMIT = 1_000
 MODALITIES_IN_STUDY = "00080061"
 _UID_SPLIT = re.compile(r"[,\\]")
@@ -102,7 +103,8 @@ def _non_negative(name: str, value: str) -> int:
         number = -1
     if number < 0:
         raise InvalidQuery(f"{name} must be a whole number ≥ 0, not {value!r}")
-    return number
+    # Past any possible result (and past what a 64-bit count holds): nothing is found.
+    return min(number, _MAX_OFFSET)
 
 
 def _wildcard(value: str) -> str:

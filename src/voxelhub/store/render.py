@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,11 @@ THUMBNAIL_SIZE = 128
 class Window:
     center: float
     width: float
+    function: str = "linear"  # "linear", "linear-exact" or "sigmoid" (PS3.3 C.11.2.1.2)
+
+
+# VOI LUT Function (0028,1056) values, as the query parameter names them.
+_FUNCTIONS = {"LINEAR": "linear", "LINEAR_EXACT": "linear-exact", "SIGMOID": "sigmoid"}
 
 
 def _first_number(dataset_json: dict[str, Any], tag: str) -> float | None:
@@ -32,17 +38,25 @@ def _first_number(dataset_json: dict[str, Any], tag: str) -> float | None:
 
 
 def parse_window(value: str | None) -> Window | None:
-    """`window=center,width[,function]` from the query string (PS3.18 §8.3.5.1.4)."""
+    """`window=center,width[,function]` from the query string (PS3.18 §8.3.5.1.4); the
+    function is linear (the default), linear-exact or sigmoid."""
     if not value:
         return None
-    parts = value.split(",")
+    parts = [part.strip() for part in value.split(",")]
     try:
         center, width = float(parts[0]), float(parts[1])
     except (IndexError, ValueError):
         raise InvalidQuery(f"window must be 'center,width', e.g. 40,400; not {value!r}") from None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise InvalidQuery(f"the window's center and width must be finite numbers, not {value!r}")
     if width <= 0:
         raise InvalidQuery("the window width must be > 0")
-    return Window(center, width)
+    function = parts[2].lower() if len(parts) > 2 and parts[2] else "linear"
+    if function not in _FUNCTIONS.values() or len(parts) > 3:
+        raise InvalidQuery(
+            f"the window function must be linear, linear-exact or sigmoid, not {value!r}"
+        )
+    return Window(center, width, function)
 
 
 def to_array(native: bytes, pixel: PixelDescription) -> npt.NDArray[Any]:
@@ -58,6 +72,21 @@ def to_array(native: bytes, pixel: PixelDescription) -> npt.NDArray[Any]:
     if pixel.planar_configuration == 1:
         return array.reshape(pixel.samples_per_pixel, pixel.rows, pixel.columns).transpose(1, 2, 0)
     return array.reshape(pixel.rows, pixel.columns, pixel.samples_per_pixel)
+
+
+def _voi(values: npt.NDArray[np.float32], window: Window) -> npt.NDArray[np.uint8]:
+    """The VOI LUT function of PS3.3 C.11.2.1.2.1 onto 0..255."""
+    c, w = window.center, window.width
+    if window.function == "sigmoid":
+        with np.errstate(over="ignore"):
+            scaled = 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+    elif window.function == "linear-exact":
+        scaled = ((values - c) / w + 0.5) * 255.0
+    else:
+        low = c - 0.5 - (w - 1) / 2
+        scaled = (values - low) / max(w - 1, 1.0) * 255.0
+    display: npt.NDArray[np.uint8] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return display
 
 
 def to_display(
@@ -78,14 +107,13 @@ def to_display(
     if window is None:
         center = _first_number(dataset_json, "00281050")
         width = _first_number(dataset_json, "00281051")
+        named = dataset_json.get("00281056", {}).get("Value", [""])[0]
         if center is not None and width is not None and width > 0:
-            window = Window(center, width)
+            window = Window(center, width, _FUNCTIONS.get(str(named).strip().upper(), "linear"))
         else:
             low, high = float(values.min()), float(values.max())
             window = Window((low + high) / 2, max(high - low, 1.0))
-    low = window.center - 0.5 - (window.width - 1) / 2
-    scaled = (values - low) / max(window.width - 1, 1.0) * 255.0
-    display: npt.NDArray[np.uint8] = np.clip(scaled, 0, 255).astype(np.uint8)
+    display = _voi(values, window)
     photometric = dataset_json.get("00280004", {}).get("Value", [""])[0]
     if photometric == "MONOCHROME1":
         display = np.subtract(255, display, dtype=np.uint8)

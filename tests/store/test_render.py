@@ -1,0 +1,60 @@
+"""Rendered images: the VOI LUT functions of PS3.3 C.11.2.1.2 and the window parameter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voxelhub.store.errors import InvalidQuery
+from voxelhub.store.render import Window, parse_window, to_display
+
+HU = np.array([[-1000.0, -160.0, 40.0, 240.0, 3000.0]], dtype=np.float32)
+CT = {"00281052": {"vr": "DS", "Value": [0]}, "00281053": {"vr": "DS", "Value": [1]}}
+
+
+def test_the_three_voi_functions_follow_the_standard() -> None:
+    # Window 40/400: linear and linear-exact reach black at -160 and white at 240.
+    linear = to_display(HU, CT, Window(40, 400))
+    exact = to_display(HU, CT, Window(40, 400, "linear-exact"))
+    sigmoid = to_display(HU, CT, Window(40, 400, "sigmoid"))
+    assert linear.tolist() == [[0, 0, 127, 255, 255]]
+    assert exact.tolist() == [[0, 0, 127, 255, 255]]
+    # y = 255 / (1 + exp(-4 (x - c) / w)): 0.5 at the center, 0.018 and 0.982 two widths out.
+    expected = 255 / (1 + np.exp(-4 * (HU - 40) / 400))
+    assert np.abs(sigmoid.astype(float) - expected).max() <= 1
+    assert sigmoid[0, 1] > 0 and sigmoid[0, 3] < 255  # never clipped inside the window
+
+
+def test_the_stored_voi_function_is_used_without_a_window_parameter() -> None:
+    stored = {
+        **CT,
+        "00281050": {"vr": "DS", "Value": [40]},
+        "00281051": {"vr": "DS", "Value": [400]},
+        "00281056": {"vr": "CS", "Value": ["SIGMOID"]},
+    }
+    assert (
+        to_display(HU, stored, None).tolist()
+        == to_display(HU, CT, Window(40, 400, "sigmoid")).tolist()
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("nan,400", "finite"),
+        ("40,inf", "finite"),
+        ("40,0", "> 0"),
+        ("40,400,gamma", "linear, linear-exact or sigmoid"),
+        ("40,400,sigmoid,1", "linear, linear-exact or sigmoid"),
+        ("40", "center,width"),
+    ],
+)
+def test_bad_windows_are_refused(value: str, fragment: str) -> None:
+    with pytest.raises(InvalidQuery, match=fragment):
+        parse_window(value)
+
+
+def test_a_window_names_its_function() -> None:
+    assert parse_window("40,400") == Window(40, 400, "linear")
+    assert parse_window("40,400,SIGMOID") == Window(40, 400, "sigmoid")
+    assert parse_window("40, 400, linear-exact") == Window(40, 400, "linear-exact")
