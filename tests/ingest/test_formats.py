@@ -78,13 +78,14 @@ def test_dicom_with_and_without_preamble(data: bytes, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [(b"\x00" * 2000, "not a recognised image format"),
+     (b"", "the file is empty"),
      (b"II*\x00" + struct.pack("<I", 10**9), "truncated TIFF"),
      (b"ObjectType = Image\nNDims = 1\nDimSize = 4\nElementType = MET_UCHAR\n"
       b"ElementDataFile = /etc/passwd\n", "outside its folder"),
      (b"ObjectType = Image\nElementDataFile = missing.raw\n", "not in the upload"),
      (b"NRRD0004\ntype: uchar\ndimension: 1\nsizes: 4\ndata file: /etc/passwd\n\n", "detached"),
      (struct.pack("<i", 348) + b"\x00" * 340 + b"ni1\x00", "pair")],
-    ids=["zeros", "tiff-cut", "mhd-escape", "mhd-missing", "nrrd-detached", "nifti-pair"],
+    ids=["zeros", "empty", "tiff-cut", "mhd-escape", "mhd-missing", "nrrd-detached", "nifti-pair"],
 )  # fmt: skip
 def test_unusable_files_say_why(data: bytes, reason: str, tmp_path: Path) -> None:
     path = tmp_path / "upload.mhd"

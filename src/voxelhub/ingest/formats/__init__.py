@@ -42,6 +42,8 @@ def recognise(path: Path) -> Recognition:
         head = read_head(path)
     except OSError as err:
         return Recognition.bad(None, f"the file could not be read ({err.strerror})")
+    if not head:
+        return Recognition.bad(None, "the file is empty (0 bytes); was it cut off on the way?")
     for image_format in FORMATS:
         if not image_format.matches(head):
             continue
