@@ -227,6 +227,23 @@ def test_stow_takes_gzip_and_refuses_what_it_cannot_read_up_front(  # type: igno
     assert len(archive.scoped.search_for_instances()) == 2
 
 
+def test_files_with_acr_nema_dates_are_stored_and_found_by_date(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """Old files date studies YYYY.MM.DD; they are stored (not a server error) and found by
+    the DICOM form of their date, while their metadata keeps the value as sent."""
+    archive: ArchiveClient = make_archive()
+    old = [dcmread(get_testdata_file(n), force=True) for n in ("OT-PAL-8-face.dcm", "color-pl.dcm")]
+    for ds in old:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    archive.scoped.store_instances(old)
+    found = archive.scoped.search_for_studies(search_filters={"StudyDate": "19941101-19941130"})
+    assert [s["0020000D"]["Value"][0] for s in found] == [old[1].StudyInstanceUID]
+    metadata = archive.scoped.retrieve_instance_metadata(
+        old[1].StudyInstanceUID, old[1].SeriesInstanceUID, old[1].SOPInstanceUID
+    )
+    assert metadata["00080020"]["Value"] == ["1994.11.05"]
+
+
 def test_stow_reports_bad_parts_and_stores_the_good(  # type: ignore[no-untyped-def]
     make_archive, live_server: str
 ) -> None:
