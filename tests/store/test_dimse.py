@@ -232,6 +232,18 @@ def test_storescu_stores_each_instance_once(
 
 @pytest.mark.slow
 @needs_dcmtk
+def test_retired_storage_sop_classes_are_accepted(dimse: DimseServer, runtime: Runtime) -> None:
+    """Old ultrasound equipment (and archives of it) still send the retired US Image Storage
+    SOP class; it is stored like any other."""
+    path = Path(get_testdata_file("color-pl.dcm"))
+    ds = dcmread(path, force=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
+    store_series(dimse, [path])
+    assert stored_uids(runtime, dimse.archive_id) == [ds.SOPInstanceUID]
+
+
+@pytest.mark.slow
+@needs_dcmtk
 def test_storescu_reports_a_uid_conflict(
     dimse: DimseServer, runtime: Runtime, series_files: list[Path], tmp_path: Path
 ) -> None:

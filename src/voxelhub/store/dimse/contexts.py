@@ -50,8 +50,36 @@ PATIENT_ROOT = frozenset(
     }
 )
 
+# Retired storage SOP classes that old modalities and archives still send (PS3.6 Table A-1):
+# accepted and kept like any other, so migrating an old archive loses nothing.
+RETIRED_STORAGE_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.1.27",  # Stored Print Storage
+    "1.2.840.10008.5.1.1.29",  # Hardcopy Grayscale Image Storage
+    "1.2.840.10008.5.1.1.30",  # Hardcopy Color Image Storage
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (retired)
+    "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage (retired)
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (retired)
+    "1.2.840.10008.5.1.4.1.1.8",  # Standalone Overlay Storage
+    "1.2.840.10008.5.1.4.1.1.9",  # Standalone Curve Storage
+    "1.2.840.10008.5.1.4.1.1.9.1",  # Waveform Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.10",  # Standalone Modality LUT Storage
+    "1.2.840.10008.5.1.4.1.1.11",  # Standalone VOI LUT Storage
+    "1.2.840.10008.5.1.4.1.1.12.3",  # X-Ray Angiographic Bi-Plane Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1",  # VL Image Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.77.2",  # VL Multi-frame Image Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.1",  # Text SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.2",  # Audio SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.3",  # Detail SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.4",  # Comprehensive SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.129",  # Standalone PET Curve Storage
+)
 STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
-    dict.fromkeys(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+    dict.fromkeys(
+        [
+            *(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts),
+            *RETIRED_STORAGE_SOP_CLASSES,
+        ]
+    )
 )
 
 
