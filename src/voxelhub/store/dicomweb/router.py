@@ -404,16 +404,18 @@ def retrieve_instance(
 # --- WADO-RS: metadata --------------------------------------------------------------------
 
 
-@router.get("/studies/{study}/metadata")
-def study_metadata(
-    study: str,
-    request: Request,
-    principal: PrincipalDep,
-    db: DbDep,
-    store: StoreDep,
-    view: ViewDep,
-) -> Response:
+def _metadata_accepted(request: Request) -> None:
+    """Metadata comes as DICOM JSON only: an Accept header without it is refused first."""
     negotiate.require_json(request.headers.get("accept"), "metadata")
+
+
+_METADATA = [Depends(_metadata_accepted)]
+
+
+@router.get("/studies/{study}/metadata", dependencies=_METADATA)
+def study_metadata(
+    study: str, principal: PrincipalDep, db: DbDep, store: StoreDep, view: ViewDep
+) -> Response:
     documents: list[Any] = []
     for series in series_of_studies(db, find_studies(db, view, study)):
         documents.extend(series_metadata(db, store, series))
@@ -421,7 +423,7 @@ def study_metadata(
     return _json(documents)
 
 
-@router.get("/studies/{study}/series/{series}/metadata")
+@router.get("/studies/{study}/series/{series}/metadata", dependencies=_METADATA)
 def series_metadata_route(
     study: str,
     series: str,
@@ -431,7 +433,6 @@ def series_metadata_route(
     store: StoreDep,
     view: ViewDep,
 ) -> Response:
-    negotiate.require_json(request.headers.get("accept"), "metadata")
     found = find_series(db, view, study, series)
     body = series_metadata_gz(db, store, found)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
@@ -446,17 +447,12 @@ def series_metadata_route(
     )
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/metadata", dependencies=_METADATA
+)
 def instance_metadata(
-    study: str,
-    series: str,
-    instance: str,
-    request: Request,
-    principal: PrincipalDep,
-    db: DbDep,
-    view: ViewDep,
+    study: str, series: str, instance: str, principal: PrincipalDep, db: DbDep, view: ViewDep
 ) -> Response:
-    negotiate.require_json(request.headers.get("accept"), "metadata")
     found = find_instance(db, view, study, series, instance)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=instance)
     return _json([found.dataset_json])
