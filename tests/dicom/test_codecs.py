@@ -7,6 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+import imagecodecs
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ from voxelhub.dicom.codecs import (
     htj2k_encodable,
 )
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.frames import native_frames, pixel_description
+from voxelhub.dicom.frames import encapsulated_frames, native_frames, pixel_description
 from voxelhub.dicom.header import write_part10
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, HTJ2K_LOSSLESS, PixelDescription
 from voxelhub.dicom.read import read_dataset
@@ -173,6 +174,7 @@ def test_unknown_or_undecodable_syntaxes_are_refused() -> None:
 # wrote a corrupt codestream.
 _FIRST_ENCODES = """
 import sys, threading
+import imagecodecs
 import numpy as np
 from voxelhub.dicom.codecs import decode_htj2k, encode_htj2k
 from voxelhub.dicom.model import PixelDescription
@@ -207,3 +209,26 @@ def test_threads_encoding_at_once_in_a_fresh_process_agree() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         codes = list(pool.map(run, range(60)))
     assert codes.count(0) == len(codes), f"{len(codes) - codes.count(0)} of 60 processes differ"
+
+
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+
+
+def test_twelve_bit_jpeg_is_decoded() -> None:
+    """12-bit JPEG Extended, common in old CT and MR archives, which pydicom's plugins do
+    not read here: a 12-bit frame encoded by libjpeg-turbo decodes to within JPEG's error,
+    and pydicom's 12-bit sample file decodes to 12-bit values."""
+    y, x = np.mgrid[:24, :32]
+    samples = ((np.sin(x / 5) + np.cos(y / 7) + 2) * 1000).astype(np.uint16)
+    pixel = replace(MONO16, bits_stored=12)
+    frame = bytes(imagecodecs.jpeg8_encode(samples, level=95))
+    decoded = np.frombuffer(decode_frame(frame, JPEG_EXTENDED, pixel), dtype="<u2")
+    assert np.abs(decoded.reshape(24, 32).astype(int) - samples).max() <= 8
+
+    ds = read_dataset(sample_bytes("JPEG-lossy.dcm"))
+    stored = pixel_description(ds)
+    assert stored is not None and stored.bits_stored == 12
+    (first,) = encapsulated_frames(ds)
+    image = np.frombuffer(decode_frame(first, JPEG_EXTENDED, stored), dtype="<u2")
+    assert image.size == stored.rows * stored.columns
+    assert image.max() < 4096 and image.std() > 10

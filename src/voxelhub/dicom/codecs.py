@@ -25,6 +25,7 @@ from typing import Any
 import imagecodecs
 import numpy as np
 import numpy.typing as npt
+from pydicom import uid
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
 
@@ -168,8 +169,25 @@ def _decode_with_pydicom(
     try:
         array, _ = decoder.as_array(encapsulate([frame]), index=0, **_decode_options(pixel))
     except Exception as err:  # the decoder plugins raise their own error types
-        raise _undecodable(transfer_syntax, err) from err
+        if not _twelve_bit_jpeg(transfer_syntax, pixel):
+            raise _undecodable(transfer_syntax, err) from err
+        # pydicom's plugins read no 12-bit JPEG (Pillow) or refuse some that old equipment
+        # wrote (libjpeg); libjpeg-turbo, built with 12-bit support in imagecodecs, reads them.
+        try:
+            array = imagecodecs.jpeg8_decode(frame)
+        except Exception as second:
+            raise _undecodable(transfer_syntax, second) from err
     return _native_bytes(array, target)
+
+
+def _twelve_bit_jpeg(transfer_syntax: str, pixel: PixelDescription) -> bool:
+    """Unsigned greyscale JPEG Extended (Process 2 & 4) with more than 8 bits a sample."""
+    return (
+        transfer_syntax == uid.JPEGExtended12Bit
+        and pixel.samples_per_pixel == 1
+        and pixel.pixel_representation == 0
+        and 8 < pixel.bits_stored <= 12
+    )
 
 
 def _decode_options(pixel: PixelDescription) -> Any:
