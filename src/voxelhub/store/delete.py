@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from voxelhub.core.db import after_commit, utcnow
 from voxelhub.core.objects import ObjectStore
 from voxelhub.store.ingest import IMAGESET_PREFIX
-from voxelhub.store.models import Series, Study
+from voxelhub.store.models import Instance, Series, Study
 
 
 def _remove_later(db: Session, store: ObjectStore, prefixes: list[str]) -> None:
@@ -53,3 +53,34 @@ def delete_study(db: Session, store: ObjectStore, study: Study) -> None:
     db.delete(study)
     db.flush()
     _remove_later(db, store, [f"{IMAGESET_PREFIX}/{sid}/" for sid in series_ids])
+
+
+def delete_instance(db: Session, store: ObjectStore, instance: Instance) -> None:
+    """One instance out of its series; the last one takes the series (and an emptied study)
+    with it. The series row is locked first, so that counters stay exact under concurrent
+    ingest or deletion, and its version moves on, so its metadata document is rebuilt."""
+    series = db.scalar(select(Series).where(Series.id == instance.series_id).with_for_update())
+    if series is None:  # deleted meanwhile, with its instances
+        return
+    remaining = db.scalar(
+        select(func.count()).where(Instance.series_id == series.id, Instance.id != instance.id)
+    )
+    if not remaining:
+        delete_series(db, store, series)
+        return
+    key, size = instance.object_key, instance.size_bytes
+    db.delete(instance)
+    now = utcnow()
+    db.execute(
+        update(Series)
+        .where(Series.id == series.id)
+        .values(number_of_instances=remaining, size_bytes=Series.size_bytes - size,
+                version=Series.version + 1, updated_at=now)
+    )  # fmt: skip
+    db.execute(
+        update(Study)
+        .where(Study.id == series.study_id)
+        .values(number_of_instances=Study.number_of_instances - 1, updated_at=now)
+    )
+    db.flush()
+    after_commit(db, lambda: store.delete(key))

@@ -195,3 +195,26 @@ def _is_transfer_syntax(value: str) -> bool:
         return bool(UID(value).is_transfer_syntax)
     except ValueError:
         return False
+
+
+_RENDERED_TYPES = ("image/png", "image/jpeg")
+
+
+def rendered_part_type(accept: str | None) -> str:
+    """The image type of each part of a rendered study or series, a multipart/related body
+    (PS3.18 §8.6): `multipart/related; type="image/jpeg"` or a bare `image/jpeg` both ask
+    for JPEG parts; PNG when nothing says which."""
+    if not accept:
+        return "image/png"
+    for _, media, params in _choices(accept):
+        wanted = media
+        if media == "multipart/related":
+            wanted = params.get("type", "image/png").strip('"').lower()
+        if wanted in _RENDERED_TYPES:
+            return wanted
+        if wanted in ("*/*", "image/*"):
+            return "image/png"
+    raise NotAcceptable(
+        f"cannot render as {accept!r}; rendered studies and series come as multipart/related "
+        'with parts of type="image/png" or type="image/jpeg"'
+    )

@@ -10,7 +10,8 @@ import asyncio
 import gzip
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -29,6 +30,7 @@ from voxelhub.auth.service import Principal
 from voxelhub.core.db import session_scope
 from voxelhub.core.deps import DbDep, SettingsDep, StoreDep
 from voxelhub.core.errors import BadRequest
+from voxelhub.core.objects import ObjectStore
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.join import frame_for_transfer_syntax
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
@@ -485,37 +487,102 @@ def retrieve_bulk(
     return _multipart([("application/octet-stream", body)], "application/octet-stream")
 
 
+@dataclass(frozen=True)
+class _Rendering:
+    """How to render frames: the query parameters of PS3.18 §8.3.5.1, parsed (and refused
+    when malformed) before any frame is read."""
+
+    window: render.Window | None
+    viewport: tuple[int, int] | None
+    quality: int
+    size: int | None  # a thumbnail's longest side, when no viewport is given
+
+    @classmethod
+    def of(cls, request: Request, *, size: int | None = None) -> _Rendering:
+        query = request.query_params
+        return cls(
+            window=render.parse_window(query.get("window")),
+            viewport=render.parse_viewport(query.get("viewport")),
+            quality=render.parse_quality(query.get("quality")),
+            size=size,
+        )
+
+    def image(self, store: ObjectStore, instance: Instance, frame: int, media: str) -> bytes:
+        pixel = pixel_of(instance)
+        if pixel is None:
+            raise BadRequest(f"instance {instance.sop_instance_uid} has no pixel data to render")
+        stored = read_frames(store, instance, [frame])[0]
+        native = frame_for_transfer_syntax(
+            stored, instance.frames_transfer_syntax_uid, EXPLICIT_VR_LITTLE_ENDIAN, pixel
+        )
+        array = render.to_array(native, pixel)
+        image = render.to_display(array, instance.dataset_json, self.window)
+        if self.viewport is not None:
+            image = render.fit(image, *self.viewport)
+        elif self.size is not None:
+            image = render.shrink(image, self.size)
+        return render.encode(image, media, quality=self.quality)
+
+
 def _render(
-    request: Request,
-    db: DbDep,
-    store: StoreDep,
-    instance: Instance,
-    frame: int,
-    *,
-    size: int | None,
+    request: Request, store: StoreDep, instance: Instance, frame: int, *, size: int | None
 ) -> Response:
-    pixel = pixel_of(instance)
-    if pixel is None:
-        raise BadRequest(f"instance {instance.sop_instance_uid} has no pixel data to render")
-    stored = read_frames(store, instance, [frame])[0]
-    native = frame_for_transfer_syntax(
-        stored, instance.frames_transfer_syntax_uid, EXPLICIT_VR_LITTLE_ENDIAN, pixel
-    )
-    array = render.to_array(native, pixel)
-    window = render.parse_window(request.query_params.get("window"))
-    image = render.to_display(array, instance.dataset_json, window)
-    viewport = render.parse_viewport(request.query_params.get("viewport"))
-    if viewport is not None:
-        image = render.fit(image, *viewport)
-    elif size is not None:
-        image = render.shrink(image, size)
+    rendering = _Rendering.of(request, size=size)
     media = render.rendered_media_type(request.headers.get("accept"))
-    quality = render.parse_quality(request.query_params.get("quality"))
     return Response(
-        render.encode(image, media, quality=quality),
+        rendering.image(store, instance, frame, media),
         media_type=media,
         headers={"Cache-Control": "private, max-age=3600"},
     )
+
+
+def _render_all(
+    request: Request, store: ObjectStore, images: list[Instance], what: str
+) -> StreamingResponse:
+    """Every frame of `images`, in order, rendered as the parts of one multipart body."""
+    if not images:
+        raise BadRequest(f"{what} has no images to render")
+    rendering = _Rendering.of(request)
+    media = negotiate.rendered_part_type(request.headers.get("accept"))
+    for instance in images:  # loaded now: the body streams after the session is gone
+        _ = instance.dataset_json
+
+    def parts() -> Iterator[tuple[str, bytes]]:
+        for instance in images:
+            for frame in range(1, max(instance.number_of_frames, 1) + 1):
+                yield media, rendering.image(store, instance, frame, media)
+
+    return _multipart(parts(), media)
+
+
+@router.get("/studies/{study}/rendered")
+def study_rendered(
+    study: str, request: Request, principal: PrincipalDep, db: DbDep, store: StoreDep,
+    view: ViewDep,
+) -> Response:  # fmt: skip
+    """Every image of the study, series by series (PS3.18 §10.4.1.1.3, rendered study)."""
+    images = [
+        i
+        for found in series_of_studies(db, find_studies(db, view, study))
+        for i in instances_of(db, found.id)
+        if i.pixel
+    ]
+    response = _render_all(request, store, images, f"study {study}")
+    audit.record(db, principal, "dicom.rendered", object_type="dicomweb", object_id=study)
+    return response
+
+
+@router.get("/studies/{study}/series/{series}/rendered")
+def series_rendered(
+    study: str, series: str, request: Request, principal: PrincipalDep, db: DbDep,
+    store: StoreDep, view: ViewDep,
+) -> Response:  # fmt: skip
+    """Every image of the series in instance order (PS3.18 §10.4.1.1.3, rendered series)."""
+    found = find_series(db, view, study, series)
+    images = [i for i in instances_of(db, found.id) if i.pixel]
+    response = _render_all(request, store, images, f"series {series}")
+    audit.record(db, principal, "dicom.rendered", object_type="dicomweb", object_id=series)
+    return response
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
@@ -531,7 +598,7 @@ def rendered(
     frame: int = 1,
 ) -> Response:
     found = find_instance(db, view, study, series, instance)
-    return _render(request, db, store, found, frame, size=None)
+    return _render(request, store, found, frame, size=None)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
@@ -547,7 +614,7 @@ def instance_thumbnail(
     frame: int = 1,
 ) -> Response:
     found = find_instance(db, view, study, series, instance)
-    return _render(request, db, store, found, frame, size=render.THUMBNAIL_SIZE)
+    return _render(request, store, found, frame, size=render.THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
@@ -558,7 +625,7 @@ def series_thumbnail(
     images = [i for i in instances_of(db, found.id) if i.pixel]
     if not images:
         raise BadRequest(f"series {series} has no images to render")
-    return _render(request, db, store, images[len(images) // 2], 1, size=render.THUMBNAIL_SIZE)
+    return _render(request, store, images[len(images) // 2], 1, size=render.THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/thumbnail")
@@ -570,9 +637,7 @@ def study_thumbnail(
     for found in sorted(all_series, key=lambda s: s.number_of_instances, reverse=True):
         images = [i for i in instances_of(db, found.id) if i.pixel]
         if images:
-            return _render(
-                request, db, store, images[len(images) // 2], 1, size=render.THUMBNAIL_SIZE
-            )
+            return _render(request, store, images[len(images) // 2], 1, size=render.THUMBNAIL_SIZE)
     raise BadRequest(f"study {study} has no images to render")
 
 
@@ -597,3 +662,16 @@ def delete_series(
     archives.get_archive(db, principal, found.archive_id, ArchiveRole.editor)
     deletion.delete_series(db, store, found)
     audit.record(db, principal, "dicom.delete", object_type="dicomweb", object_id=series)
+
+
+@router.delete("/studies/{study}/series/{series}/instances/{instance}", status_code=204)
+def delete_instance(
+    study: str, series: str, instance: str, principal: PrincipalDep, db: DbDep, store: StoreDep,
+    view: ViewDep,
+) -> None:  # fmt: skip
+    """One instance; deleting the last one of a series deletes the series (and its study
+    when that was the last series)."""
+    found = find_instance(db, view, study, series, instance)
+    archives.get_archive(db, principal, found.archive_id, ArchiveRole.editor)
+    deletion.delete_instance(db, store, found)
+    audit.record(db, principal, "dicom.delete", object_type="dicomweb", object_id=instance)
