@@ -130,3 +130,26 @@ def test_an_invalid_plain_file_fails_as_the_general_way_fails() -> None:
         fast, general = _both(data)
         assert isinstance(fast, str)
         assert fast == general
+
+
+def test_uids_in_the_json_model_are_plain_strings() -> None:
+    """Both splits give UIDs as `str`, in sequences too: pydicom's `UID` would validate
+    itself again each time a split crosses from a worker process."""
+
+    def uids(element: dict, found: list) -> list:  # type: ignore[type-arg]
+        if element.get("vr") == "UI":
+            found.extend(element.get("Value", []))
+        for item in element.get("Value", []) if element.get("vr") == "SQ" else []:
+            for nested in item.values():
+                uids(nested, found)
+        return found
+
+    ds = ct_phantom(slices=1, size=16)[0]
+    ds.ReferencedImageSequence = [Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
+    for data in (write_part10(ds), sample_bytes("rtplan.dcm")):
+        for split in _both(data):
+            assert isinstance(split, SplitInstance)
+            found = [v for e in split.dataset_json.values() for v in uids(e, [])]
+            assert len(found) >= 5
+            assert {type(v) for v in found} == {str}

@@ -64,9 +64,25 @@ def dataset_json(
             vr = ds[keyword].VR
             result[tag] = {"vr": vr, "BulkDataURI": handler(ds[keyword])}
     _resolve(result)
+    for element in result.values():
+        plain_uids(element)
     if transfer_syntax_uid:
         result = {_TRANSFER_SYNTAX_TAG: {"vr": "UI", "Value": [transfer_syntax_uid]}, **result}
     return result
+
+
+def plain_uids(element: dict[str, Any]) -> dict[str, Any]:
+    """One element's DICOM JSON with its UIDs as plain `str`, also inside sequence items
+    (changed in place): pydicom's `UID` validates itself again whenever it is unpickled,
+    which the web process does for every instance a split worker sends back."""
+    values = element.get("Value")
+    if values and element.get("vr") == "UI":
+        element["Value"] = [str(v) if v is not None else None for v in values]
+    elif values and element.get("vr") == "SQ":
+        for item in values:
+            for nested in item.values():
+                plain_uids(nested)
+    return element
 
 
 def _binary_paths(ds: Dataset, *, prefix: str) -> dict[int, str]:
