@@ -210,9 +210,9 @@ def test_stow_takes_gzip_and_refuses_what_it_cannot_read_up_front(  # type: igno
     for headers, status, words in [
         ({"Content-Type": media, "Content-Encoding": "br"}, 415, "Content-Encoding"),
         (
-            {"Content-Type": media.replace("application/dicom", "application/dicom+json")},
+            {"Content-Type": media.replace("application/dicom", "application/dicom+xml")},
             415,
-            "Part-10",
+            "XML metadata is not taken",
         ),
         ({"Content-Type": media, "Accept": "application/dicom+xml"}, 406, "XML"),
     ]:

@@ -45,7 +45,7 @@ from voxelhub.store.access import (
     view_for,
 )
 from voxelhub.store.deid import preparer_for
-from voxelhub.store.dicomweb import negotiate, stow, wado
+from voxelhub.store.dicomweb import negotiate, stow, stow_json, wado
 from voxelhub.store.dicomweb.frames import autocommit, frames_body
 from voxelhub.store.dicomweb.multipart import (
     decoded_body,
@@ -187,21 +187,25 @@ async def stow_rs(
             'STOW-RS takes Content-Type: multipart/related; type="application/dicom"; '
             f"boundary=…, not {media.type or 'nothing'}"
         )
-    if media.params.get("type", "application/dicom").lower() != "application/dicom":
+    kind = media.params.get("type", "application/dicom").lower()
+    if kind not in ("application/dicom", stow_json.JSON_TYPE):
         raise UnsupportedMediaType(
-            f"STOW-RS of type={media.params['type']!r} (DICOM JSON or XML metadata with bulk "
-            'data) is not offered; send each instance as a Part-10 file, type="application/dicom"'
+            f"STOW-RS of type={media.params['type']!r} is not offered; send each instance as "
+            'a Part-10 file, type="application/dicom", or as DICOM JSON with its bulk data, '
+            'type="application/dicom+json" (XML metadata is not taken)'
         )
+    limit = settings.max_upload_part_mb * 1024 * 1024
     parts = read_parts(
         decoded_body(request.stream(), request.headers.get("content-encoding")),
         media.params.get("boundary", ""),
-        max_part_bytes=settings.max_upload_part_mb * 1024 * 1024,
+        max_part_bytes=limit,
     )
     await asyncio.to_thread(ingest_guard.hold_during_transaction, db, archive_id)
     prepare = await asyncio.to_thread(preparer_for, db, settings, archive_id)
     result = await stow.store_parts(
-        parts, db=db, store=store, archive_id=archive_id, study_uid=study, prepare=prepare
-    )
+        parts, db=db, store=store, archive_id=archive_id, study_uid=study, prepare=prepare,
+        metadata_and_bulk=kind == stow_json.JSON_TYPE, max_bytes=limit,
+    )  # fmt: skip
     if not result.stored and not result.failed:
         raise InvalidQuery(
             "the multipart body holds no parts; send each instance as a part of type "

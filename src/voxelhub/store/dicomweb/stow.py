@@ -19,9 +19,10 @@ from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.model import SplitInstance
 from voxelhub.store.attributes import element
 from voxelhub.store.deid import DeidSummary, Prepare
-from voxelhub.store.dicomweb import splitpool
+from voxelhub.store.dicomweb import splitpool, stow_json
 from voxelhub.store.dicomweb.multipart import Part, parse_media_type
 from voxelhub.store.dicomweb.splitting import content_hash, split_for_store
+from voxelhub.store.errors import InvalidQuery
 from voxelhub.store.ingest import Ingest, Stored
 
 # PS3.4 Annex GG / PS3.18 §10.5.3 failure reasons.
@@ -187,11 +188,19 @@ async def store_parts(
     archive_id: uuid.UUID,
     study_uid: str | None,
     prepare: Prepare | None = None,
+    metadata_and_bulk: bool = False,
+    max_bytes: int = 0,
 ) -> StowResult:
-    """Split parts in parallel (bounded) and index them in batches as they come."""
+    """Split parts in parallel (bounded) and index them in batches as they come.
+
+    With `metadata_and_bulk` the parts are DICOM JSON and the bulk data it refers to
+    (`stow_json`): held until the request ends (at most `max_bytes`), then made into
+    Part-10 files and stored as those are."""
     result = StowResult()
     ingest = Ingest(db, store, archive_id)
     batches = _Batches(ingest, result)
+    if metadata_and_bulk:
+        parts = await _as_part10(parts, result, max_bytes=max_bytes)
     try:
         await _split_and_index(parts, batches, result, study_uid=study_uid, prepare=prepare)
         await batches.flush()
@@ -253,6 +262,42 @@ async def _split_and_index(
     finally:
         for future in pending:  # the request failed or was cancelled: the rest is not needed
             future.cancel()
+
+
+async def _as_part10(
+    parts: AsyncIterator[Part], result: StowResult, *, max_bytes: int
+) -> AsyncIterator[Part]:
+    """The objects of a metadata-and-bulk request as Part-10 parts; the objects that cannot
+    be made are failed in `result` with the reason."""
+    metadata: list[Part] = []
+    bulk: list[Part] = []
+    held = 0
+    async for part in parts:
+        held += len(part.body)
+        if max_bytes and held > max_bytes:
+            raise InvalidQuery(
+                f"a metadata-and-bulk STOW-RS request is held whole and may hold at most "
+                f"{max_bytes} bytes; send large instances as Part-10 files "
+                '(type="application/dicom")'
+            )
+        (metadata if stow_json.is_metadata(part) else bulk).append(part)
+    if not metadata:
+        raise InvalidQuery(
+            'a type="application/dicom+json" request needs a part of type '
+            "application/dicom+json holding an array of DICOM JSON objects"
+        )
+    built = await asyncio.to_thread(lambda: list(stow_json.build(metadata, bulk)))
+    for location in stow_json.unreferenced(metadata, bulk):
+        result.fail(CANNOT_UNDERSTAND, f"no object refers to the bulk data part {location}")
+    return _part10_parts(built, result)
+
+
+async def _part10_parts(built: list[stow_json.Built], result: StowResult) -> AsyncIterator[Part]:
+    for one in built:
+        if one.body is None:
+            result.fail(CANNOT_UNDERSTAND, one.problem, one.sop_class, one.sop_instance)
+            continue
+        yield Part({"content-type": "application/dicom"}, one.body)
 
 
 def _submit(
