@@ -36,8 +36,13 @@ def warm_up(servers: list[Server], data: Data) -> None:
         )
 
 
-def idle_cpu(servers: list[Server], seconds: float = 5.0) -> dict[str, float]:
-    """CPU use of each idle server's process tree, in percent of one CPU."""
+def idle_cpu(
+    servers: list[Server], seconds: float = 5.0, quiet_s: float = 20.0
+) -> dict[str, float]:
+    """CPU use of each idle server's process tree, in percent of one CPU, measured after
+    `quiet_s` without requests: the warm-up's own tail (processes starting, the first
+    series' documents) is not idling."""
+    time.sleep(quiet_s)
     meters = [CpuMeter(server.root_pids()).__enter__() for server in servers]
     time.sleep(seconds)
     for meter in meters:
