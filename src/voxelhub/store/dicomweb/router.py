@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -362,10 +363,14 @@ def _retrieve(
         object_id=what,
         detail={"instances": len(instances), "transfer_syntax": syntax},
     )
+    parts = wado.instance_parts(store, instances, syntax)
     if single_part:
-        ((media, body),) = wado.instance_parts(store, instances, syntax)
+        ((media, body),) = parts
         return Response(body, media_type=media)
-    return _multipart(wado.instance_parts(store, instances, syntax), "application/dicom")
+    # The first part is made before the response starts, so that an instance that cannot be
+    # sent as asked is refused with its status (all of a one-instance retrieval).
+    first = next(parts, None)
+    return _multipart(itertools.chain([first] if first else [], parts), "application/dicom")
 
 
 @router.get("/studies/{study}")
@@ -516,8 +521,11 @@ class _Rendering:
         if pixel is None:
             raise BadRequest(f"instance {instance.sop_instance_uid} has no pixel data to render")
         stored = read_frames(store, instance, [frame])[0]
-        native = frame_for_transfer_syntax(
-            stored, instance.frames_transfer_syntax_uid, EXPLICIT_VR_LITTLE_ENDIAN, pixel
+        syntax = instance.frames_transfer_syntax_uid
+        native = wado.decoded(
+            f"frame {frame} of instance {instance.sop_instance_uid}",
+            syntax,
+            lambda: frame_for_transfer_syntax(stored, syntax, EXPLICIT_VR_LITTLE_ENDIAN, pixel),
         )
         array = render.to_array(native, pixel)
         image = render.to_display(array, instance.dataset_json, self.window)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import TypeVar
 
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
 from voxelhub.core.objects import ObjectStore
+from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.fastjoin import join_as_stored
 from voxelhub.dicom.join import frame_for_transfer_syntax, join_instance
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store.dicomweb.negotiate import ANY_SYNTAX, Wanted, frame_media_type
-from voxelhub.store.errors import InvalidQuery
+from voxelhub.store.errors import InvalidQuery, NotAcceptable
 from voxelhub.store.imagesets import (
     StoredFrames,
     pixel_of,
@@ -21,6 +24,23 @@ from voxelhub.store.imagesets import (
     read_instance,
 )
 from voxelhub.store.models import Instance
+
+_T = TypeVar("_T")
+
+
+def decoded(what: str, stored_syntax: str, make: Callable[[], _T]) -> _T:
+    """`make()`, whose stored frames must be decoded: a frame no decoder can read (corrupt,
+    or a coding the decoders here lack) is refused as not acceptable in the asked form,
+    pointing to the stored form, which is always served."""
+    try:
+        return make()
+    except DicomError as err:
+        if err.code != "undecodable":
+            raise
+        raise NotAcceptable(
+            f"{what} cannot be decoded here ({err.message}); ask for it as stored, in "
+            f"{stored_syntax} (transfer-syntax=*)"
+        ) from err
 
 
 def instance_parts(
@@ -36,7 +56,18 @@ def instance_parts(
         if pixel is not None and target == stored:
             body = join_as_stored(header, frames, stored, pixel)
         if body is None:
-            body = join_instance(header, frames, stored, target_transfer_syntax=target, pixel=pixel)
+            body = decoded(
+                f"instance {instance.sop_instance_uid}",
+                stored,
+                partial(
+                    join_instance,
+                    header,
+                    frames,
+                    stored,
+                    target_transfer_syntax=target,
+                    pixel=pixel,
+                ),
+            )
         yield f"application/dicom; transfer-syntax={target}", body
 
 
@@ -67,8 +98,12 @@ def frame_parts(
     if pixel is None:
         raise InvalidQuery(f"instance {instance.sop_instance_uid} has no pixel data")
     out = []
-    for frame in frames:
-        body = frame_for_transfer_syntax(frame, stored_syntax, target, pixel)
+    for number, frame in zip(numbers or range(1, len(frames) + 1), frames, strict=True):
+        body = decoded(
+            f"frame {number} of instance {instance.sop_instance_uid}",
+            stored_syntax,
+            partial(frame_for_transfer_syntax, frame, stored_syntax, target, pixel),
+        )
         out.append((f"{frame_media_type(target)}; transfer-syntax={target}", body))
     return out
 
