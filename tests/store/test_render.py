@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from voxelhub.dicom.model import PixelDescription
 from voxelhub.store.errors import InvalidQuery
-from voxelhub.store.render import Window, parse_window, to_display
+from voxelhub.store.render import Window, check_renderable, parse_window, to_array, to_display
 
 HU = np.array([[-1000.0, -160.0, 40.0, 240.0, 3000.0]], dtype=np.float32)
 CT = {"00281052": {"vr": "DS", "Value": [0]}, "00281053": {"vr": "DS", "Value": [1]}}
@@ -58,3 +59,42 @@ def test_a_window_names_its_function() -> None:
     assert parse_window("40,400") == Window(40, 400, "linear")
     assert parse_window("40,400,SIGMOID") == Window(40, 400, "sigmoid")
     assert parse_window("40, 400, linear-exact") == Window(40, 400, "linear-exact")
+
+
+def _pixel(**changes: object) -> PixelDescription:
+    base = dict(
+        rows=2, columns=4, samples_per_pixel=3, bits_allocated=8, bits_stored=8,
+        pixel_representation=0, photometric_interpretation="RGB",
+    )  # fmt: skip
+    return PixelDescription(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_colour_layouts_become_rgb_rows_and_columns() -> None:
+    rgb = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    planar = _pixel(planar_configuration=1)
+    as_planes = np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes()
+    assert np.array_equal(to_display(to_array(as_planes, planar), {}, None, "RGB"), rgb)
+
+    # YBR_FULL_422: Y1 Y2 Cb Cr for each pair of pixels (PS3.3 C.7.6.3.1.2).
+    ybr = _pixel(photometric_interpretation="YBR_FULL_422")
+    grey_then_red = bytes([128, 128, 128, 128, 76, 76, 85, 255] * 2)
+    shown = to_display(to_array(grey_then_red, ybr), {}, None, "YBR_FULL_422")
+    assert shown.shape == (2, 4, 3)
+    assert shown[0, 0].tolist() == [128, 128, 128] and shown[0, 1].tolist() == [128, 128, 128]
+    assert np.abs(shown[1, 3].astype(int) - [255, 0, 0]).max() <= 2  # pure red
+
+
+def test_one_bit_frames_are_black_and_white() -> None:
+    mask = _pixel(samples_per_pixel=1, bits_allocated=1, bits_stored=1,
+                  photometric_interpretation="MONOCHROME2")  # fmt: skip
+    packed = np.packbits([1, 0, 0, 1, 0, 0, 0, 1], bitorder="little").tobytes()
+    shown = to_display(to_array(packed, mask), {"00280100": {"vr": "US", "Value": [1]}}, None)
+    assert shown.tolist() == [[255, 0, 0, 255], [0, 0, 0, 255]]
+
+
+def test_pixel_data_that_cannot_be_shown_is_refused_up_front() -> None:
+    with pytest.raises(InvalidQuery, match="4-bit"):
+        check_renderable(_pixel(samples_per_pixel=1, bits_allocated=4))
+    check_renderable(
+        _pixel(samples_per_pixel=1, bits_allocated=64, pixel_keyword="DoubleFloatPixelData")
+    )

@@ -24,6 +24,7 @@ from voxelhub.dicom.split import split_instance
 STOW = 'multipart/related; type="application/dicom"; boundary=sample'
 AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NATIVE = AS_STORED.replace("*", EXPLICIT_VR_LITTLE_ENDIAN)
+PNG = b"\x89PNG\r\n\x1a\n"
 _MULTIPART_NATIVE = NATIVE.replace("application/octet-stream", "application/dicom")
 
 
@@ -47,7 +48,7 @@ def _expected(data: bytes) -> SplitInstance:
         return split_instance(data)
 
 
-def _navigate(http: httpx.Client, base: str, split: SplitInstance) -> str | None:
+def _navigate(http: httpx.Client, base: str, name: str, split: SplitInstance) -> str | None:
     """QIDO-RS for the study and its series, then the series metadata: what is wrong."""
     keys = split.keys
     study, series = keys.study_instance_uid, keys.series_instance_uid
@@ -59,6 +60,15 @@ def _navigate(http: httpx.Client, base: str, split: SplitInstance) -> str | None
     metadata = http.get(f"{base}/studies/{study}/series/{series}/metadata").json()
     if [m["00080018"]["Value"][0] for m in metadata] != [keys.sop_instance_uid]:
         return f"the metadata holds {len(metadata)} instances"
+    # Bulk data by the URI given, in this archive: several files here share UIDs, so the
+    # same URI at /dicom-web names one copy for all the archives (the oldest).
+    for tag, element in metadata[0].items():
+        uri = element.get("BulkDataURI") if isinstance(element, dict) else None
+        if name in UNDECODABLE and tag == "7FE00010":  # native pixels: refused, as below
+            continue
+        scoped = base + uri.removeprefix("/dicom-web") if uri else ""
+        if uri and (answer := http.get(scoped)).status_code != 200:
+            return f"the bulk data of {tag} answered {answer.status_code}"
     return None
 
 
@@ -99,6 +109,11 @@ def _frame_problems(http: httpx.Client, url: str, name: str, split: SplitInstanc
     )
     if body != expected:
         problems.append(f"native frame 1 differs ({len(body)} / {len(expected)} bytes)")
+    instance, series = url.rsplit("/frames/", 1)[0], url.rsplit("/instances/", 1)[0]
+    for shown, accept in ((instance + "/rendered", "image/png"), (series + "/rendered", "*/*")):
+        answer = http.get(shown, headers={"Accept": accept})
+        if answer.status_code != 200 or PNG not in answer.content[:200]:
+            problems.append(f"{shown.rsplit('/', 2)[-2]} rendered answered {answer.status_code}")
     return problems
 
 
@@ -106,7 +121,7 @@ def _read_like_a_viewer(
     http: httpx.Client, base: str, name: str, split: SplitInstance
 ) -> list[str]:
     """The problems found with one stored file (none when all is as expected)."""
-    wrong = _navigate(http, base, split)
+    wrong = _navigate(http, base, name, split)
     if wrong is not None:
         return [f"{name}: {wrong}"]
     if split.pixel is None:

@@ -72,12 +72,22 @@ def series_of_studies(db: Session, studies: list[Study]) -> list[Series]:
 def find_instance(
     db: Session, view: View, study_uid: str, series_uid: str, sop_uid: str
 ) -> Instance:
-    series = find_series(db, view, study_uid, series_uid)
-    instance = db.scalar(
-        select(Instance).where(
-            Instance.series_id == series.id, Instance.sop_instance_uid == sop_uid
+    """The instance in any visible copy of its series: the same series can be held by
+    several archives with different instances (a study sent to two of them in parts)."""
+    statement = (
+        select(Instance)
+        .join(Series, Series.id == Instance.series_id)
+        .join(Study, Study.id == Series.study_id)
+        .where(
+            Study.study_instance_uid == study_uid,
+            Series.series_instance_uid == series_uid,
+            Instance.sop_instance_uid == sop_uid,
         )
     )
+    instance: Instance | None = db.scalars(
+        view.where(statement, Instance).order_by(Instance.created_at)
+    ).first()
     if instance is None:
+        find_series(db, view, study_uid, series_uid)  # says so when the series is not there
         raise InstanceNotFound(f"no instance {sop_uid} in series {series_uid} that you can see")
     return instance

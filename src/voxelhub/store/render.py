@@ -59,19 +59,65 @@ def parse_window(value: str | None) -> Window | None:
     return Window(center, width, function)
 
 
-def to_array(native: bytes, pixel: PixelDescription) -> npt.NDArray[Any]:
-    if pixel.bits_allocated not in (8, 16, 32):
+def check_renderable(pixel: PixelDescription) -> None:
+    """Refuse, before any frame is read, pixel data that `to_array` cannot take."""
+    floats = pixel.pixel_keyword != "PixelData"
+    if pixel.bits_allocated == 1 and pixel.samples_per_pixel == 1:
+        return
+    if pixel.bits_allocated not in ((32, 64) if floats else (8, 16, 32)):
         raise InvalidQuery(f"cannot render {pixel.bits_allocated}-bit pixel data")
-    kind = "i" if pixel.pixel_representation else "u"
+
+
+def to_array(native: bytes, pixel: PixelDescription) -> npt.NDArray[Any]:
+    """One native frame as an array: (rows, columns) for one sample per pixel, (rows,
+    columns, samples) otherwise, whatever the planar configuration. Bit-packed frames
+    (BitsAllocated 1: segmentations, overlays) become 0 and 1; native YBR_FULL_422 (two
+    luminance samples sharing one chroma pair) is brought to full resolution."""
+    rows, columns, samples = pixel.rows, pixel.columns, pixel.samples_per_pixel
+    if pixel.bits_allocated == 1 and samples == 1:
+        bits = np.unpackbits(np.frombuffer(native, dtype=np.uint8), bitorder="little")
+        return bits[: rows * columns].reshape(rows, columns)
+    check_renderable(pixel)
+    floats = pixel.pixel_keyword != "PixelData"  # FloatPixelData, DoubleFloatPixelData
+    if _is_422(pixel):
+        return _full_422(np.frombuffer(native, dtype=np.uint8, count=rows * columns * 2), pixel)
+    kind = "f" if floats else "i" if pixel.pixel_representation else "u"
     dtype = np.dtype(f"<{kind}{pixel.bits_allocated // 8}")
-    array = np.frombuffer(
-        native, dtype=dtype, count=pixel.rows * pixel.columns * pixel.samples_per_pixel
-    )
-    if pixel.samples_per_pixel == 1:
-        return array.reshape(pixel.rows, pixel.columns)
+    array = np.frombuffer(native, dtype=dtype, count=rows * columns * samples)
+    if samples == 1:
+        return array.reshape(rows, columns)
     if pixel.planar_configuration == 1:
-        return array.reshape(pixel.samples_per_pixel, pixel.rows, pixel.columns).transpose(1, 2, 0)
-    return array.reshape(pixel.rows, pixel.columns, pixel.samples_per_pixel)
+        return np.ascontiguousarray(array.reshape(samples, rows, columns).transpose(1, 2, 0))
+    return array.reshape(rows, columns, samples)
+
+
+def _is_422(pixel: PixelDescription) -> bool:
+    return (
+        pixel.photometric_interpretation == "YBR_FULL_422"
+        and pixel.samples_per_pixel == 3
+        and pixel.bits_allocated == 8
+    )
+
+
+def _full_422(values: npt.NDArray[np.uint8], pixel: PixelDescription) -> npt.NDArray[np.uint8]:
+    """Y1 Y2 Cb Cr groups (PS3.3 C.7.6.3.1.2) as full-resolution YBR_FULL."""
+    rows, columns = pixel.rows, pixel.columns
+    pairs = values.reshape(rows, columns // 2, 4)
+    full = np.empty((rows, columns, 3), dtype=np.uint8)
+    full[:, 0::2, 0], full[:, 1::2, 0] = pairs[..., 0], pairs[..., 1]
+    full[..., 1] = np.repeat(pairs[..., 2], 2, axis=1)
+    full[..., 2] = np.repeat(pairs[..., 3], 2, axis=1)
+    return full
+
+
+def _ybr_to_rgb(array: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """YBR_FULL to RGB (PS3.3 C.7.6.3.1.2, the inverse of the ITU-R BT.601 transform)."""
+    y = array[..., 0].astype(np.float32)
+    cb = array[..., 1].astype(np.float32) - 128.0
+    cr = array[..., 2].astype(np.float32) - 128.0
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    out: npt.NDArray[np.uint8] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return out
 
 
 def _voi(values: npt.NDArray[np.float32], window: Window) -> npt.NDArray[np.uint8]:
@@ -90,17 +136,29 @@ def _voi(values: npt.NDArray[np.float32], window: Window) -> npt.NDArray[np.uint
 
 
 def to_display(
-    array: npt.NDArray[Any], dataset_json: dict[str, Any], window: Window | None
+    array: npt.NDArray[Any],
+    dataset_json: dict[str, Any],
+    window: Window | None,
+    photometric: str | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Modality LUT (rescale), then window/level to 0..255; colour images are scaled only."""
+    """Modality LUT (rescale), then window/level to 0..255; colour images are scaled only
+    (YBR_FULL brought to RGB first); one-bit frames are black and white. `photometric` is
+    the array's Photometric Interpretation where decoding changed it (JPEG's YBR to RGB)."""
+    if photometric is None:
+        photometric = str(dataset_json.get("00280004", {}).get("Value", [""])[0])
     if array.ndim == 3:
         if array.dtype == np.uint8:
-            return array.astype(np.uint8, copy=False)
+            if photometric.startswith("YBR_FULL"):
+                return _ybr_to_rgb(array)
+            return np.ascontiguousarray(array)
         peak = float(array.max()) or 1.0
         colour: npt.NDArray[np.uint8] = np.clip(
             array.astype(np.float32) * (255.0 / peak), 0, 255
         ).astype(np.uint8)
         return colour
+    if _first_number(dataset_json, "00280100") == 1:  # BitsAllocated: a bit mask
+        mask: npt.NDArray[np.uint8] = (array > 0).astype(np.uint8) * np.uint8(255)
+        return mask
     slope = _first_number(dataset_json, "00281053") or 1.0
     intercept = _first_number(dataset_json, "00281052") or 0.0
     values = array.astype(np.float32) * slope + intercept
@@ -114,7 +172,6 @@ def to_display(
             low, high = float(values.min()), float(values.max())
             window = Window((low + high) / 2, max(high - low, 1.0))
     display = _voi(values, window)
-    photometric = dataset_json.get("00280004", {}).get("Value", [""])[0]
     if photometric == "MONOCHROME1":
         display = np.subtract(255, display, dtype=np.uint8)
     return display

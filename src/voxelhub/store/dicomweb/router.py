@@ -33,6 +33,7 @@ from voxelhub.core.deps import DbDep, SettingsDep, StoreDep
 from voxelhub.core.errors import BadRequest
 from voxelhub.core.objects import ObjectStore
 from voxelhub.core.runtime import Runtime
+from voxelhub.dicom.codecs import decoded_description
 from voxelhub.dicom.join import frame_for_transfer_syntax
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store import delete as deletion
@@ -527,8 +528,11 @@ class _Rendering:
             syntax,
             lambda: frame_for_transfer_syntax(stored, syntax, EXPLICIT_VR_LITTLE_ENDIAN, pixel),
         )
-        array = render.to_array(native, pixel)
-        image = render.to_display(array, instance.dataset_json, self.window)
+        layout = decoded_description(pixel, syntax)  # the native frame's own layout
+        array = render.to_array(native, layout)
+        image = render.to_display(
+            array, instance.dataset_json, self.window, layout.photometric_interpretation
+        )
         if self.viewport is not None:
             image = render.fit(image, *self.viewport)
         elif self.size is not None:
@@ -556,7 +560,10 @@ def _render_all(
         raise BadRequest(f"{what} has no images to render")
     rendering = _Rendering.of(request)
     media = negotiate.rendered_part_type(request.headers.get("accept"))
-    for instance in images:  # loaded now: the body streams after the session is gone
+    for instance in images:  # checked now, before the body: and loaded, as the body
+        pixel = pixel_of(instance)  # streams after the session is gone
+        if pixel is not None:
+            render.check_renderable(pixel)
         _ = instance.dataset_json
 
     def parts() -> Iterator[tuple[str, bytes]]:
@@ -564,7 +571,11 @@ def _render_all(
             for frame in range(1, max(instance.number_of_frames, 1) + 1):
                 yield media, rendering.image(store, instance, frame, media)
 
-    return _multipart(parts(), media)
+    # The first image is made before the response starts: one that cannot be rendered is
+    # refused with its status (all of a one-image series).
+    made = parts()
+    first = next(made)
+    return _multipart(itertools.chain([first], made), media)
 
 
 @router.get("/studies/{study}/rendered")
