@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import replace
 from typing import Any
@@ -157,7 +158,34 @@ def decode_frame(frame: bytes, transfer_syntax: str, pixel: PixelDescription) ->
     return _decode_with_pydicom(frame, transfer_syntax, pixel, target)
 
 
+class _QuietWhileDecoding(logging.Filter):
+    """Drops what pydicom's decoders log (each failed plugin's traceback, at ERROR) while a
+    frame is decoded here: the failure is ours to handle, and is raised as a DicomError
+    that says what went wrong, or met by the 12-bit JPEG fallback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "decoding", False)
+
+
+_quiet = _QuietWhileDecoding()
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_quiet)
+
+
 def _decode_with_pydicom(
+    frame: bytes, transfer_syntax: str, pixel: PixelDescription, target: PixelDescription
+) -> bytes:
+    _quiet.active.decoding = True
+    try:
+        return _decode_with_pydicom_plugins(frame, transfer_syntax, pixel, target)
+    finally:
+        _quiet.active.decoding = False
+
+
+def _decode_with_pydicom_plugins(
     frame: bytes, transfer_syntax: str, pixel: PixelDescription, target: PixelDescription
 ) -> bytes:
     try:
