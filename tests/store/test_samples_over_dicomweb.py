@@ -156,7 +156,7 @@ def test_every_sample_file_is_stored_and_read_back_as_a_viewer_reads_it(  # type
             if name in REFUSED:
                 code = REFUSED[name][0]
                 failed = answer.json().get("00081198", {}).get("Value", [])
-                if answer.status_code != 409 or code not in failed[0]["00741048"]["Value"][0]:
+                if answer.status_code != 409 or code not in failed[0]["00091001"]["Value"][0]:
                     problems.append(f"{name}: expected refusal {code}, got {answer.text[:200]}")
                 refused += 1
                 continue

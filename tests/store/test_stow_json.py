@@ -61,7 +61,7 @@ def _json_part(objects: list) -> tuple[dict[str, str], bytes]:  # type: ignore[t
 
 def _reasons(response: httpx.Response) -> list[str]:
     failed = response.json().get("00081198", {}).get("Value", [])
-    return [item["00741048"]["Value"][0] for item in failed]
+    return [item["00091001"]["Value"][0] for item in failed]
 
 
 def test_metadata_and_uncompressed_bulk_are_stored_as_instances(  # type: ignore[no-untyped-def]

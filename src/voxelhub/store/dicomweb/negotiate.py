@@ -65,14 +65,27 @@ def _choices(accept: str | None) -> list[tuple[float, str, dict[str, str]]]:
 _JSON_TYPES = ("application/dicom+json", "application/json", "application/*", "*/*")
 
 
-def require_json(accept: str | None, what: str) -> None:
-    """Refuse an Accept header that takes no JSON: searches and metadata are answered in
-    application/dicom+json only (PS3.18 8.7.3.1)."""
+_XML_TYPE = "application/dicom+xml"
+JSON, XML = "json", "xml"
+
+
+def metadata_form(accept: str | None, what: str) -> str:
+    """JSON or XML, whichever the client prefers, for searches, metadata and STOW-RS
+    responses (PS3.18 §8.7.3): DICOM JSON, or the Native DICOM Model (a multipart/related
+    of one XML document per dataset; one document for a STOW-RS response)."""
     choices = _choices(accept)
-    if choices and not any(media in _JSON_TYPES for _, media, _ in choices):
-        raise NotAcceptable(
-            f"{what} come as application/dicom+json only, not {accept!r}; XML is not offered"
-        )
+    if not choices:
+        return JSON
+    for _, media, params in choices:
+        if media in _JSON_TYPES:
+            return JSON
+        part = params.get("type", "").strip('"').lower() if media == "multipart/related" else ""
+        if media in (_XML_TYPE, "application/xml") or part == _XML_TYPE:
+            return XML
+    raise NotAcceptable(
+        f"{what} come as application/dicom+json or as multipart/related; "
+        f'type="application/dicom+xml", not {accept!r}'
+    )
 
 
 def wants_single_part(accept: str | None) -> bool:

@@ -33,6 +33,7 @@ from voxelhub.core.deps import DbDep, SettingsDep, StoreDep
 from voxelhub.core.errors import BadRequest
 from voxelhub.core.objects import ObjectStore
 from voxelhub.core.runtime import Runtime
+from voxelhub.dicom import dicomxml
 from voxelhub.dicom.codecs import decoded_description
 from voxelhub.dicom.join import frame_for_transfer_syntax
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
@@ -106,6 +107,21 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
         media_type=DICOM_JSON,
         headers=headers,
     )
+
+
+def _xml_parts(datasets: Iterable[Any]) -> Response:
+    """DICOM JSON objects as the Native DICOM Model: one XML document per part."""
+    boundary = new_boundary()
+    parts = ((dicomxml.MEDIA_TYPE, dicomxml.to_xml(dataset)) for dataset in datasets)
+    return Response(
+        b"".join(write_parts(parts, boundary)),
+        media_type=f'multipart/related; type="{dicomxml.MEDIA_TYPE}"; boundary={boundary}',
+    )
+
+
+def _datasets(datasets: list[Any], form: str) -> Response:
+    """Search results or metadata in the form the client asked for."""
+    return _xml_parts(datasets) if form == negotiate.XML else _json(datasets)
 
 
 def _multipart(parts: Iterable[tuple[str, bytes]], part_type: str) -> StreamingResponse:
@@ -182,19 +198,19 @@ async def stow_rs(
     study: str | None = None,
 ) -> Response:
     """Store instances sent as multipart/related; type="application/dicom"."""
-    negotiate.require_json(request.headers.get("accept"), "STOW-RS responses")
+    form = negotiate.metadata_form(request.headers.get("accept"), "STOW-RS responses")
     media = parse_media_type(request.headers.get("content-type", ""))
     if media.type != "multipart/related":
         raise UnsupportedMediaType(
             'STOW-RS takes Content-Type: multipart/related; type="application/dicom"; '
             f"boundary=…, not {media.type or 'nothing'}"
         )
-    kind = media.params.get("type", "application/dicom").lower()
-    if kind not in ("application/dicom", stow_json.JSON_TYPE):
+    kind = media.params.get("type", "application/dicom").strip('"').lower()
+    if kind not in ("application/dicom", stow_json.JSON_TYPE, stow_json.XML_TYPE):
         raise UnsupportedMediaType(
             f"STOW-RS of type={media.params['type']!r} is not offered; send each instance as "
-            'a Part-10 file, type="application/dicom", or as DICOM JSON with its bulk data, '
-            'type="application/dicom+json" (XML metadata is not taken)'
+            'a Part-10 file, type="application/dicom", or its metadata with its bulk data, '
+            'type="application/dicom+json" or type="application/dicom+xml"'
         )
     limit = settings.max_upload_part_mb * 1024 * 1024
     parts = read_parts(
@@ -206,7 +222,7 @@ async def stow_rs(
     prepare = await asyncio.to_thread(preparer_for, db, settings, archive_id)
     result = await stow.store_parts(
         parts, db=db, store=store, archive_id=archive_id, study_uid=study, prepare=prepare,
-        metadata_and_bulk=kind == stow_json.JSON_TYPE, max_bytes=limit,
+        metadata_and_bulk=kind != "application/dicom", max_bytes=limit,
     )  # fmt: skip
     if not result.stored and not result.failed:
         raise InvalidQuery(
@@ -219,7 +235,12 @@ async def stow_rs(
     audit.record(
         db, principal, "dicom.store", object_type="archive", object_id=archive_id, detail=detail
     )
-    return _json(result.response(_base(request), study), result.status_code)
+    response = result.response(_base(request), study)
+    if form == negotiate.XML:
+        return Response(
+            dicomxml.to_xml(response), result.status_code, media_type=dicomxml.MEDIA_TYPE
+        )
+    return _json(response, result.status_code)
 
 
 # --- QIDO-RS ------------------------------------------------------------------------------
@@ -241,7 +262,7 @@ def _search_event(request: Request, principal: Principal) -> dict[str, Any]:
 
 
 def _search_in_thread(request: Request, search: Search) -> Response:
-    negotiate.require_json(request.headers.get("accept"), "search results")
+    form = negotiate.metadata_form(request.headers.get("accept"), "search results")
     runtime: Runtime = request.app.state.runtime
     with session_scope(runtime.database_url) as db:
         principal = current_principal(optional_principal(request, db, runtime.settings))
@@ -260,6 +281,10 @@ def _search_in_thread(request: Request, search: Search) -> Response:
     if unsupported:
         names = ", ".join(sorted(set(unsupported)))
         headers["Warning"] = f'299 voxelhub "not matched on: {names}"'
+    if form == negotiate.XML:
+        response = _xml_parts(json.loads(body))
+        response.headers.update(headers)
+        return response
     return Response(body, media_type=DICOM_JSON, headers=headers)
 
 
@@ -416,29 +441,35 @@ def retrieve_instance(
 # --- WADO-RS: metadata --------------------------------------------------------------------
 
 
-def _metadata_accepted(request: Request) -> None:
-    """Metadata comes as DICOM JSON only: an Accept header without it is refused first."""
-    negotiate.require_json(request.headers.get("accept"), "metadata")
+def _metadata_form(request: Request) -> str:
+    """DICOM JSON or XML; an Accept header that takes neither is refused first."""
+    return negotiate.metadata_form(request.headers.get("accept"), "metadata")
 
 
-_METADATA = [Depends(_metadata_accepted)]
+MetadataForm = Annotated[str, Depends(_metadata_form)]
 
 
-@router.get("/studies/{study}/metadata", dependencies=_METADATA)
+@router.get("/studies/{study}/metadata")
 def study_metadata(
-    study: str, principal: PrincipalDep, db: DbDep, store: StoreDep, view: ViewDep
+    study: str,
+    form: MetadataForm,
+    principal: PrincipalDep,
+    db: DbDep,
+    store: StoreDep,
+    view: ViewDep,
 ) -> Response:
     documents: list[Any] = []
     for series in series_of_studies(db, find_studies(db, view, study)):
         documents.extend(series_metadata(db, store, series))
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=study)
-    return _json(documents)
+    return _datasets(documents, form)
 
 
-@router.get("/studies/{study}/series/{series}/metadata", dependencies=_METADATA)
+@router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata_route(
     study: str,
     series: str,
+    form: MetadataForm,
     request: Request,
     principal: PrincipalDep,
     db: DbDep,
@@ -448,6 +479,8 @@ def series_metadata_route(
     found = find_series(db, view, study, series)
     body = series_metadata_gz(db, store, found)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
+    if form == negotiate.XML:
+        return _xml_parts(json.loads(gzip.decompress(body)))
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
             body,
@@ -459,15 +492,19 @@ def series_metadata_route(
     )
 
 
-@router.get(
-    "/studies/{study}/series/{series}/instances/{instance}/metadata", dependencies=_METADATA
-)
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
 def instance_metadata(
-    study: str, series: str, instance: str, principal: PrincipalDep, db: DbDep, view: ViewDep
+    study: str,
+    series: str,
+    instance: str,
+    form: MetadataForm,
+    principal: PrincipalDep,
+    db: DbDep,
+    view: ViewDep,
 ) -> Response:
     found = find_instance(db, view, study, series, instance)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=instance)
-    return _json([found.dataset_json])
+    return _datasets([found.dataset_json], form)
 
 
 # --- WADO-RS: bulk data, rendered ---------------------------------------------------------

@@ -31,6 +31,11 @@ DUPLICATE_SOP_INSTANCE = 0x0111
 CANNOT_UNDERSTAND = 0xC000
 DATASET_DOES_NOT_MATCH = 0xA900
 STUDY_UID_MISMATCH = 0xC409
+# The whole reason for a failure goes in a private element of its Failed SOP Sequence item:
+# Error Comment (0000,0902) is an LO of at most 64 characters, and the Store Instances
+# Response Module (PS3.18 Annex I) has no attribute for a longer text.
+PRIVATE_CREATOR = "VOXELHUB 1"
+FAILURE_MESSAGE = "00091001"  # LT, in the block of PRIVATE_CREATOR at (0009,0010)
 
 # Threads that split de-identified parts (the split workers do not have the policy); the
 # window of parts in flight is twice their number, so that while a worker splits one part
@@ -71,7 +76,8 @@ class StowResult:
                         "00081155": element("UI", f["sop_instance"]),
                         "00081197": element("US", f["reason"]),
                         "00000902": element("LO", f["message"][:64]),
-                        "00741048": element("LT", f["message"]),
+                        "00090010": element("LO", PRIVATE_CREATOR),
+                        FAILURE_MESSAGE: element("LT", f["message"]),
                     }
                     for f in self.failed
                 ],
@@ -283,8 +289,9 @@ async def _as_part10(
         (metadata if stow_json.is_metadata(part) else bulk).append(part)
     if not metadata:
         raise InvalidQuery(
-            'a type="application/dicom+json" request needs a part of type '
-            "application/dicom+json holding an array of DICOM JSON objects"
+            "a request of metadata and bulk data needs its metadata: a part of type "
+            "application/dicom+json holding an array of DICOM JSON objects, or one part of "
+            "type application/dicom+xml per object (the Native DICOM Model)"
         )
     built = await asyncio.to_thread(lambda: list(stow_json.build(metadata, bulk)))
     for location in stow_json.unreferenced(metadata, bulk):

@@ -1,7 +1,9 @@
 """STOW-RS of metadata and bulk data: DICOM JSON objects and the parts their BulkDataURIs name.
 
 A request of `multipart/related; type="application/dicom+json"` (PS3.18 §10.5.1) holds one
-part with an array of DICOM JSON objects and one part per bulk data value, each with a
+part with an array of DICOM JSON objects (or, of `type="application/dicom+xml"`, one part
+per object in the Native DICOM Model, `dicom/dicomxml.py`) and one part per bulk data value,
+each with a
 Content-Location equal to the BulkDataURI that refers to it. Uncompressed values are
 `application/octet-stream`, little endian; compressed pixel data comes as one part of its
 image media type (with `transfer-syntax=` where the type alone is ambiguous) holding one
@@ -20,12 +22,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
+from voxelhub.dicom import dicomxml
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.header import write_part10
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store.dicomweb.multipart import Part, parse_media_type
 
 JSON_TYPE = "application/dicom+json"
+XML_TYPE = dicomxml.MEDIA_TYPE
 _OCTETS = "application/octet-stream"
 _PIXEL_TAGS = ("7FE00010", "7FE00008", "7FE00009")
 # The transfer syntax of compressed pixel data sent as one image part, by media type, when
@@ -55,14 +59,28 @@ class _Refused(Exception):
 
 
 def is_metadata(part: Part) -> bool:
-    return parse_media_type(part.content_type or "").type in (JSON_TYPE, "application/json")
+    return _is_xml(part) or parse_media_type(part.content_type or "").type in (
+        JSON_TYPE,
+        "application/json",
+    )
+
+
+def _is_xml(part: Part) -> bool:
+    return parse_media_type(part.content_type or "").type in (XML_TYPE, "application/xml")
 
 
 def build(metadata: list[Part], bulk: list[Part]) -> Iterator[Built]:
-    """Each DICOM JSON object of the `metadata` parts as a Part-10 file, its bulk data taken
-    from the `bulk` parts by Content-Location."""
+    """Each DICOM JSON (or XML) object of the `metadata` parts as a Part-10 file, its bulk
+    data taken from the `bulk` parts by Content-Location."""
     by_location = {_location(part): part for part in bulk if _location(part)}
     for part in metadata:
+        if _is_xml(part):
+            try:
+                yield _one(dicomxml.from_xml(bytes(part.body)), by_location)
+            except dicomxml.XmlError as err:
+                problem = f"the DICOM XML part is not the Native DICOM Model: {err}"
+                yield Built(None, problem=problem)
+            continue
         try:
             objects = json.loads(bytes(part.body))
         except (UnicodeDecodeError, ValueError) as err:
@@ -80,7 +98,13 @@ def build(metadata: list[Part], bulk: list[Part]) -> Iterator[Built]:
 def unreferenced(metadata: list[Part], bulk: list[Part]) -> list[str]:
     """Content-Locations of bulk parts that no object refers to (reported, not stored)."""
     text = b"".join(bytes(part.body) for part in metadata)
-    return [loc for part in bulk if (loc := _location(part)) and loc.encode() not in text]
+    return [
+        loc
+        for part in bulk
+        if (loc := _location(part))
+        and loc.encode() not in text
+        and loc.replace("&", "&amp;").encode() not in text  # as an XML attribute
+    ]
 
 
 def _location(part: Part) -> str:
