@@ -9,9 +9,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, any_, func, literal, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    any_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import InstrumentedAttribute, Session, undefer
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, undefer
 
 from voxelhub.archives.models import Archive
 from voxelhub.store import qido_studies
@@ -184,7 +196,20 @@ def _visible(
         statement = statement.where(model.archive_id.in_(archives))
     if scope is not None:
         statement = statement.where(model.archive_id == scope)
-    return statement
+        return statement
+    # Across archives (/dicom-web), a UID that several archives hold is found once: in its
+    # oldest visible copy, the one WADO-RS reads first.
+    uid = {Study: "study_instance_uid", Series: "series_instance_uid"}.get(
+        model, "sop_instance_uid"
+    )
+    older = aliased(model)
+    conditions = [
+        getattr(older, uid) == getattr(model, uid),
+        tuple_(older.created_at, older.id) < tuple_(model.created_at, model.id),
+    ]
+    if archives is not None:
+        conditions.append(older.archive_id.in_(archives))
+    return statement.where(~exists().where(*conditions))
 
 
 def _fields(row: Any, columns: dict[str, tuple[str, str, str]]) -> dict[str, Any]:

@@ -42,8 +42,12 @@ from voxelhub.store import ingest_guard, qido, render
 from voxelhub.store.access import (
     View,
     find_instance,
+    find_instance_copies,
     find_series,
+    find_series_copies,
     find_studies,
+    first_copies,
+    first_documents,
     series_of_studies,
     view_for,
 )
@@ -65,7 +69,7 @@ from voxelhub.store.imagesets import (
     series_metadata,
     series_metadata_gz,
 )
-from voxelhub.store.models import Instance, Series
+from voxelhub.store.models import Instance
 
 router = APIRouter(tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
@@ -403,8 +407,9 @@ def _retrieve(
 def retrieve_study(
     study: str, request: Request, principal: PrincipalDep, db: DbDep, store: StoreDep, view: ViewDep
 ) -> Response:
+    # At /dicom-web every visible copy contributes, each instance once (its oldest copy).
     all_series = series_of_studies(db, find_studies(db, view, study))
-    instances = [i for s in all_series for i in instances_of(db, s.id)]
+    instances = first_copies(i for s in all_series for i in instances_of(db, s.id))
     return _retrieve(request, principal, db, store, instances, study)
 
 
@@ -418,8 +423,9 @@ def retrieve_series(
     store: StoreDep,
     view: ViewDep,
 ) -> Response:
-    found = find_series(db, view, study, series)
-    return _retrieve(request, principal, db, store, instances_of(db, found.id), series)
+    copies = find_series_copies(db, view, study, series)
+    instances = first_copies(i for copy in copies for i in instances_of(db, copy.id))
+    return _retrieve(request, principal, db, store, instances, series)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}")
@@ -462,7 +468,15 @@ def study_metadata(
     for series in series_of_studies(db, find_studies(db, view, study)):
         documents.extend(series_metadata(db, store, series))
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=study)
-    return _datasets(documents, form)
+    return _datasets(first_documents(documents), form)
+
+
+def _instance_order(document: dict[str, Any]) -> tuple[bool, int, str]:
+    """Instances by InstanceNumber (those without last), then SOP Instance UID: the order of
+    a series' stored metadata document."""
+    number = (document.get("00200013", {}).get("Value") or [None])[0]
+    uid = (document.get("00080018", {}).get("Value") or [""])[0]
+    return number is None, int(number or 0), str(uid)
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
@@ -476,8 +490,13 @@ def series_metadata_route(
     store: StoreDep,
     view: ViewDep,
 ) -> Response:
-    found = find_series(db, view, study, series)
-    body = series_metadata_gz(db, store, found)
+    copies = find_series_copies(db, view, study, series)
+    if len(copies) > 1:  # at /dicom-web, a series several archives hold: each instance once
+        merged = first_documents(d for copy in copies for d in series_metadata(db, store, copy))
+        merged.sort(key=_instance_order)
+        audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
+        return _datasets(merged, form)
+    body = series_metadata_gz(db, store, copies[0])
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
     if form == negotiate.XML:
         return _xml_parts(json.loads(gzip.decompress(body)))
@@ -621,12 +640,9 @@ def study_rendered(
     view: ViewDep,
 ) -> Response:  # fmt: skip
     """Every image of the study, series by series (PS3.18 §10.4.1.1.3, rendered study)."""
-    images = [
-        i
-        for found in series_of_studies(db, find_studies(db, view, study))
-        for i in instances_of(db, found.id)
-        if i.pixel
-    ]
+    all_series = series_of_studies(db, find_studies(db, view, study))
+    instances = first_copies(i for found in all_series for i in instances_of(db, found.id))
+    images = [i for i in instances if i.pixel]
     response = _render_all(request, store, images, f"study {study}")
     audit.record(db, principal, "dicom.rendered", object_type="dicomweb", object_id=study)
     return response
@@ -638,8 +654,9 @@ def series_rendered(
     store: StoreDep, view: ViewDep,
 ) -> Response:  # fmt: skip
     """Every image of the series in instance order (PS3.18 §10.4.1.1.3, rendered series)."""
-    found = find_series(db, view, study, series)
-    images = [i for i in instances_of(db, found.id) if i.pixel]
+    copies = find_series_copies(db, view, study, series)
+    instances = first_copies(i for copy in copies for i in instances_of(db, copy.id))
+    images = [i for i in instances if i.pixel]
     response = _render_all(request, store, images, f"series {series}")
     audit.record(db, principal, "dicom.rendered", object_type="dicomweb", object_id=series)
     return response
@@ -718,9 +735,12 @@ def delete_study(
 def delete_series(
     study: str, series: str, principal: PrincipalDep, db: DbDep, store: StoreDep, view: ViewDep
 ) -> None:
-    found: Series = find_series(db, view, study, series)
-    archives.get_archive(db, principal, found.archive_id, ArchiveRole.editor)
-    deletion.delete_series(db, store, found)
+    # At /dicom-web, every visible copy goes (as with a study); the caller edits them all.
+    copies = find_series_copies(db, view, study, series)
+    for found in copies:
+        archives.get_archive(db, principal, found.archive_id, ArchiveRole.editor)
+    for found in copies:
+        deletion.delete_series(db, store, found)
     audit.record(db, principal, "dicom.delete", object_type="dicomweb", object_id=series)
 
 
@@ -731,7 +751,9 @@ def delete_instance(
 ) -> None:  # fmt: skip
     """One instance; deleting the last one of a series deletes the series (and its study
     when that was the last series)."""
-    found = find_instance(db, view, study, series, instance)
-    archives.get_archive(db, principal, found.archive_id, ArchiveRole.editor)
-    deletion.delete_instance(db, store, found)
+    copies = find_instance_copies(db, view, study, series, instance)
+    for found in copies:
+        archives.get_archive(db, principal, found.archive_id, ArchiveRole.editor)
+    for found in copies:
+        deletion.delete_instance(db, store, found)
     audit.record(db, principal, "dicom.delete", object_type="dicomweb", object_id=instance)

@@ -1,0 +1,78 @@
+"""/dicom-web over several archives that hold the same study: every UID once, no duplicates."""
+
+from __future__ import annotations
+
+import httpx
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from tests.conftest import Account
+from tests.store.conftest import ArchiveClient
+
+
+def _uids(datasets) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        (d["00080018"]["Value"][0] if isinstance(d, dict) else d.SOPInstanceUID) for d in datasets
+    ]
+
+
+def test_a_study_in_two_archives_reads_as_one(make_archive, make_user, live_server: str) -> None:  # type: ignore[no-untyped-def]
+    owner: Account = make_user()
+    first: ArchiveClient = make_archive("First", owner)
+    second: ArchiveClient = make_archive("Second", owner)
+    ct = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    extra = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    extra.SOPInstanceUID = generate_uid()
+    extra.InstanceNumber = 2
+    first.scoped.store_instances([ct])
+    second.scoped.store_instances([ct, extra])  # the same study, and one instance more
+    study, series = ct.StudyInstanceUID, ct.SeriesInstanceUID
+    both = sorted([ct.SOPInstanceUID, extra.SOPInstanceUID])
+
+    root = first.everything
+    assert [s["0020000D"]["Value"][0] for s in root.search_for_studies()] == [study]
+    assert len(root.search_for_series(study)) == 1
+    assert sorted(_uids(root.search_for_instances(study))) == both
+    assert sorted(_uids(root.retrieve_study_metadata(study))) == both
+    series_metadata = root.retrieve_series_metadata(study, series)
+    assert _uids(series_metadata) == [ct.SOPInstanceUID, extra.SOPInstanceUID]  # by number
+    assert sorted(_uids(root.retrieve_study(study))) == both
+    assert sorted(_uids(root.retrieve_series(study, series))) == both
+    # The shared instance is read from its oldest copy, the first archive's, everywhere.
+    (shared,) = [d for d in series_metadata if d["00080018"]["Value"][0] == ct.SOPInstanceUID]
+    first_copy = first.scoped.retrieve_instance_metadata(study, series, ct.SOPInstanceUID)
+    assert shared == first_copy
+
+    # An archive's own base URL still shows what it holds, and only that.
+    assert _uids(first.scoped.search_for_instances(study)) == [ct.SOPInstanceUID]
+    assert sorted(_uids(second.scoped.search_for_instances(study))) == both
+
+    # Deleting through /dicom-web deletes every copy the caller can edit.
+    auth = {"Authorization": f"Bearer {owner.token}"}
+    url = f"{live_server}/dicom-web/studies/{study}/series/{series}/instances/{ct.SOPInstanceUID}"
+    assert httpx.delete(url, headers=auth, timeout=60).status_code == 204
+    assert _uids(root.search_for_instances(study)) == [extra.SOPInstanceUID]
+    assert first.scoped.search_for_studies() == []
+    gone = httpx.delete(
+        f"{live_server}/dicom-web/studies/{study}/series/{series}", headers=auth, timeout=60
+    )
+    assert gone.status_code == 204
+    assert root.search_for_studies() == []
+
+
+def test_copies_a_reader_cannot_see_are_left_out(  # type: ignore[no-untyped-def]
+    make_archive, make_user
+) -> None:
+    ct = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    hidden: ArchiveClient = make_archive("Hidden", make_user())  # older, another owner's
+    hidden.scoped.store_instances([ct])
+    mine: ArchiveClient = make_archive("Mine", make_user())
+    mine.scoped.store_instances([ct])
+    # The oldest copy is not visible to this reader: theirs is found, once.
+    root = mine.everything
+    assert len(root.search_for_studies()) == 1
+    assert _uids(root.search_for_instances()) == [ct.SOPInstanceUID]
+    assert _uids(root.retrieve_series_metadata(ct.StudyInstanceUID, ct.SeriesInstanceUID)) == [
+        ct.SOPInstanceUID
+    ]
