@@ -26,6 +26,7 @@ from voxelhub.core.runtime import Runtime
 from voxelhub.ingest.router import router as uploads_router
 from voxelhub.jobs.metrics import router as metrics_router
 from voxelhub.store.dicomweb.router import router as dicomweb_router
+from voxelhub.store.dicomweb.wado_uri_router import router as wado_uri_router
 from voxelhub.viewer import page as viewer_page
 from voxelhub.viewer.router import router as viewer_api_router
 from voxelhub.web import deps as web_deps
@@ -129,6 +130,8 @@ def build_app(runtime: Runtime) -> FastAPI:
     # First: routes are matched in order, and a viewer sends a DICOMweb request per image.
     app.include_router(dicomweb_router, prefix="/dicom-web")
     app.include_router(dicomweb_router, prefix="/dicom-web/archives/{archive_id}")
+    app.include_router(wado_uri_router, prefix="/wado")
+    app.include_router(wado_uri_router, prefix="/wado/archives/{archive_id}")
     app.include_router(auth_router)
     app.include_router(archives_router)
     app.include_router(uploads_router)

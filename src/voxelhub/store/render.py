@@ -209,6 +209,42 @@ def parse_viewport(value: str | None) -> tuple[int, int] | None:
     return width, height
 
 
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of an image as fractions of its width and height, top left (x1, y1) to
+    bottom right (x2, y2): WADO-URI's `region` (PS3.18 §9.1.2.1.6)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+def parse_region(value: str | None) -> Region | None:
+    if not value:
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise InvalidQuery(
+            f"region must be four numbers x1,y1,x2,y2 from 0 to 1 (e.g. 0.25,0.25,0.75,0.75), "
+            f"not {value!r}"
+        ) from None
+    if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+        raise InvalidQuery(
+            f"region {value!r} is not a rectangle inside the image: it needs "
+            "0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1"
+        )
+    return Region(x1, y1, x2, y2)
+
+
+def crop(image: npt.NDArray[np.uint8], region: Region) -> npt.NDArray[np.uint8]:
+    rows, cols = image.shape[:2]
+    top, bottom = int(region.y1 * rows), max(int(region.y1 * rows) + 1, round(region.y2 * rows))
+    left, right = int(region.x1 * cols), max(int(region.x1 * cols) + 1, round(region.x2 * cols))
+    return np.ascontiguousarray(image[top:bottom, left:right])
+
+
 def fit(image: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
     """Nearest-neighbour scaling, up or down, to the largest size inside width x height
     that keeps the aspect ratio."""

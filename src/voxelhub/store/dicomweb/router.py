@@ -554,7 +554,7 @@ def retrieve_bulk(
 
 
 @dataclass(frozen=True)
-class _Rendering:
+class Rendering:
     """How to render frames: the query parameters of PS3.18 §8.3.5.1, parsed (and refused
     when malformed) before any frame is read."""
 
@@ -562,9 +562,10 @@ class _Rendering:
     viewport: tuple[int, int] | None
     quality: int
     size: int | None  # a thumbnail's longest side, when no viewport is given
+    region: render.Region | None = None  # the part of the image shown (WADO-URI)
 
     @classmethod
-    def of(cls, request: Request, *, size: int | None = None) -> _Rendering:
+    def of(cls, request: Request, *, size: int | None = None) -> Rendering:
         query = request.query_params
         return cls(
             window=render.parse_window(query.get("window")),
@@ -589,6 +590,8 @@ class _Rendering:
         image = render.to_display(
             array, instance.dataset_json, self.window, layout.photometric_interpretation
         )
+        if self.region is not None:
+            image = render.crop(image, self.region)
         if self.viewport is not None:
             image = render.fit(image, *self.viewport)
         elif self.size is not None:
@@ -599,7 +602,7 @@ class _Rendering:
 def _render(
     request: Request, store: StoreDep, instance: Instance, frame: int, *, size: int | None
 ) -> Response:
-    rendering = _Rendering.of(request, size=size)
+    rendering = Rendering.of(request, size=size)
     media = render.rendered_media_type(request.headers.get("accept"))
     return Response(
         rendering.image(store, instance, frame, media),
@@ -614,7 +617,7 @@ def _render_all(
     """Every frame of `images`, in order, rendered as the parts of one multipart body."""
     if not images:
         raise BadRequest(f"{what} has no images to render")
-    rendering = _Rendering.of(request)
+    rendering = Rendering.of(request)
     media = negotiate.rendered_part_type(request.headers.get("accept"))
     for instance in images:  # checked now, before the body: and loaded, as the body
         pixel = pixel_of(instance)  # streams after the session is gone
