@@ -22,6 +22,8 @@ PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # its well-known SOP instance
 
 UNCOMPRESSED_SYNTAXES: tuple[str, ...] = (
     uid.ExplicitVRLittleEndian,
@@ -84,10 +86,14 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
 
 
 def add_supported_contexts(ae: AE) -> None:
-    """Make `ae` accept verification, storage and query/retrieve as an acceptor."""
+    """Make `ae` accept verification, storage, storage commitment and query/retrieve as an
+    acceptor."""
     ae.add_supported_context(VERIFICATION, [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian])
     for sop_class in (*QR_FIND, *QR_GET, *QR_MOVE):
         ae.add_supported_context(sop_class, list(UNCOMPRESSED_SYNTAXES))
+    ae.add_supported_context(
+        STORAGE_COMMITMENT, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]
+    )
     for sop_class in STORAGE_SOP_CLASSES:
         # A C-GET requester asks to be the storage SCP on its own association.
         ae.add_supported_context(sop_class, list(STORAGE_SYNTAXES), scu_role=True, scp_role=True)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from voxelhub.archives.models import Archive
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
+from voxelhub.store.dimse.commit_scp import CommitmentService
 from voxelhub.store.dimse.config import DimseConfig
 from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.errors import DimseConfigError
@@ -47,8 +48,10 @@ class DimseServer:
         server: ThreadedAssociationServer,
         *,
         store: StoreService,
+        commitment: CommitmentService,
     ) -> None:
         self.config = config
+        self._commitment = commitment
         self.archive_id = archive_id
         self._ae = ae
         self._server = server
@@ -76,6 +79,7 @@ class DimseServer:
             if association.is_alive():
                 association.abort()
         self._store.close()
+        self._commitment.close()
         logger.info("DIMSE service %s stopped", self.config.ae_title)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -129,6 +133,10 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     store = StoreService(runtime, archive_id)
     find = FindService(runtime, archive_id, ae_title=config.ae_title)
     retrieve = RetrieveService(runtime, archive_id, remote_aes=config.remote_aes)
+    commitment = CommitmentService(
+        runtime, archive_id, ae_title=config.ae_title, remote_aes=config.remote_aes,
+        flush=store.flush,
+    )  # fmt: skip
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, store.handle),
         (evt.EVT_CONN_CLOSE, store.handle_close),
@@ -136,6 +144,7 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
         (evt.EVT_C_FIND, _after_flush(store, find.handle)),
         (evt.EVT_C_GET, _after_flush(store, retrieve.handle_get)),
         (evt.EVT_C_MOVE, _after_flush(store, retrieve.handle_move)),
+        (evt.EVT_N_ACTION, commitment.handle_action),
     ]
     try:
         server = ae.make_server(
@@ -146,6 +155,7 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
         )  # fmt: skip
     except OSError as err:
         store.close()
+        commitment.close()
         raise DimseConfigError(
             f"the DIMSE service cannot listen on {config.host}:{config.port} ({err}); pick a "
             "free port"
@@ -154,7 +164,7 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     threading.Thread(
         target=make_target(server.serve_forever), name="dimse-listen", daemon=True
     ).start()
-    dimse = DimseServer(config, archive_id, ae, server, store=store)
+    dimse = DimseServer(config, archive_id, ae, server, store=store, commitment=commitment)
     logger.info("DIMSE service %s listening on %s:%d, storing into archive %r",
                 config.ae_title, config.host, dimse.port, config.archive)  # fmt: skip
     return dimse
