@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
+import psycopg
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from tests.conftest import Account
 from tests.store.conftest import ArchiveClient
+from voxelhub.core import migrate
+from voxelhub.core.db import session_scope
+from voxelhub.store.models import Study
 
 
 def _uids(datasets) -> list[str]:  # type: ignore[no-untyped-def]
@@ -17,7 +24,9 @@ def _uids(datasets) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
-def test_a_study_in_two_archives_reads_as_one(make_archive, make_user, live_server: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_study_in_two_archives_reads_as_one(  # type: ignore[no-untyped-def]
+    make_archive, make_user, live_server: str, database_url: str
+) -> None:
     owner: Account = make_user()
     first: ArchiveClient = make_archive("First", owner)
     second: ArchiveClient = make_archive("Second", owner)
@@ -29,6 +38,11 @@ def test_a_study_in_two_archives_reads_as_one(make_archive, make_user, live_serv
     second.scoped.store_instances([ct, extra])  # the same study, and one instance more
     study, series = ct.StudyInstanceUID, ct.SeriesInstanceUID
     both = sorted([ct.SOPInstanceUID, extra.SOPInstanceUID])
+
+    with session_scope(database_url) as db:  # the second archive's row is a later copy
+        flags = dict(db.execute(select(Study.archive_id, Study.first_copy).where(
+            Study.study_instance_uid == study)).tuples().all())  # fmt: skip
+    assert flags == {first.archive_id: True, second.archive_id: False}
 
     root = first.everything
     assert [s["0020000D"]["Value"][0] for s in root.search_for_studies()] == [study]
@@ -76,3 +90,35 @@ def test_copies_a_reader_cannot_see_are_left_out(  # type: ignore[no-untyped-def
     assert _uids(root.retrieve_series_metadata(ct.StudyInstanceUID, ct.SeriesInstanceUID)) == [
         ct.SOPInstanceUID
     ]
+
+
+def test_upgrade_marks_the_later_copies_of_studies(pg_server) -> None:  # type: ignore[no-untyped-def]
+    name = f"u_{uuid.uuid4().hex[:12]}"
+    dsn = f"host={pg_server.socket_dir} port={pg_server.port} user=postgres"
+    with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_server.url.replace("/voxelhub?", f"/{name}?")
+    migrate.upgrade(url, "0006")
+    with psycopg.connect(f"{dsn} dbname={name}") as conn:
+        for archive, uid, age in (("A", "1.2.3", 2), ("B", "1.2.3", 1), ("B", "1.2.4", 1)):
+            conn.execute(
+                "INSERT INTO archives (id, name, description, created_at) VALUES "
+                "(gen_random_uuid(), %s, '', now()) ON CONFLICT DO NOTHING",
+                [archive],
+            )
+            conn.execute(
+                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
+                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
+                "study_date, study_time, accession_number, study_id, study_description, "
+                "referring_physician_name, modalities, number_of_series, number_of_instances) "
+                "SELECT gen_random_uuid(), now() - make_interval(days => %s), now(), id, %s, "
+                "'', '', '', '', '', '', '', '', '', '', '{}', 0, 0 FROM archives "
+                "WHERE name = %s", [age, uid, archive]
+            )  # fmt: skip
+    migrate.upgrade(url)
+    with psycopg.connect(f"{dsn} dbname={name}") as conn:
+        rows = conn.execute(
+            "SELECT a.name, s.study_instance_uid, s.first_copy FROM dicom_studies s "
+            "JOIN archives a ON a.id = s.archive_id ORDER BY 1, 2"
+        ).fetchall()
+    assert rows == [("A", "1.2.3", True), ("B", "1.2.3", False), ("B", "1.2.4", True)]

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, any_, case, delete, func, literal, select, update
+from sqlalchemy import Table, any_, case, delete, exists, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from voxelhub.core.db import insert_from_json, json_rows, utcnow
 from voxelhub.core.errors import VoxelhubError
@@ -102,9 +102,14 @@ def _upsert_study(
     """The study's id, and whether this call inserted its row (it had the id made here)."""
     values = _study_values(archive_id, split)
     made = uuid.uuid4()
+    other = aliased(Study)
+    held_elsewhere = exists().where(
+        other.study_instance_uid == values["study_instance_uid"], other.archive_id != archive_id
+    )
+    first_copy = select(~held_elsewhere).scalar_subquery()
     statement = (
         insert(Study)
-        .values(id=made, created_at=utcnow(), **values)
+        .values(id=made, created_at=utcnow(), first_copy=first_copy, **values)
         .on_conflict_do_update(constraint="uq_dicom_studies_uid", set_={"updated_at": utcnow()})
         .returning(Study.id)
     )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -61,6 +62,9 @@ class Study(UUIDPk, Timestamped, Base):
     number_of_series: Mapped[int] = mapped_column(default=0)
     number_of_instances: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # No other archive held the study when this row was made, so no older copy can exist:
+    # a search across archives shows such a row without looking for one (qido._visible).
+    first_copy: Mapped[bool] = mapped_column(default=True, server_default=true())
     # Its QIDO-RS result as DICOM JSON text, kept by PostgreSQL (see qido_document).
     qido_head: Mapped[str] = mapped_column(Text, Computed(HEAD_SQL, persisted=True), deferred=True)
     qido_tail: Mapped[str] = mapped_column(Text, Computed(TAIL_SQL, persisted=True), deferred=True)
@@ -76,6 +80,8 @@ Index(
     Study.id,
 )
 Index("ix_dicom_studies_newest", Study.study_date.desc(), Study.study_time.desc(), Study.id)
+# The few studies that are later copies of a study another archive held first.
+Index("ix_dicom_studies_later_copies", Study.id, postgresql_where=~Study.first_copy)
 Index(
     "ix_dicom_studies_patient_name_lower",
     func.lower(Study.patient_name).label("patient_name_lower"),

@@ -189,27 +189,63 @@ def _apply(
     return statement
 
 
+def later_copies_visible(db: Session, archives: AnySelect | None, scope: uuid.UUID | None) -> bool:
+    """Whether a search across archives can meet a UID twice: some study it may see is a
+    later copy of one another archive held first (one look through a small partial index).
+
+    A series or instance held by two archives has its study in both, so this answers for
+    every level."""
+    if scope is not None:
+        return False
+    later = [~Study.first_copy]
+    if archives is not None:
+        later.append(Study.archive_id.in_(archives))
+    return bool(db.scalar(select(exists().where(*later))))
+
+
 def _visible(
-    statement: AnySelect, model: Any, archives: AnySelect | None, scope: uuid.UUID | None
+    statement: AnySelect,
+    model: Any,
+    archives: AnySelect | None,
+    scope: uuid.UUID | None,
+    *,
+    merge: bool = False,
 ) -> AnySelect:
+    """Rows of the archives the caller may read; with `merge` (a search across archives
+    that can meet a UID twice), each UID once, in its oldest visible copy: the one WADO-RS
+    reads first."""
     if archives is not None:
         statement = statement.where(model.archive_id.in_(archives))
     if scope is not None:
-        statement = statement.where(model.archive_id == scope)
+        return statement.where(model.archive_id == scope)
+    if not merge:
         return statement
-    # Across archives (/dicom-web), a UID that several archives hold is found once: in its
-    # oldest visible copy, the one WADO-RS reads first.
     uid = {Study: "study_instance_uid", Series: "series_instance_uid"}.get(
         model, "sop_instance_uid"
     )
-    older = aliased(model)
+    if model is Study:
+        # Most studies are the first copy of their UID (`Study.first_copy`); the later
+        # copies whose older copies are all hidden from this caller are found once per
+        # search, through their partial index, not looked for row by row.
+        later, older = aliased(Study), aliased(Study)
+        shown_later = select(later.id).where(
+            ~later.first_copy, ~_older_copy(older, later, uid, archives)
+        )
+        if archives is not None:
+            shown_later = shown_later.where(later.archive_id.in_(archives))
+        return statement.where(or_(Study.first_copy, Study.id.in_(shown_later)))
+    return statement.where(~_older_copy(aliased(model), model, uid, archives))
+
+
+def _older_copy(older: Any, row: Any, uid: str, archives: AnySelect | None) -> Any:
+    """An older visible copy of `row` exists (the same UID in another row)."""
     conditions = [
-        getattr(older, uid) == getattr(model, uid),
-        tuple_(older.created_at, older.id) < tuple_(model.created_at, model.id),
+        getattr(older, uid) == getattr(row, uid),
+        tuple_(older.created_at, older.id) < tuple_(row.created_at, row.id),
     ]
     if archives is not None:
         conditions.append(older.archive_id.in_(archives))
-    return statement.where(~exists().where(*conditions))
+    return exists().where(*conditions)
 
 
 def _fields(row: Any, columns: dict[str, tuple[str, str, str]]) -> dict[str, Any]:
@@ -245,11 +281,12 @@ class Results:
 
 
 def _paged_studies(
-    query: Query, archives: AnySelect | None, scope: uuid.UUID | None
+    query: Query, archives: AnySelect | None, scope: uuid.UUID | None, *, merge: bool
 ) -> tuple[AnySelect, list[str]]:
     unsupported: list[str] = []
     ids = select(Study.id, Study.study_date, Study.study_time)
-    statement = _visible(_apply(ids, query, STUDY_TAGS, Study, unsupported), Study, archives, scope)
+    matched = _apply(ids, query, STUDY_TAGS, Study, unsupported)
+    statement = _visible(matched, Study, archives, scope, merge=merge)
     statement = statement.order_by(*qido_studies.ORDER)
     return statement.offset(query.offset).limit(query.limit), unsupported
 
@@ -263,7 +300,8 @@ def study_search_body(
     base_url: str,
 ) -> tuple[qido_studies.Body, list[str]]:
     """The studies that match as a DICOM JSON body, and the match keys it could not use."""
-    statement, unsupported = _paged_studies(query, archives, scope)
+    merge = later_copies_visible(db, archives, scope)
+    statement, unsupported = _paged_studies(query, archives, scope, merge=merge)
     body = qido_studies.render(
         db, statement, include=query.include, include_all=query.include_all, base_url=base_url
     )
@@ -283,7 +321,8 @@ def audited_study_search(
 
     None when `scope` is an archive the caller may not read (nothing is recorded then).
     """
-    statement, unsupported = _paged_studies(query, archives, scope)
+    merge = later_copies_visible(db, archives, scope)
+    statement, unsupported = _paged_studies(query, archives, scope, merge=merge)
     visible: ColumnElement[bool] = true()
     if scope is not None:
         archive = select(Archive.id).where(Archive.id == scope)
@@ -346,7 +385,8 @@ def search_series(
     )
     statement = _apply(statement, series_query, SERIES_TAGS, Series, unsupported)
     statement = _apply(statement, Query(study_filters, fuzzy=query.fuzzy), STUDY_TAGS, Study, [])
-    statement = _visible(statement, Series, archives, scope)
+    merge = later_copies_visible(db, archives, scope)
+    statement = _visible(statement, Series, archives, scope, merge=merge)
     statement = statement.order_by(Series.series_number.nulls_last(), Series.created_at)
     statement = statement.offset(query.offset).limit(query.limit)
     items = []
@@ -396,7 +436,8 @@ def search_instances(
     )
     statement = _apply(statement, Query(by_level["se"]), SERIES_TAGS, Series, [])
     statement = _apply(statement, Query(by_level["st"], fuzzy=query.fuzzy), STUDY_TAGS, Study, [])
-    statement = _visible(statement, Instance, archives, scope)
+    merge = later_copies_visible(db, archives, scope)
+    statement = _visible(statement, Instance, archives, scope, merge=merge)
     statement = statement.order_by(Instance.instance_number.nulls_last(), Instance.sop_instance_uid)
     statement = statement.offset(query.offset).limit(query.limit)
     items = []
