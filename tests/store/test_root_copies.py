@@ -41,7 +41,7 @@ def test_a_study_in_two_archives_reads_as_one(  # type: ignore[no-untyped-def]
 
     with session_scope(database_url) as db:  # the second archive's row is a later copy
         flags = dict(db.execute(select(Study.archive_id, Study.first_copy).where(
-            Study.study_instance_uid == study)).tuples().all())  # fmt: skip
+            Study.study_instance_uid == study)).all())  # fmt: skip
     assert flags == {first.archive_id: True, second.archive_id: False}
 
     root = first.everything
