@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
@@ -19,11 +22,11 @@ from voxelhub.store.ingest import Ingest, Stored
 from voxelhub.store.models import Instance, Series, Study
 
 
-def _archive(runtime: Runtime, make_user) -> uuid.UUID:  # type: ignore[no-untyped-def]
+def _archive(runtime: Runtime, make_user, name: str = "Batch") -> uuid.UUID:  # type: ignore[no-untyped-def]
     owner = make_user()
     principal = Principal(user_id=owner.id, username=owner.username, is_admin=False, via="token")
     with session_scope(runtime.database_url) as db:
-        return archives.create_archive(db, principal, "Batch").id
+        return archives.create_archive(db, principal, name).id
 
 
 def test_a_batch_keeps_the_good_and_reports_each_refusal(runtime: Runtime, make_user) -> None:  # type: ignore[no-untyped-def]
@@ -169,3 +172,58 @@ def test_refused_instances_leave_no_empty_study_or_series(  # type: ignore[no-un
         series = {s.series_instance_uid for s in db.scalars(select(Series))}
         assert series == {kept.SeriesInstanceUID, good.SeriesInstanceUID}
         assert db.scalar(select(func.count()).select_from(Instance)) == 2
+
+
+def _first_copies(runtime: Runtime, study_uid: str) -> dict[uuid.UUID, bool]:
+    with session_scope(runtime.database_url) as db:
+        rows = db.execute(
+            select(Study.archive_id, Study.first_copy).where(Study.study_instance_uid == study_uid)
+        ).all()
+    return {archive_id: flag for archive_id, flag in rows}
+
+
+def test_a_batch_of_series_marks_a_later_copy_of_a_study(  # type: ignore[no-untyped-def]
+    runtime: Runtime, make_user
+) -> None:
+    """Studies upserted together (a batch of two series or more) know whether another
+    archive holds the study already, as one upserted alone does."""
+    first, second = _archive(runtime, make_user), _archive(runtime, make_user, "Copy")
+    ct = _one_slice("CT")
+    mr = _one_slice("MR", study=ct.StudyInstanceUID)
+    for archive_id in (first, second):
+        with session_scope(runtime.database_url) as db:
+            ingest = Ingest(db, runtime.store, archive_id)
+            outcomes = ingest.add_many([split_instance(to_bytes(d)) for d in (ct, mr)])
+            ingest.finish()
+        assert all(isinstance(o, Stored) for o in outcomes)
+    assert _first_copies(runtime, ct.StudyInstanceUID) == {first: True, second: False}
+
+
+def test_two_archives_receiving_a_new_study_at_once_keep_one_first_copy(  # type: ignore[no-untyped-def]
+    runtime: Runtime, make_user
+) -> None:
+    """Neither transaction sees the other's new row before it commits: the second to mark
+    its row waits for the first to end, then sees it."""
+    first, second = _archive(runtime, make_user), _archive(runtime, make_user, "Copy")
+    ds = _one_slice("CT")
+    split = split_instance(to_bytes(ds))
+    opened = threading.Event()
+
+    def store_second() -> None:
+        opened.wait(30)
+        with session_scope(runtime.database_url) as db:
+            ingest = Ingest(db, runtime.store, second)
+            assert isinstance(ingest.add(split), Stored)
+            ingest.finish()
+
+    with ThreadPoolExecutor(1) as pool:
+        with session_scope(runtime.database_url) as db:
+            ingest = Ingest(db, runtime.store, first)
+            assert isinstance(ingest.add(split), Stored)
+            ingest.finish()
+            waiting = pool.submit(store_second)
+            opened.set()
+            time.sleep(1.0)  # the other transaction inserts its row meanwhile, and waits
+            assert not waiting.done()
+        waiting.result(timeout=60)  # the first committed when its scope ended
+    assert _first_copies(runtime, ds.StudyInstanceUID) == {first: True, second: False}

@@ -45,8 +45,15 @@ def test_a_study_in_two_archives_reads_as_one(  # type: ignore[no-untyped-def]
     assert flags == {first.archive_id: True, second.archive_id: False}
 
     root = first.everything
-    assert [s["0020000D"]["Value"][0] for s in root.search_for_studies()] == [study]
-    assert len(root.search_for_series(study)) == 1
+    (found,) = root.search_for_studies()
+    assert found["0020000D"]["Value"] == [study]
+    # Counted over both copies, as retrieval joins them, not from the oldest copy alone.
+    assert (found["00201206"]["Value"], found["00201208"]["Value"]) == ([1], [2])
+    assert found["00080061"]["Value"] == ["CT"]
+    (found_series,) = root.search_for_series(study)
+    assert found_series["00201209"]["Value"] == [2]
+    assert first.scoped.search_for_studies()[0]["00201208"]["Value"] == [1]
+    assert first.scoped.search_for_series(study)[0]["00201209"]["Value"] == [1]
     assert sorted(_uids(root.search_for_instances(study))) == both
     assert sorted(_uids(root.retrieve_study_metadata(study))) == both
     series_metadata = root.retrieve_series_metadata(study, series)
@@ -68,6 +75,10 @@ def test_a_study_in_two_archives_reads_as_one(  # type: ignore[no-untyped-def]
     assert httpx.delete(url, headers=auth, timeout=60).status_code == 204
     assert _uids(root.search_for_instances(study)) == [extra.SOPInstanceUID]
     assert first.scoped.search_for_studies() == []
+    with session_scope(database_url) as db:  # the copy left is now the first one
+        flags = dict(db.execute(select(Study.archive_id, Study.first_copy).where(
+            Study.study_instance_uid == study)).all())  # fmt: skip
+    assert flags == {second.archive_id: True}
     gone = httpx.delete(
         f"{live_server}/dicom-web/studies/{study}/series/{series}", headers=auth, timeout=60
     )

@@ -27,7 +27,7 @@ def delete_series(db: Session, store: ObjectStore, series: Series) -> None:
     if remaining == 0:
         study = db.get(Study, study_id)
         if study is not None:
-            db.delete(study)
+            _delete_study_row(db, study)
     else:
         modalities = (
             select(func.array_agg(func.distinct(Series.modality)))
@@ -48,9 +48,27 @@ def delete_series(db: Session, store: ObjectStore, series: Series) -> None:
     _remove_later(db, store, [f"{IMAGESET_PREFIX}/{series.id}/"])
 
 
+def _delete_study_row(db: Session, study: Study) -> None:
+    """Delete a study's row; when it was the first copy of its UID, the oldest copy left in
+    another archive becomes the first (searches across archives then find it at no cost)."""
+    uid, first = study.study_instance_uid, study.first_copy
+    db.delete(study)
+    if not first:
+        return
+    db.flush()
+    oldest = (
+        select(Study.id)
+        .where(Study.study_instance_uid == uid)
+        .order_by(Study.created_at, Study.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    db.execute(update(Study).where(Study.id == oldest).values(first_copy=True))
+
+
 def delete_study(db: Session, store: ObjectStore, study: Study) -> None:
     series_ids = list(db.scalars(select(Series.id).where(Series.study_id == study.id)))
-    db.delete(study)
+    _delete_study_row(db, study)
     db.flush()
     _remove_later(db, store, [f"{IMAGESET_PREFIX}/{sid}/" for sid in series_ids])
 

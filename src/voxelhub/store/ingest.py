@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, any_, case, delete, exists, func, literal, select, update
+from sqlalchemy import Table, any_, case, delete, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from voxelhub.core.db import insert_from_json, json_rows, utcnow
 from voxelhub.core.errors import VoxelhubError
@@ -102,19 +102,46 @@ def _upsert_study(
     """The study's id, and whether this call inserted its row (it had the id made here)."""
     values = _study_values(archive_id, split)
     made = uuid.uuid4()
-    other = aliased(Study)
-    held_elsewhere = exists().where(
-        other.study_instance_uid == values["study_instance_uid"], other.archive_id != archive_id
-    )
-    first_copy = select(~held_elsewhere).scalar_subquery()
     statement = (
         insert(Study)
-        .values(id=made, created_at=utcnow(), first_copy=first_copy, **values)
+        .values(id=made, created_at=utcnow(), **values)
         .on_conflict_do_update(constraint="uq_dicom_studies_uid", set_={"updated_at": utcnow()})
         .returning(Study.id)
     )
     study_id: uuid.UUID = db.execute(statement).scalar_one()
+    if study_id == made:
+        _mark_later_copies(db, {values["study_instance_uid"]: made})
     return study_id, study_id == made
+
+
+# The class of the advisory locks `_mark_later_copies` takes (the other key is the hash of a
+# StudyInstanceUID): an arbitrary constant that no other lock of the project uses.
+_FIRST_COPY_LOCK = 0x5D1C0
+_LOCK_STUDY_UIDS = text(
+    "SELECT count(pg_advisory_xact_lock(CAST(:class AS integer), hashtext(u))) FROM "
+    "(SELECT DISTINCT u FROM unnest(CAST(:uids AS text[])) AS u ORDER BY u) AS t"
+)
+_MARK_LATER_COPIES = text(
+    "UPDATE dicom_studies AS s SET first_copy = false "
+    "WHERE s.id = ANY(CAST(:ids AS uuid[])) AND EXISTS (SELECT 1 FROM dicom_studies AS o "
+    "WHERE o.study_instance_uid = s.study_instance_uid AND o.archive_id <> s.archive_id)"
+)
+
+
+def _mark_later_copies(db: Session, inserted: dict[str, uuid.UUID]) -> None:
+    """Mark the study rows just inserted (UID → id) that are not the first copy of their
+    UID: another archive holds the study already.
+
+    Two archives may insert the same new study at the same moment, each unable to see the
+    other's row until it commits. So the UIDs are locked (until this transaction ends)
+    before the rows are looked at: the second transaction to lock one waits for the first
+    to commit, then sees its row. Only new rows take the lock, so adding to a study an
+    archive holds never waits; the UIDs of one batch are locked in one order.
+    """
+    if not inserted:
+        return
+    db.execute(_LOCK_STUDY_UIDS, {"class": _FIRST_COPY_LOCK, "uids": sorted(inserted)})
+    db.execute(_MARK_LATER_COPIES, {"ids": list(inserted.values())})
 
 
 def _upsert_series(
@@ -190,6 +217,7 @@ def _upsert_studies(
         _upsert_studies_sql(), {"rows": json_rows(_STUDY_COLUMNS, rows)}
     )
     found = {uid: study_id for uid, study_id in returned}
+    _mark_later_copies(db, {uid: study_id for uid, study_id in found.items() if study_id in made})
     return found, made & set(found.values())
 
 

@@ -305,7 +305,7 @@ def study_search_body(
     body = qido_studies.render(
         db, statement, include=query.include, include_all=query.include_all, base_url=base_url
     )
-    return body, unsupported
+    return (_count_every_copy(db, body, archives) if merge else body), unsupported
 
 
 def audited_study_search(
@@ -341,7 +341,54 @@ def audited_study_search(
             visible=visible,
             event=event,
         )
+    if merge and body is not None:
+        body = _count_every_copy(db, body, archives)
     return body, unsupported
+
+
+def _copies(model: Any, uid: Any, uids: list[str], archives: AnySelect | None) -> AnySelect:
+    """The UIDs of `uids` that the caller sees in more than one row of `model`."""
+    statement = select(uid).where(uid.in_(uids)).group_by(uid).having(func.count() > 1)
+    return statement.where(model.archive_id.in_(archives)) if archives is not None else statement
+
+
+def _count_every_copy(
+    db: Session, body: qido_studies.Body, archives: AnySelect | None
+) -> qido_studies.Body:
+    """A merged search's studies counted over every copy the caller sees.
+
+    A study held by several archives is found once, in its oldest copy, and WADO-RS joins
+    its copies (each SOP instance once): its series, instances and modalities are counted
+    the same way, where the copies differ. Studies with one visible copy are left as found.
+    """
+    studies: list[dict[str, Any]] = json.loads(body.json)
+    uids = [study["0020000D"]["Value"][0] for study in studies]
+    shared = _copies(Study, Study.study_instance_uid, uids, archives)
+    statement = (
+        select(
+            Study.study_instance_uid,
+            func.count(Series.series_instance_uid.distinct()),
+            func.count(Instance.sop_instance_uid.distinct()),
+            func.array_agg(Series.modality.distinct()),
+        )
+        .join(Series, Series.study_id == Study.id)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Study.study_instance_uid.in_(shared))
+        .group_by(Study.study_instance_uid)
+    )
+    if archives is not None:
+        statement = statement.where(Study.archive_id.in_(archives))
+    counted = {row[0]: row[1:] for row in db.execute(statement)} if uids else {}
+    if not counted:
+        return body
+    for study, uid in zip(studies, uids, strict=True):
+        if uid not in counted:
+            continue
+        series, instances, modalities = counted[uid]
+        study["00201206"] = element("IS", series)
+        study["00201208"] = element("IS", instances)
+        study[MODALITIES_IN_STUDY] = element("CS", sorted(m for m in modalities if m))
+    return qido_studies.Body(json.dumps(studies).encode(), body.count)
 
 
 def search_studies(
@@ -389,11 +436,16 @@ def search_series(
     statement = _visible(statement, Series, archives, scope, merge=merge)
     statement = statement.order_by(Series.series_number.nulls_last(), Series.created_at)
     statement = statement.offset(query.offset).limit(query.limit)
+    rows = db.execute(statement).all()
+    counted: dict[str, int] = {}
+    if merge and rows:
+        counted = _series_instances(db, [row[0].series_instance_uid for row in rows], archives)
     items = []
-    for series, study_instance_uid, sample_json in db.execute(statement):
+    for series, study_instance_uid, sample_json in rows:
         result = _fields(series, SERIES_TAGS)
         result["0020000D"] = element("UI", study_instance_uid)
-        result["00201209"] = element("IS", series.number_of_instances)
+        instances = counted.get(series.series_instance_uid, series.number_of_instances)
+        result["00201209"] = element("IS", instances)
         result["00080056"] = element("CS", "ONLINE")
         result["00081190"] = element(
             "UR", f"{base_url}/studies/{study_instance_uid}/series/{series.series_instance_uid}"
@@ -404,6 +456,21 @@ def search_series(
         _extra(query, sample_json, result)
         items.append(dict(sorted(result.items())))
     return Results(items, unsupported)
+
+
+def _series_instances(db: Session, uids: list[str], archives: AnySelect | None) -> dict[str, int]:
+    """The instances of each series of `uids` the caller sees in more than one copy,
+    counted over every copy (each SOP instance once, as WADO-RS joins them)."""
+    shared = _copies(Series, Series.series_instance_uid, uids, archives)
+    statement = (
+        select(Series.series_instance_uid, func.count(Instance.sop_instance_uid.distinct()))
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.series_instance_uid.in_(shared))
+        .group_by(Series.series_instance_uid)
+    )
+    if archives is not None:
+        statement = statement.where(Series.archive_id.in_(archives))
+    return {uid: count for uid, count in db.execute(statement)}
 
 
 def search_instances(
