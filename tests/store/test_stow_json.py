@@ -125,6 +125,50 @@ def test_compressed_pixel_data_is_kept_in_its_transfer_syntax(  # type: ignore[n
     assert np.array_equal(back.pixel_array, pixels)
 
 
+@pytest.mark.parametrize("name", ["emri_small_jpeg_2k_lossless.dcm", "SC_rgb_rle_2frame.dcm"])
+def test_compressed_multi_frame_pixel_data_comes_one_frame_a_part(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str, name: str
+) -> None:
+    """As WADO-RS returns it: one part a frame, in order, all with the BulkDataURI."""
+    archive: ArchiveClient = make_archive()
+    original = dcmread(get_testdata_file(name, download=False))
+    syntax = original.file_meta.TransferSyntaxUID
+    count = original.NumberOfFrames
+    frames = [
+        b"".join(f) for f in generate_fragmented_frames(original.PixelData, number_of_frames=count)
+    ]
+    assert len(frames) == original.NumberOfFrames > 1
+    pixels = original.pixel_array
+    del original.PixelData
+    as_json, bulk = _metadata(original, "pixels")
+    as_json["7FE00010"] = {"vr": "OB", "BulkDataURI": "pixels/7FE00010"}
+    media = "image/jp2" if "4.90" in syntax else "image/x-dicom-rle"
+    headers = {"Content-Type": f"{media}; transfer-syntax={syntax}",
+               "Content-Location": "pixels/7FE00010"}  # fmt: skip
+    others = [
+        ({"Content-Type": "application/octet-stream", "Content-Location": uri}, value)
+        for uri, value in bulk.items()
+    ]
+
+    one_short = [(headers, frame) for frame in frames[:-1]]
+    short = _post(archive, live_server, [_json_part([as_json]), *one_short, *others])
+    assert short.status_code == 409, short.text
+    (reason,) = _reasons(short)
+    assert f"{len(frames)} frame(s)" in reason and f"but {len(frames) - 1}" in reason, reason
+
+    response = _post(
+        archive, live_server, [_json_part([as_json]), *[(headers, f) for f in frames], *others]
+    )
+    assert response.status_code == 200, response.text
+    back = archive.scoped.retrieve_instance(
+        original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID
+    )
+    assert back.file_meta.TransferSyntaxUID == syntax  # kept as it came, frame by frame
+    stored = generate_fragmented_frames(back.PixelData, number_of_frames=count)
+    assert [b"".join(f) for f in stored] == frames
+    assert np.array_equal(back.pixel_array, pixels)
+
+
 def test_each_object_fails_alone_with_the_reason(make_archive, live_server: str) -> None:  # type: ignore[no-untyped-def]
     archive: ArchiveClient = make_archive()
     good, missing, unnamed = ct_phantom(slices=3, size=16)

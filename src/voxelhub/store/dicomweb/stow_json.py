@@ -5,10 +5,11 @@ part with an array of DICOM JSON objects (or, of `type="application/dicom+xml"`,
 per object in the Native DICOM Model, `dicom/dicomxml.py`) and one part per bulk data value,
 each with a
 Content-Location equal to the BulkDataURI that refers to it. Uncompressed values are
-`application/octet-stream`, little endian; compressed pixel data comes as one part of its
-image media type (with `transfer-syntax=` where the type alone is ambiguous) holding one
-frame. Each object becomes a Part-10 file here and is then stored exactly as a Part-10 part
-of an `application/dicom` request is.
+`application/octet-stream`, little endian; compressed pixel data comes as parts of its
+image media type (with `transfer-syntax=` where the type alone is ambiguous), one frame a
+part, in frame order, each with the pixel data's BulkDataURI as its Content-Location: as
+WADO-RS returns such pixel data. Each object becomes a Part-10 file here and is then
+stored exactly as a Part-10 part of an `application/dicom` request is.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def _is_xml(part: Part) -> bool:
 def build(metadata: list[Part], bulk: list[Part]) -> Iterator[Built]:
     """Each DICOM JSON (or XML) object of the `metadata` parts as a Part-10 file, its bulk
     data taken from the `bulk` parts by Content-Location."""
-    by_location = {_location(part): part for part in bulk if _location(part)}
+    by_location: dict[str, list[Part]] = {}
+    for part in bulk:
+        if location := _location(part):
+            by_location.setdefault(location, []).append(part)
     for part in metadata:
         if _is_xml(part):
             try:
@@ -116,7 +120,7 @@ def _first(obj: dict[str, Any], tag: str) -> str:
     return str(value[0]) if value[0] is not None else ""
 
 
-def _one(obj: dict[str, Any], parts: dict[str, Part]) -> Built:
+def _one(obj: dict[str, Any], parts: dict[str, list[Part]]) -> Built:
     sop_class, sop_instance = _first(obj, "00080016"), _first(obj, "00080018")
     try:
         for value, name in ((sop_class, "SOPClassUID (0008,0016)"),
@@ -129,10 +133,35 @@ def _one(obj: dict[str, Any], parts: dict[str, Part]) -> Built:
         return Built(None, sop_class, sop_instance, str(refused))
 
 
-def _pixel_syntax(obj: dict[str, Any], part: Part | None) -> str:
-    """The transfer syntax that the pixel data part (if any) is in."""
-    media = parse_media_type(part.content_type or _OCTETS) if part is not None else None
-    if media is None or media.type == _OCTETS:
+def _number_of_frames(obj: dict[str, Any]) -> int:
+    value = _first(obj, "00280008").strip() or "1"
+    try:
+        frames = int(value)
+    except ValueError:
+        raise _Refused(f"NumberOfFrames (0028,0008) {value!r} is not a number") from None
+    if frames < 1:
+        raise _Refused(f"NumberOfFrames (0028,0008) is {frames}; it must be at least 1")
+    return frames
+
+
+def _pixel_syntax(obj: dict[str, Any], uri: str, parts: list[Part]) -> str:
+    """The transfer syntax that the pixel data parts (if any) are in: as sent, one frame a
+    part when compressed."""
+    if not parts:
+        return EXPLICIT_VR_LITTLE_ENDIAN
+    media = parse_media_type(parts[0].content_type or _OCTETS)
+    types = {(part.content_type or _OCTETS).replace(" ", "").lower() for part in parts}
+    if len(types) > 1:
+        raise _Refused(
+            f"the pixel data parts of {uri} are of different types ({', '.join(sorted(types))})"
+            ": send every frame with the same Content-Type"
+        )
+    if media.type == _OCTETS:
+        if len(parts) > 1:
+            raise _Refused(
+                f"{len(parts)} parts have the Content-Location {uri}: uncompressed pixel "
+                "data is one application/octet-stream part holding every frame"
+            )
         return EXPLICIT_VR_LITTLE_ENDIAN
     chosen = media.params.get("transfer-syntax") or _SYNTAX_OF_MEDIA.get(media.type)
     if chosen is None:
@@ -140,29 +169,40 @@ def _pixel_syntax(obj: dict[str, Any], part: Part | None) -> str:
             f"pixel data of type {media.type!r} cannot be stored; send it as "
             "application/octet-stream or an image type with its transfer-syntax"
         )
-    if _first(obj, "00280008") not in ("", "1"):
+    frames = _number_of_frames(obj)
+    if len(parts) != frames:
         raise _Refused(
-            "compressed multi-frame pixel data is taken in a Part-10 file only; "
-            'send this instance as type="application/dicom"'
+            f"the object has {frames} frame(s) (NumberOfFrames) but {len(parts)} compressed "
+            f"pixel data part(s) have the Content-Location {uri}: send one part a frame, in "
+            "frame order"
         )
     return chosen
 
 
-def _part10(obj: dict[str, Any], parts: dict[str, Part]) -> bytes:
+def _part10(obj: dict[str, Any], parts: dict[str, list[Part]]) -> bytes:
     pixel_uri = next(
         (obj[t]["BulkDataURI"] for t in _PIXEL_TAGS if "BulkDataURI" in obj.get(t, {})), None
     )
-    syntax = _pixel_syntax(obj, parts.get(pixel_uri) if pixel_uri else None)
+    syntax = (
+        _pixel_syntax(obj, pixel_uri, parts.get(pixel_uri, []))
+        if pixel_uri
+        else EXPLICIT_VR_LITTLE_ENDIAN
+    )
 
     def bulk(tag: str, vr: str, uri: str) -> bytes:
-        part = parts.get(uri)
-        if part is None:
+        found = parts.get(uri)
+        if not found:
             raise _Refused(
                 f"the bulk data {uri} is not in the request (no part has that Content-Location)"
             )
         if uri == pixel_uri and syntax != EXPLICIT_VR_LITTLE_ENDIAN:
-            return encapsulate([bytes(part.body)])
-        return bytes(part.body)
+            return encapsulate([bytes(part.body) for part in found])
+        if len(found) > 1:
+            raise _Refused(
+                f"{len(found)} parts have the Content-Location {uri}; a bulk data value "
+                "other than compressed pixel data is one part"
+            )
+        return bytes(found[0].body)
 
     try:
         ds = Dataset.from_json(obj, bulk_data_uri_handler=bulk)
