@@ -217,6 +217,7 @@ def start_dicom_service(runtime: Runtime, options: ServeOptions) -> DimseServer 
         host=options.host,
         remote_aes=_remote_aes(runtime.settings),
         idle_timeout_s=runtime.settings.dicom_idle_timeout_s,
+        commitment_same_association=runtime.settings.dicom_commitment_same_association,
     )
     return start_dimse(runtime, config)
 

@@ -178,3 +178,77 @@ def test_a_report_the_modality_does_not_take_is_tried_again_and_recorded(
     assert detail is not None
     assert detail["delivered"] is False
     assert "no association with MODALITY" in detail["problem"]
+
+
+@pytest.fixture
+def same_association(
+    runtime: Runtime,
+    archive_name: str,  # noqa: F811
+    modality: Modality,
+) -> Iterator[DimseServer]:
+    config = DimseConfig(archive=archive_name, ae_title="VOXELHUB", port=0,
+                         remote_aes={MODALITY: ("127.0.0.1", modality.port)},
+                         commitment_same_association=True)  # fmt: skip
+    with start_dimse(runtime, config) as server:
+        yield server
+
+
+def _report_details(runtime: Runtime, count: int) -> list[dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 60
+    while True:
+        with session_scope(runtime.database_url) as db:
+            details = list(db.scalars(select(AuditEvent.detail).where(
+                AuditEvent.action == "dimse.commitment_report")))  # fmt: skip
+        if len(details) >= count or time.monotonic() > deadline:
+            return details
+        time.sleep(0.2)
+
+
+def test_a_modality_that_waits_on_its_association_gets_the_report_there(
+    same_association: DimseServer, modality: Modality, runtime: Runtime
+) -> None:
+    series = ct_phantom(slices=2, size=16)
+    modality.store(same_association, series)
+    kept = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in series]
+
+    # An AE the archive has no address for: the report can only come on its association.
+    waiting = AE(ae_title="WAITING")
+    waiting.add_requested_context(StorageCommitmentPushModel)
+    reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+
+    def report(event: evt.Event) -> tuple[int, None]:
+        reports.put((int(event.event_type), event.event_information))
+        return 0x0000, None
+
+    assoc = waiting.associate("127.0.0.1", same_association.port, ae_title="VOXELHUB",
+                              evt_handlers=[(evt.EVT_N_EVENT_REPORT, report)])  # fmt: skip
+    assert assoc.is_established
+    action = Dataset()
+    action.TransactionUID = transaction = generate_uid()
+    action.ReferencedSOPSequence = []
+    for sop_class, sop_instance in kept:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        action.ReferencedSOPSequence.append(item)
+    try:
+        answer, _ = assoc.send_n_action(
+            action, 1, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE
+        )
+        assert answer.Status == 0x0000
+        event_type, got = reports.get(timeout=60)  # while the association is still open
+    finally:
+        assoc.release()
+    assert event_type == 1 and got.TransactionUID == transaction
+    assert [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID)
+            for i in got.ReferencedSOPSequence] == kept  # fmt: skip
+    assert modality.reports.empty()  # nothing came on a new association
+
+    # A modality that released its association at once gets it on a new one, as before.
+    modality.request(same_association, kept, generate_uid())
+    event_type, _ = modality.reports.get(timeout=60)
+    assert event_type == 1
+    details = _report_details(runtime, 2)
+    assert sorted((d["delivered"], d["association"]) for d in details) == [
+        (True, "new"),
+        (True, "same"),
+    ]

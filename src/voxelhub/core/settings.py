@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='C-MOVE destinations: AE title → "host:port"',
     )
+    dicom_commitment_same_association: bool = Field(
+        default=False,
+        description="Send a storage commitment report on the modality's own association "
+        "while it is still open (else, and when it is closed, on a new association to its "
+        "address in dicom_remote_aes); for modalities that wait for the report there",
+    )
     dicom_idle_timeout_s: float = Field(
         default=60.0,
         gt=0,

@@ -48,6 +48,9 @@ class DimseConfig:
     from. `remote_aes` maps the AE titles that C-MOVE may send to onto (host, port).
     Port 0 picks a free port (see `DimseServer.port`). A peer that sends nothing for
     `idle_timeout_s` is aborted, so a modality that hangs does not hold an association.
+    With `commitment_same_association`, a storage commitment report goes first on the
+    requesting association while that is still open (PS3.4 J.3.3.1.2 allows it; a modality
+    that waits there for it needs it), and otherwise on a new one to `remote_aes`.
     """
 
     archive: str
@@ -56,6 +59,7 @@ class DimseConfig:
     host: str = "127.0.0.1"
     remote_aes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     idle_timeout_s: float = 60.0
+    commitment_same_association: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title))

@@ -135,7 +135,7 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     retrieve = RetrieveService(runtime, archive_id, remote_aes=config.remote_aes)
     commitment = CommitmentService(
         runtime, archive_id, ae_title=config.ae_title, remote_aes=config.remote_aes,
-        flush=store.flush,
+        flush=store.flush, same_association=config.commitment_same_association,
     )  # fmt: skip
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, store.handle),
