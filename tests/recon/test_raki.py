@@ -205,6 +205,72 @@ def test_early_stopping_keeps_each_networks_best_held_out_error() -> None:
     assert torch.all(held_out_errors() <= before)
 
 
+@pytest.mark.parametrize("residual", [False, True], ids=["raki", "rraki"])
+def test_steps_on_the_trained_rows_alone_train_as_on_the_whole_block(residual: bool) -> None:
+    """Between checks of the held-out error a step reads only the rows trained on; the
+    networks come out as when every step reads the whole block (float64)."""
+    generator = torch.Generator().manual_seed(2)
+    acs = torch.randn(1, 6, 24, 30, generator=generator, dtype=torch.float64)
+    training = _raki_train.Training(
+        iterations=40, learning_rate=1e-2, held_out=0.3, check_every=5, readout_batches=2
+    )
+
+    def trained(crop: bool) -> list[torch.Tensor]:
+        weights = _raki_net.initial_weights(
+            6, 3, seed=0, outputs=range(6), slices=1, residual=residual,
+            dtype=torch.float64, device=torch.device("cpu"),
+        )  # fmt: skip
+        parts = [
+            _raki_train._batches(
+                part, range(6), None, acceleration=3, residual=residual, training=training
+            )
+            for part in _raki_train.readout_parts(acs, 2)
+        ]
+        assert all(part.trained is not None for part in parts)
+        if not crop:
+            parts = [replace(part, trained=None) for part in parts]
+        parameters = weights.parameters()
+        if weights.linear is not None:
+            with torch.no_grad():
+                weights.linear.normal_(generator=torch.Generator().manual_seed(5))
+        _raki_train._optimise(parameters, parts, training=training)
+        return [p.detach() for p in parameters]
+
+    cropped = trained(crop=True)
+    whole = trained(crop=False)
+    for got, want in zip(cropped, whole, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_kept_buffers_do_not_carry_one_step_into_the_next() -> None:
+    """A batch's workspace is reused step after step (rows of 16k elements); each step's
+    figures are those of a fresh batch."""
+    generator = torch.Generator().manual_seed(3)
+    acs = torch.randn(1, 4, 13, 17, generator=generator, dtype=torch.float32)
+    columns = _raki_cnn.patches(acs, dilation=2)
+    grid = (acs.shape[2] - 4, acs.shape[3] - 2)
+    wanted = _raki_cnn.targets(acs, range(4), 2)
+    fields = {
+        "columns": columns, "linear_columns": None, "wanted": wanted,
+        "loss_weight": torch.full(wanted.shape[-2:], 1 / wanted[0, 0, 0].numel()),
+        "grid": grid, "dilation": 2,
+    }  # fmt: skip
+    kept = _raki_cnn.Batch(**fields)
+    assert grid[0] * grid[1] % _raki_cnn.ROW_ALIGNMENT != 0
+    for seed in range(3):
+        weights = _raki_net.initial_weights(
+            4, 2, seed=seed, outputs=range(4), slices=1, residual=False,
+            dtype=torch.float32, device=torch.device("cpu"),
+        )  # fmt: skip
+        squared, grads = _raki_cnn.forward_backward(weights.parameters(), kept)
+        fresh_squared, fresh_grads = _raki_cnn.forward_backward(
+            weights.parameters(), _raki_cnn.Batch(**fields)
+        )
+        torch.testing.assert_close(squared, fresh_squared, rtol=0, atol=0)
+        for got, want in zip(grads, fresh_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_principal_features_keep_the_filters_in_their_span(small_r4: PhantomAcquisition) -> None:
     kspace = small_r4.kspace
     data = kspace.data[0][None]

@@ -107,6 +107,17 @@ ITERATIONS_WITH_HELD_OUT = 200
 # R = 4 on the phantom of raki.py NMSE .0080 -> .0084 (RAKI) and .0080 -> .0080 (residual
 # RAKI). Four parts took RAKI to .0100, GRAPPA's .0101. A GPU has the time for whole steps.
 CPU_READOUT_BATCHES = 2
+# The readout points of the ACS that train the networks, with `training_readout` "auto".
+# Training costs in proportion to them. On a CPU without bfloat16 products (float32: two
+# AVX2 cores do about 150 GFLOPS) 128 points took 17-19 s a slice below R = 5 on the
+# 15-coil phantom of raki.py (seed 1), 96 took 13-14 s, for NMSE / SSIM
+#   R = 2  .00103 / .9625 -> .00109 / .9618  (paper's training .00108 / .9624, 28 s;
+#          GRAPPA .00108 / .9625)
+#   R = 3  .00357 / .9005 -> .00378 / .8980  (.00467 / .8934, 35 s; GRAPPA .00435 / .8986)
+#   R = 4  .00835 / .8282 -> .00862 / .8261  (.01250 / .8007, 29 s; GRAPPA .01010 / .8233)
+# From R = 5 the held-out rows end training early and 128 points fit in the time.
+TRAINING_READOUT = 128
+TRAINING_READOUT_FLOAT32_CPU = 96
 
 
 @contextlib.contextmanager
@@ -170,7 +181,7 @@ class Options:
     seed: int = 0
     device: str | None = None
     slices_per_batch: int | None = None
-    training_readout: int | None = None
+    training_readout: int | str | None = None
     precision: str | None = None
     threads: int | None = None
     linear_learning_rate: float | None = None
@@ -219,6 +230,20 @@ class Options:
         if self.readout_batches is not None:
             return self.readout_batches
         return CPU_READOUT_BATCHES if device.type == "cpu" and held_out == 0 else 1
+
+    def resolved_training_readout(
+        self, held_out: float, device: torch.device, precision: str
+    ) -> int | None:
+        if not isinstance(self.training_readout, str):
+            return self.training_readout
+        if self.training_readout != "auto":
+            raise ReconError(
+                f"training_readout must be a number of readout points, None (all) or 'auto',"
+                f" got {self.training_readout!r}"
+            )
+        if device.type == "cpu" and precision == "float32" and held_out == 0:
+            return TRAINING_READOUT_FLOAT32_CPU
+        return TRAINING_READOUT
 
     def resolved_iterations(self, held_out: float) -> int:
         if self.iterations is not None:
@@ -360,6 +385,7 @@ def _check(data: ComplexArray, sampling: Sampling, options: Options) -> bool:
             f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}"
         )
     options.resolved_features(sampling.acceleration, residual=False)
+    options.resolved_training_readout(0.0, torch.device("cpu"), "float32")
     if options.calibration_extension is not None and options.calibration_extension < 0:
         raise ReconError(
             f"calibration_extension must be 0 or more lines, got {options.calibration_extension}"
@@ -474,7 +500,10 @@ def _fill_batch(
         seed=options.seed,
         readout_batches=options.resolved_readout_batches(held_out, measured.device),
     )
-    windows = [training_window(one, sampling, options.training_readout) for one in inputs]
+    width = options.resolved_training_readout(
+        held_out, measured.device, "bfloat16" if mixed_precision else "float32"
+    )
+    windows = [training_window(one, sampling, width) for one in inputs]
     block = calibration_block(
         measured, sampling,
         extension=options.resolved_extension(sampling.acceleration, residual=residual),
@@ -599,11 +628,13 @@ def reconstruct(kspace: KSpace, options: Options, *, method: str) -> Reconstruct
     begin = time.perf_counter()
     device = resolve_device(options.device)
     held_out = options.resolved_held_out(kspace.sampling.acceleration, residual=method == "rraki")
+    precision = resolve_precision(options.precision, device)
     used = replace(
         options,
         iterations=options.resolved_iterations(held_out),
         device=str(device),
-        precision=resolve_precision(options.precision, device),
+        precision=precision,
+        training_readout=options.resolved_training_readout(held_out, device, precision),
         threads=cpu_threads(options.threads) if device.type == "cpu" else None,
         linear_learning_rate=options.resolved_linear_learning_rate(),
         held_out=held_out,

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -119,7 +118,7 @@ def train(
     if basis is not None:
         w1 = torch.bmm(weights.w1.detach(), basis.transpose(1, 2)).requires_grad_()
     batches = [
-        _batch(
+        _batches(
             part,
             outputs,
             basis,
@@ -147,6 +146,49 @@ def readout_parts(acs: torch.Tensor, count: int) -> list[torch.Tensor]:
     count = max(1, min(count, outputs))
     edges = [round(i * outputs / count) for i in range(count + 1)]
     return [acs[:, :, lo : hi + 2 * MARGIN] for lo, hi in itertools.pairwise(edges)]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A part of the training window: `whole` reads every output position, the held-out
+    ones included (`held_out` 1 there), for the steps that check the held-out error;
+    `trained` only the rows trained on, for the others (None: nothing is held out)."""
+
+    whole: Batch
+    held_out: torch.Tensor
+    trained: Batch | None
+
+
+def _batches(
+    acs: torch.Tensor,
+    outputs: range | list[int],
+    basis: torch.Tensor | None,
+    *,
+    acceleration: int,
+    residual: bool,
+    training: Training,
+) -> _Part:
+    """The batches of a step on `acs`. The held-out rows get no gradient, so a step that
+    does not check them computes exactly the same on the block cropped to the trained
+    rows: output column j reads the lines j ... j + 2R of the block."""
+    whole, held_out = _batch(
+        acs, outputs, basis, acceleration=acceleration, residual=residual, training=training
+    )
+    trained_columns = torch.nonzero(held_out[0] == 0).flatten()
+    if trained_columns.numel() == held_out.shape[1]:
+        return _Part(whole, held_out, None)
+    first, last = int(trained_columns[0]), int(trained_columns[-1])
+    # The held-out rows are the block's outermost, so the trained ones are contiguous.
+    assert last - first + 1 == trained_columns.numel()
+    cropped, _ = _batch(
+        acs[..., first : last + 1 + 2 * acceleration],
+        outputs,
+        basis,
+        acceleration=acceleration,
+        residual=residual,
+        training=replace(training, held_out=0.0),
+    )
+    return _Part(whole, held_out, cropped)
 
 
 def _batch(
@@ -180,7 +222,7 @@ def _batch(
 
 def _optimise(
     parameters: list[torch.Tensor],
-    batches: list[tuple[Batch, torch.Tensor]],
+    batches: list[_Part],
     *,
     training: Training,
 ) -> list[float]:
@@ -191,41 +233,82 @@ def _optimise(
 
 def _steps(
     parameters: list[torch.Tensor],
-    batches: list[tuple[Batch, torch.Tensor]],
+    batches: list[_Part],
     *,
     training: Training,
 ) -> list[float]:
     """Adam steps, step i on batch i mod len(batches); the held-out error is checked on the
     first batch only, so that successive checks compare like with like."""
-    groups: list[dict[str, Any]] = [{"params": parameters[:3]}]
+    groups = [(parameters[:3], training.learning_rate)]
     linear_rate = training.linear_learning_rate
     if len(parameters) > 3 and linear_rate != 0:
-        groups.append({"params": parameters[3:], "lr": linear_rate or training.learning_rate})
-    optimizer = torch.optim.Adam(groups, lr=training.learning_rate)
-    rates = [group["lr"] for group in optimizer.param_groups]
-    first, held_out = batches[0]
+        groups.append((parameters[3:], linear_rate or training.learning_rate))
+    optimizer = Adam(groups)
+    first = batches[0]
     every = training.check_every * len(batches)
-    stopping = _EarlyStopping(parameters, held_out, training, every) if held_out.any() else None
+    stopping = None
+    if first.held_out.any():
+        stopping = _EarlyStopping(parameters, first.held_out, training, every)
     history: list[torch.Tensor] = []  # read at the end: reading each would wait for a GPU
     for step in range(training.iterations):
         factor = _schedule(step, training)
-        for group, rate in zip(optimizer.param_groups, rates, strict=True):
-            group["lr"] = rate * factor
-        batch = batches[step % len(batches)][0]
+        part = batches[step % len(batches)]
+        checking = stopping is not None and step % every == 0
+        batch = part.whole if checking or part.trained is None else part.trained
         squared, grads = forward_backward(parameters, batch)
         history.append((squared * batch.loss_weight).sum() / squared.shape[2])
-        if stopping is not None and step % every == 0 and stopping.check(squared):
+        if checking and stopping is not None and stopping.check(squared):
             break
-        for parameter, grad in zip(parameters, grads, strict=True):
-            parameter.grad = grad
-        optimizer.step()
+        optimizer.step(dict(zip(map(id, parameters), grads, strict=True)), factor)
     if stopping is not None:
-        squared, _ = forward_backward(parameters, first)
+        squared, _ = forward_backward(parameters, first.whole)
         stopping.check(squared)
         stopping.restore()
-    for parameter in parameters:
-        parameter.grad = None
     return torch.stack(history).tolist() if history else []
+
+
+class Adam:
+    """Adam (Kingma and Ba) with PyTorch's defaults (betas 0.9 and 0.999, eps 1e-8), each
+    step's learning rates scaled by a factor: the arithmetic of `torch.optim.Adam` on one
+    tensor at a time. Written out because PyTorch's first step imports its compiler (about
+    2 s per process) and hands gradients over through `.grad`.
+
+    `groups` are (parameters, learning rate); the state is kept per parameter.
+    """
+
+    def __init__(
+        self,
+        groups: list[tuple[list[torch.Tensor], float]],
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        self.groups = groups
+        self.betas = betas
+        self.eps = eps
+        self.steps = 0
+        self.moments = {
+            id(parameter): (torch.zeros_like(parameter), torch.zeros_like(parameter))
+            for parameters, _ in groups
+            for parameter in parameters
+        }
+
+    @torch.no_grad()
+    def step(self, grads: dict[int, torch.Tensor], factor: float = 1.0) -> None:
+        """One update with the gradients by parameter id, the rates times `factor`."""
+        beta1, beta2 = self.betas
+        self.steps += 1
+        correction1 = 1 - beta1**self.steps
+        correction2 = (1 - beta2**self.steps) ** 0.5
+        for parameters, rate in self.groups:
+            step_size = rate * factor / correction1
+            for parameter in parameters:
+                grad = grads[id(parameter)]
+                mean, square = self.moments[id(parameter)]
+                mean.lerp_(grad, 1 - beta1)
+                square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denominator = (square.sqrt() / correction2).add_(self.eps)
+                parameter.addcdiv_(mean, denominator, value=-step_size)
 
 
 def _schedule(step: int, training: Training) -> float:

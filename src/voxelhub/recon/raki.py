@@ -50,7 +50,7 @@ from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 
 DEFAULT_ITERATIONS: int | None = None  # 400, or 200 with held-out rows (`_raki_net.Options`)
 DEFAULT_LEARNING_RATE = 1e-2
-DEFAULT_TRAINING_READOUT = 128
+DEFAULT_TRAINING_READOUT: int | str | None = "auto"  # 128; 96 on a float32 CPU below R = 5
 DEFAULT_SCHEDULE = "cosine"
 DEFAULT_HELD_OUT: float | None = None  # chosen by the acceleration (`_raki_net.Options`)
 DEFAULT_PATIENCE = 40
@@ -84,7 +84,7 @@ def reconstruct_raki(
     seed: int = 0,
     device: str | None = None,
     slices_per_batch: int | None = None,
-    training_readout: int | None = DEFAULT_TRAINING_READOUT,
+    training_readout: int | str | None = DEFAULT_TRAINING_READOUT,
     precision: str | None = None,
     threads: int | None = None,
     schedule: str = DEFAULT_SCHEDULE,
@@ -97,27 +97,26 @@ def reconstruct_raki(
 ) -> Reconstruction:
     """RAKI magnitude images (slices x rows x columns, float32) of an undersampled acquisition.
 
-    `device` None picks the GPU when present; `slices_per_batch` slices train together
-    (None: on a GPU as many as fit in its free memory, at most 32; 1 on the CPU);
-    `training_readout` central readout points of the ACS train the networks (None: all of
-    them); `precision` "float32" or "bfloat16" (None: the hardware's native one);
-    `threads` CPU threads (None: one per core; 1 is much faster where other processes share
-    the cores); `schedule` the learning rate's course, "cosine" (falling to 0) or
-    "constant"; `held_out` the fraction of the calibration block's rows kept for early
-    stopping (0: none; None: from R = 5 on 0.2 of a widened block, 0.1 of the ACS block
-    alone, none below), `iterations` the most training steps (None: 400, or 200
-    with held-out rows; see `_raki_net.Options`), `patience` the steps without 0.1 %
-    improvement before the training stops (None: never early), `features` the principal
-    components layer 1 learns on (None: all; "auto": all on a widened block, else 64),
-    `irregular_gaps` "grappa" (GRAPPA kernels for
-    the lines off the regular grid: beside the ACS block, at the phase-encode edges) or
-    "network" (the networks predict them too), `calibration_extension` lines on each side
-    of the ACS block, filled by GRAPPA, added to the block the networks train on (None: 20,
-    `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block alone), `readout_batches` the
-    parts of the training window, cut along the readout, that the steps take in turn
-    (None: 2 on the CPU without held-out rows, halving the time, else 1: every step on the
-    whole window). `**FULL_LENGTH` trains as the paper did. The same seed gives the same
-    images on the same machine.
+    `device` None picks the GPU when present; `slices_per_batch` slices train together (None: on
+    a GPU as many as fit in its free memory, at most 32; 1 on the CPU); `training_readout`
+    central readout points of the ACS train the networks (None: all of them; "auto": 128, 96 on
+    a CPU computing in float32 without held-out rows, `_raki_net.TRAINING_READOUT_FLOAT32_CPU`);
+    `precision` "float32" or "bfloat16" (None: the hardware's native one); `threads` CPU threads
+    (None: one per core; 1 is much faster where other processes share the cores); `schedule` the
+    learning rate's course, "cosine" (falling to 0) or "constant"; `held_out` the fraction of
+    the calibration block's rows kept for early stopping (0: none; None: from R = 5 on 0.2 of a
+    widened block, 0.1 of the ACS block alone, none below), `iterations` the most training steps
+    (None: 400, or 200 with held-out rows; see `_raki_net.Options`), `patience` the steps
+    without 0.1 % improvement before the training stops (None: never early), `features` the
+    principal components layer 1 learns on (None: all; "auto": all on a widened block, else 64),
+    `irregular_gaps` "grappa" (GRAPPA kernels for the lines off the regular grid: beside the ACS
+    block, at the phase-encode edges) or "network" (the networks predict them too),
+    `calibration_extension` lines on each side of the ACS block, filled by GRAPPA, added to the
+    block the networks train on (None: 20, `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block
+    alone), `readout_batches` the parts of the training window, cut along the readout, that the
+    steps take in turn (None: 2 on the CPU without held-out rows, halving the time, else 1:
+    every step on the whole window). `**FULL_LENGTH` trains as the paper did. The same seed
+    gives the same images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
@@ -152,7 +151,7 @@ def fill(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     device: str | None = None,
-    training_readout: int | None = DEFAULT_TRAINING_READOUT,
+    training_readout: int | str | None = DEFAULT_TRAINING_READOUT,
     precision: str | None = None,
     threads: int | None = None,
     schedule: str = DEFAULT_SCHEDULE,
