@@ -337,6 +337,27 @@ def test_settings_are_recorded_and_registered(tiny_r3: PhantomAcquisition) -> No
     )
 
 
+def test_training_window_is_narrower_on_a_cpu_computing_in_float32(
+    tiny_r3: PhantomAcquisition,
+) -> None:
+    """'auto' trains on 128 readout points, 96 where the CPU computes in float32; the
+    reconstruction records the number it used."""
+    options = _raki_net.Options(iterations=1, learning_rate=1e-2, training_readout="auto")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert options.resolved_training_readout(cpu, "float32") == 96
+    assert options.resolved_training_readout(cpu, "bfloat16") == 128
+    assert options.resolved_training_readout(gpu, "float32") == 128
+    assert replace(options, training_readout=64).resolved_training_readout(cpu, "float32") == 64
+    assert replace(options, training_readout=None).resolved_training_readout(cpu, "float32") is None
+    for precision, width in (("float32", 96), ("bfloat16", 128)):
+        settings = reconstruct_raki(
+            tiny_r3.kspace, iterations=1, threads=1, device="cpu", precision=precision
+        ).settings
+        assert settings["training_readout"] == width
+    with pytest.raises(ReconError, match="training_readout must be a number"):
+        fill(tiny_r3.kspace.data[0], tiny_r3.kspace.sampling, training_readout="wide")
+
+
 def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
     options = _raki_net.Options(iterations=None, learning_rate=1e-2)
     rates = (1, 2, 4, 5, 6)

@@ -109,13 +109,16 @@ ITERATIONS_WITH_HELD_OUT = 200
 CPU_READOUT_BATCHES = 2
 # The readout points of the ACS that train the networks, with `training_readout` "auto".
 # Training costs in proportion to them. On a CPU without bfloat16 products (float32: two
-# AVX2 cores do about 150 GFLOPS) 128 points took 17-19 s a slice below R = 5 on the
-# 15-coil phantom of raki.py (seed 1), 96 took 13-14 s, for NMSE / SSIM
+# AVX2 cores do about 150 GFLOPS) 128 points took 17-19 s a slice on the 15-coil phantom
+# of raki.py, 96 took 13-15 s, for NMSE / SSIM (phantom seed 1, RAKI seed 0)
 #   R = 2  .00103 / .9625 -> .00109 / .9618  (paper's training .00108 / .9624, 28 s;
 #          GRAPPA .00108 / .9625)
 #   R = 3  .00357 / .9005 -> .00378 / .8980  (.00467 / .8934, 35 s; GRAPPA .00435 / .8986)
 #   R = 4  .00835 / .8282 -> .00862 / .8261  (.01250 / .8007, 29 s; GRAPPA .01010 / .8233)
-# From R = 5 the held-out rows end training early and 128 points fit in the time.
+#   R = 5  .01421 / .7641 -> .01440 / .7618  (GRAPPA .01511 / .7689)
+#   R = 6  .01841 / .7166 -> .01872 / .7138  (GRAPPA .01885 / .7234)
+# From R = 5 the change is within what the seeds move (RAKI seed 1: .01467 / .7581 ->
+# .01432 / .7638 at R = 5, .01850 / .7143 -> .01847 / .7161 at R = 6).
 TRAINING_READOUT = 128
 TRAINING_READOUT_FLOAT32_CPU = 96
 
@@ -154,26 +157,27 @@ def cpu_threads(threads: int | None) -> int:
 class Options:
     """Settings of a RAKI or residual RAKI reconstruction (recorded with the result).
 
-    `training_readout` is how many central readout points of the ACS block train the
-    networks (None: all, as in the paper); `precision` "float32" or "bfloat16" (mixed),
-    None for bfloat16 where the hardware computes it natively. Residual RAKI's linear
-    branch starts as our GRAPPA kernel (Tikhonov lambda `linear_regularization` relative to
-    the largest singular value of the calibration matrix) and is trained at
-    `linear_learning_rate` (None: `LINEAR_RATE_FACTOR` x `learning_rate`, i.e. fixed), its
-    own error weighted `linear_weight` in the loss. `schedule`, `held_out`, `patience` and
-    `features` are `_raki_train.Training`'s; `irregular_gaps` "grappa" fills the lines off the
-    regular grid (beside the ACS block, at the edges) with GRAPPA kernels of their own
-    geometry (Tikhonov lambda `linear_regularization`), "network" predicts them from the
-    grid lines like the others; `held_out` None holds out no ACS rows below
-    R = `HELD_OUT_FROM_ACCELERATION` and from there `HELD_OUT_RAKI` (RAKI) or
-    `HELD_OUT_RESIDUAL` (residual RAKI) of them, or `HELD_OUT_EXTENDED` of a widened block;
-    `iterations` None trains `ITERATIONS_WITHOUT_HELD_OUT` steps without held-out rows,
-    `ITERATIONS_WITH_HELD_OUT` with them. `calibration_extension` lines on each side of the
-    ACS block, filled by GRAPPA, widen the block the networks train on (None:
-    `CALIBRATION_EXTENSION`); `features` "auto" is `FEATURES_ACS` on the ACS block alone and
-    every component on a widened block. `readout_batches` splits the training window along
-    the readout into that many parts trained on in turn, one a step (None:
-    `CPU_READOUT_BATCHES` on the CPU without held-out rows, else 1).
+    `training_readout` is how many central readout points of the ACS block train the networks
+    (None: all, as in the paper; "auto": `TRAINING_READOUT`, or `TRAINING_READOUT_FLOAT32_CPU`
+    on a CPU computing in float32); `precision` "float32" or "bfloat16" (mixed), None for
+    bfloat16 where the hardware computes it natively. Residual RAKI's linear branch starts as
+    our GRAPPA kernel (Tikhonov lambda `linear_regularization` relative to the largest
+    singular value of the calibration matrix) and is trained at `linear_learning_rate` (None:
+    `LINEAR_RATE_FACTOR` x `learning_rate`, i.e. fixed), its own error weighted
+    `linear_weight` in the loss. `schedule`, `held_out`, `patience` and `features` are
+    `_raki_train.Training`'s; `irregular_gaps` "grappa" fills the lines off the regular grid
+    (beside the ACS block, at the edges) with GRAPPA kernels of their own geometry (Tikhonov
+    lambda `linear_regularization`), "network" predicts them from the grid lines like the
+    others; `held_out` None holds out no ACS rows below R = `HELD_OUT_FROM_ACCELERATION` and
+    from there `HELD_OUT_RAKI` (RAKI) or `HELD_OUT_RESIDUAL` (residual RAKI) of them, or
+    `HELD_OUT_EXTENDED` of a widened block; `iterations` None trains
+    `ITERATIONS_WITHOUT_HELD_OUT` steps without held-out rows, `ITERATIONS_WITH_HELD_OUT` with
+    them. `calibration_extension` lines on each side of the ACS block, filled by GRAPPA, widen
+    the block the networks train on (None: `CALIBRATION_EXTENSION`); `features` "auto" is
+    `FEATURES_ACS` on the ACS block alone and every component on a widened block.
+    `readout_batches` splits the training window along the readout into that many parts
+    trained on in turn, one a step (None: `CPU_READOUT_BATCHES` on the CPU without held-out
+    rows, else 1).
     """
 
     iterations: int | None
@@ -231,9 +235,7 @@ class Options:
             return self.readout_batches
         return CPU_READOUT_BATCHES if device.type == "cpu" and held_out == 0 else 1
 
-    def resolved_training_readout(
-        self, held_out: float, device: torch.device, precision: str
-    ) -> int | None:
+    def resolved_training_readout(self, device: torch.device, precision: str) -> int | None:
         if not isinstance(self.training_readout, str):
             return self.training_readout
         if self.training_readout != "auto":
@@ -241,7 +243,7 @@ class Options:
                 f"training_readout must be a number of readout points, None (all) or 'auto',"
                 f" got {self.training_readout!r}"
             )
-        if device.type == "cpu" and precision == "float32" and held_out == 0:
+        if device.type == "cpu" and precision == "float32":
             return TRAINING_READOUT_FLOAT32_CPU
         return TRAINING_READOUT
 
@@ -385,7 +387,7 @@ def _check(data: ComplexArray, sampling: Sampling, options: Options) -> bool:
             f"schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}"
         )
     options.resolved_features(sampling.acceleration, residual=False)
-    options.resolved_training_readout(0.0, torch.device("cpu"), "float32")
+    options.resolved_training_readout(torch.device("cpu"), "float32")
     if options.calibration_extension is not None and options.calibration_extension < 0:
         raise ReconError(
             f"calibration_extension must be 0 or more lines, got {options.calibration_extension}"
@@ -501,7 +503,7 @@ def _fill_batch(
         readout_batches=options.resolved_readout_batches(held_out, measured.device),
     )
     width = options.resolved_training_readout(
-        held_out, measured.device, "bfloat16" if mixed_precision else "float32"
+        measured.device, "bfloat16" if mixed_precision else "float32"
     )
     windows = [training_window(one, sampling, width) for one in inputs]
     block = calibration_block(
@@ -634,7 +636,7 @@ def reconstruct(kspace: KSpace, options: Options, *, method: str) -> Reconstruct
         iterations=options.resolved_iterations(held_out),
         device=str(device),
         precision=precision,
-        training_readout=options.resolved_training_readout(held_out, device, precision),
+        training_readout=options.resolved_training_readout(device, precision),
         threads=cpu_threads(options.threads) if device.type == "cpu" else None,
         linear_learning_rate=options.resolved_linear_learning_rate(),
         held_out=held_out,

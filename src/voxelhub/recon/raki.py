@@ -9,25 +9,25 @@ back and the coils combined by root-sum-of-squares. All networks of a slice (and
 of several slices) train as one batched computation; see `_raki_net`.
 
 Training (`_raki_train`): Adam with the learning rate falling from 1e-2 to 0 along a half
-cosine, in bfloat16 products where the hardware has them, on the 128 readout points around
-the ACS's energy peak of a calibration block (on the CPU below R = 5 their two halves take
-turns, one a step: `readout_batches`): the ACS block widened by 20 lines on each side whose
-missing lines GRAPPA fills around the acquired grid lines (`calibration_extension`; 0: the
-ACS block alone, as the paper). 24 ACS lines are few rows to train on; the widened
-block made RAKI better than our GRAPPA at R = 3-6 on the phantom below (R = 4: NMSE .0081
-against GRAPPA's .0101 and .0123 on the ACS alone; R = 6: .0184 against .0189 and .0259;
-`_raki_net.CALIBRATION_EXTENSION`). Layer 1 learns on every one of the 2*Nc*10 patch
-components of a widened block and on the 64 leading principal components of the ACS block
-alone (`features` "auto"). Below R = 5 every row trains the networks for 400 steps; from
-R = 5 on the outermost fifth of the widened block's rows (a tenth of the ACS block's) is held
-out, each network keeps its weights of least held-out error and the batch stops once the
-summed held-out error has fallen by less than 0.1 % in 40 steps (at most 200 steps): there
-the networks fit the noise of what they train on, below it they need its every row
+cosine, in bfloat16 products where the hardware has them, on the 128 readout points (96 on a
+CPU without bfloat16) around the ACS's energy peak of a calibration block (on the CPU below R
+= 5 their two halves take turns, one a step: `readout_batches`): the ACS block widened by 20
+lines on each side whose missing lines GRAPPA fills around the acquired grid lines
+(`calibration_extension`; 0: the ACS block alone, as the paper). 24 ACS lines are few rows to
+train on; the widened block made RAKI better than our GRAPPA at R = 3-6 on the phantom below
+(R = 4: NMSE .0081 against GRAPPA's .0101 and .0123 on the ACS alone; R = 6: .0184 against
+.0189 and .0259; `_raki_net.CALIBRATION_EXTENSION`). Layer 1 learns on every one of the
+2*Nc*10 patch components of a widened block and on the 64 leading principal components of the
+ACS block alone (`features` "auto"). Below R = 5 every row trains the networks for 400 steps;
+from R = 5 on the outermost fifth of the widened block's rows (a tenth of the ACS block's) is
+held out, each network keeps its weights of least held-out error and the batch stops once the
+summed held-out error has fallen by less than 0.1 % in 40 steps (at most 200 steps): there the
+networks fit the noise of what they train on, below it they need its every row
 (`_raki_net.Options`). `FULL_LENGTH` is the paper's training (1000 constant steps at 3e-3 on
 the ACS block, every component, no held-out rows, whole steps). On the 15-coil 640 x 320
-phantom (24 ACS lines, SNR 40) on 2 AVX2 cores the defaults take 21-24 s a slice (whole
-steps below R = 5: 46-54 s), `FULL_LENGTH` 34-39 s for 1.5x their NMSE at R = 4 and 1.6x at
-R = 5; figures in bench/README.md, recon.py.
+phantom (24 ACS lines, SNR 40) on 2 AVX2 cores the defaults take 12-16 s a slice,
+`FULL_LENGTH` 27-38 s for 1.5x their NMSE at R = 4 and 1.6x at R = 5; on 2 cores with bfloat16
+products 4-5 s; figures in bench/README.md, recon.py.
 
 Borders and irregular gaps: the 3 readout points at each edge are predicted from
 zero-padded neighbours (the k-space periphery). Lines whose nearest acquired lines are not R
@@ -50,7 +50,7 @@ from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 
 DEFAULT_ITERATIONS: int | None = None  # 400, or 200 with held-out rows (`_raki_net.Options`)
 DEFAULT_LEARNING_RATE = 1e-2
-DEFAULT_TRAINING_READOUT: int | str | None = "auto"  # 128; 96 on a float32 CPU below R = 5
+DEFAULT_TRAINING_READOUT: int | str | None = "auto"  # 128; 96 on a float32 CPU
 DEFAULT_SCHEDULE = "cosine"
 DEFAULT_HELD_OUT: float | None = None  # chosen by the acceleration (`_raki_net.Options`)
 DEFAULT_PATIENCE = 40
@@ -100,7 +100,7 @@ def reconstruct_raki(
     `device` None picks the GPU when present; `slices_per_batch` slices train together (None: on
     a GPU as many as fit in its free memory, at most 32; 1 on the CPU); `training_readout`
     central readout points of the ACS train the networks (None: all of them; "auto": 128, 96 on
-    a CPU computing in float32 without held-out rows, `_raki_net.TRAINING_READOUT_FLOAT32_CPU`);
+    a CPU computing in float32, `_raki_net.TRAINING_READOUT_FLOAT32_CPU`);
     `precision` "float32" or "bfloat16" (None: the hardware's native one); `threads` CPU threads
     (None: one per core; 1 is much faster where other processes share the cores); `schedule` the
     learning rate's course, "cosine" (falling to 0) or "constant"; `held_out` the fraction of
