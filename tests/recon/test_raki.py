@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import doctest
+import functools
 import importlib
 from dataclasses import replace
 from typing import Any
@@ -220,10 +221,11 @@ def test_steps_on_the_trained_rows_alone_train_as_on_the_whole_block(residual: b
             6, 3, seed=0, outputs=range(6), slices=1, residual=residual,
             dtype=torch.float64, device=torch.device("cpu"),
         )  # fmt: skip
+        build = functools.partial(
+            _raki_train._batch, outputs=range(6), basis=None, acceleration=3, residual=residual
+        )
         parts = [
-            _raki_train._batches(
-                part, range(6), None, acceleration=3, residual=residual, training=training
-            )
+            _raki_train._batches(part, build, training, 3)
             for part in _raki_train.readout_parts(acs, 2)
         ]
         assert all(part.trained is not None for part in parts)

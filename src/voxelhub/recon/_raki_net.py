@@ -219,13 +219,8 @@ class Options:
         return CALIBRATION_EXTENSION if acceleration > 1 else 0
 
     def resolved_features(self, acceleration: int, *, residual: bool) -> int | None:
-        if not isinstance(self.features, str):
-            return self.features
-        if self.features != "auto":
-            raise ReconError(
-                f"features must be a number of components, None (all) or 'auto', got"
-                f" {self.features!r}"
-            )
+        if not _is_auto(self.features, "features", "a number of components"):
+            return self.features  # type: ignore[return-value]
         if self.resolved_extension(acceleration, residual=residual) > 0:
             return None
         return FEATURES_ACS
@@ -236,13 +231,8 @@ class Options:
         return CPU_READOUT_BATCHES if device.type == "cpu" and held_out == 0 else 1
 
     def resolved_training_readout(self, device: torch.device, precision: str) -> int | None:
-        if not isinstance(self.training_readout, str):
-            return self.training_readout
-        if self.training_readout != "auto":
-            raise ReconError(
-                f"training_readout must be a number of readout points, None (all) or 'auto',"
-                f" got {self.training_readout!r}"
-            )
+        if not _is_auto(self.training_readout, "training_readout", "a number of readout points"):
+            return self.training_readout  # type: ignore[return-value]
         if device.type == "cpu" and precision == "float32":
             return TRAINING_READOUT_FLOAT32_CPU
         return TRAINING_READOUT
@@ -251,6 +241,15 @@ class Options:
         if self.iterations is not None:
             return self.iterations
         return ITERATIONS_WITH_HELD_OUT if held_out > 0 else ITERATIONS_WITHOUT_HELD_OUT
+
+
+def _is_auto(value: int | str | None, name: str, number: str) -> bool:
+    """Whether a setting that takes a number, None or "auto" is "auto"; refuses other text."""
+    if not isinstance(value, str):
+        return False
+    if value != "auto":
+        raise ReconError(f"{name} must be {number}, None (all) or 'auto', got {value!r}")
+    return True
 
 
 def resolve_device(name: str | None) -> torch.device:

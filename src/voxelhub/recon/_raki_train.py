@@ -28,8 +28,10 @@ networks' job:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -117,15 +119,12 @@ def train(
     w1 = weights.w1
     if basis is not None:
         w1 = torch.bmm(weights.w1.detach(), basis.transpose(1, 2)).requires_grad_()
+    build = functools.partial(
+        _batch, outputs=outputs, basis=basis, acceleration=acceleration,
+        residual=weights.linear is not None,
+    )  # fmt: skip
     batches = [
-        _batches(
-            part,
-            outputs,
-            basis,
-            acceleration=acceleration,
-            residual=weights.linear is not None,
-            training=training,
-        )
+        _batches(part, build, training, acceleration)
         for part in readout_parts(acs, training.readout_batches)
     ]
     parameters = [w1, weights.w2, weights.w3]
@@ -161,32 +160,23 @@ class _Part:
 
 def _batches(
     acs: torch.Tensor,
-    outputs: range | list[int],
-    basis: torch.Tensor | None,
-    *,
-    acceleration: int,
-    residual: bool,
+    build: Callable[..., tuple[Batch, torch.Tensor]],
     training: Training,
+    acceleration: int,
 ) -> _Part:
-    """The batches of a step on `acs`. The held-out rows get no gradient, so a step that
+    """The batches of a step on `acs`, made by `build(acs, training=...)` (`_batch` with
+    the rest of its arguments given). The held-out rows get no gradient, so a step that
     does not check them computes exactly the same on the block cropped to the trained
     rows: output column j reads the lines j ... j + 2R of the block."""
-    whole, held_out = _batch(
-        acs, outputs, basis, acceleration=acceleration, residual=residual, training=training
-    )
+    whole, held_out = build(acs, training=training)
     trained_columns = torch.nonzero(held_out[0] == 0).flatten()
     if trained_columns.numel() == held_out.shape[1]:
         return _Part(whole, held_out, None)
     first, last = int(trained_columns[0]), int(trained_columns[-1])
     # The held-out rows are the block's outermost, so the trained ones are contiguous.
     assert last - first + 1 == trained_columns.numel()
-    cropped, _ = _batch(
-        acs[..., first : last + 1 + 2 * acceleration],
-        outputs,
-        basis,
-        acceleration=acceleration,
-        residual=residual,
-        training=replace(training, held_out=0.0),
+    cropped, _ = build(
+        acs[..., first : last + 1 + 2 * acceleration], training=replace(training, held_out=0.0)
     )
     return _Part(whole, held_out, cropped)
 
