@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -34,8 +34,23 @@ logger = logging.getLogger(__name__)
 
 IMAGESET_PREFIX = "imagesets"
 _INSTANCES = cast(Table, Instance.__table__)
-# Object writes of one batch overlap (file system and S3 calls release the GIL).
+# Object writes of one batch overlap where the store gains by it (S3 calls wait on the
+# network and release the GIL); local files are written one after another in the calling
+# thread (`_now`).
 _writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-put")
+
+
+def _now(call: Callable[..., None], *args: Any) -> Future[None]:
+    """`call(*args)` run here, as a finished future (`_writers.submit`'s stand-in)."""
+    done: Future[None] = Future()
+    try:
+        call(*args)
+        done.set_result(None)
+    except Exception as err:  # returned as the pool would, to the caller's result()
+        done.set_exception(err)
+    return done
+
+
 # Objects up to this size are written from one joined copy.
 _JOIN_BYTES = 4 * 1024 * 1024
 
@@ -541,8 +556,9 @@ class Ingest:
                     )
                 except UidConflict as err:
                     outcomes[index] = err
+        submit = _writers.submit if self.store.puts_in_parallel else _now
         writes = {
-            uid: _writers.submit(self._put, splits[batch[uid][0]], batch[uid][1]["object_key"])
+            uid: submit(self._put, splits[batch[uid][0]], batch[uid][1]["object_key"])
             for uid in inserted
         }
         failed = []

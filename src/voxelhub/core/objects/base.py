@@ -75,6 +75,13 @@ class ObjectInfo:
 class ObjectStore(Protocol):
     """Where pixels and uploaded files live; all methods block and are thread-safe."""
 
+    @property
+    def puts_in_parallel(self) -> bool:
+        """Whether writing many objects at once from several threads beats one after
+        another: true where a put waits on the network, false for local files, where
+        handing each write to another thread costs more CPU than the write itself."""
+        ...
+
     def put(
         self,
         key: str,

@@ -87,6 +87,8 @@ _INSIDE_FOLDERS_MAX = 100_000
 class LocalObjectStore:
     """Objects as files below `root`; signed URLs are HMAC-signed with `secret_key`."""
 
+    puts_in_parallel = False
+
     def __init__(self, root: Path, *, secret_key: str) -> None:
         self.root = Path(root).absolute()
         self._pending: set[Path] = set()

@@ -55,6 +55,8 @@ _BUCKET_TAKEN_CODES = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 class S3ObjectStore:
     """Objects in one bucket of an S3-compatible server; thread-safe like its boto3 client."""
 
+    puts_in_parallel = True
+
     def __init__(
         self,
         *,

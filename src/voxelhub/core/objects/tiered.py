@@ -35,6 +35,10 @@ class TieredObjectStore:
     def __repr__(self) -> str:
         return f"TieredObjectStore(main={self.main!r}, {self.prefix!r} -> {self.tier!r})"
 
+    @property
+    def puts_in_parallel(self) -> bool:
+        return self.main.puts_in_parallel or self.tier.puts_in_parallel
+
     def _tiered(self, key: str) -> bool:
         return validate_key(key).startswith(self.prefix)
 
