@@ -27,7 +27,7 @@ networks fit the noise of what they train on, below it they need its every row
 the ACS block, every component, no held-out rows, whole steps). On the 15-coil 640 x 320
 phantom (24 ACS lines, SNR 40) on 2 AVX2 cores the defaults take 12-16 s a slice,
 `FULL_LENGTH` 27-38 s for 1.5x their NMSE at R = 4 and 1.6x at R = 5; on 2 cores with bfloat16
-products 4-5 s; figures in bench/README.md, recon.py.
+products 4-10 s, depending on the machine; figures in bench/README.md, recon.py.
 
 Borders and irregular gaps: the 3 readout points at each edge are predicted from
 zero-padded neighbours (the k-space periphery). Lines whose nearest acquired lines are not R
