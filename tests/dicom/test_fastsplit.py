@@ -15,6 +15,7 @@ from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.fastsplit import read_plain
 from voxelhub.dicom.header import write_part10
 from voxelhub.dicom.model import SplitInstance
+from voxelhub.dicom.read import read_dataset
 from voxelhub.dicom.split import split_general, split_instance
 from voxelhub.dicom.synthetic import ct_phantom
 
@@ -153,3 +154,52 @@ def test_uids_in_the_json_model_are_plain_strings() -> None:
             found = [v for e in split.dataset_json.values() for v in uids(e, [])]
             assert len(found) >= 5
             assert {type(v) for v in found} == {str}
+
+
+# What validation, the index keys and the pixel layout read, present or not.
+_READ_KEYWORDS = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "PatientID",
+    "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName", "Modality",
+    "SeriesNumber", "SeriesDescription", "InstanceNumber", "NumberOfFrames", "Rows",
+    "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel", "PixelRepresentation",
+    "PlanarConfiguration", "PhotometricInterpretation", "PixelData", "FloatPixelData",
+    "DoubleFloatPixelData",
+)  # fmt: skip
+
+
+def test_plain_attributes_answer_as_the_datasets_do() -> None:
+    """As the plain file's own Dataset, and with values equal to the general way's (an
+    empty sequence is a list on the plain path, and Pixel Data a view of the file)."""
+    absent = object()
+    for name in sample_names():
+        data = _plain_variant(sample_bytes(name))
+        plain = read_plain(data) if data is not None else None
+        if plain is None:
+            continue
+        general, ds = read_dataset(data), plain.dataset
+        attributes = plain.attributes
+        keywords = {elem.keyword for elem in general if elem.keyword} | set(_READ_KEYWORDS)
+        for keyword in sorted(keywords):
+            assert (keyword in attributes) == (keyword in general), (name, keyword)
+            value = attributes.get(keyword, absent)
+            assert value == general.get(keyword, absent), (name, keyword)
+            assert getattr(attributes, keyword, absent) == value, (name, keyword)
+            assert type(value) is type(ds.get(keyword, absent)), (name, keyword)
+        pixel = attributes["PixelData"]
+        assert pixel.is_undefined_length is general["PixelData"].is_undefined_length
+        assert bytes(pixel.value) == bytes(general.PixelData)
+        meta = attributes.file_meta
+        assert meta.TransferSyntaxUID == general.file_meta.TransferSyntaxUID
+        assert meta.get("TransferSyntaxUID") == general.file_meta.get("TransferSyntaxUID")
+
+
+def test_a_plain_file_has_the_dataset_the_general_way_reads() -> None:
+    data = write_part10(_ct())
+    plain = read_plain(data)
+    assert plain is not None
+    ds = read_dataset(data)
+    assert plain.dataset == ds
+    assert plain.dataset.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert plain.dataset.original_encoding == ds.original_encoding
+    assert plain.dataset is plain.dataset

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import ValuesView
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydicom.charset import convert_encodings
+from pydicom.datadict import keyword_dict
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
@@ -48,6 +51,7 @@ _TRANSFER_SYNTAX = 0x00020010
 _REQUIRED_META = frozenset({0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012})
 _DEFAULT_ENCODINGS = ["iso8859"]
 _TAG = struct.Struct("<HH")
+_HEAD = struct.Struct("<HH2sH")  # tag, VR and the length of a short VR's value
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 # Converted elements kept, the bytes of their values, and the largest value kept (larger
@@ -93,23 +97,116 @@ class _BulkData(Exception):
     """An element other than the pixel data is large enough to be bulk data."""
 
 
-@dataclass(frozen=True)
-class PlainFile:
-    """A plain file read: its dataset and DICOM JSON, its header, and its pixel data.
+class PlainAttributes:
+    """The top-level elements of a plain file by keyword, answering as its `Dataset` would.
 
-    `dataset` holds every element (Pixel Data unconverted, as a view of the file) and
-    file meta with the Transfer Syntax UID. `elements_json` is the DICOM JSON of every
-    element but the file meta and the pixel data, in file order; its element values are
-    shared with other files read, so treat them as read-only. `header` is the file up to
-    the Pixel Data element, `pixel_data` a view of that element's value.
+    Values are looked up by tag in a dict, without `Dataset.__getattr__`. Pixel Data is
+    converted (its value stays a view of the file) when first asked for, as `Dataset` does.
+    Treat it as read-only: its elements are shared with other files read.
     """
 
-    dataset: Dataset
+    __slots__ = ("_elements", "_encodings", "file_meta")
+
+    def __init__(
+        self,
+        elements: dict[int, DataElement | RawDataElement],
+        encodings: list[str],
+        file_meta: PlainAttributes | None = None,
+    ) -> None:
+        self._elements = elements
+        self._encodings = encodings
+        if file_meta is not None:
+            self.file_meta = file_meta
+
+    def _element(self, keyword: str) -> DataElement | None:
+        tag = keyword_dict.get(keyword)
+        if tag is None:
+            return None
+        elem = self._elements.get(tag)
+        if isinstance(elem, RawDataElement):
+            elem = convert_raw_data_element(elem, encoding=self._encodings)
+            self._elements[tag] = elem
+        return elem
+
+    def get(self, keyword: str, default: Any = None, /) -> Any:
+        elem = self._element(keyword)
+        return default if elem is None else elem.value
+
+    def __contains__(self, keyword: str, /) -> bool:
+        return keyword_dict.get(keyword) in self._elements
+
+    def __getitem__(self, keyword: str, /) -> DataElement:
+        elem = self._element(keyword)
+        if elem is None:
+            raise KeyError(keyword)
+        return elem
+
+    def __getattr__(self, keyword: str, /) -> Any:
+        # Slots not set (`file_meta`, or all of them in a copy) end here too.
+        elem = None if keyword.startswith("_") else self._element(keyword)
+        if elem is None:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{keyword}'")
+        return elem.value
+
+    def values(self) -> ValuesView[DataElement | RawDataElement]:
+        """The elements in file order."""
+        return self._elements.values()
+
+
+_meta_of: dict[str, PlainAttributes] = {}
+
+
+def _file_meta(syntax: str) -> PlainAttributes:
+    """File meta holding the Transfer Syntax UID, as `PlainAttributes` (shared, read-only)."""
+    meta = _meta_of.get(syntax)
+    if meta is None:
+        elem = DataElement(BaseTag(_TRANSFER_SYNTAX), "UI", UID(syntax))
+        meta = _meta_of.setdefault(syntax, PlainAttributes({_TRANSFER_SYNTAX: elem}, []))
+    return meta
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """A plain file read: its elements and DICOM JSON, its header, and its pixel data.
+
+    `attributes` answers for every element and for the file meta's Transfer Syntax UID.
+    `elements_json` is the DICOM JSON of every element but the file meta and the pixel
+    data, in file order; its element values are shared with other files read, so treat
+    them as read-only. `header` is the file up to the Pixel Data element, `pixel_data` a
+    view of that element's value.
+    """
+
+    attributes: PlainAttributes
     elements_json: dict[str, Any]
     header: bytes
     pixel_vr: str
     pixel_data: memoryview
     transfer_syntax: str
+    encodings: list[str]
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The file as a pydicom Dataset: every element (Pixel Data unconverted, as a view
+        of the file) and file meta with the Transfer Syntax UID.
+
+        Made when first asked for: splitting reads `attributes`, which costs far less.
+        """
+        elements: dict[BaseTag, Any] = {
+            elem.tag: elem for elem in self.attributes.values() if elem.tag != _PIXEL_DATA
+        }
+        tag = BaseTag(_PIXEL_DATA)
+        # pydicom takes any buffer as the value of an OB/OW element; a view avoids a copy.
+        value: Any = self.pixel_data
+        start = len(self.header) + 12
+        elements[tag] = RawDataElement(
+            tag, self.pixel_vr, len(self.pixel_data), value, start, False, True
+        )
+        ds = Dataset(elements)
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = UID(self.transfer_syntax)
+        ds.file_meta = meta
+        ds.set_original_encoding(False, True, self.encodings)
+        return ds
 
 
 def read_plain(data: bytes | bytearray | memoryview) -> PlainFile | None:
@@ -159,16 +256,14 @@ def _elements(view: memoryview, position: int) -> list[tuple[int, bytes, int, in
     last = 0
     end = len(view)
     while position < end:
-        group, element = _TAG.unpack_from(view, position)
+        group, element, vr, length = _HEAD.unpack_from(view, position)
         tag = (group << 16) | element
-        vr = bytes(view[position + 4 : position + 6])
         if tag <= last or group == 0x0002 or vr not in _VRS:
             raise _Unsure
         if vr in _LONG_VRS:
             length = _U32.unpack_from(view, position + 8)[0]
             start = position + 12
         else:
-            length = _U16.unpack_from(view, position + 6)[0]
             start = position + 8
         if length == _UNDEFINED:
             if vr != b"SQ":
@@ -185,7 +280,8 @@ def _elements(view: memoryview, position: int) -> list[tuple[int, bytes, int, in
         last = tag
     if not places or places[-1][0] != _PIXEL_DATA or places[-1][1] not in (b"OB", b"OW"):
         raise _Unsure
-    if any(tag >= _PIXEL_GROUP for tag, *_ in places[:-1]) or position != end:
+    # Tags ascend, so only the element before the pixel data can be in its group.
+    if (len(places) > 1 and places[-2][0] >= _PIXEL_GROUP) or position != end:
         raise _Unsure
     return places
 
@@ -235,26 +331,20 @@ def _assemble(
         _, _, start, stop = places[0]
         charset = bytes(view[start:stop])
     encodings = _encodings(charset)
-    elements: dict[BaseTag, Any] = {}
+    elements: dict[int, DataElement | RawDataElement] = {}
     elements_json: dict[str, Any] = {}
     for tag, vr, start, stop in places[:-1]:
         elem, as_json = _converted(charset, encodings, tag, vr, bytes(view[start:stop]))
-        elements[elem.tag] = elem
+        elements[tag] = elem
         elements_json[f"{tag:08X}"] = as_json
     tag, vr, start, stop = places[-1]
     pixel = view[start:stop]
-    # pydicom takes any buffer as the value of an OB/OW element; a view avoids a copy.
-    value: Any = pixel
-    elements[BaseTag(tag)] = RawDataElement(
-        BaseTag(tag), vr.decode(), stop - start, value, start, False, True
-    )
-    ds = Dataset(elements)
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = UID(syntax)
-    ds.file_meta = meta
-    ds.set_original_encoding(False, True, encodings)
+    value: Any = pixel  # pydicom takes any buffer as the value of an OB/OW element
+    pixel_vr = vr.decode()
+    elements[tag] = RawDataElement(BaseTag(tag), pixel_vr, stop - start, value, start, False, True)
+    attributes = PlainAttributes(elements, encodings, _file_meta(syntax))
     header = bytes(view[: start - 12])
-    return PlainFile(ds, elements_json, header, vr.decode(), pixel, syntax)
+    return PlainFile(attributes, elements_json, header, pixel_vr, pixel, syntax, encodings)
 
 
 _encodings_of: dict[bytes, list[str]] = {}

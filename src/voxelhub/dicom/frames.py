@@ -13,6 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
+from voxelhub.dicom.attributes import Attributes
 from voxelhub.dicom.byteorder import pixel_word_bytes, swap_words
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.model import PixelDescription
@@ -22,12 +23,12 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 ENCAPSULATION_KEYWORDS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")
 
 
-def pixel_element_keyword(ds: Dataset) -> str | None:
+def pixel_element_keyword(ds: Attributes) -> str | None:
     """Which pixel data element `ds` holds (integer, float or double), or None."""
     return next((keyword for keyword in PIXEL_KEYWORDS if keyword in ds), None)
 
 
-def pixel_description(ds: Dataset) -> PixelDescription | None:
+def pixel_description(ds: Attributes) -> PixelDescription | None:
     """The pixel layout of a validated dataset, or None when it holds no pixel data.
 
     >>> from voxelhub.dicom.synthetic import ct_phantom

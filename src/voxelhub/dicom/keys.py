@@ -12,9 +12,9 @@ import logging
 import re
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from voxelhub.dicom.attributes import Attributes
 from voxelhub.dicom.frames import pixel_element_keyword
 from voxelhub.dicom.model import InstanceKeys
 
@@ -28,7 +28,7 @@ _LEGACY_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}")
 _LEGACY_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
 
 
-def instance_keys(ds: Dataset) -> InstanceKeys:
+def instance_keys(ds: Attributes) -> InstanceKeys:
     """The attributes the index stores for `ds` ("" or None where absent or unusable)."""
     is_image = pixel_element_keyword(ds) is not None
     meta = getattr(ds, "file_meta", None)
@@ -58,7 +58,7 @@ def instance_keys(ds: Dataset) -> InstanceKeys:
     )
 
 
-def _value(ds: Dataset, keyword: str) -> Any:
+def _value(ds: Attributes, keyword: str) -> Any:
     try:
         return ds.get(keyword)
     except Exception:  # a value pydicom cannot convert counts as absent
@@ -66,7 +66,7 @@ def _value(ds: Dataset, keyword: str) -> Any:
         return None
 
 
-def _text(ds: Dataset, keyword: str, most: int | None = None) -> str:
+def _text(ds: Attributes, keyword: str, most: int | None = None) -> str:
     value = _value(ds, keyword)
     if value is None:
         return ""
@@ -79,7 +79,7 @@ def _text(ds: Dataset, keyword: str, most: int | None = None) -> str:
     return text[:most] if most is not None else text
 
 
-def _date(ds: Dataset, keyword: str) -> str:
+def _date(ds: Attributes, keyword: str) -> str:
     """A DA value as YYYYMMDD: the ACR-NEMA form YYYY.MM.DD (PS3.5 6.2, still written by
     old equipment) is read too; anything else is not indexed (the instance keeps it)."""
     text = _text(ds, keyword)
@@ -88,7 +88,7 @@ def _date(ds: Dataset, keyword: str) -> str:
     return text if _DATE.fullmatch(text) else ""
 
 
-def _time(ds: Dataset, keyword: str) -> str:
+def _time(ds: Attributes, keyword: str) -> str:
     """A TM value, the ACR-NEMA form HH:MM:SS read too; too long a value is not indexed."""
     text = _text(ds, keyword)
     if _LEGACY_TIME.fullmatch(text):
@@ -96,7 +96,7 @@ def _time(ds: Dataset, keyword: str) -> str:
     return text if len(text) <= _TIME else ""
 
 
-def _number(ds: Dataset, keyword: str) -> int | None:
+def _number(ds: Attributes, keyword: str) -> int | None:
     value = _value(ds, keyword)
     if isinstance(value, MultiValue | list):
         value = value[0] if value else None

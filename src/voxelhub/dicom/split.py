@@ -104,11 +104,11 @@ def _split_plain(
     uri: BulkDataUri | None,
     uri_for: Callable[[InstanceKeys], BulkDataUri] | None,
 ) -> SplitInstance:
-    ds = plain.dataset
-    validate(ds)
-    pixel = pixel_description(ds)
+    attributes = plain.attributes
+    validate(attributes)
+    pixel = pixel_description(attributes)
     assert pixel is not None  # a plain file ends with its Pixel Data
-    keys = instance_keys(ds)
+    keys = instance_keys(attributes)
     if uri_for is not None:
         uri = uri_for(keys)
     as_json = {_TRANSFER_SYNTAX_TAG: {"vr": "UI", "Value": [plain.transfer_syntax]}}

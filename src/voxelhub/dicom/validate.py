@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 
-from pydicom.dataset import Dataset
-
+from voxelhub.dicom.attributes import Attributes
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.frames import pixel_element_keyword
 from voxelhub.dicom.syntax import is_native
@@ -23,7 +22,7 @@ _MAX_PIXEL_BYTES = 4 * 1024**3
 _IMAGE_ATTRIBUTES = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
 
 
-def validate(ds: Dataset) -> None:
+def validate(ds: Attributes) -> None:
     """Raise DicomError naming the first attribute that makes `ds` unusable."""
     for uid_keyword in _REQUIRED_UIDS:
         check_uid(ds, uid_keyword)
@@ -40,7 +39,7 @@ def validate(ds: Dataset) -> None:
     _check_image(ds, keyword)
 
 
-def check_uid(ds: Dataset, keyword: str) -> None:
+def check_uid(ds: Attributes, keyword: str) -> None:
     """Raise DicomError unless `keyword` holds one valid UID (digits and dots, ≤ 64)."""
     value = ds.get(keyword)
     if value is None or str(value).strip("\0 ") == "":
@@ -59,7 +58,7 @@ def check_uid(ds: Dataset, keyword: str) -> None:
         )
 
 
-def positive_int(ds: Dataset, keyword: str, *, default: int | None = None) -> int:
+def positive_int(ds: Attributes, keyword: str, *, default: int | None = None) -> int:
     """The attribute as a positive int, or DicomError naming it (missing, invalid)."""
     value = ds.get(keyword)
     if value is None or value == "":
@@ -87,7 +86,7 @@ def positive_int(ds: Dataset, keyword: str, *, default: int | None = None) -> in
     return number
 
 
-def _check_image(ds: Dataset, keyword: str) -> None:
+def _check_image(ds: Attributes, keyword: str) -> None:
     rows, columns, bits, samples = (positive_int(ds, name) for name in _IMAGE_ATTRIBUTES)
     frames = positive_int(ds, "NumberOfFrames", default=1)
     for name, size in (("Rows", rows), ("Columns", columns), ("NumberOfFrames", frames)):
@@ -113,7 +112,7 @@ def _check_image(ds: Dataset, keyword: str) -> None:
         )
 
 
-def _check_layout(ds: Dataset, *, bits: int, samples: int) -> None:
+def _check_layout(ds: Attributes, *, bits: int, samples: int) -> None:
     if bits != 1 and (bits % 8 or bits > 64):
         raise DicomError(
             f"BitsAllocated is {bits}; it must be 1 or a multiple of 8 up to 64.",
@@ -147,7 +146,7 @@ def _check_layout(ds: Dataset, *, bits: int, samples: int) -> None:
         )
 
 
-def _check_native_length(ds: Dataset, keyword: str, expected_bits: int) -> None:
+def _check_native_length(ds: Attributes, keyword: str, expected_bits: int) -> None:
     if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
         expected_bits = expected_bits * 2 // 3
     expected = (expected_bits + 7) // 8

@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from voxelhub.core.db import session_scope
 from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.runtime import Runtime
+from voxelhub.dicom.attributes import Attributes
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.fastsplit import read_plain
 from voxelhub.dicom.keys import instance_keys
@@ -273,7 +274,7 @@ class StoreService:
                 data = prepare(data)[0]
             # The plain-file reader is the quick way; anything else is read by pydicom.
             plain = read_plain(data)
-            ds = plain.dataset if plain is not None else read_dataset(data)
+            ds: Attributes = plain.attributes if plain is not None else read_dataset(data)
             validate(ds)
             keys = instance_keys(ds)
         except DicomError as err:
