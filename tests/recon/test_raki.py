@@ -364,24 +364,38 @@ def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
     options = _raki_net.Options(iterations=None, learning_rate=1e-2)
     rates = (1, 2, 4, 5, 6)
     for residual in (False, True):
+        # R = 2 trains on the ACS block alone, on 128 components, from R = 3 on a widened one.
         assert [options.resolved_extension(r, residual=residual) for r in rates] == [
-            0, 20, 20, 20, 20
+            0, 0, 20, 20, 20
         ]  # fmt: skip
         assert [options.resolved_held_out(r, residual=residual) for r in rates] == [
             0, 0, 0, 0.2, 0.2
         ]  # fmt: skip
         assert [options.resolved_features(r, residual=residual) for r in rates] == [
-            64, None, None, None, None
+            128, 128, None, None, None
         ]  # fmt: skip
     acs_only = replace(options, calibration_extension=0)
     assert [acs_only.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0, 0.1, 0.1]
     assert [acs_only.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0, 0.35, 0.35]
-    assert {acs_only.resolved_features(r, residual=False) for r in rates} == {64}
+    assert [acs_only.resolved_features(r, residual=False) for r in rates] == [
+        128, 128, 64, 64, 64
+    ]  # fmt: skip
+    assert [acs_only.resolved_features(r, residual=True) for r in rates] == [
+        128, 128, None, None, None
+    ]  # fmt: skip
     assert replace(options, features=32).resolved_features(4, residual=False) == 32
-    assert [options.resolved_iterations(held) for held in (0.0, 0.1)] == [400, 200]
+    steps = {
+        residual: [
+            options.resolved_iterations(options.resolved_held_out(r, residual=residual), r,
+                                        residual=residual)
+            for r in rates
+        ]
+        for residual in (False, True)
+    }  # fmt: skip
+    assert steps == {False: [1000, 1000, 400, 200, 200], True: [1000, 1000, 200, 200, 200]}
     chosen = replace(options, held_out=0.3, iterations=7)
     assert chosen.resolved_held_out(2, residual=False) == 0.3
-    assert chosen.resolved_iterations(0.3) == 7
+    assert chosen.resolved_iterations(0.3, 2, residual=False) == 7
 
 
 @pytest.mark.parametrize("name", ["raki", "rraki"])

@@ -16,9 +16,12 @@ lines on each side whose missing lines GRAPPA fills around the acquired grid lin
 (`calibration_extension`; 0: the ACS block alone, as the paper). 24 ACS lines are few rows to
 train on; the widened block made RAKI better than our GRAPPA at R = 3-6 on the phantom below
 (R = 4: NMSE .0081 against GRAPPA's .0101 and .0123 on the ACS alone; R = 6: .0184 against
-.0189 and .0259; `_raki_net.CALIBRATION_EXTENSION`). Layer 1 learns on every one of the
+.0189 and .0259; `_raki_net.CALIBRATION_EXTENSION`). At R = 2 the ACS block alone is enough
+and better: there the networks train on it for 1000 steps, on its 128 leading principal
+components (`_raki_net.WIDENED_FROM_ACCELERATION`). Layer 1 learns on every one of the
 2*Nc*10 patch components of a widened block and on the 64 leading principal components of the
-ACS block alone (`features` "auto"). Below R = 5 every row trains the networks for 400 steps;
+ACS block alone from R = 3 (`features` "auto"). At R = 3 and 4 every row trains the networks
+for 400 steps;
 from R = 5 on the outermost fifth of the widened block's rows (a tenth of the ACS block's) is
 held out, each network keeps its weights of least held-out error and the batch stops once the
 summed held-out error has fallen by less than 0.1 % in 40 steps (at most 200 steps): there the
@@ -48,13 +51,13 @@ from types import MappingProxyType
 from voxelhub.recon import _raki_net
 from voxelhub.recon.model import ComplexArray, KSpace, Reconstruction, Sampling
 
-DEFAULT_ITERATIONS: int | None = None  # 400, or 200 with held-out rows (`_raki_net.Options`)
+DEFAULT_ITERATIONS: int | None = None  # by R and held-out rows (`_raki_net.Options`)
 DEFAULT_LEARNING_RATE = 1e-2
 DEFAULT_TRAINING_READOUT: int | str | None = "auto"  # 128; 96 on a float32 CPU
 DEFAULT_SCHEDULE = "cosine"
 DEFAULT_HELD_OUT: float | None = None  # chosen by the acceleration (`_raki_net.Options`)
 DEFAULT_PATIENCE = 40
-DEFAULT_FEATURES: int | str | None = "auto"  # 64, or all on a widened block
+DEFAULT_FEATURES: int | str | None = "auto"  # all on a widened block, else 128 or 64
 DEFAULT_IRREGULAR_GAPS = "grappa"  # lines off the grid by GRAPPA (`_raki_net.IRREGULAR_GAPS`)
 
 # The paper's training, the quality bar of the defaults: Adam at a constant 3e-3 for 1000
@@ -106,17 +109,18 @@ def reconstruct_raki(
     learning rate's course, "cosine" (falling to 0) or "constant"; `held_out` the fraction of
     the calibration block's rows kept for early stopping (0: none; None: from R = 5 on 0.2 of a
     widened block, 0.1 of the ACS block alone, none below), `iterations` the most training steps
-    (None: 400, or 200 with held-out rows; see `_raki_net.Options`), `patience` the steps
-    without 0.1 % improvement before the training stops (None: never early), `features` the
-    principal components layer 1 learns on (None: all; "auto": all on a widened block, else 64),
+    (None: 1000 at R = 2, else 400, or 200 with held-out rows; see `_raki_net.Options`),
+    `patience` the steps without 0.1 % improvement before the training stops (None: never
+    early), `features` the principal components layer 1 learns on (None: all; "auto": all on
+    a widened block, 128 on the ACS block alone at R = 2, else 64),
     `irregular_gaps` "grappa" (GRAPPA kernels for the lines off the regular grid: beside the ACS
     block, at the phase-encode edges) or "network" (the networks predict them too),
     `calibration_extension` lines on each side of the ACS block, filled by GRAPPA, added to the
-    block the networks train on (None: 20, `_raki_net.CALIBRATION_EXTENSION`; 0: the ACS block
-    alone), `readout_batches` the parts of the training window, cut along the readout, that the
-    steps take in turn (None: 2 on the CPU without held-out rows, halving the time, else 1:
-    every step on the whole window). `**FULL_LENGTH` trains as the paper did. The same seed
-    gives the same images on the same machine.
+    block the networks train on (None: 20, `_raki_net.CALIBRATION_EXTENSION`, from R = 3 and
+    0 at R = 2; 0: the ACS block alone), `readout_batches` the parts of the training window,
+    cut along the readout, that the steps take in turn (None: 2 on the CPU without held-out
+    rows, halving the time, else 1: every step on the whole window). `**FULL_LENGTH` trains
+    as the paper did. The same seed gives the same images on the same machine.
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))

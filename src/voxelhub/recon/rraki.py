@@ -38,15 +38,15 @@ from voxelhub.recon.raki import (
     DEFAULT_SCHEDULE,
 )
 
-# The CNN starts at zero on top of GRAPPA: layer 1 trains on every patch component (at R = 4,
-# seed 0: NMSE 0.0111 against 0.0115 on 64) and 200 steps suffice (on 64, 400 gave 0.0116).
-DEFAULT_ITERATIONS = 200
+# 200 steps on every patch component, 1000 on 128 components at R = 2
+# (`_raki_net.ITERATIONS_RESIDUAL`, `_raki_net.WIDENED_FROM_ACCELERATION`).
+DEFAULT_ITERATIONS: int | None = None
 # 96 readout points of the widened block rather than RAKI's 128: the same images within 0.3 %
 # (one slice, seed 1, NMSE 128 -> 96: R = 2 .00086 -> .00086, R = 3 .00313 -> .00314, R = 4
 # .00796 -> .00803, R = 5 .01479 -> .01481, R = 6 .01843 -> .01842) in two thirds of the time
 # on 2 CPU cores (R = 2-4: 15-20 s -> 12-13 s a slice).
 DEFAULT_TRAINING_READOUT = 96
-DEFAULT_FEATURES: int | None = None
+DEFAULT_FEATURES: int | str | None = "auto"
 DEFAULT_LINEAR_WEIGHT = 0.0
 DEFAULT_LINEAR_REGULARIZATION = 0.1
 
@@ -54,7 +54,7 @@ DEFAULT_LINEAR_REGULARIZATION = 0.1
 def reconstruct_rraki(
     kspace: KSpace,
     *,
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | None = DEFAULT_ITERATIONS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     device: str | None = None,
@@ -68,7 +68,7 @@ def reconstruct_rraki(
     schedule: str = DEFAULT_SCHEDULE,
     held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
-    features: int | None = DEFAULT_FEATURES,
+    features: int | str | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
     calibration_extension: int | None = None,
     readout_batches: int | None = None,
@@ -79,10 +79,11 @@ def reconstruct_rraki(
     (relative to the largest singular value of the calibration matrix), `linear_learning_rate`
     its learning rate (None: 0, fixed), `linear_weight` the weight of its own error in the
     loss; `calibration_extension` None widens the training block by 20 GRAPPA-filled
-    lines on each side (0: the ACS block alone), and `held_out` None holds out the outer
-    fifth of it from R = 5 on (none below; on the ACS block alone the outer 35 %); the other
-    options are `raki.reconstruct_raki`'s (here layer 1 learns on every patch component by
-    default, 200 steps at most, on 96 readout points).
+    lines on each side from R = 3 on (0: the ACS block alone, the default at R = 2), and
+    `held_out` None holds out the outer fifth of it from R = 5 on (none below; on the ACS
+    block alone the outer 35 %); the other options are `raki.reconstruct_raki`'s (here, from
+    R = 3, layer 1 learns on every patch component by default, 200 steps at most; at R = 2 on
+    128 components for 1000 steps, as RAKI; always on 96 readout points).
 
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=32, phase_encode=32, coils=4, acs_lines=12))
@@ -116,7 +117,7 @@ def fill(
     kspace_slice: ComplexArray,
     sampling: Sampling,
     *,
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | None = DEFAULT_ITERATIONS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     device: str | None = None,
@@ -129,7 +130,7 @@ def fill(
     schedule: str = DEFAULT_SCHEDULE,
     held_out: float | None = DEFAULT_HELD_OUT,
     patience: int | None = DEFAULT_PATIENCE,
-    features: int | None = DEFAULT_FEATURES,
+    features: int | str | None = DEFAULT_FEATURES,
     irregular_gaps: str = DEFAULT_IRREGULAR_GAPS,
     calibration_extension: int | None = None,
 ) -> ComplexArray:
