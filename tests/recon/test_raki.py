@@ -362,37 +362,33 @@ def test_training_window_is_narrower_on_a_cpu_computing_in_float32(
 
 def test_rows_are_held_out_from_r5_on_and_steps_follow_unless_set() -> None:
     options = _raki_net.Options(iterations=None, learning_rate=1e-2)
-    rates = (1, 2, 4, 5, 6)
-    for residual in (False, True):
-        # R = 2 trains on the ACS block alone, on 128 components, from R = 3 on a widened one.
-        assert [options.resolved_extension(r, residual=residual) for r in rates] == [
-            0, 0, 20, 20, 20
-        ]  # fmt: skip
-        assert [options.resolved_held_out(r, residual=residual) for r in rates] == [
-            0, 0, 0, 0.2, 0.2
-        ]  # fmt: skip
-        assert [options.resolved_features(r, residual=residual) for r in rates] == [
-            128, 128, None, None, None
-        ]  # fmt: skip
     acs_only = replace(options, calibration_extension=0)
-    assert [acs_only.resolved_held_out(r, residual=False) for r in rates] == [0, 0, 0, 0.1, 0.1]
-    assert [acs_only.resolved_held_out(r, residual=True) for r in rates] == [0, 0, 0, 0.35, 0.35]
-    assert [acs_only.resolved_features(r, residual=False) for r in rates] == [
-        128, 128, 64, 64, 64
-    ]  # fmt: skip
-    assert [acs_only.resolved_features(r, residual=True) for r in rates] == [
-        128, 128, None, None, None
-    ]  # fmt: skip
+    rates = (1, 2, 4, 5, 6)
+
+    def by_rate(chosen: _raki_net.Options, setting: str, residual: bool) -> list[Any]:
+        resolve = getattr(chosen, f"resolved_{setting}")
+        if setting != "iterations":
+            return [resolve(r, residual=residual) for r in rates]
+        held = by_rate(chosen, "held_out", residual)
+        return [resolve(h, r, residual=residual) for h, r in zip(held, rates, strict=True)]
+
+    # R = 2 trains on the ACS block alone, on 128 components, from R = 3 on a widened one.
+    expected = {
+        (options, "extension", False): [0, 0, 20, 20, 20],
+        (options, "extension", True): [0, 0, 20, 20, 20],
+        (options, "held_out", False): [0, 0, 0, 0.2, 0.2],
+        (options, "held_out", True): [0, 0, 0, 0.2, 0.2],
+        (options, "features", False): [128, 128, None, None, None],
+        (options, "features", True): [128, 128, None, None, None],
+        (options, "iterations", False): [1000, 1000, 400, 200, 200],
+        (options, "iterations", True): [1000, 1000, 200, 200, 200],
+        (acs_only, "held_out", False): [0, 0, 0, 0.1, 0.1],
+        (acs_only, "held_out", True): [0, 0, 0, 0.35, 0.35],
+        (acs_only, "features", False): [128, 128, 64, 64, 64],
+        (acs_only, "features", True): [128, 128, None, None, None],
+    }
+    assert {key: by_rate(*key) for key in expected} == expected
     assert replace(options, features=32).resolved_features(4, residual=False) == 32
-    steps = {
-        residual: [
-            options.resolved_iterations(options.resolved_held_out(r, residual=residual), r,
-                                        residual=residual)
-            for r in rates
-        ]
-        for residual in (False, True)
-    }  # fmt: skip
-    assert steps == {False: [1000, 1000, 400, 200, 200], True: [1000, 1000, 200, 200, 200]}
     chosen = replace(options, held_out=0.3, iterations=7)
     assert chosen.resolved_held_out(2, residual=False) == 0.3
     assert chosen.resolved_iterations(0.3, 2, residual=False) == 7
