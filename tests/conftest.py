@@ -31,6 +31,7 @@ from voxelhub.core.objects.local import LocalObjectStore
 from voxelhub.core.pg import EmbeddedPostgres
 from voxelhub.core.runtime import Runtime
 from voxelhub.core.settings import Settings, load_settings
+from voxelhub.main import BodyChunksProtocol
 
 pytest_plugins = ["tests.fixtures.seaweed"]
 
@@ -135,8 +136,9 @@ def free_port() -> int:
 def live_server(runtime: Runtime) -> Iterator[str]:
     """The app served by a real uvicorn on a free local port, in a background thread."""
     config = uvicorn.Config(
-        build_app(runtime), host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"
-    )
+        build_app(runtime), host="127.0.0.1", port=free_port(), log_level="warning",
+        lifespan="on", http=BodyChunksProtocol,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -34,7 +34,7 @@ from voxelhub.core.settings import Settings
 from voxelhub.jobs import broker, celery_app
 from voxelhub.jobs.celery_app import celery_for
 from voxelhub.jobs.supervisor import Supervisor
-from voxelhub.main import tune_body_reading
+from voxelhub.main import BodyChunksProtocol, tune_body_reading
 from voxelhub.store.dimse import DimseConfig, DimseServer, start_dimse
 
 logger = logging.getLogger(__name__)
@@ -281,6 +281,7 @@ def serve_http(runtime: Runtime, options: ServeOptions) -> None:
         # Open keep-alive or streaming connections must not hold a shutdown forever.
         "timeout_graceful_shutdown": 10,
         "log_level": runtime.settings.log_level.lower(),
+        "http": BodyChunksProtocol,
     }
     if options.web_processes <= 1:
         tune_body_reading()

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 
 from voxelhub.core.sockets import receive_exactly
 from voxelhub.dicom.errors import DicomError
@@ -41,6 +42,9 @@ from voxelhub.dicom.model import SplitInstance
 from voxelhub.store.dicomweb.splitting import content_hash, split_for_store
 
 logger = logging.getLogger(__name__)
+
+# A part, or a piece of one (a multipart part as it arrived: `multipart.Part.pieces`).
+Piece = bytes | bytearray | memoryview
 
 # A request: the part's length and the shared memory's size (the worker maps it anew when
 # the size changed). A reply: status, where its pickle is (_IN_MEMORY or _FOLLOWS on the
@@ -138,12 +142,16 @@ class _Worker:
             os.ftruncate(self.memory_fd, size)
             self.memory = mmap.mmap(self.memory_fd, size)
 
-    async def split(self, body: bytes | bytearray | memoryview) -> tuple[SplitInstance, str]:
+    async def split(self, pieces: Sequence[Piece]) -> tuple[SplitInstance, str]:
         loop = asyncio.get_running_loop()
-        self._fit(len(body))
-        self.memory[: len(body)] = body
+        length = sum(len(piece) for piece in pieces)
+        self._fit(length)
+        at = 0
+        for piece in pieces:  # copied in where they lie, never joined first
+            self.memory[at : at + len(piece)] = piece
+            at += len(piece)
         try:
-            await loop.sock_sendall(self.sock, _REQUEST.pack(len(body), len(self.memory)))
+            await loop.sock_sendall(self.sock, _REQUEST.pack(length, len(self.memory)))
             head = await self._receive(loop, _REPLY.size)
             reply = None
             if head is not None:
@@ -219,22 +227,24 @@ class SplitPool:
         self._waiting: collections.deque[asyncio.Future[_Worker]] = collections.deque()
         self._started = 0
 
-    async def split(self, body: bytes | bytearray | memoryview) -> tuple[SplitInstance, str]:
-        """`body` split in a worker, and its content hash."""
+    async def split(self, body: Piece | Sequence[Piece]) -> tuple[SplitInstance, str]:
+        """`body` split in a worker, and its content hash; `body` may be given as the pieces
+        it arrived in (a multipart part's), which are then never joined."""
+        pieces = (body,) if isinstance(body, bytes | bytearray | memoryview) else tuple(body)
         worker = await self._take()
-        exchange = asyncio.ensure_future(self._exchange(worker, body))
+        exchange = asyncio.ensure_future(self._exchange(worker, pieces))
         exchange.add_done_callback(_retrieved)  # read when its caller was cancelled meanwhile
         return await asyncio.shield(exchange)
 
-    def split_blocking(self, body: bytes | bytearray | memoryview) -> tuple[SplitInstance, str]:
+    def split_blocking(self, body: Piece | Sequence[Piece]) -> tuple[SplitInstance, str]:
         """`split` for a caller without an event loop."""
         return asyncio.run(self.split(body))
 
     async def _exchange(
-        self, worker: _Worker, body: bytes | bytearray | memoryview
+        self, worker: _Worker, pieces: Sequence[Piece]
     ) -> tuple[SplitInstance, str]:
         try:
-            return await worker.split(body)
+            return await worker.split(pieces)
         except (DicomError, SplitFailed):  # its reply read in full, or the worker gone
             raise
         except BaseException:  # cut short (the loop stopping): its reply may still come

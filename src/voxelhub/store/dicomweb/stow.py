@@ -122,8 +122,9 @@ def split_prepared(
     return split_for_store(body), report
 
 
-async def _split_in_worker(body: bytes | bytearray) -> _Split:
-    split, digest = await splitpool.pool.split(body)
+async def _split_in_worker(part: Part) -> _Split:
+    # The pieces go to the worker's memory as they are, never joined here.
+    split, digest = await splitpool.pool.split(part.pieces)
     return split, digest, None
 
 
@@ -260,7 +261,7 @@ async def _split_and_index(
                     "instance as an application/dicom part",
                 )
                 continue
-            pending.append(_submit(loop, part.body, prepare))
+            pending.append(_submit(loop, part, prepare))
             if len(pending) >= window:
                 await finish(pending.pop(0))
         while pending:
@@ -279,7 +280,7 @@ async def _as_part10(
     bulk: list[Part] = []
     held = 0
     async for part in parts:
-        held += len(part.body)
+        held += part.size
         if max_bytes and held > max_bytes:
             raise InvalidQuery(
                 f"a metadata-and-bulk STOW-RS request is held whole and may hold at most "
@@ -304,15 +305,15 @@ async def _part10_parts(built: list[stow_json.Built], result: StowResult) -> Asy
         if one.body is None:
             result.fail(CANNOT_UNDERSTAND, one.problem, one.sop_class, one.sop_instance)
             continue
-        yield Part({"content-type": "application/dicom"}, one.body)
+        yield Part.whole({"content-type": "application/dicom"}, one.body)
 
 
 def _submit(
-    loop: asyncio.AbstractEventLoop, body: bytes | bytearray, prepare: Prepare | None
+    loop: asyncio.AbstractEventLoop, part: Part, prepare: Prepare | None
 ) -> asyncio.Future[_Split]:
     if prepare is None:
-        return asyncio.ensure_future(_split_in_worker(body))
-    return loop.run_in_executor(_pool, _split_here, body, prepare)
+        return asyncio.ensure_future(_split_in_worker(part))
+    return loop.run_in_executor(_pool, _split_here, part.body, prepare)
 
 
 def _size(split: SplitInstance) -> int:

@@ -80,13 +80,13 @@ def build(metadata: list[Part], bulk: list[Part]) -> Iterator[Built]:
     for part in metadata:
         if _is_xml(part):
             try:
-                yield _one(dicomxml.from_xml(bytes(part.body)), by_location)
+                yield _one(dicomxml.from_xml(part.body), by_location)
             except dicomxml.XmlError as err:
                 problem = f"the DICOM XML part is not the Native DICOM Model: {err}"
                 yield Built(None, problem=problem)
             continue
         try:
-            objects = json.loads(bytes(part.body))
+            objects = json.loads(part.body)
         except (UnicodeDecodeError, ValueError) as err:
             yield Built(None, problem=f"the DICOM JSON part is not valid JSON: {err}")
             continue
@@ -101,7 +101,7 @@ def build(metadata: list[Part], bulk: list[Part]) -> Iterator[Built]:
 
 def unreferenced(metadata: list[Part], bulk: list[Part]) -> list[str]:
     """Content-Locations of bulk parts that no object refers to (reported, not stored)."""
-    text = b"".join(bytes(part.body) for part in metadata)
+    text = b"".join(part.body for part in metadata)
     return [
         loc
         for part in bulk
@@ -196,7 +196,7 @@ def _part10(obj: dict[str, Any], parts: dict[str, list[Part]]) -> bytes:
                 f"the bulk data {uri} is not in the request (no part has that Content-Location)"
             )
         if uri == pixel_uri and syntax != EXPLICIT_VR_LITTLE_ENDIAN:
-            return encapsulate([bytes(part.body) for part in found])
+            return encapsulate([part.body for part in found])
         if len(found) > 1:
             raise _Refused(
                 f"{len(found)} parts have the Content-Location {uri}; a bulk data value "
