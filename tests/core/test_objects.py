@@ -614,6 +614,31 @@ def test_local_keeps_content_type(local_store: LocalObjectStore) -> None:
     )
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_local_objects_not_yet_durable_are_synced_and_their_files_closed(
+    local_store: LocalObjectStore,
+) -> None:
+    """Past the most descriptors kept open, files are synced by path; an object written
+    twice before the sync leaves neither descriptor open."""
+    before = _open_fds()
+    count = 300
+    for index in range(count):
+        local_store.put(f"batch/{index % 7}/{index}", _data(100, index), durable=False)
+    local_store.put("batch/0/0", b"again", durable=False)
+    assert _open_fds() > before
+    local_store.sync()
+
+    assert _open_fds() == before
+    assert local_store.get("batch/0/0") == b"again"
+    assert all(local_store.get(f"batch/{i % 7}/{i}") == _data(100, i) for i in range(1, count))
+    local_store.sync()  # nothing left to do
+    assert _open_fds() == before
+
+
 # --- open_store -----------------------------------------------------------------------------
 
 

@@ -9,13 +9,14 @@ part of one. The web app serves `signed_url()` links through `verify_signed()` a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import stat as stat_module
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -49,11 +50,13 @@ _QUICK_FSYNC_S = 0.002
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a folder; one that is gone since (replaced, deleted) needs none."""
-    if path.is_dir():
-        localfiles.fsync_directory(path)
-        return
+# Files written with `durable=False` keep their descriptor open until synced (no reopening
+# by path) while there are at most this many; past it they are synced by path.
+_OPEN_UNSYNCED_MAX = 256
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync a file by its path; one that is gone since (replaced, deleted) needs none."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -64,8 +67,38 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _sync_all(paths: list[Path]) -> None:
-    """fsync `paths`: one after another while that is quick, the rest in parallel.
+def _fsync_folder(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        localfiles.fsync_directory(path)
+
+
+class _Unsynced:
+    """A file written but not yet fsynced, with its still open descriptor if it has one."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path, self.fd = path, fd
+
+    def sync(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            _fsync_file(self.path)
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def forget(self) -> None:
+        """Close the descriptor without syncing (the file was replaced since)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _sync_all(syncs: list[Callable[[], None]]) -> None:
+    """Run the fsyncs `syncs`: one after another while that is quick, the rest in parallel.
 
     On a journalling file system the first fsync of a batch commits the metadata of all of
     it (ext4 writes the data of the others first), so the rest are quick and a thread each
@@ -73,11 +106,11 @@ def _sync_all(paths: list[Path]) -> None:
     fsync waits for the disk (a slow disk, another file system), concurrent ones share its
     flushes, so the rest go to threads.
     """
-    for done, path in enumerate(paths):
+    for done, sync in enumerate(syncs):
         started = time.monotonic()
-        _fsync_path(path)
+        sync()
         if time.monotonic() - started > _QUICK_FSYNC_S:
-            list(_syncers.map(_fsync_path, paths[done + 1 :]))
+            list(_syncers.map(lambda later: later(), syncs[done + 1 :]))
             return
 
 
@@ -91,7 +124,7 @@ class LocalObjectStore:
 
     def __init__(self, root: Path, *, secret_key: str) -> None:
         self.root = Path(root).absolute()
-        self._pending: set[Path] = set()
+        self._pending: dict[Path, _Unsynced] = {}
         self._pending_lock = threading.Lock()
         # Held while a sync runs, so a sync that finds nothing pending returns only after
         # the files another thread took from `_pending` are durable too.
@@ -143,13 +176,30 @@ class LocalObjectStore:
 
     def _sync_pending(self) -> None:
         with self._pending_lock:
-            files, self._pending = self._pending, set()
+            files, self._pending = self._pending, {}
+        folders = {path.parent for path in files}
         try:
-            _sync_all([*files, *{path.parent for path in files}])
+            _sync_all(
+                [file.sync for file in files.values()]
+                + [functools.partial(_fsync_folder, folder) for folder in folders]
+            )
         except BaseException:
-            with self._pending_lock:  # the next sync tries them again
-                self._pending |= files
+            with self._pending_lock:  # the next sync tries them again (by path)
+                for path, file in files.items():
+                    self._pending.setdefault(path, file)
             raise
+
+    def _add_pending(self, path: Path, fd: int) -> None:
+        """Remember a file to sync; its descriptor is kept open (or closed, past the most
+        kept), and the caller's to close no more."""
+        with self._pending_lock:
+            keep = len(self._pending) < _OPEN_UNSYNCED_MAX
+            replaced = self._pending.pop(path, None)
+            self._pending[path] = _Unsynced(path, fd if keep else None)
+        if not keep:
+            os.close(fd)
+        if replaced is not None:
+            replaced.forget()
 
     def put(
         self,
@@ -172,18 +222,20 @@ class LocalObjectStore:
         try:
             localfiles.write_all(data, fd)
             committing = True
-            localfiles.set_content_type(fd, resolved_type)
+            if resolved_type != content_type_for(key, None):  # else read back as guessed
+                localfiles.set_content_type(fd, resolved_type)
             if durable:
                 os.fsync(fd)
             info = localfiles.info_from_stat(key, os.fstat(fd), content_type=resolved_type)
-            os.close(fd)
-            fd = -1
+            if durable:
+                os.close(fd)
+                fd = -1
             os.replace(tmp, path)
             if durable:
                 localfiles.fsync_directory(path.parent)
             else:
-                with self._pending_lock:
-                    self._pending.add(path)
+                fd, kept = -1, fd
+                self._add_pending(path, kept)
         except BaseException as err:
             if fd >= 0:
                 os.close(fd)
