@@ -141,6 +141,8 @@ class Voxelhub:
     archive_id: str = ""
     dimse_enabled: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # More `voxelhub serve` options, for a variant of its configuration.
+    serve_args: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -223,6 +225,7 @@ class Voxelhub:
             str(self.folder),
             "--port",
             str(self.http_port),
+            *self.serve_args,
         ]
         self.dimse_enabled = dimse and self.supports_dimse()
         if self.dimse_enabled:

@@ -30,6 +30,10 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("stow", "cstore", "qido", "retrieve", "memory")
+# voxelhub as started by default, and with two HTTP processes (STOW-RS only; a viewer's
+# decoded series are cached per process, so one process is the default).
+TWO_WEB = "voxelhub-2web"
+SERVERS = ("orthanc", "voxelhub", TWO_WEB)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where data and server homes go (default: a new temp folder)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
-    parser.add_argument("--servers", default="orthanc,voxelhub", help="which servers to measure")
+    parser.add_argument(
+        "--servers",
+        default="orthanc,voxelhub",
+        help=f"which servers to measure, of {', '.join(SERVERS)} ({TWO_WEB} only in STOW-RS)",
+    )
     parser.add_argument("--in-netns", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
@@ -154,12 +162,17 @@ def start_servers(
         candidates.append(Orthanc(work / "orthanc", prefix))
     if "voxelhub" in wanted:
         candidates.append(Voxelhub(work / "voxelhub", prefix))
+    if TWO_WEB in wanted and "stow" in sections:
+        candidates.append(
+            Voxelhub(work / TWO_WEB, prefix, http_port=8001, dimse_port=11113, name=TWO_WEB,
+                     serve_args=["--web-processes", "2", "--dimse-port", "0"])
+        )  # fmt: skip
     started = []
     for server in candidates:
         print(f"starting {server.name}…", flush=True)
         try:
             if isinstance(server, Voxelhub):
-                server.start(dimse="cstore" in sections)
+                server.start(dimse="cstore" in sections and server.name != TWO_WEB)
             else:
                 server.start()
         except (RuntimeError, OSError, httpx.HTTPError, StopIteration) as err:
@@ -179,6 +192,7 @@ def run_section(
 
     if section == "stow":
         return _sections.stow(servers, data, sizes, keep)
+    servers = [server for server in servers if server.name != TWO_WEB]
     if section == "cstore":
         return _sections.cstore(servers, data, sizes)
     if section == "qido":
@@ -235,6 +249,24 @@ ROWS = [
         "server_cpu_ms_per_instance",
         False,
     ),
+    (
+        "  voxelhub with --web-processes 2",
+        "inst/s",
+        "stow",
+        "4_clients/{}",
+        "instances_per_s",
+        True,
+        TWO_WEB,
+    ),
+    (
+        "    its server CPU per instance",
+        "ms",
+        "stow",
+        "4_clients/{}",
+        "server_cpu_ms_per_instance",
+        False,
+        TWO_WEB,
+    ),
     ("C-STORE ingest (storescu)", "inst/s", "cstore", "{}", "instances_per_s", True),
     (
         "QIDO corpus ingest (16x16, 2 clients)",
@@ -282,10 +314,10 @@ def _figure(sections: dict[str, Any], section: str, key: str, field: str) -> Any
 
 def table_rows(sections: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for label, unit, section, key, field, higher in ROWS:
+    for label, unit, section, key, field, higher, *variant in ROWS:
         if section not in sections:
             continue
-        vox = _figure(sections, section, key.format("voxelhub"), field)
+        vox = _figure(sections, section, key.format(*variant or ["voxelhub"]), field)
         ort = _figure(sections, section, key.format("orthanc"), field)
         ratio = None
         if isinstance(vox, float | int) and isinstance(ort, float | int) and ort:
