@@ -10,7 +10,13 @@ from typing import Any
 
 from _common import MB, Data, Sizes, say, settle, stow_figures
 from _data import SeriesFiles
-from _dicomweb import client, qido_latencies, retrieve_frames, stow_concurrently
+from _dicomweb import (
+    client,
+    qido_latencies,
+    request_bodies,
+    retrieve_frames,
+    stow_concurrently,
+)
 from _servers import CpuMeter, RssSampler, Server, Voxelhub
 
 
@@ -67,6 +73,7 @@ def stow(servers: list[Server], data: Data, sizes: Sizes, keep: dict[str, Any]) 
             if clients == 1 and round_ == 0:
                 keep["retrieve_series"] = series[0]
             for server in servers if round_ % 2 == 0 else servers[::-1]:
+                bodies = request_bodies([s.paths for s in series], sizes.batch)
                 settle()
                 with CpuMeter(server.root_pids()) as cpu:
                     outcome, seconds = stow_concurrently(
@@ -75,7 +82,9 @@ def stow(servers: list[Server], data: Data, sizes: Sizes, keep: dict[str, Any]) 
                         [s.paths for s in series],
                         batch=sizes.batch,
                         time_limit_s=sizes.stow_time_limit_s,
+                        bodies=bodies,
                     )
+                del bodies
                 rounds[server.name].append(stow_figures(outcome, seconds, cpu))
                 shares = ", ".join(
                     f"{k} {v:.2f}" for k, v in sorted(cpu.by_kind.items()) if v >= 0.05
