@@ -318,3 +318,23 @@ def test_only_uploaders_upload_and_only_their_own(
     assert gone.status_code == 204
     assert client.get(f"/api/v1/uploads/{upload_id}", headers=uploader.account.headers
                       ).status_code == 404  # fmt: skip
+
+
+def test_two_images_of_one_case_in_one_upload_do_not_replace_each_other(
+    client: TestClient, uploader: Uploader, database_url: str, tmp_path: Path
+) -> None:
+    """`brain.nii.gz` and `brain.nrrd` side by side both name case `sub-01/brain`: the
+    first is stored, the second is refused with the reason, not stored over the first."""
+    _nifti(tmp_path / "brain.nii.gz")
+    other = SimpleITK.GetImageFromArray(np.ones((3, 4, 5), np.int16))
+    SimpleITK.WriteImage(other, str(tmp_path / "brain.nrrd"))
+    files = {f"sub-01/{n}": (tmp_path / n).read_bytes() for n in ("brain.nii.gz", "brain.nrrd")}
+    report = upload(client, uploader.account, uploader.archive_id, files)
+    outcomes = {f["path"]: (f["outcome"], f.get("reason") or "") for f in report["files"]}
+    assert outcomes["sub-01/brain.nii.gz"][0] == "stored", outcomes
+    outcome, reason = outcomes["sub-01/brain.nrrd"]
+    assert outcome == "rejected" and "sub-01/brain.nii.gz" in reason, outcomes
+    values = case_values(database_url, uploader.archive_id)
+    stored = values["sub-01/brain"]["image"]
+    entry = next(f for f in report["files"] if f["path"] == "sub-01/brain.nii.gz")
+    assert str(stored.id) == entry["value_id"]

@@ -137,3 +137,36 @@ def test_the_upload_command_prints_the_report(
     missing = runner.invoke(app, ["upload", str(noise), "--archive", "nope", *common])
     assert missing.exit_code == 2
     assert "no archive named 'nope'" in missing.output
+
+
+class Interrupted(FlakyNetwork):
+    """Ctrl-C while the chosen PUT request is being sent."""
+
+    def __call__(self, request: urllib.request.Request, *, timeout: float) -> Any:
+        if request.get_method() == "PUT" and self.puts + 1 in self.refused:
+            raise KeyboardInterrupt
+        return super().__call__(request, timeout=timeout)
+
+
+def test_an_upload_interrupted_with_ctrl_c_names_the_id_to_resume(
+    tmp_path: Path, upload_server: str, uploader: Uploader, database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    app = typer.Typer()
+    app.command("upload")(upload_command)
+    app.command("noop")(lambda: None)
+    paths = [str(p) for p in _inputs(tmp_path)]
+    common = ["--server", upload_server, "--token", uploader.account.token, "--chunk-mb", "1"]
+    network = Interrupted(lost_answers=set(), refused={4})
+    monkeypatch.setattr(client_module, "urlopen", network)
+    runner = CliRunner()
+    stopped = runner.invoke(app, ["upload", *paths, "--archive", uploader.archive_name, *common])
+    assert stopped.exit_code == 130, stopped.output
+    output = " ".join(stopped.output.split())
+    assert "--resume " in output, output
+    upload_id = output.rsplit("--resume ", 1)[1].split()[0]
+    monkeypatch.setattr(client_module, "urlopen", network.real)
+    resumed = runner.invoke(app, ["upload", *paths, "--archive", uploader.archive_name, *common,
+                                  "--resume", upload_id])  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert instances(database_url, uploader) == 7

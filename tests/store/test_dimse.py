@@ -696,3 +696,26 @@ def _wait_for_port(port: int) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"storescp did not listen on port {port}")
+
+
+@pytest.mark.slow
+@needs_dcmtk
+def test_a_second_instance_under_an_acknowledged_uid_is_refused_not_the_first(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path], tmp_path: Path
+) -> None:
+    """Two objects under one SOPInstanceUID on one association: the first was acknowledged,
+    so it is the one kept, and the second is refused (not stored in its place while the
+    first waits to be indexed)."""
+    changed = dcmread(series_files[0])
+    changed.PixelData = bytes(len(changed.PixelData))
+    path = tmp_path / "changed.dcm"
+    dcmwrite(path, changed, enforce_file_format=True)
+    result = dcmtk("storescu", "-v", "-nh", "-aec", AE_TITLE, "-R", "127.0.0.1", dimse.port,
+                   series_files[0], path)  # fmt: skip
+    output = result.stdout + result.stderr
+    responses = [line for line in output.splitlines() if "Received Store Response" in line]
+    assert len(responses) == 2 and "Success" in responses[0], output[-3000:]
+    assert "DataSetDoesNotMatchSOPClass" in responses[1], output[-3000:]
+    assert dimse.flush(timeout=60)
+    assert stored_uids(runtime, dimse.archive_id) == [str(changed.SOPInstanceUID)]
+    assert not (runtime.settings.home / JOURNAL_FOLDER / str(dimse.archive_id) / "refused").exists()

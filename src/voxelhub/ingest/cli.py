@@ -91,8 +91,21 @@ def upload(
         def advance(name: str, sent: int, total: int) -> None:
             bar.update(task, completed=sent, total=total, description=f"uploading {name}")
 
-        report = upload_files(paths, archive, server=server, token=token, chunk_size=chunk_size,
-                        resume=resume, progress=advance)  # fmt: skip
+        opened_ids: list[str] = []
+
+        def opened(upload_id: str) -> None:
+            opened_ids.append(upload_id)
+            bar.console.print(f"upload {upload_id}")
+
+        try:
+            report = upload_files(paths, archive, server=server, token=token,
+                                  chunk_size=chunk_size, resume=resume, progress=advance,
+                                  on_open=opened)  # fmt: skip
+        except KeyboardInterrupt:
+            # Without the id the bytes sent so far could not be resumed.
+            if opened_ids:
+                bar.console.print(f"interrupted: continue with --resume {opened_ids[0]}")
+            raise
         bar.update(task, description="uploaded")
     print_report(report)
     return report
@@ -129,5 +142,7 @@ def upload_command(
     except VoxelhubError as err:
         console.print(f"[bold red]error:[/] {err.message}")
         raise typer.Exit(code=2) from err
+    except KeyboardInterrupt as err:
+        raise typer.Exit(code=130) from err
     if report["state"] != "done" or report["counts"].get("rejected"):
         raise typer.Exit(code=1)

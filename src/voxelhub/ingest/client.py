@@ -212,10 +212,13 @@ def upload_files(
     resume: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     client: ApiClient | None = None,
+    on_open: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Upload files, folders and archives into `archive`; the server's report.
 
-    `progress(name, sent_bytes_total, total_bytes)` is called as bytes are acknowledged.
+    `progress(name, sent_bytes_total, total_bytes)` is called as bytes are acknowledged;
+    `on_open(upload_id)` once the upload exists, before any byte is sent, so that a caller
+    interrupted later can still name the upload to resume.
     """
     files = collect(paths)
     api = client or ApiClient(server, token)
@@ -226,6 +229,8 @@ def upload_files(
             headers={"Content-Type": "application/json"}))  # fmt: skip
         resume = str(opened["id"])
     upload_id = resume
+    if on_open is not None:
+        on_open(upload_id)
     have = api.received(upload_id)
     total = sum(f.size for f in files)
     done: dict[str, int] = {}

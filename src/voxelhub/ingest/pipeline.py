@@ -18,7 +18,7 @@ from voxelhub.ingest.dicom_files import SeriesBatch, store_dicom_file
 from voxelhub.ingest.extract import Budget, Member, Problem, archive_kind, extract
 from voxelhub.ingest.formats import read_head, recognise
 from voxelhub.ingest.formats.base import Recognition
-from voxelhub.ingest.images import KSPACE_INTERFACE, store_image, store_raw
+from voxelhub.ingest.images import INTERFACE, KSPACE_INTERFACE, image_title, store_image, store_raw
 from voxelhub.ingest.limits import Limits
 from voxelhub.ingest.models import UploadFile, UploadSession, UploadState
 from voxelhub.ingest.schemas import FileReport, SeriesReport, UploadReport
@@ -108,6 +108,15 @@ def _one_file(
     return FileReport(path=member.path, format=found.format, outcome="rejected", reason=reason)
 
 
+def _case_slot(member: Member, found: Recognition) -> tuple[str, str] | None:
+    """The (case title, interface) a research image or raw file is stored as; None for
+    DICOM and unusable files."""
+    if not found.ok or found.format == "dicom":
+        return None
+    interface = KSPACE_INTERFACE if found.format == "kspace" else INTERFACE
+    return image_title(member.path), interface
+
+
 def _store_all(
     db: Session,
     store: ObjectStore,
@@ -124,23 +133,37 @@ def _store_all(
     for member in files:
         if (skip := _skip_reason(member.path)) is not None:
             reports.append(FileReport(path=member.path, outcome="skipped", reason=skip))
+    # Files that differ only in their extension name the same case value: the first one
+    # is stored, and a later one would silently replace it.
+    slots: dict[tuple[str, str], str] = {}
     for member, found in recognised:
         if member.local in data_files:
             reason = f"the data file of {data_files[member.local]}, read with it"
             reports.append(FileReport(path=member.path, outcome="skipped", reason=reason))
             continue
-        reports.append(
-            _one_file(
-                db,
-                store,
-                session=session,
-                member=member,
-                found=found,
-                batches=batches,
-                workdir=workdir,
-                limits=limits,
+        slot = _case_slot(member, found)
+        if slot is not None and slot in slots:
+            reason = (
+                f"{slots[slot]} of this upload is stored as the {slot[1]} of case {slot[0]!r} "
+                "already; rename one of the two to keep both"
             )
+            reports.append(
+                FileReport(path=member.path, format=found.format, outcome="rejected", reason=reason)
+            )
+            continue
+        report = _one_file(
+            db,
+            store,
+            session=session,
+            member=member,
+            found=found,
+            batches=batches,
+            workdir=workdir,
+            limits=limits,
         )
+        if slot is not None and report.outcome in ("stored", "duplicate"):
+            slots[slot] = member.path
+        reports.append(report)
     series = [
         attach_series(db, store, archive_id=session.archive_id, batch=batch)
         for batch in batches.values()

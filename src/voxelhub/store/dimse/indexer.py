@@ -130,6 +130,11 @@ class Indexer:
         with self._progress:
             return self._uids[sop_instance_uid] > 0
 
+    def wait_for(self, sop_instance_uid: str, timeout: float | None = None) -> bool:
+        """Wait until no record with this UID is left to index; False on timeout."""
+        with self._progress:
+            return self._progress.wait_for(lambda: self._uids[sop_instance_uid] <= 0, timeout)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record handed in before this call is indexed; False on
         timeout."""

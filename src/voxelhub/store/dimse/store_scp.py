@@ -63,6 +63,8 @@ JOURNAL_FOLDER = "dimse-journal"
 # How long a closing association waits for its instances to be indexed before it stops
 # marking the archive in flight.
 GUARD_FLUSH_S = 120.0
+# How long an instance under a UID met before waits for the acknowledged one to be indexed.
+PENDING_WAIT_S = 60.0
 
 
 @dataclass
@@ -213,7 +215,7 @@ class StoreService:
                 written[0].cancel_last()
             if isinstance(received, Dataset):
                 return received
-            return self._store_now(received, state.peer)
+            return self._store_after_pending(received, state.peer)
         if prepare is not None:
             written = self._write(state, received.data)
         if written is None or not self._synced(written[0]):
@@ -323,6 +325,15 @@ class StoreService:
         )
         with self._lookups.connect() as connection:
             return set(connection.execute(query).scalars())
+
+    def _store_after_pending(self, received: _Received, peer: Peer) -> int | Dataset:
+        """`_store_now` once an acknowledged instance under the same UID is indexed: that
+        one was answered already, so it is the one kept, and this one is judged against it.
+        """
+        if not self._indexer.wait_for(received.sop_instance_uid, PENDING_WAIT_S):
+            return status(OUT_OF_RESOURCES, "storage busy: an instance under its UID is "
+                          "still being indexed; send it again later")  # fmt: skip
+        return self._store_now(received, peer)
 
     def _store_now(self, received: _Received, peer: Peer) -> int | Dataset:
         """Split, index and answer with the index's verdict (a UID met before)."""
