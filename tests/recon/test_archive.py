@@ -90,3 +90,12 @@ def test_read_inputs_takes_a_plain_file(tiny: PhantomAcquisition, tmp_path: Path
     assert result.name == "one.h5" and result.kspace is not None
     [missing] = read_inputs(tmp_path / "nope.h5")
     assert "no such file" in str(missing.error)
+
+
+def test_member_k_space_names_the_archive_member_as_its_source(
+    files: dict[str, bytes], tmp_path: Path
+) -> None:
+    results = {r.name: r for r in read_archive(_zip(tmp_path / "batch.zip", files))}
+    kspace = results["scans/a.h5"].kspace
+    assert kspace is not None
+    assert kspace.source == "batch.zip/scans/a.h5"  # not the deleted temporary copy

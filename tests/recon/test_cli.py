@@ -129,3 +129,63 @@ def test_without_torch_grappa_still_runs_and_raki_says_what_to_install(tmp_path:
         assert done.returncode == code, done.stdout + done.stderr
         assert out.exists() == (code == 0)
     assert "pip install 'voxelhub[ai]'" in " ".join((done.stdout + done.stderr).split())
+
+
+def test_output_that_is_the_input_is_refused_and_the_input_kept(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    source = fastmri_file(tmp_path / "in.h5", tiny.kspace)
+    before = source.read_bytes()
+    result = runner.invoke(app, ["recon", str(source), "-o", str(tmp_path / "." / "in.h5")])
+    assert result.exit_code == 2
+    assert "is the input" in " ".join(result.output.split())
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["missing/out.h5", "."])
+def test_unwritable_output_is_a_clear_error(
+    where: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    source = fastmri_file(tmp_path / "in.h5", tiny.kspace)
+    result = runner.invoke(app, ["recon", str(source), "-o", str(tmp_path / where)])
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "cannot write" in " ".join(result.output.split())
+
+
+def test_archive_members_whose_group_names_collide_all_get_written(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    source = fastmri_file(tmp_path / "in.h5", tiny.kspace)
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.write(source, "a b.h5")
+        handle.write(source, "a_b.h5")
+        handle.write(source, "c.h5")
+    out = tmp_path / "out.h5"
+    result = runner.invoke(app, ["recon", str(archive), "-o", str(out), "--method", "zero-filled"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as handle:
+        assert len(handle) == 3
+        names = sorted(handle)
+        assert all(handle[name]["reconstruction"].shape == (2, 64, 48) for name in names)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("kernel=abc", "kernel"),
+        ("kernel=5", "kernel"),
+        ("kernel=5,2,3", "kernel"),
+        ("regularization=abc", "regularization"),
+    ],
+)
+def test_setting_of_the_wrong_type_is_a_clear_error(
+    setting: str, message: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    source = fastmri_file(tmp_path / "in.h5", tiny.kspace)
+    result = runner.invoke(app, ["recon", str(source), "-o", str(tmp_path / "o.h5"),
+                                 "--set", setting])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert message in result.output

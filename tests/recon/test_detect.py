@@ -84,3 +84,24 @@ def test_only_acs_is_refused() -> None:
 def test_bad_arrays_are_refused(data: np.ndarray, message: str) -> None:
     with pytest.raises(ReconError, match=message):
         check_kspace(data, source="x.h5")
+
+
+@pytest.mark.parametrize("side", ["start", "end"])
+def test_fully_sampled_partial_fourier_is_r1(side: str) -> None:
+    mask = np.ones(96, bool)
+    mask[:24] = False  # 3/4 partial Fourier: the first (or last) quarter never acquired
+    mask = mask if side == "start" else mask[::-1].copy()
+    found = detect_sampling(_data(mask))
+    assert found.acceleration == 1
+    assert found.acs_lines == 72
+
+
+def test_random_mask_of_mostly_neighbouring_lines_is_not_r1() -> None:
+    # fastMRI's test-set random masks: many acquired lines sit side by side, yet lines are
+    # missing; R = 1 would make RAKI return the zero-filled image as if fully sampled.
+    mask = np.zeros(64, bool)
+    mask[[2, 9, 16, 18, 19, 21, 39, 43, 48, 52, 54, 55, 60, 61]] = True
+    mask[26:38] = True
+    found = detect_sampling(_data(mask))
+    assert found.acceleration >= 2
+    assert found.acs == (26, 38)

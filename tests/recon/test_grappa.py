@@ -83,3 +83,30 @@ def test_acs_too_small_for_the_gap_is_refused() -> None:
 def test_too_few_calibration_equations_are_refused(small_r2: PhantomAcquisition) -> None:
     with pytest.raises(ReconError, match="calibration equations"):
         grappa(small_r2.kspace, kernel=(120, 4))
+
+
+def test_no_regularization_with_a_dead_coil_takes_the_minimum_norm_kernel(
+    small_r3: PhantomAcquisition,
+) -> None:
+    data = small_r3.kspace.data.copy()
+    data[:, -1] = 0  # a coil element that delivered nothing
+    full = grappa_kspace(data, small_r3.kspace.sampling, regularization=0.0)
+    assert np.isfinite(full).all()
+    assert not full[:, -1].any()
+    assert np.abs(full[:, 0, :, ~small_r3.kspace.sampling.mask]).sum() > 0
+
+
+def test_partial_fourier_region_is_left_unfilled(small_r2: PhantomAcquisition) -> None:
+    sampling = equispaced_mask(96, 2, acs_lines=24)
+    mask = sampling.mask.copy()
+    mask[:24] = False  # partial Fourier: the first quarter of the lines was never acquired
+    kspace = replace(small_r2.kspace, data=small_r2.fully_sampled * mask,
+                     sampling=Sampling(mask, sampling.acs, 2))  # fmt: skip
+    full = grappa_kspace(kspace.data, kspace.sampling)
+    assert not full[..., :24].any()  # no kernel extrapolated across the gap
+    assert full[..., 24:].all()
+    truth = replace(kspace, data=small_r2.fully_sampled * (np.arange(96) >= 23))
+    reference = zero_filled(truth).images
+    assert nmse(reference, grappa(kspace).images) < 0.5 * nmse(
+        reference, zero_filled(kspace).images
+    )

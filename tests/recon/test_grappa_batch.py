@@ -76,3 +76,19 @@ def test_too_few_calibration_equations_are_refused() -> None:
     group = gap_groups(sampling.mask, blocks=2, acs_lines=6)[0]
     with pytest.raises(ReconError, match="calibration equations"):
         _grappa_batch.fit_kernels(acs, group, taps=5, regularization=0.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_regularization_with_a_dead_coil_takes_the_minimum_norm_kernel(
+    three_slices: PhantomAcquisition, device: str
+) -> None:
+    data, sampling = three_slices.fully_sampled.copy(), off_grid(three_slices)
+    data[1, -1] = 0  # slice 1: a coil element that delivered nothing
+    start, stop = sampling.acs
+    group = gap_groups(sampling.mask, blocks=2, acs_lines=sampling.acs_lines)[0]
+    acs = torch.from_numpy(np.ascontiguousarray(data[..., start:stop])).to(device)
+    weights = _grappa_batch.fit_kernels(acs, group, taps=5, regularization=0.0).cpu().numpy()
+    assert np.isfinite(weights).all()
+    for index in (0, 2):  # full-rank slices: the exact solution as before
+        expected = fit_kernel(data[index, ..., start:stop], group, taps=5, regularization=0.0)
+        np.testing.assert_allclose(weights[index], expected, rtol=0.05, atol=1e-3)

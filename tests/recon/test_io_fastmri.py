@@ -122,3 +122,55 @@ def test_invalid_xml_is_refused(tiny: PhantomAcquisition, tmp_path: Path) -> Non
     edit_header(path, "</ismrmrdHeader>", "")
     with pytest.raises(ReconError, match="not valid XML"):
         read_fastmri(path)
+
+
+@pytest.mark.parametrize("value", ["four", np.array([4, 8]), np.nan])
+def test_unusable_hint_attribute_is_ignored(
+    value: object, tiny: PhantomAcquisition, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = fastmri_file(tmp_path / "hint.h5", tiny.kspace)
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["acceleration"] = value
+    back = read_fastmri(path)
+    assert back.sampling.acceleration == 2
+    assert "acceleration_hint" not in back.header
+    assert back.header["num_low_frequency_hint"] == tiny.kspace.sampling.acs_lines
+    assert "ignoring the attribute acceleration" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("<x>64</x><y>48</y>", "<x>64</x><y>4B</y>", r"matrixSize.y is '4B', not a number"),
+        ("<center>24</center>", "<center>x</center>", r"center is 'x', not a number"),
+        ("<TE>30.0</TE>", "<TE>thirty</TE>", r"TE is 'thirty', not a number"),
+        ("<reconSpace><matrixSize><x>64</x><y>48</y>",
+         "<reconSpace><matrixSize><x>0</x><y>0</y>", "must be 1 or more"),
+    ],
+)  # fmt: skip
+def test_damaged_header_values_are_refused_naming_the_file(
+    old: str, new: str, message: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = fastmri_file(tmp_path / "values.h5", tiny.kspace)
+    edit_header(path, old, new)
+    with pytest.raises(ReconError, match=f"values.h5: .*{message}"):
+        read_fastmri(path)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("real_imag", r"last axis of 2 looks like real and imaginary parts"),
+        ("magnitude", r"store the complex64 samples"),
+    ],
+)
+def test_real_valued_kspace_is_refused_saying_how_to_store_it(
+    layout: str, message: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    data = tiny.kspace.data
+    values = np.stack((data.real, data.imag), axis=-1) if layout == "real_imag" else np.abs(data)
+    path = tmp_path / "real.h5"
+    with h5py.File(path, "w") as handle:
+        handle["kspace"] = values.astype(np.float32)
+    with pytest.raises(ReconError, match=f"real.h5: 'kspace' must be complex.*{message}"):
+        read_fastmri(path)

@@ -114,3 +114,62 @@ def test_file_of_neither_format_is_refused(tmp_path: Path) -> None:
         handle["images"] = np.zeros(4)
     with pytest.raises(ReconError, match=r"no 'kspace' dataset \(fastMRI\) and no /dataset/data"):
         read_kspace(path)
+
+
+@pytest.mark.parametrize("counter", ["contrast", "repetition", "phase", "set"])
+def test_contrasts_and_repetitions_are_images_of_their_own(
+    counter: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "two_echoes.h5"
+    write_ismrmrd(path, tiny.kspace)
+    with h5py.File(path, "r+") as handle:
+        records = handle["dataset/data"][()]
+        second = records.copy()
+        second["head"]["idx"][counter] = 1
+        for index in range(len(second)):
+            second[index]["data"] = second[index]["data"] * 3  # a later echo, another signal
+        data = handle["dataset/data"]
+        data.resize((2 * len(records),))
+        data[len(records) :] = second
+    kspace = read_ismrmrd(path)
+    assert kspace.data.shape == (4, *tiny.kspace.data.shape[1:])
+    np.testing.assert_allclose(kspace.data[:2], tiny.kspace.data, rtol=1e-6)
+    np.testing.assert_allclose(kspace.data[2:], 3 * tiny.kspace.data, rtol=1e-6)
+    assert [image[counter] for image in kspace.header["images"]] == [0, 0, 1, 1]
+    assert [image["slice"] for image in kspace.header["images"]] == [0, 1, 0, 1]
+
+
+def test_slices_only_have_no_image_list(written: Path) -> None:
+    assert "images" not in read_ismrmrd(written).header
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [("nan", "noise scans hold 1 NaN"), ("dead", "not positive definite")],
+)
+def test_unusable_noise_scans_are_refused_when_prewhitening(
+    damage: str, message: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    noise = tiny.noise_scan.copy()
+    if damage == "nan":
+        noise[1, 5] = np.nan
+    else:
+        noise[2] = 0
+    path = tmp_path / "noisy.h5"
+    write_ismrmrd(path, tiny.kspace, noise=noise)
+    with pytest.raises(ReconError, match=f"noisy.h5: .*{message}.*without prewhitening"):
+        read_ismrmrd(path, prewhiten_noise=True)
+    assert np.isfinite(read_ismrmrd(path).data).all()  # the data themselves are usable
+
+
+def test_slice_numbers_with_a_gap_give_no_empty_slice(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "gap.h5"
+    write_ismrmrd(path, tiny.kspace)
+    with h5py.File(path, "r+") as handle:
+        records = handle["dataset/data"][()]
+        records["head"]["idx"]["slice"] *= 2  # slices 0 and 2 of an interleaved series
+        handle["dataset/data"][...] = records
+    kspace = read_ismrmrd(path)
+    np.testing.assert_array_equal(kspace.data, tiny.kspace.data)

@@ -57,3 +57,28 @@ def test_registered_method_is_dispatched_and_timed(
         register_method("echo", lambda kspace: result)
     with pytest.raises(ValueError, match="lower-case"):
         register_method("Echo", echo)
+
+
+@pytest.mark.parametrize(
+    ("method", "settings", "message"),
+    [
+        ("grappa", {"kernel": "abc"}, "kernel must be tuple"),
+        ("grappa", {"kernel": [3.5, 2]}, "kernel must be tuple"),
+        ("grappa", {"regularization": "abc"}, "regularization must be float"),
+        ("raki", {"iterations": "abc"}, "iterations must be int | None"),
+        ("raki", {"learning_rate": [1, 2]}, "learning_rate must be float"),
+        ("rraki", {"threads": "x"}, "threads must be int | None"),
+    ],
+)
+def test_setting_of_the_wrong_type_is_refused_before_running(
+    method: str, settings: dict[str, object], message: str, tiny: PhantomAcquisition
+) -> None:
+    if method != "grappa":
+        pytest.importorskip("torch")
+    with pytest.raises(ReconError, match=message):
+        reconstruct(tiny.kspace, method, **settings)
+
+
+def test_settings_of_the_right_type_are_taken(tiny: PhantomAcquisition) -> None:
+    result = reconstruct(tiny.kspace, "grappa", kernel=[3, 2], regularization=1)
+    assert result.settings["kernel"] == [3, 2]

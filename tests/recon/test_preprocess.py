@@ -117,3 +117,18 @@ def test_format_1_files_are_still_read(tiny: PhantomAcquisition, tmp_path: Path)
     back = read_kspace(target)
     np.testing.assert_array_equal(back.data, kspace.data)
     assert back.sampling.acs == kspace.sampling.acs
+
+
+@pytest.mark.parametrize("attribute", ["acs_start", "acceleration", "header"])
+def test_missing_or_damaged_attributes_are_refused(
+    attribute: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "pre.h5"
+    write_preprocessed(path, tiny.kspace)
+    with h5py.File(path, "r+") as handle:
+        if attribute == "header":
+            handle.attrs["header"] = "{not json"
+        else:
+            del handle.attrs[attribute]
+    with pytest.raises(ReconError, match=r"pre.h5: .*missing or damaged.*preprocess the raw"):
+        read_preprocessed(path)

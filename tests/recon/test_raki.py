@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from voxelhub.recon import _raki_cnn, _raki_net, _raki_train
+from voxelhub.recon.detect import detect_sampling
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.grappa import grappa, grappa_kspace
 from voxelhub.recon.masks import equispaced_mask
@@ -567,3 +568,15 @@ def test_readout_batches_are_two_on_the_cpu_without_held_out_rows(
     assert not np.array_equal(whole.images, below.images)
     with pytest.raises(ReconError, match="readout_batches must be 1 or more"):
         reconstruct_raki(tiny_r3.kspace, iterations=1, readout_batches=0)
+
+
+@pytest.mark.parametrize("method", ["raki", "rraki"])
+def test_random_mask_is_filled_not_returned_zero_filled(method: str) -> None:
+    acq = simulate(PhantomSpec(readout=32, phase_encode=64, coils=4, acs_lines=12), seed=1)
+    mask = np.zeros(64, bool)
+    mask[[2, 9, 16, 18, 19, 21, 39, 43, 48, 52, 54, 55, 60, 61]] = True
+    mask[26:38] = True
+    data = acq.fully_sampled * mask
+    kspace = replace(acq.kspace, data=data, sampling=detect_sampling(data))
+    images = reconstruct(kspace, method, iterations=20, threads=1).images
+    assert not np.allclose(images, zero_filled(kspace).images)

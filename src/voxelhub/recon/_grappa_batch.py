@@ -68,8 +68,14 @@ def fit_kernels(
     rhs = torch.bmm(adjoint, targets).to(torch.complex128)
     damping = regularization**2 * _largest_eigenvalues(gram).clamp_min(1e-30)
     gram.diagonal(dim1=1, dim2=2).add_(damping[:, None])
-    factor = torch.linalg.cholesky(gram)
-    return torch.cholesky_solve(rhs, factor).to(torch.complex64)
+    factor, info = torch.linalg.cholesky_ex(gram)
+    weights = torch.cholesky_solve(rhs, factor)
+    singular = info != 0
+    if bool(singular.any()):
+        # λ = 0 on a rank-deficient calibration (a dead coil): the minimum-norm solution.
+        pseudo = torch.linalg.pinv(gram[singular], hermitian=True)
+        weights[singular] = torch.bmm(pseudo, rhs[singular])
+    return weights.to(torch.complex64)
 
 
 def apply_kernels(

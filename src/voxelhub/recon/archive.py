@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -163,7 +163,11 @@ def read_archive(
                 if budget.members >= limits.max_members or budget.cap() <= 0:
                     yield MemberResult(member.name, error="archive limits reached; skipped")
                     return
-                yield _read_member(member, Path(tmp), budget=budget, reader=reader)
+                result = _read_member(member, Path(tmp), budget=budget, reader=reader)
+                if result.kspace is not None:  # not the temporary copy, gone once read
+                    source = f"{path.name}/{member.name}"
+                    result = replace(result, kspace=replace(result.kspace, source=source))
+                yield result
                 budget.members += 1
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
             yield MemberResult(path.name, error=f"the archive is damaged: {err}")

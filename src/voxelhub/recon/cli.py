@@ -71,8 +71,15 @@ def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
     return settings
 
 
-def _group_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "member"
+def _group_name(name: str, taken: h5py.Group) -> str:
+    """A group name for an archive member: its path made safe, numbered when another member's
+    path came out the same ("a b.h5" and "a_b.h5")."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "member"
+    chosen, number = base, 1
+    while chosen in taken:
+        number += 1
+        chosen = f"{base}_{number}"
+    return chosen
 
 
 def _run(kspace: KSpace, options: dict[str, Any]) -> tuple[KSpace, Reconstruction]:
@@ -93,13 +100,32 @@ def _process(
     except ReconError as err:
         console.print(f"[red]failed[/] {escape(result.name)}: {escape(str(err))}")
         return False
-    group = out if single else out.create_group(_group_name(result.name))
+    group = out if single else out.create_group(_group_name(result.name, out))
     write_reconstruction(group, recon, kspace=kspace)
     console.print(
         f"[green]done[/] {escape(result.name)}: {recon.images.shape[0]} slices, "
         f"R={kspace.sampling.acceleration}, {recon.seconds_per_slice:.2f} s/slice"
     )
     return True
+
+
+def _open_output(output: Path, *, source: Path) -> h5py.File:
+    """The output file, created; exit 2 (never a traceback) when it would overwrite the
+    input or cannot be written."""
+    if output.exists() and output.samefile(source):
+        console.print(
+            f"[bold red]error:[/] --output {escape(str(output))} is the input file; writing "
+            "there would destroy it: choose another output path"
+        )
+        raise typer.Exit(code=2)
+    try:
+        return h5py.File(output, "w")
+    except OSError as err:
+        console.print(
+            f"[bold red]error:[/] cannot write {escape(str(output))}: {escape(str(err))}; "
+            "give --output a file path in a folder that exists and that you can write to"
+        )
+        raise typer.Exit(code=2) from err
 
 
 def recon_command(
@@ -135,7 +161,7 @@ def recon_command(
     options = {"method": method, "settings": settings, "slices": slices}
     single = not is_archive(source)
     done = failed = 0
-    with h5py.File(output, "w") as out:
+    with _open_output(output, source=source) as out:
         for result in read_inputs(source):
             ok = _process(result, out, single=single, options=options)
             done, failed = done + ok, failed + (not ok)

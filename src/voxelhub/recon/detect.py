@@ -72,6 +72,8 @@ def _acceleration(mask: npt.NDArray[np.bool_], *, acs: tuple[int, int], source: 
     lines = np.flatnonzero(outside)
     if outside.sum() + acs[1] - acs[0] == mask.size:
         return 1
+    if not outside.any() and (acs[0] == 0 or acs[1] == mask.size):
+        return 1  # partial Fourier, fully sampled: one block from the centre to an edge
     if len(lines) < 2:
         raise ReconError(
             f"{source}: only the calibration block ({acs[1] - acs[0]} lines) was acquired; "
@@ -82,7 +84,12 @@ def _acceleration(mask: npt.NDArray[np.bool_], *, acs: tuple[int, int], source: 
     if not len(gaps):
         gaps = np.diff(lines)
     values, counts = np.unique(gaps, return_counts=True)
-    return int(values[np.argmax(counts)])
+    # Lines are missing, so R is at least 2 even where acquired lines mostly sit side by side
+    # (random masks): R = 1 would tell the methods there is nothing to fill.
+    skipping = values > 1
+    if not skipping.any():
+        return 2
+    return int(values[skipping][np.argmax(counts[skipping])])
 
 
 def detect_sampling(
@@ -97,7 +104,8 @@ def detect_sampling(
 
     `mask` overrides the lines found from non-zero columns (a reader that knows them says
     so); `center` is the k-space centre column (default: width // 2). R is the most common
-    spacing of the lines outside the ACS block; a hint that disagrees is logged.
+    spacing of the lines outside the ACS block that skips lines (1 only when nothing is
+    missing); a hint that disagrees is logged.
 
     >>> from voxelhub.recon.masks import equispaced_mask
     >>> truth = equispaced_mask(96, 3, acs_lines=16)

@@ -63,7 +63,9 @@ def _fit_to(group: GapGroup, acs_lines: int) -> GapGroup:
 
 def gap_groups(mask: npt.NDArray[np.bool_], *, blocks: int, acs_lines: int) -> list[GapGroup]:
     """The missing lines of `mask`, grouped by the `blocks` nearest acquired lines around
-    them (half below, half above), each geometry trimmed to fit in `acs_lines`.
+    them (half below, half above), each geometry trimmed to fit in `acs_lines`. A gap at a
+    k-space edge wider than every gap between acquired lines (partial Fourier) is left out:
+    its lines stay zero.
 
     >>> mask = np.zeros(12, bool); mask[::3] = True; mask[4:8] = True
     >>> [(g.sources, g.targets, g.bases.tolist()) for g in gap_groups(mask, blocks=2, acs_lines=4)]
@@ -72,10 +74,14 @@ def gap_groups(mask: npt.NDArray[np.bool_], *, blocks: int, acs_lines: int) -> l
     lines = np.flatnonzero(mask)
     if lines.size == 0:
         raise ReconError("no phase-encode line was acquired")
+    # An edge gap wider than every gap between acquired lines is not undersampling but
+    # partial Fourier: extrapolating a kernel across it makes the image worse than zeros.
+    widest = int(np.diff(lines).max()) - 1 if lines.size > 1 else 0
     found: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
     for index in range(-1, lines.size):
         base, sources, targets = _gap(lines, index, mask.size, blocks)
-        if targets:
+        edge = index in (-1, lines.size - 1)
+        if targets and not (edge and len(targets) > widest):
             found.setdefault((sources, targets), []).append(base)
     groups = [GapGroup(s, t, np.asarray(b, dtype=np.intp)) for (s, t), b in found.items()]
     return [_fit_to(group, acs_lines) for group in groups]

@@ -72,7 +72,11 @@ def fit_kernel(acs: ComplexArray, group: GapGroup, *, taps: int, regularization:
     gram = (adjoint @ patches).astype(np.complex128)
     rhs = (adjoint @ targets).astype(np.complex128)
     gram[np.diag_indices_from(gram)] += regularization**2 * max(_largest_eigenvalue(gram), 1e-30)
-    weights = scipy.linalg.solve(gram, rhs, assume_a="pos", check_finite=False)
+    try:
+        weights = scipy.linalg.solve(gram, rhs, assume_a="pos", check_finite=False)
+    except np.linalg.LinAlgError:
+        # λ = 0 on a rank-deficient calibration (a dead coil): the minimum-norm solution.
+        weights = scipy.linalg.lstsq(gram, rhs, check_finite=False)[0]
     return weights.astype(np.complex64)
 
 
@@ -93,6 +97,30 @@ def apply_kernel(kspace: ComplexArray, group: GapGroup, *, weights: Weights, tap
     )
 
 
+def _kernel(kernel: object) -> tuple[int, int]:
+    """(readout points, acquired lines) from a setting that may come from the command line."""
+    try:
+        if isinstance(kernel, str | bytes):
+            raise TypeError(kernel)
+        taps, blocks = (int(k) for k in kernel)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as err:
+        raise ReconError(
+            f"the GRAPPA kernel must be two whole numbers (readout points, acquired lines), "
+            f"e.g. kernel=5,2; got {kernel!r}"
+        ) from err
+    return taps, blocks
+
+
+def _regularization(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise ReconError(
+            f"the GRAPPA regularization must be a number >= 0, e.g. regularization=0.1; "
+            f"got {value!r}"
+        ) from err
+
+
 def grappa_kspace(
     data: ComplexArray,
     sampling: Sampling,
@@ -104,8 +132,9 @@ def grappa_kspace(
 
     One kernel per slice and gap geometry, calibrated on that slice's ACS block.
     """
-    taps, blocks = (int(k) for k in kernel)
-    if taps < 1 or blocks < 1 or regularization < 0:
+    taps, blocks = _kernel(kernel)
+    regularization = _regularization(regularization)
+    if taps < 1 or blocks < 1 or not regularization >= 0:
         raise ReconError(
             "GRAPPA needs a positive kernel and regularization >= 0; "
             f"got {kernel}, {regularization}"

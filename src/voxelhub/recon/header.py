@@ -39,19 +39,37 @@ def _text(root: ET.Element, path: str) -> str | None:
     return None if node is None or node.text is None else node.text.strip()
 
 
+def _number(text: str, *, kind: type, path: str) -> Any:
+    try:
+        return kind(float(text))
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ReconError(
+            f"the ISMRMRD header's {path.replace('/', '.')} is {text!r}, not a number; "
+            "the header is damaged"
+        ) from err
+
+
 def _triple(root: ET.Element, path: str, *, kind: type) -> list[Any]:
     values = [_text(root, f"{path}/{axis}") for axis in "xyz"]
     if values[0] is None or values[1] is None:
         raise ReconError(f"the ISMRMRD header has no {path.replace('/', '.')}; it is required")
-    return [kind(float(v)) if v is not None else kind(1) for v in values]
+    return [
+        _number(v, kind=kind, path=f"{path}/{axis}") if v is not None else kind(1)
+        for axis, v in zip("xyz", values, strict=True)
+    ]
 
 
 def _limits(root: ET.Element, matrix_y: int) -> list[int]:
     base = "encoding/encodingLimits/kspace_encoding_step_1"
-    values = [_text(root, f"{base}/{name}") for name in ("minimum", "maximum", "center")]
+    names = ("minimum", "maximum", "center")
+    values = [_text(root, f"{base}/{name}") for name in names]
     if any(v is None for v in values):
         return [0, matrix_y - 1, matrix_y // 2]
-    return [int(v) for v in values if v is not None]
+    return [
+        _number(v, kind=int, path=f"{base}/{name}")
+        for name, v in zip(names, values, strict=True)
+        if v is not None
+    ]
 
 
 def parse_header(xml: str | bytes) -> dict[str, Any]:
@@ -65,9 +83,15 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
     except ET.ParseError as err:
         raise ReconError(f"the ISMRMRD XML header is not valid XML: {err}") from err
     encoded = _triple(root, "encoding/encodedSpace/matrixSize", kind=int)
+    recon = _triple(root, "encoding/reconSpace/matrixSize", kind=int)
+    if min(encoded[:2] + recon[:2]) < 1:
+        raise ReconError(
+            f"the ISMRMRD header's matrix sizes must be 1 or more: encodedSpace {encoded}, "
+            f"reconSpace {recon}; the header is damaged"
+        )
     header: dict[str, Any] = {
         "encoded_matrix": encoded,
-        "recon_matrix": _triple(root, "encoding/reconSpace/matrixSize", kind=int),
+        "recon_matrix": recon,
         "encoded_fov_mm": _triple(root, "encoding/encodedSpace/fieldOfView_mm", kind=float),
         "recon_fov_mm": _triple(root, "encoding/reconSpace/fieldOfView_mm", kind=float),
         "pe_limits": _limits(root, encoded[1]),
@@ -76,7 +100,7 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
     for key, (path, kind) in _OPTIONAL.items():
         value = _text(root, path)
         if value:
-            header[key] = kind(value)
+            header[key] = value if kind is str else _number(value, kind=kind, path=path)
     return header
 
 

@@ -8,6 +8,7 @@ columns outside the header's encoding limits are zero padding and are dropped on
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,19 @@ from voxelhub.recon.header import format_header, parse_header, pe_offset
 from voxelhub.recon.image import pad_phase_encode
 from voxelhub.recon.model import FloatArray, KSpace
 
+logger = logging.getLogger(__name__)
+
 _HINTS = ("acceleration", "num_low_frequency")
 
 
 def _header(handle: h5py.File, shape: tuple[int, ...], *, name: str) -> dict[str, Any]:
     if "ismrmrd_header" not in handle:
         return {"encoded_matrix": [shape[-2], shape[-1], 1]}
-    header = parse_header(read_string(handle["ismrmrd_header"], what=f"{name}: ismrmrd_header"))
+    text = read_string(handle["ismrmrd_header"], what=f"{name}: ismrmrd_header")
+    try:
+        header = parse_header(text)
+    except ReconError as err:
+        raise ReconError(f"{name}: {err}") from err
     if header["trajectory"] != "cartesian":
         raise ReconError(
             f"{name}: the trajectory is {header['trajectory']!r}; only Cartesian k-space "
@@ -55,6 +62,33 @@ def _mask(
     return mask[columns].astype(bool)
 
 
+def _fix_hint(dataset: h5py.Dataset) -> str:
+    """How to turn a common wrong layout into fastMRI's."""
+    if dataset.dtype.kind == "f" and dataset.ndim in (4, 5) and dataset.shape[-1] == 2:
+        return (
+            "; the last axis of 2 looks like real and imaginary parts: store "
+            "kspace[..., 0] + 1j * kspace[..., 1] as complex64"
+        )
+    if dataset.dtype.kind in "fiu":
+        return "; real values are magnitudes or one part only: store the complex64 samples"
+    return ""
+
+
+def _hints(attrs: h5py.AttributeManager, *, name: str) -> dict[str, int]:
+    """The file's `acceleration` and `num_low_frequency`, where they are whole numbers; the
+    data decide the sampling, so an unusable hint is logged and left out."""
+    hints: dict[str, int] = {}
+    for key in _HINTS:
+        if key not in attrs:
+            continue
+        value = np.asarray(attrs[key])
+        if value.size == 1 and value.dtype.kind in "iuf" and float(value.reshape(-1)[0]) >= 0:
+            hints[key] = int(value.reshape(-1)[0])
+        else:
+            logger.warning("%s: ignoring the attribute %s=%r (not a number)", name, key, value)
+    return hints
+
+
 def read_fastmri(path: str | Path) -> KSpace:
     """k-space of a fastMRI file, padding columns removed, sampling detected.
 
@@ -72,7 +106,7 @@ def read_fastmri(path: str | Path) -> KSpace:
         if dataset.ndim not in (3, 4) or not np.issubdtype(dataset.dtype, np.complexfloating):
             raise ReconError(
                 f"{name}: 'kspace' must be complex, (slices, [coils,] readout, phase-encode); "
-                f"got {dataset.dtype} {dataset.shape}"
+                f"got {dataset.dtype} {dataset.shape}{_fix_hint(dataset)}"
             )
         header = _header(handle, dataset.shape, name=name)
         limits = header.get("pe_limits", [0, dataset.shape[-1] - 1, dataset.shape[-1] // 2])
@@ -85,7 +119,7 @@ def read_fastmri(path: str | Path) -> KSpace:
         )
         data = np.ascontiguousarray(chosen, dtype=np.complex64)
         mask = _mask(handle, columns, width=dataset.shape[-1], name=name)
-        hints = {key: int(handle.attrs[key]) for key in _HINTS if key in handle.attrs}
+        hints = _hints(handle.attrs, name=name)
     if data.ndim == 3:
         data = data[:, None]
     check_kspace(data, source=name)

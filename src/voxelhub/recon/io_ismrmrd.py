@@ -3,7 +3,10 @@
 Reading is in bulk: the whole compound dataset comes in with one h5py call and is sorted into
 k-space with array indexing. Noise scans are set aside (and can prewhiten the data);
 navigator, phase-correction and dummy scans are ignored; reversed lines are flipped; repeated
-lines (averages, calibration lines also acquired for imaging) are averaged.
+lines (averages, calibration lines also acquired for imaging) are averaged. Each combination
+of set, repetition, cardiac phase and contrast (echo) is an image of its own, never averaged
+with the others: they are stacked along the slice axis, slices varying fastest, and
+`KSpace.header["images"]` then names the counters of each.
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ def _read(path: str | Path, name: str) -> tuple[dict[str, Any], Records]:
             raise ReconError(f"{name} has no ISMRMRD acquisitions (/dataset/data) and no 'kspace'")
         if xml is None:
             raise ReconError(f"{name} has no ISMRMRD header (/dataset/xml)")
-        header = parse_header(read_string(xml, what=f"{name}: /dataset/xml"))
+        try:
+            header = parse_header(read_string(xml, what=f"{name}: /dataset/xml"))
+        except ReconError as err:
+            raise ReconError(f"{name}: {err}") from err
         if "head" not in data.dtype.names or "data" not in data.dtype.names:
             raise ReconError(f"{name}: /dataset/data is not an ISMRMRD acquisition table")
         return header, np.asarray(data[()])
@@ -135,6 +141,22 @@ def _grid(
     return kspace
 
 
+_IMAGE_COUNTERS = ("set", "repetition", "phase", "contrast", "slice")
+
+
+def _image_index(heads: Records) -> tuple[npt.NDArray[np.intp], dict[str, Any]]:
+    """Which image (slice, contrast, phase, repetition, set) each acquisition belongs to, and
+    the header keys that say so when more than the slice varies."""
+    counters = np.stack(
+        [heads["idx"][name].astype(np.intp) for name in _IMAGE_COUNTERS], axis=1
+    ).reshape(len(heads), len(_IMAGE_COUNTERS))
+    found, inverse = np.unique(counters, axis=0, return_inverse=True)
+    if len(np.unique(found[:, :-1], axis=0)) <= 1:
+        return inverse.reshape(-1), {}
+    images = [dict(zip(_IMAGE_COUNTERS, map(int, row), strict=True)) for row in found]
+    return inverse.reshape(-1), {"images": images}
+
+
 def _geometry(heads: Records, slices: npt.NDArray[np.intp]) -> dict[str, Any]:
     _, first = np.unique(slices, return_index=True)
     directions = {key: heads[key][0].tolist() for key in ("read_dir", "phase_dir", "slice_dir")}
@@ -148,7 +170,7 @@ def _imaging(header: dict[str, Any], records: Records, *, name: str) -> tuple[Co
     lines = _stack(records, name)
     reverse = _flagged(heads["flags"], mrd.REVERSE)
     lines[reverse] = lines[reverse, :, ::-1]
-    slices = heads["idx"]["slice"].astype(np.intp)
+    slices, images = _image_index(heads)
     low, high = (int(v) for v in header["pe_limits"][:2])
     shape = (
         int(slices.max()) + 1,
@@ -159,7 +181,7 @@ def _imaging(header: dict[str, Any], records: Records, *, name: str) -> tuple[Co
     start = _readout_start(header, heads, samples=lines.shape[-1], name=name)
     mask = np.zeros(shape[-1], dtype=bool)
     mask[columns] = True
-    header.update(_geometry(heads, slices))
+    header.update({**_geometry(heads, slices), **images})
     return _grid(lines, slices, columns=columns, shape=shape, start=start), mask
 
 
@@ -169,6 +191,22 @@ def _noise(records: Records, name: str) -> ComplexArray:
         return np.zeros((0, 0), dtype=np.complex64)
     lines = _stack(records, name)
     return np.ascontiguousarray(lines.transpose(1, 0, 2).reshape(lines.shape[1], -1))
+
+
+def _whitening(noise: ComplexArray, *, name: str) -> npt.NDArray[np.complex128]:
+    """The prewhitening matrix of the file's noise scans, or why they cannot give one."""
+    if not np.isfinite(noise).all():
+        bad = int(np.count_nonzero(~np.isfinite(noise)))
+        raise ReconError(
+            f"{name}: the noise scans hold {bad} NaN or infinite samples; they are damaged: "
+            "reconstruct without prewhitening"
+        )
+    try:
+        return prewhitening_matrix(noise_covariance(noise))
+    except ReconError as err:
+        raise ReconError(
+            f"{name}: {err} (is a channel dead or disconnected?); reconstruct without prewhitening"
+        ) from err
 
 
 def load_ismrmrd(path: str | Path, *, prewhiten_noise: bool = False) -> IsmrmrdData:
@@ -189,7 +227,7 @@ def load_ismrmrd(path: str | Path, *, prewhiten_noise: bool = False) -> IsmrmrdD
             f"{name}: noise scans have {noise.shape[0]} channels, data {data.shape[1]}"
         )
     if prewhiten_noise and noise.size:
-        data = prewhiten(data, prewhitening_matrix(noise_covariance(noise)))
+        data = prewhiten(data, _whitening(noise, name=name))
     elif prewhiten_noise:
         logger.warning("%s: no noise scans, so the data are not prewhitened", name)
     limits = header["pe_limits"]

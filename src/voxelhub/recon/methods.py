@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import types
 from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import entry_points
 from time import perf_counter
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.grappa import grappa
@@ -95,6 +96,55 @@ def accepted_settings(name: str) -> tuple[str, ...]:
     return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# annotation → whether a setting's value fits it (ints do for floats)
+_SCALARS: dict[Any, Callable[[Any], bool]] = {
+    type(None): lambda value: value is None,
+    float: _is_number,
+    int: lambda value: isinstance(value, int) and not isinstance(value, bool),
+    str: lambda value: isinstance(value, str),
+    bool: lambda value: isinstance(value, bool),
+}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a setting's value fits its annotation (lists do for tuples); annotations this
+    does not know accept anything."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, option) for option in get_args(annotation))
+    if origin is tuple:
+        items = get_args(annotation)
+        if not isinstance(value, list | tuple):
+            return False
+        if not items or Ellipsis in items:
+            return True
+        return len(value) == len(items) and all(
+            _matches(v, a) for v, a in zip(value, items, strict=True)
+        )
+    check = _SCALARS.get(annotation)
+    return check is None or check(value)
+
+
+def _check_type(method: str, function: ReconMethod, name: str, value: Any) -> None:
+    """Refuse a setting of the wrong type (a command-line value parsed as a string, a list
+    where a number belongs) before the method trips over it."""
+    try:
+        hints = get_type_hints(function)
+    except (NameError, TypeError):  # annotations that cannot be resolved: nothing to check
+        return
+    if name in hints and not _matches(value, hints[name]):
+        wanted = getattr(hints[name], "__name__", None) if not get_args(hints[name]) else None
+        wanted = wanted or str(hints[name]).replace("typing.", "")
+        raise ReconError(
+            f"{method}: the setting {name} must be {wanted}, got {value!r}; "
+            f"e.g. --set {name}=... with a value of that type"
+        )
+
+
 def reconstruct(kspace: KSpace, method: str = "grappa", **settings: Any) -> Reconstruction:
     """Reconstruct `kspace` with the named method; unknown settings are a ReconError.
 
@@ -112,6 +162,8 @@ def reconstruct(kspace: KSpace, method: str = "grappa", **settings: Any) -> Reco
         raise ReconError(
             f"{method} does not take {sorted(settings)} (settings: {allowed})"
         ) from err
+    for name, value in settings.items():
+        _check_type(method, function, name, value)
     start = perf_counter()
     result = function(kspace, **settings)
     if result.seconds_per_slice <= 0:

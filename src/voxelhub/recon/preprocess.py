@@ -154,9 +154,16 @@ def read_preprocessed(path: str | Path) -> KSpace:
             if "columns" in handle
             else None
         )
-        acs = (int(handle.attrs["acs_start"]), int(handle.attrs["acs_stop"]))
-        acceleration = int(handle.attrs["acceleration"])
-        header = json.loads(str(handle.attrs["header"]))
+        try:
+            acs = (int(handle.attrs["acs_start"]), int(handle.attrs["acs_stop"]))
+            acceleration = int(handle.attrs["acceleration"])
+            header = json.loads(str(handle.attrs["header"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ReconError(
+                f"{name}: the preprocessed file's attributes acs_start, acs_stop, "
+                f"acceleration and header are missing or damaged ({err}); preprocess the raw "
+                "file again"
+            ) from err
         source = str(handle.attrs.get("source", name))
     data = stored if version == 1 else _expanded(stored, columns, mask.size, name)
     if data.ndim != 4 or mask.size != data.shape[-1]:

@@ -21,11 +21,18 @@ def inspect(path: Path, head: bytes) -> Recognition:
         with h5py.File(path, "r") as h5:
             if "kspace" in h5:
                 shape = tuple(int(n) for n in h5["kspace"].shape)
-                if len(shape) != 4:
+                if len(shape) not in (3, 4):
                     return Recognition.bad(
                         NAME,
                         f"the fastMRI kspace has shape {shape}; expected slices x coils "
-                        "x readout x phase-encode (single-coil data is not reconstructed)",
+                        "x readout x phase-encode (slices x readout x phase-encode for "
+                        "single-coil data)",
+                    )
+                if h5["kspace"].dtype.kind != "c":
+                    return Recognition.bad(
+                        NAME,
+                        f"the fastMRI kspace holds {h5['kspace'].dtype} values; k-space must "
+                        "be complex (complex64), not magnitudes or real and imaginary parts",
                     )
                 return Recognition.good(NAME, flavour="fastmri", shape=list(shape))
             if "dataset" in h5 and "data" in h5["dataset"]:
