@@ -386,3 +386,101 @@ def test_new_uid_needed_message(make_archive) -> None:  # type: ignore[no-untype
     other.file_meta.MediaStorageSOPInstanceUID = other.SOPInstanceUID
     archive.scoped.store_instances([other])
     assert len(archive.scoped.search_for_instances(ds.StudyInstanceUID)) == 2
+
+
+OCTETS = 'multipart/related; type="application/octet-stream"'
+
+
+def _bulk_pixels(live_server: str, token: str, uri: str) -> bytes:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": f"{OCTETS}; transfer-syntax=1.2.840.10008.1.2.1",
+    }
+    response = httpx.get(f"{live_server}{uri}", headers=headers)
+    assert response.status_code == 200, response.text
+    boundary = response.headers["content-type"].split("boundary=")[1]
+    [part] = [p for p in response.content.split(b"--" + boundary.encode()) if b"\r\n\r\n" in p]
+    return part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n")
+
+
+def test_scoped_metadata_leads_to_the_bulk_data_of_its_own_copy(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    # Two archives hold different objects under one SOP Instance UID: the metadata read in
+    # the newer archive must not lead (by its BulkDataURI) to the older archive's pixels.
+    first: ArchiveClient = make_archive("First")
+    second: ArchiveClient = make_archive("Second", owner=first.owner)
+    older = ct_phantom(slices=1, size=16)[0]
+    newer = copy.deepcopy(older)
+    pixels = older.pixel_array.copy()
+    pixels[0, :] += 100
+    newer.PixelData = pixels.tobytes()
+    first.scoped.store_instances([older])
+    second.scoped.store_instances([newer])
+    uids = (newer.StudyInstanceUID, newer.SeriesInstanceUID, newer.SOPInstanceUID)
+    token = first.owner.token
+
+    instance = second.scoped.retrieve_instance_metadata(*uids)
+    [in_series] = second.scoped.retrieve_series_metadata(*uids[:2])
+    [in_study] = second.scoped.retrieve_study_metadata(uids[0])
+    for document in (instance, in_series, in_study):
+        uri = document["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(f"/dicom-web/archives/{second.archive_id}/studies/")
+        assert _bulk_pixels(live_server, token, uri) == newer.PixelData
+    # So do searches that ask for the pixel data (as PostgreSQL or Python write them).
+    [found] = second.scoped.search_for_instances(*uids[:2], fields=["7FE00010"])
+    [study] = second.scoped.search_for_studies(fields=["7FE00010"])
+    for document in (found, study):
+        uri = document["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(f"/dicom-web/archives/{second.archive_id}/studies/")
+    # At /dicom-web the oldest copy is read, its metadata and its bulk data alike.
+    everywhere = first.everything.retrieve_instance_metadata(*uids)
+    uri = everywhere["7FE00010"]["BulkDataURI"]
+    assert uri.startswith("/dicom-web/studies/")
+    assert _bulk_pixels(live_server, token, uri) == older.PixelData
+
+
+@pytest.mark.parametrize("study", ["abc%20def", "1..2", "1.2.x", "1" * 65])
+def test_stow_to_a_study_url_without_a_uid_is_a_bad_request(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str, study: str
+) -> None:
+    # PS3.18 §10.5.3: a request of bad syntax is refused as a whole (400), not stored
+    # instance by instance as failures whose Retrieve URL holds the junk.
+    archive: ArchiveClient = make_archive()
+    ds = ct_phantom(slices=1, size=16)[0]
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + to_bytes(ds)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = httpx.post(
+        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies/{study}",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {archive.owner.token}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        },
+    )
+    assert response.status_code == 400
+    assert "not a Study Instance UID" in response.json()["message"]
+    assert archive.scoped.search_for_studies() == []
+
+
+def test_pixel_bulk_data_of_an_object_without_pixels_is_refused(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    # Not a 200 with a multipart body of no parts (RFC 2046 wants one part at least).
+    archive: ArchiveClient = make_archive()
+    sr = dcmread(get_testdata_file("test-SR.dcm"))
+    archive.scoped.store_instances([sr])
+    url = (
+        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies/{sr.StudyInstanceUID}"
+        f"/series/{sr.SeriesInstanceUID}/instances/{sr.SOPInstanceUID}/bulk/7FE00010"
+    )
+    for accept in (OCTETS, f"{OCTETS}; transfer-syntax=*"):
+        response = httpx.get(
+            url, headers={"Authorization": f"Bearer {archive.owner.token}", "Accept": accept}
+        )
+        assert response.status_code == 400, accept
+        assert "has no pixel data" in response.json()["message"]

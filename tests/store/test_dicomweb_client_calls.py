@@ -174,6 +174,32 @@ def test_series_and_study_rendered_are_multipart(stored, live_server: str) -> No
     assert bad.status_code == 400 and "finite" in bad.text
 
 
+def test_a_frame_list_renders_as_multipart(stored, live_server: str) -> None:  # type: ignore[no-untyped-def]
+    # PS3.18 §10.4.1.1.3: rendered frames take a frame list, as frames do.
+    archive, _, files = stored
+    mr = files[1]
+    headers = {"Authorization": f"Bearer {archive.owner.token}"}
+    instance = (
+        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies/{mr.StudyInstanceUID}"
+        f"/series/{mr.SeriesInstanceUID}/instances/{mr.SOPInstanceUID}"
+    )
+    jpeg_parts = {**headers, "Accept": 'multipart/related; type="image/jpeg"'}
+    response = httpx.get(f"{instance}/frames/2,5,3/rendered", headers=jpeg_parts)
+    assert response.status_code == 200
+    parts = _split(response.content, response.headers["content-type"])
+    assert [kind for kind, _ in parts] == ["image/jpeg"] * 3
+    singles = [
+        httpx.get(f"{instance}/frames/{n}/rendered", headers={**headers, "Accept": "image/jpeg"})
+        for n in (2, 5, 3)
+    ]
+    assert [body for _, body in parts] == [single.content for single in singles]
+    thumbnail = httpx.get(f"{instance}/frames/4,2/thumbnail", headers=headers)
+    assert thumbnail.status_code == 200 and thumbnail.content.startswith(PNG)
+    for frames, message in [("1,11", "frame 11 does not exist"), ("1,x", "comma-separated")]:
+        refused = httpx.get(f"{instance}/frames/{frames}/rendered", headers=headers)
+        assert refused.status_code == 400 and message in refused.json()["message"], frames
+
+
 def test_deleting_instances_keeps_counts_and_metadata_right(stored, runtime) -> None:  # type: ignore[no-untyped-def]
     archive, ct, _ = stored
     client: DICOMwebClient = archive.scoped

@@ -125,6 +125,53 @@ def test_newest_first_and_pages_add_up(make_archive) -> None:  # type: ignore[no
     assert [s["00100020"]["Value"][0] for s in in_2022] == ["Q2", "Q1"]
 
 
+def test_time_range_ends_take_in_their_whole_precision(make_archive) -> None:  # type: ignore[no-untyped-def]
+    # PS3.4 C.2.2.2.5: a range takes in every value up to its end; "-1030" is 10:30 to the
+    # minute, so 10:30:15 and 10:30:45 are both in it (not one of them by string order).
+    archive: ArchiveClient = make_archive()
+    for index, time in enumerate(["093000", "102000", "103015", "103045", "110000"]):
+        archive.scoped.store_instances(_study(f"T{index}", "Time^Test", "20200101", time=time))
+
+    def times(value: str) -> list[str]:
+        found = archive.scoped.search_for_studies(search_filters={"StudyTime": value})
+        return sorted(s["00080030"]["Value"][0] for s in found)
+
+    assert times("1000-1030") == ["102000", "103015", "103045"]
+    assert times("-10") == ["093000", "102000", "103015", "103045"]
+    assert times("103016-") == ["103045", "110000"]
+    assert times("-103015") == ["093000", "102000", "103015"]
+    assert qido.range_end("TM", "1030") == "103059.999999"
+    assert qido.range_end("DA", "20201231") == "20201231"
+    assert qido.range_end("DT", "2020") == "20201231235959.999999"
+
+
+def test_a_page_cut_by_the_server_limit_says_there_may_be_more(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str, monkeypatch
+) -> None:
+    # PS3.18 §8.3.4.4.1: when the server's own maximum, not the client's limit, ends the
+    # page, the response carries a Warning that more results can be asked for.
+    monkeypatch.setattr(qido, "DEFAULT_LIMIT", 2)
+    monkeypatch.setattr(qido, "MAX_LIMIT", 2)
+    archive: ArchiveClient = make_archive()
+    for index in range(5):
+        archive.scoped.store_instances(_study(f"L{index}", "Limit^Test", "20200101"))
+    scoped = f"{live_server}/dicom-web/archives/{archive.archive_id}"
+
+    for path, params in [("studies", {}), ("studies", {"limit": "5"}), ("series", {}),
+                         ("instances", {"limit": "3"})]:  # fmt: skip
+        response = _get(archive, f"{scoped}/{path}", **params)
+        assert len(response.json()) == 2
+        assert "at most 2 results" in response.headers["warning"], path
+        assert "offset=2" in response.headers["warning"]
+    response = _get(archive, f"{scoped}/studies", offset="1")
+    assert "offset=3" in response.headers["warning"]
+    for params in ({"limit": "2"}, {"offset": "4"}, {"limit": "1", "offset": "1"}):
+        response = _get(archive, f"{scoped}/studies", **params)
+        assert "warning" not in response.headers, params
+    both = _get(archive, f"{scoped}/studies", BodyPartExamined="CHEST").headers["warning"]
+    assert both.startswith('299 voxelhub "not matched on: BodyPartExamined", 299 voxelhub')
+
+
 def test_names_match_case_insensitively_by_prefix_and_whole(make_archive) -> None:  # type: ignore[no-untyped-def]
     archive: ArchiveClient = make_archive()
     for index, name in enumerate(["SMITH^JOHN", "Smithers^Ann", "SMYTHE^JO", "O'Neil^Pat"]):

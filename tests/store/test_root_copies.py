@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -63,7 +64,16 @@ def test_a_study_in_two_archives_reads_as_one(  # type: ignore[no-untyped-def]
     # The shared instance is read from its oldest copy, the first archive's, everywhere.
     (shared,) = [d for d in series_metadata if d["00080018"]["Value"][0] == ct.SOPInstanceUID]
     first_copy = first.scoped.retrieve_instance_metadata(study, series, ct.SOPInstanceUID)
-    assert shared == first_copy
+    # The same attributes; read in the archive, its bulk data is the archive's own copy's.
+    scoped_prefix = f"/dicom-web/archives/{first.archive_id}/studies/"
+    pixel_uri = first_copy["7FE00010"]["BulkDataURI"]
+    assert pixel_uri.startswith(scoped_prefix)
+    assert shared["7FE00010"]["BulkDataURI"] == pixel_uri.replace(
+        scoped_prefix, "/dicom-web/studies/"
+    )
+    assert (
+        json.loads(json.dumps(first_copy).replace(scoped_prefix, "/dicom-web/studies/")) == shared
+    )
 
     # An archive's own base URL still shows what it holds, and only that.
     assert _uids(first.scoped.search_for_instances(study)) == [ct.SOPInstanceUID]

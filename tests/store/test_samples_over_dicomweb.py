@@ -60,14 +60,16 @@ def _navigate(http: httpx.Client, base: str, name: str, split: SplitInstance) ->
     metadata = http.get(f"{base}/studies/{study}/series/{series}/metadata").json()
     if [m["00080018"]["Value"][0] for m in metadata] != [keys.sop_instance_uid]:
         return f"the metadata holds {len(metadata)} instances"
-    # Bulk data by the URI given, in this archive: several files here share UIDs, so the
-    # same URI at /dicom-web names one copy for all the archives (the oldest).
+    # Bulk data by the URI given, which names this archive's own copy: several files here
+    # share UIDs, and at /dicom-web one URI would name the oldest copy for all the archives.
+    root = base[: base.index("/dicom-web")]
     for tag, element in metadata[0].items():
         uri = element.get("BulkDataURI") if isinstance(element, dict) else None
         if name in UNDECODABLE and tag == "7FE00010":  # native pixels: refused, as below
             continue
-        scoped = base + uri.removeprefix("/dicom-web") if uri else ""
-        if uri and (answer := http.get(scoped)).status_code != 200:
+        if uri and not (root + uri).startswith(f"{base}/studies/"):
+            return f"the bulk data of {tag} is not in this archive: {uri}"
+        if uri and (answer := http.get(root + uri)).status_code != 200:
             return f"the bulk data of {tag} answered {answer.status_code}"
     return None
 

@@ -39,6 +39,11 @@ def validate(ds: Attributes) -> None:
     _check_image(ds, keyword)
 
 
+def is_uid(text: str) -> bool:
+    """Whether `text` is a valid UID: digits separated by single dots, at most 64 characters."""
+    return len(text) <= _UID_MAX and _UID.fullmatch(text) is not None
+
+
 def check_uid(ds: Attributes, keyword: str) -> None:
     """Raise DicomError unless `keyword` holds one valid UID (digits and dots, ≤ 64)."""
     value = ds.get(keyword)
@@ -49,7 +54,7 @@ def check_uid(ds: Attributes, keyword: str) -> None:
             attribute=keyword,
         )
     text = str(value).strip("\0 ")
-    if len(text) > _UID_MAX or not _UID.fullmatch(text):
+    if not is_uid(text):
         raise DicomError(
             f"{keyword} '{text[:80]}' is not a valid UID: a UID is digits separated by "
             f"single dots, at most {_UID_MAX} characters.",

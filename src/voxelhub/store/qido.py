@@ -87,6 +87,18 @@ def parse_query(items: Iterable[tuple[str, str]]) -> Query:
     return Query(filters, frozenset(include), include_all, limit, offset, fuzzy)
 
 
+def server_limit(items: Iterable[tuple[str, str]]) -> int | None:
+    """The most results the server returns for these (already parsed) parameters, where that
+    is less than the client asked for: `DEFAULT_LIMIT` without a limit, `MAX_LIMIT` past it.
+
+    A page that fills it may have more after it (PS3.18 §8.3.4.4.1: the response says so).
+    """
+    asked = [value for name, value in items if name == "limit"]
+    if not asked:
+        return DEFAULT_LIMIT
+    return MAX_LIMIT if _non_negative("limit", asked[-1]) > MAX_LIMIT else None
+
+
 _TEMPORAL = {
     "DA": (re.compile(r"\d{8}"), "YYYYMMDD"),
     "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"), "HHMMSS (HH, HHMM or HHMMSS.FFFFFF)"),
@@ -124,13 +136,28 @@ def _wildcard(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+# The latest value of each VR: a range's end is completed from it, so that it takes in every
+# value within its precision ("-1030" takes 10:30:45, "-2020" every DT of 2020).
+_LATEST = {"DA": "99991231", "TM": "235959.999999", "DT": "99991231235959.999999"}
+
+
+def range_end(vr: str, end: str) -> str:
+    """The greatest stored value a range ending at `end` takes in.
+
+    >>> range_end("TM", "1030")
+    '103059.999999'
+    """
+    latest = _LATEST[vr]
+    return end + latest[len(end) :]
+
+
 def _range(column: Any, attr: Attribute, value: str) -> ColumnElement[bool]:
     start, _, end = value.partition("-")
     bounds = []
     if start:
         bounds.append(column >= start)
     if end:
-        bounds.append(column <= end + ("235959.999999" if attr.vr != "DA" else ""))
+        bounds.append(column <= range_end(attr.vr, end))
     return and_(column != "", *bounds)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from voxelhub.dicom import dicomxml
 from voxelhub.dicom.codecs import decoded_description
 from voxelhub.dicom.join import frame_for_transfer_syntax
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
+from voxelhub.dicom.validate import is_uid
 from voxelhub.store import delete as deletion
 from voxelhub.store import ingest_guard, qido, render
 from voxelhub.store.access import (
@@ -123,9 +125,31 @@ def _xml_parts(datasets: Iterable[Any]) -> Response:
     )
 
 
-def _datasets(datasets: list[Any], form: str) -> Response:
-    """Search results or metadata in the form the client asked for."""
-    return _xml_parts(datasets) if form == negotiate.XML else _json(datasets)
+# How the stored documents name bulk data (`splitting.bulkdata_uri`): at /dicom-web. As
+# PostgreSQL writes JSON (search bodies) there is a space after the colon.
+_BULK_AT_ROOT = re.compile(rb'"BulkDataURI": ?"/dicom-web/studies/')
+
+
+def _scoped_json(request: Request, body: bytes) -> bytes:
+    """DICOM JSON `body` with its BulkDataURIs in the archive the request is scoped to.
+
+    The stored documents name bulk data at /dicom-web, where a UID that several archives
+    hold reads its oldest copy: metadata read at /dicom-web/archives/{id} must lead to the
+    bulk data of that archive's own copy, which may differ.
+    """
+    scope = _scope(request)
+    if scope is None:
+        return body
+    scoped = f'"BulkDataURI":"/dicom-web/archives/{scope}/studies/'.encode()
+    return _BULK_AT_ROOT.sub(scoped, body)
+
+
+def _metadata(request: Request, datasets: list[Any], form: str) -> Response:
+    """Stored metadata documents in the form the client asked for (see `_scoped_json`)."""
+    body = _scoped_json(request, json.dumps(datasets, separators=(",", ":")).encode())
+    if form == negotiate.XML:
+        return _xml_parts(json.loads(body))
+    return Response(body, media_type=DICOM_JSON)
 
 
 def _multipart(parts: Iterable[tuple[str, bytes]], part_type: str) -> StreamingResponse:
@@ -203,6 +227,13 @@ async def stow_rs(
 ) -> Response:
     """Store instances sent as multipart/related; type="application/dicom"."""
     form = negotiate.metadata_form(request.headers.get("accept"), "STOW-RS responses")
+    if study is not None and not is_uid(study):
+        # Bad syntax of the request itself (PS3.18 §10.5.3: 400), not a failure of each
+        # instance; and no Retrieve URL can be made of it.
+        raise BadRequest(
+            f"{study[:80]!r} in the URL is not a Study Instance UID (digits separated by single "
+            "dots, at most 64 characters); POST to /studies, or to /studies/{StudyInstanceUID}"
+        )
     media = parse_media_type(request.headers.get("content-type", ""))
     if media.type != "multipart/related":
         raise UnsupportedMediaType(
@@ -280,11 +311,21 @@ def _search_in_thread(request: Request, search: Search) -> Response:
             raise ArchiveNotFound(
                 f"no archive {view.scope} that you can see; list yours with GET /api/v1/archives"
             )
-    body, _, unsupported = found
-    headers = {}
+    body, count, unsupported = found
+    warnings = []
     if unsupported:
         names = ", ".join(sorted(set(unsupported)))
-        headers["Warning"] = f'299 voxelhub "not matched on: {names}"'
+        warnings.append(f'299 voxelhub "not matched on: {names}"')
+    items = request.query_params.multi_items()
+    limit = qido.server_limit(items)
+    if limit is not None and count >= limit:
+        offset = qido.parse_query(i for i in items if i[0] == "offset").offset
+        warnings.append(
+            f'299 voxelhub "the server returns at most {limit} results: there may be more, '
+            f'ask for them with offset={offset + count}"'
+        )
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    body = _scoped_json(request, body)  # attributes asked for may be bulk data
     if form == negotiate.XML:
         response = _xml_parts(json.loads(body))
         response.headers.update(headers)
@@ -459,6 +500,7 @@ MetadataForm = Annotated[str, Depends(_metadata_form)]
 def study_metadata(
     study: str,
     form: MetadataForm,
+    request: Request,
     principal: PrincipalDep,
     db: DbDep,
     store: StoreDep,
@@ -468,7 +510,7 @@ def study_metadata(
     for series in series_of_studies(db, find_studies(db, view, study)):
         documents.extend(series_metadata(db, store, series))
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=study)
-    return _datasets(first_documents(documents), form)
+    return _metadata(request, first_documents(documents), form)
 
 
 def _instance_order(document: dict[str, Any]) -> tuple[bool, int, str]:
@@ -495,11 +537,17 @@ def series_metadata_route(
         merged = first_documents(d for copy in copies for d in series_metadata(db, store, copy))
         merged.sort(key=_instance_order)
         audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
-        return _datasets(merged, form)
+        return _metadata(request, merged, form)
     body = series_metadata_gz(db, store, copies[0])
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=series)
     if form == negotiate.XML:
-        return _xml_parts(json.loads(gzip.decompress(body)))
+        return _metadata(request, json.loads(gzip.decompress(body)), form)
+    if _scope(request) is not None:  # the stored text with its BulkDataURIs rewritten
+        return Response(
+            _scoped_json(request, gzip.decompress(body)),
+            media_type=DICOM_JSON,
+            headers={"Vary": "Accept-Encoding"},
+        )
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
             body,
@@ -517,13 +565,14 @@ def instance_metadata(
     series: str,
     instance: str,
     form: MetadataForm,
+    request: Request,
     principal: PrincipalDep,
     db: DbDep,
     view: ViewDep,
 ) -> Response:
     found = find_instance(db, view, study, series, instance)
     audit.record(db, principal, "dicom.metadata", object_type="dicomweb", object_id=instance)
-    return _datasets([found.dataset_json], form)
+    return _metadata(request, [found.dataset_json], form)
 
 
 # --- WADO-RS: bulk data, rendered ---------------------------------------------------------
@@ -612,11 +661,25 @@ def _render(
 
 
 def _render_all(
-    request: Request, store: ObjectStore, images: list[Instance], what: str
+    request: Request,
+    store: ObjectStore,
+    images: list[Instance],
+    what: str,
+    *,
+    frames: list[int] | None = None,
 ) -> StreamingResponse:
-    """Every frame of `images`, in order, rendered as the parts of one multipart body."""
+    """Every frame of `images` (or the `frames` of each), in order, rendered as the parts of
+    one multipart body."""
     if not images:
         raise BadRequest(f"{what} has no images to render")
+    if frames:  # checked before the body starts, as a missing frame cannot be said later
+        for instance in images:
+            count = max(instance.number_of_frames, 1)
+            if max(frames) > count:
+                raise InvalidQuery(
+                    f"frame {max(frames)} does not exist: instance "
+                    f"{instance.sop_instance_uid} has {count} frame(s), numbered from 1"
+                )
     rendering = Rendering.of(request)
     media = negotiate.rendered_part_type(request.headers.get("accept"))
     for instance in images:  # checked now, before the body: and loaded, as the body
@@ -627,7 +690,8 @@ def _render_all(
 
     def parts() -> Iterator[tuple[str, bytes]]:
         for instance in images:
-            for frame in range(1, max(instance.number_of_frames, 1) + 1):
+            numbers = frames or range(1, max(instance.number_of_frames, 1) + 1)
+            for frame in numbers:
                 yield media, rendering.image(store, instance, frame, media)
 
     # The first image is made before the response starts: one that cannot be rendered is
@@ -666,7 +730,7 @@ def series_rendered(
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
 def rendered(
     study: str,
     series: str,
@@ -675,14 +739,18 @@ def rendered(
     db: DbDep,
     store: StoreDep,
     view: ViewDep,
-    frame: int = 1,
+    frames: str = "1",
 ) -> Response:
+    """An image, or (of a frame list, PS3.18 §10.4.1.1.3) a multipart body of one per frame."""
+    numbers = wado.parse_frame_list(frames)
     found = find_instance(db, view, study, series, instance)
-    return _render(request, store, found, frame, size=None)
+    if len(numbers) == 1:
+        return _render(request, store, found, numbers[0], size=None)
+    return _render_all(request, store, [found], f"instance {instance}", frames=numbers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/thumbnail")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
 def instance_thumbnail(
     study: str,
     series: str,
@@ -691,10 +759,12 @@ def instance_thumbnail(
     db: DbDep,
     store: StoreDep,
     view: ViewDep,
-    frame: int = 1,
+    frames: str = "1",
 ) -> Response:
+    """One image that stands for the instance, or for its frame list (the first frame)."""
+    numbers = wado.parse_frame_list(frames)
     found = find_instance(db, view, study, series, instance)
-    return _render(request, store, found, frame, size=render.THUMBNAIL_SIZE)
+    return _render(request, store, found, numbers[0], size=render.THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")

@@ -82,6 +82,10 @@ def frame_parts(
     store: ObjectStore, instance: StoredFrames, numbers: Sequence[int] | None, wanted: Wanted
 ) -> list[tuple[str, bytes]]:
     """(content type, bytes) of each requested frame."""
+    pixel = pixel_of(instance)
+    if pixel is None:
+        # Not an empty multipart body (RFC 2046 wants one part at least) as if it had frames.
+        raise InvalidQuery(f"instance {instance.sop_instance_uid} has no pixel data")
     stored_syntax = instance.frames_transfer_syntax_uid
     frames = read_frames(store, instance, numbers)
     if wanted.transfer_syntax in (ANY_SYNTAX, stored_syntax) and (
@@ -94,9 +98,6 @@ def frame_parts(
         if wanted.transfer_syntax != ANY_SYNTAX
         else (EXPLICIT_VR_LITTLE_ENDIAN)
     )
-    pixel = pixel_of(instance)
-    if pixel is None:
-        raise InvalidQuery(f"instance {instance.sop_instance_uid} has no pixel data")
     out = []
     for number, frame in zip(numbers or range(1, len(frames) + 1), frames, strict=True):
         body = decoded(
