@@ -218,6 +218,7 @@ def start_dicom_service(runtime: Runtime, options: ServeOptions) -> DimseServer 
         remote_aes=_remote_aes(runtime.settings),
         idle_timeout_s=runtime.settings.dicom_idle_timeout_s,
         commitment_same_association=runtime.settings.dicom_commitment_same_association,
+        check_called_ae=runtime.settings.dicom_check_called_ae,
     )
     return start_dimse(runtime, config)
 
@@ -231,7 +232,11 @@ def start_drop_folder(runtime: Runtime) -> tuple[threading.Thread, threading.Eve
 
     folder.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    watcher = DropFolder(folder, archive, runtime=runtime)
+    watcher = DropFolder(
+        folder, archive, runtime=runtime,
+        retry_seconds=runtime.settings.drop_folder_retry_seconds,
+        give_up_seconds=runtime.settings.drop_folder_give_up_seconds,
+    )  # fmt: skip
     thread = threading.Thread(
         target=watcher.run_forever, args=(stop,), name="drop-folder", daemon=True
     )

@@ -7,6 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
+import pytest
 from sqlalchemy import func, select
 
 from tests.ingest.conftest import Uploader, dicom_files, shuffled_ct, zip_bytes
@@ -95,3 +98,93 @@ def test_a_folder_and_a_claim_left_by_a_crash(
                                                                         "0003.dcm"]  # fmt: skip
     assert instances(database_url, uploader) == 3
     assert list((drop / "failed").iterdir()) == []
+
+
+def test_a_writer_pausing_longer_than_the_settle_time_is_waited_for(
+    tmp_path: Path, runtime: Runtime, uploader: Uploader, database_url: str
+) -> None:
+    drop = tmp_path / "drop"
+    folder = DropFolder(drop, uploader.archive_name, runtime=runtime, settle_seconds=SETTLE)
+    stop = threading.Event()
+    worker = threading.Thread(target=folder.run_forever, args=(stop,), daemon=True)
+    worker.start()
+    data = zip_bytes(dicom_files(shuffled_ct(slices=4, size=32)))
+    try:
+        with (drop / "study.zip").open("wb") as out:  # an SMB write that stalls halfway
+            out.write(data[: len(data) // 2])
+            out.flush()
+            time.sleep(SETTLE * 5)
+            out.write(data[len(data) // 2 :])
+        deadline = time.monotonic() + 20
+        while not (drop / "done" / "study.zip").exists():
+            assert time.monotonic() < deadline, sorted(p.name for p in drop.rglob("*"))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert (drop / "done" / "study.zip").read_bytes() == data
+    assert list((drop / "failed").iterdir()) == []
+    assert instances(database_url, uploader) == 4
+
+
+def test_failures_of_the_same_name_in_one_second_are_all_kept(
+    tmp_path: Path, runtime: Runtime, uploader: Uploader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "strftime", lambda *_: "20250101T000000")  # all in one second
+    drop = tmp_path / "drop"
+    folder = DropFolder(drop, uploader.archive_name, runtime=runtime, settle_seconds=0)
+    contents = [os.urandom(2048) for _ in range(3)]
+    for content in contents:
+        (drop / "noise.bin").write_bytes(content)
+        assert folder.run_once() == []
+        [result] = folder.run_once()
+        assert result.outcome == "failed"
+    failed = sorted((drop / "failed").iterdir())
+    kept = [p for p in failed if not p.name.endswith(".error.txt")]
+    assert sorted(p.read_bytes() for p in kept) == sorted(contents)
+    assert len(failed) == 6
+    for path in kept:
+        reason = (path.parent / f"{path.name}.error.txt").read_text()
+        assert "not a recognised image format" in reason
+
+
+def _hdf5_kspace(tmp_path: Path) -> bytes:
+    path = tmp_path / "kspace.h5"
+    rng = np.random.default_rng(3)
+    with h5py.File(path, "w") as handle:  # as a fastMRI file: (slices, coils, ky, kx)
+        shape = (2, 4, 64, 48)
+        handle["kspace"] = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(
+            np.complex64
+        )
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["dicom", "zip", "hdf5"])
+def test_a_cut_off_file_that_stays_unchanged_goes_to_failed_after_the_give_up_time(
+    tmp_path: Path, runtime: Runtime, uploader: Uploader, kind: str
+) -> None:
+    drop = tmp_path / "drop"
+    folder = DropFolder(drop, uploader.archive_name, runtime=runtime, settle_seconds=0,
+                        retry_seconds=0.3, give_up_seconds=1.5)  # fmt: skip
+    files = dicom_files(shuffled_ct(slices=2, size=32))
+    data = {"dicom": lambda: next(iter(files.values())), "zip": lambda: zip_bytes(files),
+            "hdf5": lambda: _hdf5_kspace(tmp_path)}[kind]()  # fmt: skip
+    name = {"dicom": "cut.dcm", "zip": "cut.zip", "hdf5": "cut.h5"}[kind]
+    (drop / name).write_bytes(data[: len(data) // 2])
+    assert folder.run_once() == []
+    [first] = folder.run_once()
+    assert first.outcome == "incomplete", first
+    assert (drop / name).exists() and list((drop / "failed").iterdir()) == []
+    assert folder.run_once() == []  # unchanged and not due again yet
+
+    outcomes = [first.outcome]
+    deadline = time.monotonic() + 20
+    while not (drop / "failed" / name).exists():
+        assert time.monotonic() < deadline, outcomes
+        outcomes += [r.outcome for r in folder.run_once()]
+        time.sleep(0.05)
+    assert set(outcomes) == {"incomplete", "failed"}
+    assert outcomes.count("incomplete") >= 2  # tried again after the retry interval
+    assert (drop / "failed" / name).read_bytes() == data[: len(data) // 2]
+    assert (drop / "failed" / f"{name}.error.txt").read_text().startswith(f"{name}: ")
+    assert not (drop / name).exists()

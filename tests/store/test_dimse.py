@@ -202,6 +202,29 @@ def test_echoscu(dimse: DimseServer) -> None:
 
 @pytest.mark.slow
 @needs_dcmtk
+@pytest.mark.parametrize("check", [True, False])
+def test_the_called_ae_title_is_checked_when_asked(
+    runtime: Runtime, archive_name: str, check: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = DimseConfig(archive=archive_name, ae_title=AE_TITLE, port=0, check_called_ae=check)
+    with start_dimse(runtime, config) as server:
+        right = dcmtk("echoscu", "-aet", "MODALITY", "-aec", AE_TITLE, "127.0.0.1", server.port)
+        wrong = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "OTHER", "127.0.0.1", server.port)
+    assert right.returncode == 0, right.stdout + right.stderr
+    if not check:
+        assert wrong.returncode == 0, wrong.stdout + wrong.stderr
+        return
+    answer = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0, answer
+    # A-ASSOCIATE-RJ: result 1 (permanent), source 1 (service user), reason 7.
+    assert "Rejected Permanent" in answer and "Called AE Title Not Recognized" in answer, answer
+    [logged] = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "calling AE MODALITY" in logged and "called AE OTHER, not VOXELHUB" in logged
+    assert "127.0.0.1:" in logged
+
+
+@pytest.mark.slow
+@needs_dcmtk
 def test_storescu_stores_each_instance_once(
     dimse: DimseServer, runtime: Runtime, series_files: list[Path]
 ) -> None:

@@ -82,6 +82,23 @@ class Settings(BaseSettings):
         description="A folder `serve` watches: files and archives put there are ingested "
         "into the default archive",
     )
+    drop_folder_retry_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A drop-folder file that cannot be read completely (cut off, as while a "
+        "writer stalls) is left in place and tried again after this long, or when it changes",
+    )
+    drop_folder_give_up_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A drop-folder file that still cannot be read completely after staying "
+        "unchanged this long goes to failed/ with the reason",
+    )
+    dicom_check_called_ae: bool = Field(
+        default=False,
+        description="Reject DIMSE associations whose Called AE Title is not the service's own "
+        "AE title (A-ASSOCIATE-RJ: called AE title not recognised)",
+    )
     dicom_remote_aes: dict[str, str] = Field(
         default_factory=dict,
         description='C-MOVE destinations: AE title → "host:port"',

@@ -11,6 +11,14 @@ still writing is left alone. Names starting with '.' or ending in .tmp/.part are
 as being written. The state lives in the folders: an entry found in `processing/` after a
 restart is ingested again, which is safe because ingest is idempotent. Polling only; no
 inotify needed.
+
+A writer may stall for longer than the settle time (SMB and NFS writes do), so an entry
+that cannot be read completely (a truncated DICOM or archive, an HDF5 file that does not
+open, an empty file) while it was modified less than `give_up_seconds` ago is put back
+where it was and tried again once it has changed and settled, or after `retry_seconds`.
+Only when it has stayed unchanged for `give_up_seconds` does it go to `failed/`. Content
+that is not an image format at all goes there at once. Names in `done/` and `failed/`
+never replace one another.
 """
 
 from __future__ import annotations
@@ -50,10 +58,15 @@ _TRANSIENT = (OperationalError, ObjectStoreError)
 
 Signature = tuple[int, int, int]
 
+# The one rejection that more bytes cannot cure: the content is no known format at all (an
+# empty file, a cut-off archive or an unreadable header may be a writer that stalled).
+_NOT_AN_IMAGE = "the content is not a recognised image format"
+
 
 @dataclass(frozen=True)
 class DropResult:
-    """What happened to one entry: moved to `done` or `failed`, or left to `retry`."""
+    """What happened to one entry: moved to `done` or `failed`, left in `processing` to
+    `retry` (the platform failed), or put back as `incomplete` (to be tried again)."""
 
     name: str
     outcome: str
@@ -92,10 +105,18 @@ def signature(entry: Path) -> Signature | None:
 
 
 def _free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or a name no other entry has there (a random part, not only the time)."""
     target = folder / name
-    if not target.exists():
-        return target
-    return folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{name}"
+    while target.exists() or target.with_name(f"{target.name}.error.txt").exists():
+        target = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-{name}"
+    return target
+
+
+def _maybe_incomplete(report: UploadReport) -> bool:
+    """Whether a rejected file might be one still being written (more bytes could fix it)."""
+    return any(
+        f.outcome == "rejected" and not f.reason.startswith(_NOT_AN_IMAGE) for f in report.files
+    )
 
 
 class DropFolder:
@@ -108,20 +129,30 @@ class DropFolder:
         *,
         runtime: Runtime,
         settle_seconds: float = 2.0,
+        retry_seconds: float = 30.0,
+        give_up_seconds: float = 600.0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.path = Path(path)
         self.archive_name = archive_name
         self.runtime = runtime
         self.settle_seconds = settle_seconds
+        self.retry_seconds = retry_seconds
+        self.give_up_seconds = give_up_seconds
         self.limits = limits
         # Only a speed-up: after a restart every entry is simply watched for one more poll.
         self._seen: dict[str, Signature] = {}
+        # Entries put back as incomplete: their signature then, and when to try them again
+        # unchanged. Lost on a restart, which only means they are tried once more sooner.
+        self._incomplete: dict[str, tuple[Signature, int]] = {}
         for folder in (PROCESSING, DONE, FAILED):
             (self.path / folder).mkdir(parents=True, exist_ok=True)
 
     def stable_entries(self) -> list[Path]:
-        """Entries unchanged since the last poll and older than `settle_seconds`."""
+        """Entries unchanged since the last poll and older than `settle_seconds`.
+
+        An entry put back as incomplete is left out until it changes or is due again.
+        """
         now_ns = time.time_ns()
         settle_ns = int(self.settle_seconds * 1e9)
         stable: list[Path] = []
@@ -130,9 +161,13 @@ class DropFolder:
             if not _candidate(entry) or (sig := signature(entry)) is None:
                 continue
             current[entry.name] = sig
-            if self._seen.get(entry.name) == sig and now_ns - sig[1] >= settle_ns:
+            if self._seen.get(entry.name) != sig or now_ns - sig[1] < settle_ns:
+                continue
+            waiting = self._incomplete.get(entry.name)
+            if waiting is None or waiting[0] != sig or now_ns >= waiting[1]:
                 stable.append(entry)
         self._seen = current
+        self._incomplete = {k: v for k, v in self._incomplete.items() if k in current}
         return stable
 
     def run_once(self) -> list[DropResult]:
@@ -147,7 +182,8 @@ class DropFolder:
                 logger.warning("could not claim %s", entry, exc_info=True)
                 continue
             self._seen.pop(entry.name, None)
-            results.append(self._ingest(claimed, archive_id))
+            self._incomplete.pop(entry.name, None)
+            results.append(self._ingest(claimed, archive_id, name=entry.name))
         return results
 
     def run_forever(self, stop_event: threading.Event, *, poll_seconds: float = 1.0) -> None:
@@ -183,7 +219,7 @@ class DropFolder:
             )
         return archive_id
 
-    def _ingest(self, entry: Path, archive_id: uuid.UUID) -> DropResult:
+    def _ingest(self, entry: Path, archive_id: uuid.UUID, *, name: str = "") -> DropResult:
         try:
             report = self._process(entry, archive_id)
         except _TRANSIENT as err:
@@ -196,7 +232,31 @@ class DropFolder:
         failed_series = [s for s in report.series if s.outcome == "failed"]
         lines = [f"{f.path}: {f.reason}" for f in rejected]
         lines += [f"series {s.series_instance_uid}: {s.reason}" for s in failed_series]
-        return self._finish(entry, report, "\n".join(lines))
+        errors = "\n".join(lines)
+        if rejected and _maybe_incomplete(report) and self._recently_modified(entry):
+            return self._put_back(entry, name=name or entry.name, report=report, errors=errors)
+        return self._finish(entry, report, errors)
+
+    def _recently_modified(self, entry: Path) -> bool:
+        sig = signature(entry)
+        return sig is not None and time.time_ns() - sig[1] < int(self.give_up_seconds * 1e9)
+
+    def _put_back(self, entry: Path, *, name: str, report: UploadReport, errors: str) -> DropResult:
+        """Return an entry that may still be being written to the drop folder, to wait."""
+        target = _free_name(self.path, name)
+        entry.rename(target)
+        sig = signature(target)
+        if sig is not None:
+            retry_ns = time.time_ns() + int(self.retry_seconds * 1e9)
+            give_up_ns = sig[1] + int(self.give_up_seconds * 1e9)
+            self._incomplete[target.name] = (sig, min(retry_ns, give_up_ns))
+            self._seen[target.name] = sig
+        logger.warning(
+            "drop folder: %s cannot be read completely yet; left in place and tried again when "
+            "it changes or in %g s (to failed/ once unchanged for %g s): %s",
+            target.name, self.retry_seconds, self.give_up_seconds, errors.replace("\n", "; "),
+        )  # fmt: skip
+        return DropResult(target.name, "incomplete", report, errors)
 
     def _process(self, entry: Path, archive_id: uuid.UUID) -> UploadReport:
         store = self.runtime.store

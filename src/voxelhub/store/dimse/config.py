@@ -51,6 +51,8 @@ class DimseConfig:
     With `commitment_same_association`, a storage commitment report goes first on the
     requesting association while that is still open (PS3.4 J.3.3.1.2 allows it; a modality
     that waits there for it needs it), and otherwise on a new one to `remote_aes`.
+    With `check_called_ae`, an association whose Called AE Title is not `ae_title` is
+    rejected (rejected-permanent, service-user, called AE title not recognised).
     """
 
     archive: str
@@ -60,6 +62,7 @@ class DimseConfig:
     remote_aes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     idle_timeout_s: float = 60.0
     commitment_same_association: bool = False
+    check_called_ae: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title))

@@ -21,6 +21,7 @@ from voxelhub.archives.models import Archive
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 from voxelhub.store.dimse.commit_scp import CommitmentService
+from voxelhub.store.dimse.common import Peer
 from voxelhub.store.dimse.config import DimseConfig
 from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.errors import DimseConfigError
@@ -122,6 +123,19 @@ def _after_flush(
     return handle
 
 
+def _log_rejection(event: Event) -> None:
+    """Say who was turned away: the peer's address and the AE titles it used."""
+    request = event.assoc.requestor.primitive
+    if request is None:
+        return
+    called = str(request.called_ae_title).strip()
+    logger.warning(
+        "DIMSE association from %s (calling AE %s) rejected: called AE %s%s",
+        Peer.of_association(event.assoc).address, str(request.calling_ae_title).strip(), called,
+        "" if called == event.assoc.ae.ae_title else f", not {event.assoc.ae.ae_title}",
+    )  # fmt: skip
+
+
 def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     """Listen for DIMSE associations in background threads; returns the running server."""
     archive_id = _archive_id(runtime, config.archive)
@@ -129,6 +143,8 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
     ae.maximum_pdu_size = UNLIMITED_PDU
     ae.maximum_associations = MAX_ASSOCIATIONS
     ae.network_timeout = config.idle_timeout_s
+    # pynetdicom answers A-ASSOCIATE-RJ (1, 1, 7) to a called AE title other than its own.
+    ae.require_called_aet = config.check_called_ae
     add_supported_contexts(ae)
     store = StoreService(runtime, archive_id)
     find = FindService(runtime, archive_id, ae_title=config.ae_title)
@@ -145,6 +161,7 @@ def start_dimse(runtime: Runtime, config: DimseConfig) -> DimseServer:
         (evt.EVT_C_GET, _after_flush(store, retrieve.handle_get)),
         (evt.EVT_C_MOVE, _after_flush(store, retrieve.handle_move)),
         (evt.EVT_N_ACTION, commitment.handle_action),
+        (evt.EVT_REJECTED, _log_rejection),
     ]
     try:
         server = ae.make_server(
