@@ -173,3 +173,46 @@ def test_slice_numbers_with_a_gap_give_no_empty_slice(
         handle["dataset/data"][...] = records
     kspace = read_ismrmrd(path)
     np.testing.assert_array_equal(kspace.data, tiny.kspace.data)
+
+
+def _discarding(path: Path, source: Path, *, junk: bool) -> Path:
+    """`source` with discard_pre/discard_post set (varying by acquisition); the discarded
+    samples hold junk, or zeros (the file without the junk)."""
+    rng = np.random.default_rng(7)
+    with h5py.File(source) as handle:
+        xml, records = handle[XML][()], handle["dataset/data"][()]
+    heads = records["head"]
+    imaging = (heads["flags"] & mrd.bits(mrd.NOISE_MEASUREMENT)) == 0
+    heads["discard_pre"][imaging] = 3
+    heads["discard_post"][imaging] = np.arange(np.count_nonzero(imaging)) % 3 * 2
+    records["head"] = heads
+    for record in records[imaging]:
+        head = record["head"]
+        lines = record["data"].view(np.complex64).reshape(head["active_channels"], -1)
+        stop = lines.shape[1] - int(head["discard_post"])
+        for part in (slice(0, int(head["discard_pre"])), slice(stop, None)):
+            shape = lines[:, part].shape
+            lines[:, part] = (rng.normal(size=shape) + 1j * rng.normal(size=shape)) * 1e3 * junk
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset(XML, data=xml, dtype=h5py.string_dtype())
+        handle.create_dataset("dataset/data", data=records, maxshape=(None,), chunks=True)
+    return path
+
+
+def test_discarded_samples_are_not_data(written: Path, tmp_path: Path) -> None:
+    clean = read_ismrmrd(_discarding(tmp_path / "clean.h5", written, junk=False))
+    dirty = read_ismrmrd(_discarding(tmp_path / "junk.h5", written, junk=True))
+    np.testing.assert_array_equal(dirty.data, clean.data)
+    assert np.count_nonzero(clean.data[0, 0, :3, 0]) == 0  # first line: 3 samples dropped
+    white = read_ismrmrd(tmp_path / "junk.h5", prewhiten_noise=True)
+    np.testing.assert_array_equal(white.data == 0, clean.data == 0)
+
+
+def test_discarding_every_sample_is_refused(written: Path) -> None:
+    with h5py.File(written, "r+") as handle:
+        records = handle["dataset/data"][()]
+        records["head"]["discard_pre"][-1] = 40
+        records["head"]["discard_post"][-1] = 30
+        handle["dataset/data"][...] = records
+    with pytest.raises(ReconError, match="discard_pre 40 and discard_post 30"):
+        read_ismrmrd(written)

@@ -1,22 +1,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from voxelhub.recon import methods
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.methods import available_methods, reconstruct, register_method
-from voxelhub.recon.model import KSpace, Reconstruction
+from voxelhub.recon.model import KSpace, Reconstruction, Sampling
 from voxelhub.recon.phantom import PhantomAcquisition
 
 
 @pytest.fixture
 def registry() -> Iterator[None]:
-    saved = dict(methods._REGISTRY)
+    saved, without = dict(methods._REGISTRY), set(methods._WITHOUT_CALIBRATION)
     yield
     methods._REGISTRY.clear()
     methods._REGISTRY.update(saved)
+    methods._WITHOUT_CALIBRATION.clear()
+    methods._WITHOUT_CALIBRATION.update(without)
 
 
 def test_built_ins_are_listed_first() -> None:
@@ -82,3 +86,36 @@ def test_setting_of_the_wrong_type_is_refused_before_running(
 def test_settings_of_the_right_type_are_taken(tiny: PhantomAcquisition) -> None:
     result = reconstruct(tiny.kspace, "grappa", kernel=[3, 2], regularization=1)
     assert result.settings["kernel"] == [3, 2]
+
+
+def _without_acs(kspace: KSpace) -> KSpace:
+    mask = np.zeros(kspace.data.shape[-1], bool)
+    mask[::2] = True
+    sampling = Sampling(mask=mask, acs=(24, 24), acceleration=2)
+    return replace(kspace, data=kspace.data * mask, sampling=sampling)
+
+
+@pytest.mark.parametrize("name", ["grappa", "raki", "rraki"])
+def test_calibrating_methods_refuse_k_space_without_acs(
+    name: str, tiny: PhantomAcquisition
+) -> None:
+    assert methods.needs_calibration(name)
+    with pytest.raises(ReconError, match=f"no ACS block.*{name} calibrates"):
+        reconstruct(_without_acs(tiny.kspace), name)
+
+
+def test_methods_that_do_not_calibrate_run_without_acs(
+    tiny: PhantomAcquisition, registry: None
+) -> None:
+    kspace = _without_acs(tiny.kspace)
+    assert not methods.needs_calibration("zero-filled")
+    assert reconstruct(kspace, "zero-filled").images.shape == (2, 64, 48)
+
+    def plain(kspace: KSpace) -> Reconstruction:
+        return Reconstruction(images=np.zeros((1, 2, 2), np.float32), method="plain")
+
+    register_method("plain", plain, calibrates=False)
+    assert reconstruct(kspace, "plain").method == "plain"
+    register_method("calibrating", plain)  # a method says it needs no ACS, or it needs one
+    with pytest.raises(ReconError, match="no ACS block"):
+        reconstruct(kspace, "calibrating")

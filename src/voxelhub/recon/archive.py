@@ -8,6 +8,7 @@ not be used, so one bad file never stops the batch.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tarfile
 import tempfile
@@ -23,6 +24,8 @@ import h5py
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.model import KSpace
 from voxelhub.recon.readers import read_kspace
+
+logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
 _CHUNK = 1 << 20
@@ -132,8 +135,15 @@ def _read_member(member: _Member, folder: Path, *, budget: _Budget, reader: Read
         return MemberResult(member.name, error=str(err))
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
         return MemberResult(member.name, error=f"could not be extracted: {err}")
+    except Exception as err:  # a reader's bug or lack of memory fails this member only
+        return _unexpected(member.name, err)
     finally:
         shutil.rmtree(target.parent, ignore_errors=True)
+
+
+def _unexpected(name: str, err: Exception) -> MemberResult:
+    logger.debug("%s: unexpected error while reading", name, exc_info=True)
+    return MemberResult(name, error=f"{type(err).__name__}: {err}")
 
 
 def _open_members(
@@ -182,6 +192,9 @@ def read_inputs(
         yield from read_archive(path, limits=limits, reader=reader)
         return
     try:
-        yield MemberResult(path.name, kspace=reader(path))
+        result = MemberResult(path.name, kspace=reader(path))
     except ReconError as err:
-        yield MemberResult(path.name, error=str(err))
+        result = MemberResult(path.name, error=str(err))
+    except Exception as err:  # reported as the file's result, as in an archive
+        result = _unexpected(path.name, err)
+    yield result

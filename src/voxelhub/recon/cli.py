@@ -7,8 +7,13 @@ Registered in the main command line with `app.command("recon")(recon_command)`.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,10 +24,17 @@ from rich.markup import escape
 
 from voxelhub.recon.archive import MemberResult, is_archive, read_inputs
 from voxelhub.recon.errors import ReconError
-from voxelhub.recon.methods import accepted_settings, get_method, reconstruct
+from voxelhub.recon.methods import (
+    accepted_settings,
+    get_method,
+    needs_calibration,
+    reconstruct,
+)
 from voxelhub.recon.model import KSpace, Reconstruction
 from voxelhub.recon.output import write_reconstruction
+from voxelhub.recon.readers import read_kspace
 
+logger = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 
@@ -89,19 +101,43 @@ def _run(kspace: KSpace, options: dict[str, Any]) -> tuple[KSpace, Reconstructio
     return kspace, reconstruct(kspace, options["method"], **options["settings"])
 
 
+def _failed(name: str, reason: str) -> bool:
+    console.print(f"[red]failed[/] {escape(name)}: {escape(reason)}")
+    return False
+
+
+def _write(
+    out: h5py.File, name: str, *, single: bool, recon: Reconstruction, kspace: KSpace
+) -> None:
+    """The reconstruction in the file (single input) or in a group of its own, which an
+    error while writing removes again, so a failed file leaves nothing half-written."""
+    if single:
+        write_reconstruction(out, recon, kspace=kspace)
+        return
+    group_name = _group_name(name, out)
+    try:
+        write_reconstruction(out.create_group(group_name), recon, kspace=kspace)
+    except Exception:
+        if group_name in out:
+            del out[group_name]
+        raise
+
+
 def _process(
     result: MemberResult, out: h5py.File, *, single: bool, options: dict[str, Any]
 ) -> bool:
+    """Reconstruct and write one file; False (reported) when it failed. Only that file
+    fails on any error, expected or not; Ctrl-C and SystemExit still stop the batch."""
     if result.kspace is None:
-        console.print(f"[red]failed[/] {escape(result.name)}: {escape(str(result.error))}")
-        return False
+        return _failed(result.name, str(result.error))
     try:
         kspace, recon = _run(result.kspace, options)
+        _write(out, result.name, single=single, recon=recon, kspace=kspace)
     except ReconError as err:
-        console.print(f"[red]failed[/] {escape(result.name)}: {escape(str(err))}")
-        return False
-    group = out if single else out.create_group(_group_name(result.name, out))
-    write_reconstruction(group, recon, kspace=kspace)
+        return _failed(result.name, str(err))
+    except Exception as err:  # a bug, lack of (GPU) memory, an HDF5 error: this file only
+        logger.debug("%s: unexpected error", result.name, exc_info=True)
+        return _failed(result.name, f"{type(err).__name__}: {err}")
     console.print(
         f"[green]done[/] {escape(result.name)}: {recon.images.shape[0]} slices, "
         f"R={kspace.sampling.acceleration}, {recon.seconds_per_slice:.2f} s/slice"
@@ -109,23 +145,37 @@ def _process(
     return True
 
 
-def _open_output(output: Path, *, source: Path) -> h5py.File:
-    """The output file, created; exit 2 (never a traceback) when it would overwrite the
-    input or cannot be written."""
+def _cannot_write(output: Path, reason: str) -> typer.Exit:
+    console.print(
+        f"[bold red]error:[/] cannot write {escape(str(output))}: {escape(reason)}; "
+        "give --output a file path in a folder that exists and that you can write to"
+    )
+    return typer.Exit(code=2)
+
+
+@contextmanager
+def _temporary_output(output: Path, *, source: Path) -> Iterator[tuple[h5py.File, Path]]:
+    """A new HDF5 file beside `output` (same folder, so renaming it over `output` is
+    atomic), and its path; removed on leaving, however that happens, unless it was renamed.
+    Exit 2 (never a traceback) when `output` is the input or cannot be written."""
     if output.exists() and output.samefile(source):
         console.print(
             f"[bold red]error:[/] --output {escape(str(output))} is the input file; writing "
             "there would destroy it: choose another output path"
         )
         raise typer.Exit(code=2)
+    if output.is_dir():
+        raise _cannot_write(output, "it is a folder")
+    partial_path = output.with_name(f".{output.name}.{secrets.token_hex(4)}.partial")
     try:
-        return h5py.File(output, "w")
+        handle = h5py.File(partial_path, "x")
     except OSError as err:
-        console.print(
-            f"[bold red]error:[/] cannot write {escape(str(output))}: {escape(str(err))}; "
-            "give --output a file path in a folder that exists and that you can write to"
-        )
-        raise typer.Exit(code=2) from err
+        raise _cannot_write(output, str(err)) from err
+    try:
+        with handle:
+            yield handle, partial_path
+    finally:
+        partial_path.unlink(missing_ok=True)
 
 
 def recon_command(
@@ -147,8 +197,10 @@ def recon_command(
     """Reconstruct undersampled k-space and write the magnitude images as the dataset
     `reconstruction` (slices x rows x columns, float32), settings as attributes.
 
-    For an archive, each file gets a group of its own. Exits 2 on bad input, 1 when some
-    files of an archive failed.
+    For an archive, each file gets a group of its own. The output is written beside OUTPUT
+    and renamed over it only when something was reconstructed, so an existing OUTPUT is
+    kept when every file fails or on Ctrl-C. Exits 2 on bad input or when nothing could be
+    reconstructed, 1 when some files of an archive failed.
     """
     try:
         settings = parse_settings(setting)
@@ -160,13 +212,20 @@ def recon_command(
         raise typer.Exit(code=2) from err
     options = {"method": method, "settings": settings, "slices": slices}
     single = not is_archive(source)
+    # Only methods that calibrate need an ACS block; zero-filled reads data without one.
+    reader = partial(read_kspace, require_acs=needs_calibration(method))
     done = failed = 0
-    with _open_output(output, source=source) as out:
-        for result in read_inputs(source):
+    with _temporary_output(output, source=source) as (out, written):
+        for result in read_inputs(source, reader=reader):
             ok = _process(result, out, single=single, options=options)
             done, failed = done + ok, failed + (not ok)
+        out.close()
+        if done:  # an existing output is replaced only by a file that holds results
+            try:
+                written.replace(output)
+            except OSError as err:
+                raise _cannot_write(output, str(err)) from err
     if not done:
-        output.unlink(missing_ok=True)
         raise typer.Exit(code=2)
     if failed:
         raise typer.Exit(code=1)

@@ -99,13 +99,16 @@ def detect_sampling(
     center: int | None = None,
     acceleration_hint: int | None = None,
     source: str = "k-space",
+    require_acs: bool = True,
 ) -> Sampling:
     """The sampling of `data`: which lines, the ACS block around `center`, and R.
 
     `mask` overrides the lines found from non-zero columns (a reader that knows them says
     so); `center` is the k-space centre column (default: width // 2). R is the most common
     spacing of the lines outside the ACS block that skips lines (1 only when nothing is
-    missing); a hint that disagrees is logged.
+    missing); a hint that disagrees is logged. Without an ACS block (fewer than
+    `MIN_ACS_LINES` lines around the centre) this is a ReconError, or with `require_acs`
+    False (for methods that do not calibrate) an empty block `(center, center)`.
 
     >>> from voxelhub.recon.masks import equispaced_mask
     >>> truth = equispaced_mask(96, 3, acs_lines=16)
@@ -125,7 +128,12 @@ def detect_sampling(
         raise ReconError(
             f"{source}: the k-space centre {middle} lies outside the {lines.size} columns"
         )
-    acs = _acs_block(lines, center=middle, source=source)
+    try:
+        acs = _acs_block(lines, center=middle, source=source)
+    except ReconError:
+        if require_acs:
+            raise
+        acs = (middle, middle)
     acceleration = _acceleration(lines, acs=acs, source=source)
     if acceleration_hint and int(acceleration_hint) != acceleration:
         logger.warning(

@@ -89,11 +89,12 @@ def _hints(attrs: h5py.AttributeManager, *, name: str) -> dict[str, int]:
     return hints
 
 
-def read_fastmri(path: str | Path) -> KSpace:
+def read_fastmri(path: str | Path, *, require_acs: bool = True) -> KSpace:
     """k-space of a fastMRI file, padding columns removed, sampling detected.
 
     Refuses (ReconError) files without `kspace`, non-Cartesian or inconsistent headers,
-    and NaNs.
+    and NaNs; and, unless `require_acs` is False (methods that do not calibrate), files
+    without an ACS block.
     """
     name = Path(path).name
     with open_h5(path) as handle:
@@ -129,6 +130,7 @@ def read_fastmri(path: str | Path) -> KSpace:
         center=int(limits[2]) - int(limits[0]),
         acceleration_hint=hints.get("acceleration"),
         source=name,
+        require_acs=require_acs,
     )
     header.update({"format": "fastmri", **{f"{key}_hint": v for key, v in hints.items()}})
     return KSpace(data=data, sampling=sampling, header=header, source=str(path))

@@ -66,6 +66,38 @@ def _stack(records: Records, name: str) -> ComplexArray:
     return flat.astype(np.float32).view(np.complex64).reshape(len(records), channels, samples)
 
 
+def _drop_discarded(lines: ComplexArray, heads: Records, *, name: str) -> None:
+    """Zero, in place, the `discard_pre` first and `discard_post` last samples of each
+    acquisition (asymmetric echo, filter settling): they are not data, so they are left
+    unacquired as in Gadgetron's BucketToBuffer. The kept samples stay where they are on the
+    readout (`center_sample` counts every stored sample); the counts refer to the samples
+    as stored, before a reversed line is flipped.
+
+    >>> heads = np.zeros(2, dtype=mrd.ACQUISITION_HEADER)
+    >>> heads["discard_pre"], heads["discard_post"] = (1, 0), (0, 2)
+    >>> lines = np.ones((2, 1, 4), np.complex64)
+    >>> _drop_discarded(lines, heads, name="meas.h5")
+    >>> lines.real.astype(int).tolist()
+    [[[0, 1, 1, 1]], [[1, 1, 0, 0]]]
+    """
+    pre = heads["discard_pre"].astype(np.intp)
+    post = heads["discard_post"].astype(np.intp)
+    if not (pre.any() or post.any()):
+        return
+    samples = lines.shape[-1]
+    over = np.flatnonzero(pre + post >= samples)
+    if over.size:
+        first = int(over[0])
+        raise ReconError(
+            f"{name}: acquisition {int(heads['scan_counter'][first])} discards every sample "
+            f"(discard_pre {pre[first]} and discard_post {post[first]} of {samples}); the "
+            "headers are damaged"
+        )
+    index = np.arange(samples)
+    dropped = (index < pre[:, None]) | (index >= samples - post[:, None])
+    lines[np.broadcast_to(dropped[:, None, :], lines.shape)] = 0
+
+
 def _read(path: str | Path, name: str) -> tuple[dict[str, Any], Records]:
     with open_h5(path) as handle:
         data, xml = handle.get("dataset/data"), handle.get("dataset/xml")
@@ -168,6 +200,7 @@ def _imaging(header: dict[str, Any], records: Records, *, name: str) -> tuple[Co
     _check_cartesian(header, heads, name=name)
     columns = _columns(header, heads, name=name)
     lines = _stack(records, name)
+    _drop_discarded(lines, heads, name=name)
     reverse = _flagged(heads["flags"], mrd.REVERSE)
     lines[reverse] = lines[reverse, :, ::-1]
     slices, images = _image_index(heads)
@@ -209,9 +242,12 @@ def _whitening(noise: ComplexArray, *, name: str) -> npt.NDArray[np.complex128]:
         ) from err
 
 
-def load_ismrmrd(path: str | Path, *, prewhiten_noise: bool = False) -> IsmrmrdData:
+def load_ismrmrd(
+    path: str | Path, *, prewhiten_noise: bool = False, require_acs: bool = True
+) -> IsmrmrdData:
     """k-space and noise of an ISMRMRD file; `prewhiten_noise` decorrelates the coils with
-    the covariance of the file's noise scans (a warning if it has none)."""
+    the covariance of the file's noise scans (a warning if it has none); `require_acs`
+    False accepts data without an ACS block (for methods that do not calibrate)."""
     name = Path(path).name
     header, records = _read(path, name)
     flags = records["head"]["flags"]
@@ -231,7 +267,13 @@ def load_ismrmrd(path: str | Path, *, prewhiten_noise: bool = False) -> IsmrmrdD
     elif prewhiten_noise:
         logger.warning("%s: no noise scans, so the data are not prewhitened", name)
     limits = header["pe_limits"]
-    sampling = detect_sampling(data, mask=mask, center=int(limits[2]) - int(limits[0]), source=name)
+    sampling = detect_sampling(
+        data,
+        mask=mask,
+        center=int(limits[2]) - int(limits[0]),
+        source=name,
+        require_acs=require_acs,
+    )
     header.update(
         {
             "format": "ismrmrd",
@@ -242,9 +284,11 @@ def load_ismrmrd(path: str | Path, *, prewhiten_noise: bool = False) -> IsmrmrdD
     return IsmrmrdData(KSpace(data=data, sampling=sampling, header=header, source=str(path)), noise)
 
 
-def read_ismrmrd(path: str | Path, *, prewhiten_noise: bool = False) -> KSpace:
+def read_ismrmrd(
+    path: str | Path, *, prewhiten_noise: bool = False, require_acs: bool = True
+) -> KSpace:
     """k-space of an ISMRMRD file (see `load_ismrmrd`)."""
-    return load_ismrmrd(path, prewhiten_noise=prewhiten_noise).kspace
+    return load_ismrmrd(path, prewhiten_noise=prewhiten_noise, require_acs=require_acs).kspace
 
 
 def _line_flags(kspace: KSpace, columns: npt.NDArray[np.intp]) -> npt.NDArray[np.uint64]:

@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from time import perf_counter
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from voxelhub.recon.detect import MIN_ACS_LINES
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.grappa import grappa
 from voxelhub.recon.model import KSpace, Reconstruction
@@ -36,17 +37,27 @@ ENTRY_POINT_GROUP = "voxelhub.recon_methods"
 ReconMethod = Callable[..., Reconstruction]
 
 _REGISTRY: dict[str, ReconMethod] = {"zero-filled": zero_filled, "grappa": grappa}
+# Methods that work without a calibration (ACS) block; every other one is refused data
+# without one, since a method that calibrates on nothing fails in obscure ways.
+_WITHOUT_CALIBRATION: set[str] = {"zero-filled"}
 _LOADED: set[str] = set()
 _UNAVAILABLE: dict[str, str] = {}  # method → the package it needs that is not installed
 
 
-def register_method(name: str, method: ReconMethod, *, replace_existing: bool = False) -> None:
-    """Make `method` available as `reconstruct(kspace, method=name)` and on the CLI."""
+def register_method(
+    name: str, method: ReconMethod, *, replace_existing: bool = False, calibrates: bool = True
+) -> None:
+    """Make `method` available as `reconstruct(kspace, method=name)` and on the CLI;
+    `calibrates` False lets it run on k-space without a calibration (ACS) block."""
     if not name or name != name.strip().lower():
         raise ValueError(f"a method name is lower-case without spaces at the ends, got {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not method and not replace_existing:
         raise ValueError(f"a reconstruction method {name!r} is already registered")
     _REGISTRY[name] = method
+    if calibrates:
+        _WITHOUT_CALIBRATION.discard(name)
+    else:
+        _WITHOUT_CALIBRATION.add(name)
 
 
 def _load_plugins() -> None:
@@ -88,6 +99,26 @@ def get_method(name: str) -> ReconMethod:
             f"unknown reconstruction method {name!r}; available: {', '.join(_REGISTRY)}"
         )
     return _REGISTRY[name]
+
+
+def needs_calibration(name: str) -> bool:
+    """Whether method `name` calibrates on the ACS block (so refuses k-space without one).
+
+    >>> needs_calibration("grappa"), needs_calibration("zero-filled")
+    (True, False)
+    """
+    get_method(name)
+    return name not in _WITHOUT_CALIBRATION
+
+
+def _check_calibration(kspace: KSpace, method: str) -> None:
+    lines = kspace.sampling.acs_lines
+    if lines < MIN_ACS_LINES and needs_calibration(method):
+        raise ReconError(
+            f"{kspace.source or 'k-space'}: no ACS block ({lines} calibration lines, at least "
+            f"{MIN_ACS_LINES} needed); {method} calibrates on a fully sampled region at the "
+            "k-space centre: use --method zero-filled, or data acquired with calibration lines"
+        )
 
 
 def accepted_settings(name: str) -> tuple[str, ...]:
@@ -164,6 +195,7 @@ def reconstruct(kspace: KSpace, method: str = "grappa", **settings: Any) -> Reco
         ) from err
     for name, value in settings.items():
         _check_type(method, function, name, value)
+    _check_calibration(kspace, method)
     start = perf_counter()
     result = function(kspace, **settings)
     if result.seconds_per_slice <= 0:

@@ -29,12 +29,15 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def read_kspace(path: str | Path, *, prewhiten_noise: bool = False) -> KSpace:
+def read_kspace(
+    path: str | Path, *, prewhiten_noise: bool = False, require_acs: bool = True
+) -> KSpace:
     """k-space of a fastMRI or ISMRMRD file (`prewhiten_noise` applies to ISMRMRD files with
-    noise scans)."""
+    noise scans; `require_acs` False accepts raw data without an ACS block, for methods that
+    do not calibrate)."""
     found = detect_format(path)
     if found == "preprocessed":
         return read_preprocessed(path)
     if found == "fastmri":
-        return read_fastmri(path)
-    return read_ismrmrd(path, prewhiten_noise=prewhiten_noise)
+        return read_fastmri(path, require_acs=require_acs)
+    return read_ismrmrd(path, prewhiten_noise=prewhiten_noise, require_acs=require_acs)
