@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from voxelhub import __version__, health
 from voxelhub.algorithms.endpoints_router import router as endpoints_router
 from voxelhub.algorithms.router import router as algorithms_router
+from voxelhub.api_methods import HeadAsGet, allowed_methods
 from voxelhub.archives.router import router as archives_router
 from voxelhub.auth.router import router as auth_router
 from voxelhub.core.deps import RuntimeDep
@@ -71,10 +72,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}; see /docs"
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        headers = exc.headers
+        if exc.status_code == 405:
+            # The route that answered names its own methods only: others share the path.
+            allowed = allowed_methods(request)
+            headers = {**(exc.headers or {}), "Allow": allowed}
+            message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
         return JSONResponse({"error": "http_error", "message": message},
-                            status_code=exc.status_code, headers=exc.headers)  # fmt: skip
+                            status_code=exc.status_code, headers=headers)  # fmt: skip
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -115,6 +120,7 @@ def build_app(runtime: Runtime) -> FastAPI:
         description="An open platform for medical imaging AI.",
     )
     app.state.runtime = runtime
+    app.add_middleware(HeadAsGet)
     # Browser viewers (OHIF) on other origins call the APIs with bearer tokens, not cookies.
     app.add_middleware(
         CORSMiddleware,

@@ -11,7 +11,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from tests.dicom.helpers import assert_same_elements, sample_bytes
+from voxelhub.dicom.codecs import decode_htj2k
 from voxelhub.dicom.errors import DicomError
+from voxelhub.dicom.frames import native_frames
 from voxelhub.dicom.header import write_part10
 from voxelhub.dicom.join import frame_for_transfer_syntax, join_instance
 from voxelhub.dicom.model import (
@@ -21,7 +23,7 @@ from voxelhub.dicom.model import (
     SplitInstance,
 )
 from voxelhub.dicom.read import read_dataset
-from voxelhub.dicom.split import split_instance
+from voxelhub.dicom.split import split_general, split_instance
 from voxelhub.dicom.synthetic import ct_phantom
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -169,3 +171,61 @@ def test_encoding_can_be_turned_off() -> None:
     assert split.frames_transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
     assert split.frames == (bytes(ds.PixelData),)
     assert _join(split, EXPLICIT_VR_LITTLE_ENDIAN).PixelData == ds.PixelData
+
+
+def _pixel_element(data: bytes) -> bytes:
+    """The Pixel Data element of a Part-10 file, as its bytes in the file."""
+    ds = dcmread(BytesIO(data))
+    elem = ds["PixelData"]
+    start = elem.file_tell - (8 if ds.original_encoding[0] else 12)
+    return data[start : elem.file_tell + len(elem.value)]
+
+
+def test_padded_pixel_data_comes_back_bit_for_bit() -> None:
+    data = sample_bytes("MR_small_padded.dcm")  # 128 bytes of padding after its frame
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the excess pixel data
+        original = read_dataset(data)
+        split = split_instance(data)
+        assert split.pixel is not None and split.frames_transfer_syntax == HTJ2K_LOSSLESS
+        length = len(original.PixelData) - 128
+        assert decode_htj2k(split.frames[0], split.pixel) == original.PixelData[:length]
+        native = join_instance(
+            split.header,
+            split.frames,
+            split.frames_transfer_syntax,
+            target_transfer_syntax=split.original_transfer_syntax,
+            pixel=split.pixel,
+        )
+        assert _pixel_element(native) == _pixel_element(data)
+        assert_same_elements(original, dcmread(BytesIO(native)))
+        stored = _join(split, HTJ2K_LOSSLESS)  # re-encoded frames: no place for padding
+        assert np.array_equal(stored.pixel_array, original.pixel_array)
+        assert_same_elements(original, stored)
+
+
+@pytest.mark.parametrize("extra", [4, 3, 130], ids=["4 bytes", "3 bytes", "130 bytes"])
+@pytest.mark.parametrize(
+    "syntax", [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, BIG_ENDIAN], ids=str
+)
+def test_padding_after_the_frames_is_kept_in_the_header(syntax: str, extra: int) -> None:
+    ds = ct_phantom(slices=1, size=16)[0]
+    ds.PixelData = bytes(ds.PixelData) + bytes(range(1, extra + 1))
+    ds.file_meta.TransferSyntaxUID = syntax
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = write_part10(ds)
+        original = read_dataset(data)
+        split = split_instance(data, encode=False)
+        assert split == split_general(data, encode=False)
+        assert split.frames == tuple(native_frames(original))
+        assert len(split.frames[0]) == 16 * 16 * 2
+        joined = join_instance(
+            split.header,
+            split.frames,
+            split.frames_transfer_syntax,
+            target_transfer_syntax=syntax,
+            pixel=split.pixel,
+        )
+        assert _pixel_element(joined) == _pixel_element(data)
+        assert_same_elements(original, dcmread(BytesIO(joined)))

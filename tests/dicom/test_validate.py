@@ -61,23 +61,33 @@ def _short_pixels(ds: Dataset) -> None:
     ds.PixelData = ds.PixelData[:-2]
 
 
-def _long_pixels(ds: Dataset) -> None:
-    ds.PixelData = ds.PixelData + bytes(4)
-
-
 def _more_frames(ds: Dataset) -> None:
     ds.NumberOfFrames = 2
 
 
+def _odd_short_pixels(ds: Dataset) -> None:
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 3, 3, 8, 8, 7
+    ds.PixelData = bytes(range(8))
+
+
 @pytest.mark.parametrize(
-    "change", [_short_pixels, _long_pixels, _more_frames], ids=["short", "long", "frames"]
+    "change", [_short_pixels, _more_frames, _odd_short_pixels], ids=["short", "frames", "odd"]
 )
-def test_native_pixel_data_length_must_match(change: Callable[[Dataset], None]) -> None:
+def test_native_pixel_data_shorter_than_its_frames_is_refused(
+    change: Callable[[Dataset], None],
+) -> None:
     ds = _ct()
     change(ds)
     error = _split_error(ds)
     assert (error.code, error.attribute) == ("pixel_data_mismatch", "PixelData")
     assert "PixelData" in error.message and "Rows" in error.message
+
+
+@pytest.mark.parametrize("extra", [1, 2, 4, 128])
+def test_padding_after_the_frames_is_allowed(extra: int) -> None:
+    ds = _ct()
+    ds.PixelData = ds.PixelData + bytes(extra)
+    validate(ds)
 
 
 def test_one_padding_byte_is_allowed() -> None:

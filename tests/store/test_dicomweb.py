@@ -360,7 +360,9 @@ def test_rendered_and_thumbnail(make_archive, live_server: str) -> None:  # type
         f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     )
     headers = {"Authorization": f"Bearer {archive.owner.token}"}
-    png = httpx.get(f"{base}/rendered", params={"window": "40,400"}, headers=headers)
+    png = httpx.get(
+        f"{base}/rendered", params={"window": "40,400"}, headers={**headers, "Accept": "image/png"}
+    )
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     jpeg = httpx.get(f"{base}/thumbnail", headers={**headers, "Accept": "image/jpeg"})
     assert jpeg.status_code == 200 and jpeg.content[:2] == b"\xff\xd8"

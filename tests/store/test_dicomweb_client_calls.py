@@ -162,14 +162,15 @@ def test_series_and_study_rendered_are_multipart(stored, live_server: str) -> No
     response = httpx.get(f"{base}/{mr.StudyInstanceUID}/rendered", headers=headers)
     assert response.status_code == 200
     parts = _split(response.content, response.headers["content-type"])
-    assert len(parts) == 10 and all(body.startswith(PNG) for _, body in parts)
+    # No Accept: JPEG, the default of PS3.18 Table 8.7.4-1.
+    assert len(parts) == 10 and all(body.startswith(JPEG) for _, body in parts)
 
     # Nothing to render, a type that cannot be made, a malformed window: before any body.
     sr = files[3]
     nothing = httpx.get(f"{base}/{sr.StudyInstanceUID}/rendered", headers=headers)
     assert nothing.status_code == 400 and "no images" in nothing.text
-    gif = httpx.get(f"{base}/{study}/rendered", headers={**headers, "Accept": "image/gif"})
-    assert gif.status_code == 406 and "image/png" in gif.text
+    webp = httpx.get(f"{base}/{study}/rendered", headers={**headers, "Accept": "image/webp"})
+    assert webp.status_code == 406 and "image/gif" in webp.text
     bad = httpx.get(f"{base}/{study}/rendered", params={"window": "nan,1"}, headers=headers)
     assert bad.status_code == 400 and "finite" in bad.text
 
@@ -194,7 +195,7 @@ def test_a_frame_list_renders_as_multipart(stored, live_server: str) -> None:  #
     ]
     assert [body for _, body in parts] == [single.content for single in singles]
     thumbnail = httpx.get(f"{instance}/frames/4,2/thumbnail", headers=headers)
-    assert thumbnail.status_code == 200 and thumbnail.content.startswith(PNG)
+    assert thumbnail.status_code == 200 and thumbnail.content.startswith(JPEG)
     for frames, message in [("1,11", "frame 11 does not exist"), ("1,x", "comma-separated")]:
         refused = httpx.get(f"{instance}/frames/{frames}/rendered", headers=headers)
         assert refused.status_code == 400 and message in refused.json()["message"], frames

@@ -652,6 +652,26 @@ def test_getscu_retrieves_a_series_and_a_compressed_instance(
 
 @pytest.mark.slow
 @needs_dcmtk
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the excess pixel data
+def test_padded_pixel_data_is_stored_and_retrieved_bit_for_bit(
+    dimse: DimseServer, tmp_path: Path
+) -> None:
+    padded = Path(get_testdata_file("MR_small_padded.dcm"))  # 128 bytes after its frame
+    store_series(dimse, [padded])
+    original = dcmread(padded)
+    out = tmp_path / "got"
+    out.mkdir()
+    scu("getscu", dimse, "-S", "-od", out, "-k", "QueryRetrieveLevel=IMAGE",
+        "-k", f"StudyInstanceUID={original.StudyInstanceUID}",
+        "-k", f"SeriesInstanceUID={original.SeriesInstanceUID}",
+        "-k", f"SOPInstanceUID={original.SOPInstanceUID}")  # fmt: skip
+    retrieved = dcmread(next(out.glob(f"*{original.SOPInstanceUID}*")))
+    assert retrieved["PixelData"].VR == original["PixelData"].VR
+    assert retrieved.PixelData == original.PixelData  # the padding included
+
+
+@pytest.mark.slow
+@needs_dcmtk
 def test_movescu_sends_to_a_known_destination_only(
     dimse: DimseServer, runtime: Runtime, series_files: list[Path], tmp_path: Path,
     destination_port: int,

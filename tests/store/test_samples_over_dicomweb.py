@@ -10,15 +10,19 @@ checks the library against pydicom's own decoding).
 from __future__ import annotations
 
 import warnings
+from io import BytesIO
 
 import httpx
+import numpy as np
+import pytest
+from pydicom import dcmread
 
-from tests.dicom.helpers import sample_bytes, sample_names, with_uids
+from tests.dicom.helpers import assert_same_elements, sample_bytes, sample_names, with_uids
 from tests.dicom.test_roundtrip import FRAGMENTS, REFUSED, UNDECODABLE
 from tests.store.conftest import ArchiveClient
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.join import frame_for_transfer_syntax
-from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, SplitInstance
+from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, HTJ2K_LOSSLESS, SplitInstance
 from voxelhub.dicom.split import split_instance
 
 STOW = 'multipart/related; type="application/dicom"; boundary=sample'
@@ -112,9 +116,12 @@ def _frame_problems(http: httpx.Client, url: str, name: str, split: SplitInstanc
     if body != expected:
         problems.append(f"native frame 1 differs ({len(body)} / {len(expected)} bytes)")
     instance, series = url.rsplit("/frames/", 1)[0], url.rsplit("/instances/", 1)[0]
-    for shown, accept in ((instance + "/rendered", "image/png"), (series + "/rendered", "*/*")):
+    for shown, accept, signature in (
+        (instance + "/rendered", "image/png", PNG),
+        (series + "/rendered", "*/*", b"\xff\xd8\xff"),  # JPEG, the default (PS3.18 8.7.4)
+    ):
         answer = http.get(shown, headers={"Accept": accept})
-        if answer.status_code != 200 or PNG not in answer.content[:200]:
+        if answer.status_code != 200 or signature not in answer.content[:200]:
             problems.append(f"{shown.rsplit('/', 2)[-2]} rendered answered {answer.status_code}")
     return problems
 
@@ -176,3 +183,44 @@ def test_every_sample_file_is_stored_and_read_back_as_a_viewer_reads_it(  # type
             problems += _read_like_a_viewer(http, base, name, split)
     assert problems == []
     assert stored >= 130 and refused == len(REFUSED)
+
+
+def _pixel_element(data: bytes) -> bytes:
+    """The Pixel Data element of an explicit VR little endian Part-10 file, as in the file."""
+    elem = dcmread(BytesIO(data))["PixelData"]
+    return data[elem.file_tell - 12 : elem.file_tell + len(elem.value)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the excess pixel data
+def test_padded_pixel_data_is_stored_and_comes_back_bit_for_bit(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    data = sample_bytes("MR_small_padded.dcm")  # 128 bytes after the frame's 8192
+    original = dcmread(BytesIO(data))
+    archive: ArchiveClient = make_archive()
+    base = f"{live_server}/dicom-web/archives/{archive.archive_id}"
+    with httpx.Client(headers={"Authorization": f"Bearer {archive.owner.token}"}) as http:
+        answer = http.post(
+            f"{base}/studies",
+            content=b"--sample\r\nContent-Type: application/dicom\r\n\r\n"
+            + data
+            + b"\r\n--sample--\r\n",
+            headers={"Content-Type": STOW, "Accept": "application/dicom+json"},
+        )
+        assert answer.status_code == 200, answer.text
+        url = (
+            f"{base}/studies/{original.StudyInstanceUID}/series/"
+            f"{original.SeriesInstanceUID}/instances/{original.SOPInstanceUID}"
+        )
+        syntax = str(original.file_meta.TransferSyntaxUID)
+        ((_, native),) = _parts(http.get(url, headers={"Accept": _MULTIPART_NATIVE}))
+        ((kind, stored),) = _parts(
+            http.get(url, headers={"Accept": _MULTIPART_NATIVE.replace(syntax, "*")})
+        )
+    assert syntax == EXPLICIT_VR_LITTLE_ENDIAN
+    assert _pixel_element(native) == _pixel_element(data)  # padding included
+    assert_same_elements(original, dcmread(BytesIO(native)))
+    assert f"transfer-syntax={HTJ2K_LOSSLESS}" in kind
+    as_stored = dcmread(BytesIO(stored))  # HTJ2K frames: the padding has no place there
+    assert np.array_equal(as_stored.pixel_array, original.pixel_array)
+    assert_same_elements(original, as_stored)

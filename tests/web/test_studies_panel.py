@@ -25,4 +25,6 @@ def test_archive_page_shows_studies_and_thumbnails(client: TestClient, make_user
     assert thumb in page.text
     image = client.get(thumb)  # the session cookie is enough for a GET
     assert image.status_code == 200
-    assert image.content[:4] == b"\x89PNG"
+    # JPEG, the default of rendered resources (PS3.18 Table 8.7.4-1) where nothing else is asked.
+    assert image.headers["content-type"].startswith("image/jpeg")
+    assert image.content[:3] == b"\xff\xd8\xff"

@@ -73,6 +73,31 @@ def native_frames(ds: Dataset) -> list[bytes]:
     ]
 
 
+def native_length(pixel: PixelDescription) -> int:
+    """Bytes the frames of native pixel data take together (before any padding).
+
+    >>> from voxelhub.dicom.model import PixelDescription
+    >>> native_length(PixelDescription(64, 64, 1, 16, 12, 0, "MONOCHROME2"))
+    8192
+    """
+    if pixel.bits_allocated == 1:
+        return (_frame_bits(pixel) * pixel.number_of_frames + 7) // 8
+    return pixel.frame_bytes * pixel.number_of_frames
+
+
+def trailing_bytes(data: bytes | memoryview, pixel: PixelDescription) -> bytes:
+    """What native pixel data holds after its frames, beyond the one byte that makes an
+    odd length even (that byte is written again as zero); empty when nothing more.
+
+    Some modalities pad the value (pydicom's MR_small_padded.dcm has 128 bytes more).
+    The bytes are kept so that the value can be rebuilt bit for bit.
+    """
+    length = native_length(pixel)
+    if len(data) <= length + length % 2:
+        return b""
+    return bytes(data[length:])
+
+
 def split_native(data: bytes | memoryview, pixel: PixelDescription) -> list[bytes | memoryview]:
     """Native pixel data cut into `pixel.number_of_frames` frames (padding dropped).
 

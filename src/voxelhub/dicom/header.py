@@ -29,25 +29,45 @@ _REQUIRED_META = (
 )
 
 
-def header_bytes(ds: Dataset) -> bytes:
-    """`ds` as a Part-10 file in its own transfer syntax, without any pixel data element."""
+def header_bytes(ds: Dataset, *, trailing: bytes = b"") -> bytes:
+    """`ds` as a Part-10 file in its own transfer syntax, without any pixel data element.
+
+    With `trailing` (what native pixel data holds after its frames), the pixel data element
+    stays in the header with that as its value, for `join` to append to the frames.
+    """
     removed = {keyword: ds.pop(keyword) for keyword in _PIXEL_ELEMENTS if keyword in ds}
+    pixel = next((keyword for keyword in PIXEL_KEYWORDS if keyword in removed), None)
     try:
+        if trailing and pixel is not None:
+            # Unread implicit VR elements have no VR yet; implicit VR writes none anyway.
+            ds.add_new(pixel, removed[pixel].VR or "OB", trailing)
         return write_part10(ds)
     finally:
+        if trailing and pixel is not None:
+            del ds[pixel]
         for keyword, elem in removed.items():
             ds[keyword] = elem
 
 
-def header_of_file(data: bytes, ds: Dataset) -> bytes:
-    """`header_bytes(ds)` for `ds` read from the Part-10 file `data`, without rewriting it.
+def header_of_file(data: bytes, ds: Dataset, *, trailing: bytes = b"") -> bytes:
+    """`header_bytes(ds, trailing=trailing)` for `ds` read from the Part-10 file `data`,
+    without rewriting it where it can.
 
     When the file has complete file meta, a native Pixel Data element as its last element,
     and its dataset is encoded as its syntax says, the header is the file up to that
-    element: the bytes `header_bytes` would write. Otherwise the dataset is written anew.
+    element: the bytes `header_bytes` would write. Otherwise (or with `trailing`, rare)
+    the dataset is written anew.
     """
-    start = _pixel_data_start(data, ds)
-    return data[:start] if start is not None else header_bytes(ds)
+    start = None if trailing else _pixel_data_start(data, ds)
+    return data[:start] if start is not None else header_bytes(ds, trailing=trailing)
+
+
+def pop_trailing(ds: Dataset, keyword: str) -> bytes:
+    """The bytes after the frames a stored header keeps (see `header_bytes`), removed from
+    `ds`; empty when it keeps none."""
+    if keyword not in ds or ds[keyword].is_undefined_length:
+        return b""
+    return bytes(ds.pop(keyword).value or b"")
 
 
 def _plain_file(data: bytes, ds: Dataset) -> bool:

@@ -19,7 +19,7 @@ from voxelhub.dicom.byteorder import pixel_word_bytes, swap_binary_values, swap_
 from voxelhub.dicom.codecs import decode_frame, decoded_description
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.frames import join_native
-from voxelhub.dicom.header import read_header, write_part10
+from voxelhub.dicom.header import pop_trailing, read_header, write_part10
 from voxelhub.dicom.model import PixelDescription
 from voxelhub.dicom.syntax import HTJ2K_SYNTAXES, can_serve_as, check_known, is_native
 
@@ -35,10 +35,15 @@ def join_instance(
     target_transfer_syntax: str,
     pixel: PixelDescription | None,
 ) -> bytes:
-    """A Part-10 file of `header` and `frames` in `target_transfer_syntax`."""
+    """A Part-10 file of `header` and `frames` in `target_transfer_syntax`.
+
+    What native pixel data held after its frames (kept in the header) follows them again
+    in a native target; an encapsulated target has no place for it.
+    """
     target = check_known(target_transfer_syntax)
     ds = read_header(header)
     source_syntax = str(ds.file_meta.TransferSyntaxUID)
+    trailing = pop_trailing(ds, pixel.pixel_keyword) if pixel is not None else b""
     _change_encoding(ds, target)
     if pixel is None or not frames:
         return write_part10(ds)
@@ -49,7 +54,7 @@ def join_instance(
             attribute="NumberOfFrames",
         )
     if is_native(target):
-        _add_native_pixels(ds, frames, frames_transfer_syntax, pixel=pixel)
+        _add_native_pixels(ds, frames, frames_transfer_syntax, pixel=pixel, trailing=trailing)
     elif can_serve_as(frames_transfer_syntax, target):
         _add_encapsulated_pixels(ds, frames, pixel)
         if is_native(source_syntax) and frames_transfer_syntax in HTJ2K_SYNTAXES:
@@ -83,10 +88,15 @@ def _change_encoding(ds: Dataset, target: UID) -> None:
 
 
 def _add_native_pixels(
-    ds: Dataset, frames: Sequence[bytes], stored: str, *, pixel: PixelDescription
+    ds: Dataset,
+    frames: Sequence[bytes],
+    stored: str,
+    *,
+    pixel: PixelDescription,
+    trailing: bytes = b"",
 ) -> None:
     out = decoded_description(pixel, stored)
-    data = join_native([decode_frame(frame, stored, pixel) for frame in frames], out)
+    data = join_native([decode_frame(frame, stored, pixel) for frame in frames], out) + trailing
     if len(data) % 2:
         data += b"\0"
     vr = _FLOAT_VRS.get(pixel.pixel_keyword) or ("OB" if pixel.bits_allocated <= 8 else "OW")

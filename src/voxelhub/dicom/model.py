@@ -73,7 +73,9 @@ class SplitInstance:
     """An instance taken apart for the image store.
 
     `header` is a complete Part-10 file of every attribute except the pixel data, in the
-    original transfer syntax. `frames` are the frames as they will be stored, encoded in
+    original transfer syntax; where native pixel data is longer than its frames, its
+    pixel data element holds just the bytes after them (little endian, as the frames),
+    which a native join appends again. `frames` are the frames as they will be stored, encoded in
     `frames_transfer_syntax` (HTJ2K lossless for native frames that it can hold, the
     original syntax for frames that arrived compressed, explicit VR little endian for
     native frames HTJ2K cannot hold; the original syntax when there are no frames).

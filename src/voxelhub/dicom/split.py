@@ -20,9 +20,10 @@ from voxelhub.dicom.fastsplit import PlainFile, read_plain
 from voxelhub.dicom.frames import (
     PIXEL_KEYWORDS,
     encapsulated_frames,
-    native_frames,
+    native_pixel_bytes,
     pixel_description,
     split_native,
+    trailing_bytes,
 )
 from voxelhub.dicom.header import header_of_file
 from voxelhub.dicom.keys import instance_keys
@@ -60,7 +61,9 @@ def split_instance(
     """
     plain = read_plain(data)
     if plain is not None:
-        return _split_plain(plain, encode=encode, uri=bulkdata_uri, uri_for=bulkdata_uri_for)
+        split = _split_plain(plain, encode=encode, uri=bulkdata_uri, uri_for=bulkdata_uri_for)
+        if split is not None:
+            return split
     return split_general(
         data, encode=encode, bulkdata_uri=bulkdata_uri, bulkdata_uri_for=bulkdata_uri_for
     )
@@ -73,14 +76,18 @@ def split_general(
     bulkdata_uri: BulkDataUri | None = None,
     bulkdata_uri_for: Callable[[InstanceKeys], BulkDataUri] | None = None,
 ) -> SplitInstance:
-    """`split_instance` the general way: pydicom reads the whole file, whatever it holds."""
+    """`split_instance` the general way: pydicom reads the whole file, whatever it holds.
+
+    Native pixel data longer than its frames keeps what follows them in the header
+    (`header.header_bytes`), so that joining it natively gives back the same value.
+    """
     data = bytes(data)
     ds = read_dataset(data)
     validate(ds)
     original = str(ds.file_meta.TransferSyntaxUID)
     pixel = pixel_description(ds)
-    header = header_of_file(data, ds)
-    frames, frames_syntax = _frames(ds, pixel, original, encode=encode)
+    frames, frames_syntax, trailing = _frames(ds, pixel, original, encode=encode)
+    header = header_of_file(data, ds, trailing=trailing)
     if ds.original_encoding[1] is False:
         # DICOM JSON binary values are little endian; the header above kept big endian.
         swap_binary_values(ds, skip=frozenset(PIXEL_KEYWORDS))
@@ -103,11 +110,15 @@ def _split_plain(
     encode: bool,
     uri: BulkDataUri | None,
     uri_for: Callable[[InstanceKeys], BulkDataUri] | None,
-) -> SplitInstance:
+) -> SplitInstance | None:
+    """The split of a plain file, or None when its pixel data is padded (rare: the
+    general way keeps the padding in the header)."""
     attributes = plain.attributes
     validate(attributes)
     pixel = pixel_description(attributes)
     assert pixel is not None  # a plain file ends with its Pixel Data
+    if trailing_bytes(plain.pixel_data, pixel):
+        return None
     keys = instance_keys(attributes)
     if uri_for is not None:
         uri = uri_for(keys)
@@ -129,12 +140,15 @@ def _split_plain(
 
 def _frames(
     ds: Dataset, pixel: PixelDescription | None, original: str, *, encode: bool
-) -> tuple[list[bytes], str]:
+) -> tuple[list[bytes], str, bytes]:
+    """The frames as stored, their syntax, and what native pixel data holds after them."""
     if pixel is None:
-        return [], original
+        return [], original, b""
     if not is_native(original):
-        return encapsulated_frames(ds), original
-    return _native(native_frames(ds), pixel, encode=encode)
+        return encapsulated_frames(ds), original, b""
+    data = native_pixel_bytes(ds, pixel.pixel_keyword)
+    frames, syntax = _native(split_native(data, pixel), pixel, encode=encode)
+    return frames, syntax, trailing_bytes(data, pixel)
 
 
 def _native(

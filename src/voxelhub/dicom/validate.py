@@ -164,7 +164,8 @@ def _check_native_length(ds: Attributes, keyword: str, expected_bits: int) -> No
             attribute=keyword,
         )
     actual = len(elem.value or b"")
-    if actual not in (expected, expected + expected % 2):
+    # Longer is padding after the frames: kept and given back, as pydicom and PACS read it.
+    if actual < expected:
         raise DicomError(
             f"{keyword} has {actual} bytes but Rows x Columns x SamplesPerPixel x "
             f"BitsAllocated/8 x NumberOfFrames needs {expected}; the attributes or the "

@@ -1,4 +1,4 @@
-"""Rendering a frame for people: window/level to 8 bits, encoded as PNG or JPEG."""
+"""Rendering a frame for people: window/level to 8 bits, encoded as JPEG, GIF or PNG."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxelhub.dicom.model import PixelDescription
-from voxelhub.store.errors import InvalidQuery, NotAcceptable
+from voxelhub.store.errors import InvalidQuery
 
 THUMBNAIL_SIZE = 128
 
@@ -266,21 +266,31 @@ def shrink(image: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(image[ys][:, xs])
 
 
+def _gif(image: npt.NDArray[np.uint8]) -> bytes:
+    """GIF holds 256 colours at most: grey levels as they are, colour reduced to a fixed
+    3-3-2 bit palette (red, green, blue)."""
+    if image.ndim == 2:
+        return bytes(imagecodecs.gif_encode(image))
+    rgb = image[..., :3]
+    indices = (rgb[..., 0] & 0xE0) | ((rgb[..., 1] & 0xE0) >> 3) | (rgb[..., 2] >> 6)
+    levels = np.arange(256, dtype=np.uint16)
+    colormap = np.stack(
+        [
+            (levels >> 5) * 255 // 7,
+            ((levels >> 2) & 0x07) * 255 // 7,
+            (levels & 0x03) * 255 // 3,
+        ],
+        axis=-1,
+    ).astype(np.uint8)
+    return bytes(imagecodecs.gif_encode(np.ascontiguousarray(indices), colormap=colormap))
+
+
 def encode(image: npt.NDArray[np.uint8], media_type: str, *, quality: int = 90) -> bytes:
+    """`image` (rows, columns[, samples]) as `media_type`; `quality` is JPEG's."""
     if media_type == "image/png":
         return bytes(imagecodecs.png_encode(image))
     if media_type == "image/jpeg":
         return bytes(imagecodecs.jpeg8_encode(image, level=quality))
-    raise InvalidQuery(f"cannot render as {media_type}; ask for image/png or image/jpeg")
-
-
-def rendered_media_type(accept: str | None) -> str:
-    for item in (accept or "image/png").split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in ("image/png", "image/jpeg"):
-            return media
-        if media in ("*/*", "image/*"):
-            return "image/png"
-    raise NotAcceptable(
-        f"cannot render as {accept!r}; rendered images come as image/png or image/jpeg"
-    )
+    if media_type == "image/gif":
+        return _gif(image)
+    raise InvalidQuery(f"cannot render as {media_type}; ask for image/jpeg, image/gif or image/png")

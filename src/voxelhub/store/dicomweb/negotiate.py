@@ -31,8 +31,10 @@ FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.201": "image/jphc",
     "1.2.840.10008.1.2.4.202": "image/jphc",
     "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
+# Names a client may still send for a frame media type (PS3.18 Table 8.7.3-2 retired them).
+_RETIRED_MEDIA_TYPES = {"image/x-dicom-rle": "image/dicom-rle"}
 
 
 def frame_media_type(transfer_syntax: str) -> str:
@@ -47,19 +49,37 @@ class Wanted:
     transfer_syntax: str
 
 
+def _quality(params: dict[str, str]) -> float:
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 1.0
+
+
 def _choices(accept: str | None) -> list[tuple[float, str, dict[str, str]]]:
+    """The media types of an Accept header, best first; those with q=0 are left out, as
+    they say "not acceptable" (RFC 9110 §12.4.2)."""
     if not accept:
         return []
     choices = []
     for index, item in enumerate(accept.split(",")):
         media = parse_media_type(item)
-        try:
-            quality = float(media.params.get("q", "1"))
-        except ValueError:
-            quality = 1.0
+        quality = _quality(media.params)
+        if quality <= 0:
+            continue
         # Keep the client's order for equal quality.
         choices.append((-quality + index * 1e-6, media.type, media.params))
     return sorted(choices, key=lambda c: c[0])
+
+
+def _refused(accept: str | None) -> set[str]:
+    """The media types the client refuses outright (q=0), which no wildcard brings back."""
+    refused = set()
+    for item in (accept or "").split(","):
+        media = parse_media_type(item)
+        if media.type and _quality(media.params) <= 0:
+            refused.add(media.type)
+    return refused
 
 
 _JSON_TYPES = ("application/dicom+json", "application/json", "application/*", "*/*")
@@ -73,10 +93,9 @@ def metadata_form(accept: str | None, what: str) -> str:
     """JSON or XML, whichever the client prefers, for searches, metadata and STOW-RS
     responses (PS3.18 §8.7.3): DICOM JSON, or the Native DICOM Model (a multipart/related
     of one XML document per dataset; one document for a STOW-RS response)."""
-    choices = _choices(accept)
-    if not choices:
+    if not accept:
         return JSON
-    for _, media, params in choices:
+    for _, media, params in _choices(accept):
         if media in _JSON_TYPES:
             return JSON
         part = params.get("type", "").strip('"').lower() if media == "multipart/related" else ""
@@ -97,7 +116,8 @@ def wants_single_part(accept: str | None) -> bool:
 
 def instance_choices(accept: str | None) -> list[str]:
     """The transfer syntaxes the client accepts instances in, best first (`*` = as stored)."""
-    choices = _choices(accept) or [(0.0, "multipart/related", {"type": "application/dicom"})]
+    default = [(0.0, "multipart/related", {"type": "application/dicom"})]
+    choices = _choices(accept) if accept else default
     syntaxes: list[str] = []
     for _, media, params in choices:
         part = params.get("type", "application/dicom") if media == "multipart/related" else media
@@ -131,14 +151,16 @@ def choose_instance_syntax(choices: Sequence[str], stored: Iterable[str | None])
 def frame_choices(accept: str | None) -> list[Wanted]:
     """The part media types and transfer syntaxes the client accepts frames or pixel bulk
     data in, best first."""
-    choices = _choices(accept) or [(0.0, "multipart/related", {"type": "application/octet-stream"})]
+    default = [(0.0, "multipart/related", {"type": "application/octet-stream"})]
+    choices = _choices(accept) if accept else default
     wanted: list[Wanted] = []
     for _, media, params in choices:
         part = (
-            params.get("type", "application/octet-stream")
+            params.get("type", "application/octet-stream").strip('"').lower()
             if media.startswith("multipart/")
             else media
         )
+        part = _RETIRED_MEDIA_TYPES.get(part, part)
         if media in ("*/*",) or part in ("*/*", "application/octet-stream"):
             syntax = params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN)
             wanted.append(Wanted("application/octet-stream", syntax))
@@ -210,24 +232,49 @@ def _is_transfer_syntax(value: str) -> bool:
         return False
 
 
-_RENDERED_TYPES = ("image/png", "image/jpeg")
+# What a rendered image can be made as (PS3.18 Table 8.7.4-1: JPEG is the default of a
+# single-frame image; GIF and PNG are required of RESTful services too).
+RENDERED_DEFAULT = "image/jpeg"
+_RENDERED_TYPES = (RENDERED_DEFAULT, "image/gif", "image/png")
+_OFFERED = "image/jpeg (the default), image/gif or image/png"
+
+
+def _rendered_choice(wanted: str, refused: set[str]) -> str | None:
+    if wanted in _RENDERED_TYPES and wanted not in refused:
+        return wanted
+    if wanted in ("*/*", "image/*"):
+        return next((t for t in _RENDERED_TYPES if t not in refused), None)
+    return None
+
+
+def rendered_media_type(accept: str | None) -> str:
+    """The media type of one rendered image (PS3.18 §8.7.4): JPEG when nothing, `*/*` or
+    `image/*` says which."""
+    if not accept:
+        return RENDERED_DEFAULT
+    refused = _refused(accept)
+    for _, media, _params in _choices(accept):
+        chosen = _rendered_choice(media, refused)
+        if chosen is not None:
+            return chosen
+    raise NotAcceptable(f"cannot render as {accept!r}; rendered images come as {_OFFERED}")
 
 
 def rendered_part_type(accept: str | None) -> str:
     """The image type of each part of a rendered study or series, a multipart/related body
     (PS3.18 §8.6): `multipart/related; type="image/jpeg"` or a bare `image/jpeg` both ask
-    for JPEG parts; PNG when nothing says which."""
+    for JPEG parts; JPEG when nothing says which (PS3.18 Table 8.7.4-1)."""
     if not accept:
-        return "image/png"
+        return RENDERED_DEFAULT
+    refused = _refused(accept)
     for _, media, params in _choices(accept):
         wanted = media
         if media == "multipart/related":
-            wanted = params.get("type", "image/png").strip('"').lower()
-        if wanted in _RENDERED_TYPES:
-            return wanted
-        if wanted in ("*/*", "image/*"):
-            return "image/png"
+            wanted = params.get("type", RENDERED_DEFAULT).strip('"').lower()
+        chosen = _rendered_choice(wanted, refused)
+        if chosen is not None:
+            return chosen
     raise NotAcceptable(
         f"cannot render as {accept!r}; rendered studies and series come as multipart/related "
-        'with parts of type="image/png" or type="image/jpeg"'
+        f"with parts of type {_OFFERED}"
     )

@@ -296,6 +296,11 @@ def _search_event(request: Request, principal: Principal) -> dict[str, Any]:
     )
 
 
+# Query parameters that are taken but not acted on: the results come in their usual order
+# whatever `orderby` says, and the client is told so, as of attributes not matched on.
+_NOT_APPLIED = frozenset({"orderby"})
+
+
 def _search_in_thread(request: Request, search: Search) -> Response:
     form = negotiate.metadata_form(request.headers.get("accept"), "search results")
     runtime: Runtime = request.app.state.runtime
@@ -313,6 +318,9 @@ def _search_in_thread(request: Request, search: Search) -> Response:
             )
     body, count, unsupported = found
     warnings = []
+    ignored = sorted({name for name, _ in request.query_params.multi_items()} & _NOT_APPLIED)
+    if ignored:
+        warnings.append(f'299 voxelhub "not applied: {", ".join(ignored)}"')
     if unsupported:
         names = ", ".join(sorted(set(unsupported)))
         warnings.append(f'299 voxelhub "not matched on: {names}"')
@@ -652,7 +660,7 @@ def _render(
     request: Request, store: StoreDep, instance: Instance, frame: int, *, size: int | None
 ) -> Response:
     rendering = Rendering.of(request, size=size)
-    media = render.rendered_media_type(request.headers.get("accept"))
+    media = negotiate.rendered_media_type(request.headers.get("accept"))
     return Response(
         rendering.image(store, instance, frame, media),
         media_type=media,

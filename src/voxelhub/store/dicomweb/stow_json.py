@@ -41,7 +41,8 @@ _SYNTAX_OF_MEDIA = {
     "image/jp2": "1.2.840.10008.1.2.4.90",
     "image/jpx": "1.2.840.10008.1.2.4.92",
     "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/x-dicom-rle": "1.2.840.10008.1.2.5",  # the retired name
 }
 
 
