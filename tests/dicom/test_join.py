@@ -32,15 +32,19 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
-def _join(split: SplitInstance, target: str) -> Dataset:
-    data = join_instance(
+def _joined(split: SplitInstance, target: str) -> bytes:
+    """The Part-10 file `split` rebuilds into in `target`."""
+    return join_instance(
         split.header,
         split.frames,
         split.frames_transfer_syntax,
         target_transfer_syntax=target,
         pixel=split.pixel,
     )
-    return dcmread(BytesIO(data))
+
+
+def _join(split: SplitInstance, target: str) -> Dataset:
+    return dcmread(BytesIO(_joined(split, target)))
 
 
 def _ct_split() -> tuple[Dataset, SplitInstance]:
@@ -190,13 +194,7 @@ def test_padded_pixel_data_comes_back_bit_for_bit() -> None:
         assert split.pixel is not None and split.frames_transfer_syntax == HTJ2K_LOSSLESS
         length = len(original.PixelData) - 128
         assert decode_htj2k(split.frames[0], split.pixel) == original.PixelData[:length]
-        native = join_instance(
-            split.header,
-            split.frames,
-            split.frames_transfer_syntax,
-            target_transfer_syntax=split.original_transfer_syntax,
-            pixel=split.pixel,
-        )
+        native = _joined(split, split.original_transfer_syntax)
         assert _pixel_element(native) == _pixel_element(data)
         assert_same_elements(original, dcmread(BytesIO(native)))
         stored = _join(split, HTJ2K_LOSSLESS)  # re-encoded frames: no place for padding
@@ -220,12 +218,6 @@ def test_padding_after_the_frames_is_kept_in_the_header(syntax: str, extra: int)
         assert split == split_general(data, encode=False)
         assert split.frames == tuple(native_frames(original))
         assert len(split.frames[0]) == 16 * 16 * 2
-        joined = join_instance(
-            split.header,
-            split.frames,
-            split.frames_transfer_syntax,
-            target_transfer_syntax=syntax,
-            pixel=split.pixel,
-        )
+        joined = _joined(split, syntax)
         assert _pixel_element(joined) == _pixel_element(data)
         assert_same_elements(original, dcmread(BytesIO(joined)))

@@ -244,27 +244,39 @@ def test_files_with_acr_nema_dates_are_stored_and_found_by_date(make_archive) ->
     assert metadata["00080020"]["Value"] == ["1994.11.05"]
 
 
+_BOUNDARY = "b0undary"
+
+
+def _stow_body(*parts: bytes, closed: bool = True) -> bytes:
+    """A multipart/related body of Part-10 `parts`, with its closing boundary if `closed`."""
+    head = f"--{_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts)
+    return body + f"--{_BOUNDARY}--\r\n".encode() if closed else body
+
+
+def _stow(
+    live_server: str, archive: ArchiveClient, body: bytes, *, study: str | None = None
+) -> httpx.Response:
+    """STOW-RS of `body` (`_stow_body`) into `archive`, to one study's URL if given."""
+    url = f"{live_server}/dicom-web/archives/{archive.archive_id}/studies"
+    return httpx.post(
+        url if study is None else f"{url}/{study}",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {archive.owner.token}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={_BOUNDARY}',
+        },
+    )
+
+
 def test_stow_reports_bad_parts_and_stores_the_good(  # type: ignore[no-untyped-def]
     make_archive, live_server: str
 ) -> None:
     archive: ArchiveClient = make_archive()
     good = ct_phantom(slices=1, size=32)[0]
     truncated = to_bytes(ct_phantom(slices=1, size=32)[0])[:-500]
-    boundary = "b0undary"
-    body = b""
-    for part in (to_bytes(good), b"not dicom at all", truncated):
-        body += (
-            (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode() + part + b"\r\n"
-        )
-    body += f"--{boundary}--\r\n".encode()
-    response = httpx.post(
-        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies",
-        content=body,
-        headers={
-            "Authorization": f"Bearer {archive.owner.token}",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        },
-    )
+    body = _stow_body(to_bytes(good), b"not dicom at all", truncated)
+    response = _stow(live_server, archive, body)
     assert response.status_code == 202
     result = response.json()
     assert len(result["00081199"]["Value"]) == 1
@@ -289,19 +301,8 @@ def test_a_cut_off_stow_stores_nothing_though_batches_were_indexed(  # type: ign
 ) -> None:
     archive: ArchiveClient = make_archive()
     series = ct_phantom(slices=40, size=32)  # several indexing batches
-    boundary = "b0undary"
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(ds) + b"\r\n"
-        for ds in series
-    )
-    response = httpx.post(
-        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies",
-        content=body,  # no closing boundary
-        headers={
-            "Authorization": f"Bearer {archive.owner.token}",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        },
-    )
+    body = _stow_body(*(to_bytes(ds) for ds in series), closed=False)
+    response = _stow(live_server, archive, body)
     assert response.status_code == 400
     assert "closing boundary" in response.json()["message"]
     assert archive.scoped.search_for_studies() == []
@@ -450,20 +451,7 @@ def test_stow_to_a_study_url_without_a_uid_is_a_bad_request(  # type: ignore[no-
     # instance by instance as failures whose Retrieve URL holds the junk.
     archive: ArchiveClient = make_archive()
     ds = ct_phantom(slices=1, size=16)[0]
-    boundary = "b0undary"
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + to_bytes(ds)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    response = httpx.post(
-        f"{live_server}/dicom-web/archives/{archive.archive_id}/studies/{study}",
-        content=body,
-        headers={
-            "Authorization": f"Bearer {archive.owner.token}",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        },
-    )
+    response = _stow(live_server, archive, _stow_body(to_bytes(ds)), study=study)
     assert response.status_code == 400
     assert "not a Study Instance UID" in response.json()["message"]
     assert archive.scoped.search_for_studies() == []
