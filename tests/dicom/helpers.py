@@ -10,11 +10,15 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from voxelhub.dicom.byteorder import WORD_BYTES
+from voxelhub.dicom.header import write_part10
+from voxelhub.dicom.synthetic import ct_phantom
 
 # Pixel data and the tags that only describe its encapsulation are stored as frames.
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009, 0x7FE00001, 0x7FE00002})
@@ -135,3 +139,18 @@ def _comparable(vr: str, value: Any, little: bool) -> Any:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 120 else f"{text[:120]}..."
+
+
+def with_empty_values() -> bytes:
+    """A CT slice whose multi-valued attributes hold empty values, as some modalities
+    write them: `0.5\\` and `ORIGINAL\\\\AXIAL`."""
+    ds = ct_phantom(slices=1, size=8)[0]
+    for tag, vr, raw in [
+        (0x00080008, "CS", b"ORIGINAL\\\\AXIAL "),
+        (0x00080090, "PN", b"Doe^Jane\\\\Roe^R "),
+        (0x00281050, "DS", b"40\\ "),
+        (0x00281051, "DS", b"\\400"),
+        (0x00200037, "DS", b"1\\0\\0\\\\1\\0 "),
+    ]:
+        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+    return write_part10(ds)

@@ -6,15 +6,17 @@ import base64
 import json
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.dicom.helpers import assert_same_elements, sample_bytes, with_uids
+from tests.dicom.helpers import assert_same_elements, sample_bytes, with_empty_values, with_uids
 from voxelhub.dicom.header import write_part10
+from voxelhub.dicom.model import SplitInstance
 from voxelhub.dicom.read import read_dataset
-from voxelhub.dicom.split import split_instance
+from voxelhub.dicom.split import split_general, split_instance
 from voxelhub.dicom.synthetic import ct_phantom
 
 TAG = re.compile(r"[0-9A-F]{8}")
@@ -113,3 +115,21 @@ def test_pydicom_reads_the_json_back_to_equal_values(name: str) -> None:
     for tag in bulk:
         del original[int(tag, 16)]
     assert_same_elements(original, back)
+
+
+@pytest.mark.parametrize("split", [split_instance, split_general], ids=["fast", "general"])
+def test_empty_values_of_multi_valued_elements_are_null(
+    split: Callable[..., SplitInstance],
+) -> None:
+    document = split(with_empty_values(), bulkdata_uri=_uri).dataset_json
+    assert document["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", None, "AXIAL"]}
+    assert document["00080090"] == {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "Doe^Jane"}, None, {"Alphabetic": "Roe^R"}],
+    }
+    assert document["00281050"] == {"vr": "DS", "Value": [40.0, None]}
+    assert document["00281051"] == {"vr": "DS", "Value": [None, 400.0]}
+    assert document["00200037"]["Value"] == [1.0, 0.0, 0.0, None, 1.0, 0.0]
+    back = Dataset.from_json({k: v for k, v in document.items() if "BulkDataURI" not in v})
+    assert list(back.ImageType) == ["ORIGINAL", "", "AXIAL"]
+    assert back.WindowCenter[0] == 40 and not back.WindowCenter[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import json
 
 import httpx
@@ -13,6 +14,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from tests.dicom.helpers import with_empty_values
 from tests.store.conftest import ArchiveClient, to_bytes
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.model import HTJ2K_LOSSLESS
@@ -474,3 +476,23 @@ def test_pixel_bulk_data_of_an_object_without_pixels_is_refused(  # type: ignore
         )
         assert response.status_code == 400, accept
         assert "has no pixel data" in response.json()["message"]
+
+
+def test_empty_values_of_multi_valued_elements_are_stored_and_null_in_metadata(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    # `40\` as Window Center is valid DICOM; it used to be refused as unwritable JSON.
+    archive: ArchiveClient = make_archive()
+    data = with_empty_values()
+    response = _stow(live_server, archive, _stow_body(data))
+    assert response.status_code == 200, response.text
+    original = dcmread(io.BytesIO(data))
+    uids = (original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID)
+    metadata = archive.scoped.retrieve_instance_metadata(*uids)
+    assert metadata["00281050"] == {"vr": "DS", "Value": [40.0, None]}
+    assert metadata["00080008"]["Value"] == ["ORIGINAL", None, "AXIAL"]
+    back = archive.scoped.retrieve_instance(
+        *uids, media_types=(("application/dicom", "1.2.840.10008.1.2.1"),)
+    )
+    for tag in (0x00080008, 0x00080090, 0x00281050, 0x00281051, 0x00200037):
+        assert back[tag].value == original[tag].value, original[tag].keyword

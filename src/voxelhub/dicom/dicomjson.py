@@ -16,6 +16,7 @@ from typing import Any
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
+from pydicom.jsonrep import convert_to_python_number
 
 from voxelhub.dicom.byteorder import WORD_BYTES
 from voxelhub.dicom.errors import DicomError
@@ -29,6 +30,11 @@ _PIXEL_TAGS = {
     "7FE00009": "DoubleFloatPixelData",
 }
 _TRANSFER_SYNTAX_TAG = "00020010"
+# Multi-valued text VRs whose empty values JSON writes as null (PS3.18 F.2.5); LT, ST,
+# UT and UR hold one value, backslashes included.
+_MULTI_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"})
+_NUMBER_TEXT_VRS = frozenset({"DS", "IS"})
+_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
 def dataset_json(
@@ -51,9 +57,7 @@ def dataset_json(
         return bulkdata_uri(paths[id(elem)])
 
     try:
-        result = ds.to_json_dict(
-            bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=handler
-        )
+        result = items_json(ds, handler=handler, threshold=BULK_DATA_THRESHOLD)
     except Exception as err:  # pydicom raises on values it cannot convert
         raise DicomError(
             f"The dataset has a value that cannot be written as DICOM JSON ({err}).",
@@ -69,6 +73,52 @@ def dataset_json(
     if transfer_syntax_uid:
         result = {_TRANSFER_SYNTAX_TAG: {"vr": "UI", "Value": [transfer_syntax_uid]}, **result}
     return result
+
+
+def items_json(
+    ds: Dataset, *, handler: Callable[[DataElement], str], threshold: int
+) -> dict[str, Any]:
+    """The elements of `ds` as DICOM JSON, each as `element_json` writes it."""
+    return {
+        f"{tag:08X}": element_json(ds[tag], handler=handler, threshold=threshold)
+        for tag in ds.keys()
+    }
+
+
+def element_json(
+    elem: DataElement, *, handler: Callable[[DataElement], str], threshold: int
+) -> dict[str, Any]:
+    """`elem` as DICOM JSON, as pydicom writes it except that the empty values of a
+    multi-valued element are null (PS3.18 F.2.5): `0.5\\` is `[0.5, null]`, which
+    pydicom cannot write at all, and `ORIGINAL\\\\AXIAL` is `["ORIGINAL", null, "AXIAL"]`.
+    Sequence items are written the same way at any depth.
+
+    >>> from pydicom.dataelem import DataElement
+    >>> no_bulk = lambda elem: ""
+    >>> element_json(DataElement(0x00280030, "DS", "0.5\\\\"), handler=no_bulk, threshold=1024)
+    {'vr': 'DS', 'Value': [0.5, None]}
+    """
+    vr = elem.VR
+    if vr == "SQ":
+        items = [items_json(item, handler=handler, threshold=threshold) for item in elem.value]
+        return {"vr": vr, "Value": items}
+    if elem.VM > 1 and vr in _NUMBER_TEXT_VRS:
+        values = list(elem.value)
+        present = [v for v in values if v != ""]
+        numbers = iter(convert_to_python_number(present, vr) if present else [])
+        return {"vr": vr, "Value": [None if v == "" else next(numbers) for v in values]}
+    if elem.VM > 1 and vr == "PN":
+        return {"vr": vr, "Value": [_name_json(name) for name in elem.value]}
+    result = elem.to_json_dict(bulk_data_element_handler=handler, bulk_data_threshold=threshold)
+    if elem.VM > 1 and vr in _MULTI_TEXT_VRS:
+        result["Value"] = [None if v == "" else v for v in result["Value"]]
+    return result
+
+
+def _name_json(name: Any) -> dict[str, str] | None:
+    """One value of a PN element: its component groups, or null when it is empty."""
+    groups = dict(zip(_NAME_GROUPS, name.components, strict=False))
+    return groups if any(groups.values()) else None
 
 
 def plain_uids(element: dict[str, Any]) -> dict[str, Any]:

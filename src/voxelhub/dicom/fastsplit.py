@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from voxelhub.dicom.dicomjson import BULK_DATA_THRESHOLD, plain_uids
+from voxelhub.dicom.dicomjson import BULK_DATA_THRESHOLD, element_json, plain_uids
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 
 _PREFIX = 132  # preamble and "DICM"
@@ -381,11 +381,7 @@ def _converted(
     # An undefined length sequence arrives as its items, without the delimiter.
     raw = RawDataElement(BaseTag(tag), vr.decode(), len(value), value, 0, False, True)
     elem = convert_raw_data_element(raw, encoding=encodings)
-    as_json = plain_uids(
-        elem.to_json_dict(
-            bulk_data_element_handler=_refuse_bulk, bulk_data_threshold=BULK_DATA_THRESHOLD
-        )
-    )
+    as_json = plain_uids(element_json(elem, handler=_refuse_bulk, threshold=BULK_DATA_THRESHOLD))
     converted = (elem, as_json)
     _cache.keep(key, converted)
     return converted
