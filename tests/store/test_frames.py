@@ -89,9 +89,12 @@ def test_frames_are_the_stored_bytes_or_the_original_pixels(
         parts = _parts(as_stored)
         assert [body for _, body in parts] == stored
         assert all(f"transfer-syntax={HTJ2K_LOSSLESS}" in kind for kind, _ in parts)
+        # The body's type is its parts' (RFC 2387), not the octets asked for.
+        assert 'multipart/related; type="image/jphc"' in as_stored.headers["content-type"]
 
         native = client.get(f"{url}/7,2", headers={**owner.headers, "Accept": NATIVE})
         assert native.status_code == 200, native.text
+        assert 'type="application/octet-stream"' in native.headers["content-type"]
         assert [body for _, body in _parts(native)] == [
             original.PixelData[6 * frame_bytes : 7 * frame_bytes],
             original.PixelData[1 * frame_bytes : 2 * frame_bytes],

@@ -148,5 +148,5 @@ def frames_body(
     boundary = new_boundary()
     return FramesBody(
         b"".join(write_parts(parts, boundary)),
-        f'multipart/related; type="{wanted.media_type}"; boundary={boundary}',
+        f'multipart/related; type="{wado.parts_type(parts)}"; boundary={boundary}',
     )

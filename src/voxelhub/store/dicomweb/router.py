@@ -605,7 +605,8 @@ def retrieve_bulk(
             negotiate.frame_choices(request.headers.get("accept")),
             found.frames_transfer_syntax_uid,
         )
-        return _multipart(wado.frame_parts(store, found, None, wanted), wanted.media_type)
+        parts = wado.frame_parts(store, found, None, wanted)
+        return _multipart(parts, wado.parts_type(parts))
     body = wado.bulk_value(store, found, tag.upper())
     return _multipart([("application/octet-stream", body)], "application/octet-stream")
 

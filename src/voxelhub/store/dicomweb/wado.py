@@ -109,6 +109,12 @@ def frame_parts(
     return out
 
 
+def parts_type(parts: Sequence[tuple[str, bytes]]) -> str:
+    """The `type` of a multipart body of `parts` (RFC 2387: its root part's media type):
+    `image/jphc` when frames asked for as octets with transfer-syntax=* come as stored."""
+    return parts[0][0].split(";", 1)[0]
+
+
 def parse_frame_list(value: str) -> list[int]:
     try:
         numbers = [int(part) for part in value.split(",") if part.strip()]
