@@ -80,8 +80,8 @@ def items_json(
 ) -> dict[str, Any]:
     """The elements of `ds` as DICOM JSON, each as `element_json` writes it."""
     return {
-        f"{tag:08X}": element_json(ds[tag], handler=handler, threshold=threshold)
-        for tag in ds.keys()
+        f"{elem.tag:08X}": element_json(elem, handler=handler, threshold=threshold)
+        for elem in ds
     }
 
 
