@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
+from alembic import command
+from pydicom import dcmread
+from pydicom.data import get_charset_files
 from pydicom.uid import generate_uid
 
 from tests.store.conftest import ArchiveClient
@@ -210,17 +216,28 @@ def test_searches_see_only_readable_archives(make_archive, make_user, database_u
     assert _get(mine, f"{theirs.scoped.base_url}/studies").status_code == 200
 
 
-def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres) -> None:
-    """A database at the previous revision gains the search indexes and every study's
-    stored result on upgrade."""
+@contextlib.contextmanager
+def _scratch_database(pg_server: EmbeddedPostgres) -> Iterator[tuple[str, str]]:
+    """A new empty database: its SQLAlchemy URL and its libpq connection string."""
     name = f"u_{uuid.uuid4().hex[:12]}"
     dsn = f"host={pg_server.socket_dir} port={pg_server.port} user=postgres"
     with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = pg_server.url.replace("/voxelhub?", f"/{name}?")
     try:
+        yield url, f"{dsn} dbname={name}"
+    finally:
+        engine_for(url).dispose()
+        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres) -> None:
+    """A database at the previous revision gains the search indexes and every study's
+    stored result on upgrade."""
+    with _scratch_database(pg_server) as (url, dsn):
         migrate.upgrade(url, "0005")
-        with psycopg.connect(f"{dsn} dbname={name}") as conn:
+        with psycopg.connect(dsn) as conn:
             archive = conn.execute(
                 "INSERT INTO archives (id, name, description, created_at) "
                 "VALUES (gen_random_uuid(), 'Old', '', now()) RETURNING id"
@@ -235,7 +252,7 @@ def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres
                 [archive[0] if archive else None],
             )
         migrate.upgrade(url)
-        with psycopg.connect(f"{dsn} dbname={name}") as conn:
+        with psycopg.connect(dsn) as conn:
             indexes = {
                 row[0]
                 for row in conn.execute(
@@ -267,7 +284,83 @@ def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres
             "00201206": {"vr": "IS", "Value": [2]},
             "00201208": {"vr": "IS", "Value": [7]},
         }
-    finally:
-        engine_for(url).dispose()
-        with psycopg.connect(f"{dsn} dbname=postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_person_names_of_several_component_groups(make_archive, live_server: str) -> None:  # type: ignore[no-untyped-def]
+    # pydicom's Japanese and Korean files: ISO 2022 names with ideographic and phonetic groups.
+    archive: ArchiveClient = make_archive()
+    japanese = dcmread(get_charset_files("chrH31.dcm")[0])
+    korean = dcmread(get_charset_files("chrI2.dcm")[0])
+    archive.scoped.store_instances([japanese, korean])
+    scoped = f"{live_server}/dicom-web/archives/{archive.archive_id}"
+
+    def found(name: str, level: str = "studies") -> list[str]:
+        response = _get(archive, f"{scoped}/{level}", PatientName=name, includefield="PatientName")
+        assert response.status_code == 200, response.text
+        return [r["00100010"]["Value"][0].get("Alphabetic", "") for r in response.json()]
+
+    [study] = _get(archive, f"{scoped}/studies", PatientID=japanese.PatientID).json()
+    assert study["00100010"]["Value"] == [
+        {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    ]
+    [instance] = _get(
+        archive, f"{scoped}/instances", SOPInstanceUID=korean.SOPInstanceUID, includefield="all"
+    ).json()
+    assert instance["00100010"]["Value"] == [
+        {"Alphabetic": "Hong^Gildong", "Ideographic": "洪^吉洞", "Phonetic": "홍^길동"}
+    ]
+    assert found("Yamada^Tarou") == ["Yamada^Tarou"]
+    assert found("yamada^*") == ["Yamada^Tarou"]
+    assert found("山田^太郎") == ["Yamada^Tarou"]
+    assert found("やまだ*") == ["Yamada^Tarou"]
+    assert found("홍^길동", "series") == ["Hong^Gildong"]
+    assert found("Hong^Gildong=洪^吉洞=홍^길동", "instances") == ["Hong^Gildong"]
+    assert found("Yamada") == []  # a whole group, not part of one
+    assert found("山田") == []
+
+
+def test_names_indexed_before_component_groups_come_out_in_groups(
+    pg_server: EmbeddedPostgres,
+) -> None:
+    """Upgrading past 0008 renders the names already indexed in groups; downgrading gives
+    the earlier document back."""
+    with _scratch_database(pg_server) as (url, dsn):
+        migrate.upgrade(url, "0007")
+        with psycopg.connect(dsn) as conn:
+            conn.execute(
+                "INSERT INTO archives (id, name, description, created_at) "
+                "VALUES (gen_random_uuid(), 'Old', '', now())"
+            )
+            conn.execute(
+                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
+                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
+                "study_date, study_time, accession_number, study_id, study_description, "
+                "referring_physician_name, modalities, number_of_series, number_of_instances) "
+                "SELECT gen_random_uuid(), now(), now(), id, '1.2.3', 'P1', "
+                "'Yamada^Tarou=山田^太郎=やまだ^たろう', '', '', '', '', '', '', '', "
+                "'=山田', '{MR}', 1, 1 FROM archives"
+            )
+
+        def names() -> tuple[Any, Any]:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute("SELECT qido_head, qido_tail FROM dicom_studies").fetchone()
+            assert row is not None
+            document = json.loads("{" + row[0] + "," + row[1] + "}")
+            return document["00100010"]["Value"], document["00080090"]["Value"]
+
+        migrate.upgrade(url)
+        assert names() == (
+            [
+                {
+                    "Alphabetic": "Yamada^Tarou",
+                    "Ideographic": "山田^太郎",
+                    "Phonetic": "やまだ^たろう",
+                }
+            ],
+            [{"Ideographic": "山田"}],
+        )
+        command.downgrade(migrate.alembic_config(url), "0007")
+        assert names() == (
+            [{"Alphabetic": "Yamada^Tarou=山田^太郎=やまだ^たろう"}],
+            [{"Alphabetic": "=山田"}],
+        )

@@ -42,8 +42,19 @@ def element(vr: str, value: Any) -> dict[str, Any]:
         return {"vr": vr}
     values = value if isinstance(value, list) else [value]
     if vr == "PN":
-        values = [{"Alphabetic": str(v)} for v in values]
+        values = [person_name(str(v)) for v in values]
     return {"vr": vr, "Value": values}
+
+
+def person_name(value: str) -> dict[str, str]:
+    """A PN value as DICOM JSON: its component groups, alphabetic, ideographic and phonetic
+    (PS3.5 6.2), each given only where it is not empty.
+
+    >>> person_name("Yamada^Tarou=山田^太郎=やまだ^たろう")["Ideographic"]
+    '山田^太郎'
+    """
+    groups = zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False)
+    return {name: group for name, group in groups if group}
 
 
 STUDY_TAGS = {

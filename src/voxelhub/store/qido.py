@@ -172,12 +172,25 @@ def _person_name(column: Any, value: str, *, fuzzy: bool) -> ColumnElement[bool]
     # Person names match case-insensitively, as most archives do.
     if fuzzy:
         return or_(column.op("%")(value), column.ilike(f"%{_wildcard(value)}%", escape="\\"))
+    pattern = _wildcard(value).lower()
+    lowered = func.lower(column)
     if value.startswith(("*", "?")):
-        return column.ilike(_wildcard(value), escape="\\")  # type: ignore[no-any-return]
+        whole = column.ilike(_wildcard(value), escape="\\")
     # lower(name) is indexed (text_pattern_ops): a whole name or a prefix is a range scan.
-    if "*" in value or "?" in value:
-        return func.lower(column).like(_wildcard(value).lower(), escape="\\")
-    return func.lower(column) == value.lower()
+    elif "*" in value or "?" in value:
+        whole = lowered.like(pattern, escape="\\")
+    else:
+        whole = lowered == value.lower()
+    if "=" in value:
+        return whole  # type: ignore[no-any-return]
+    # A key of one component group also matches that group of a name that has several
+    # (PS3.5 6.2: "Yamada^Tarou=山田^太郎=やまだ^たろう"): its alphabetic group by prefix,
+    # and where the key is not ASCII, its ideographic and phonetic groups.
+    groups = [lowered.like(f"{pattern}=%", escape="\\")]
+    if not value.isascii():
+        groups.append(lowered.like(f"%={pattern}=%", escape="\\"))
+        groups.append(lowered.like(f"%={pattern}", escape="\\"))
+    return or_(whole, *groups)
 
 
 def match(column: Any, attr: Attribute, value: str, *, fuzzy: bool) -> ColumnElement[bool]:

@@ -3,7 +3,7 @@
 The text is two generated columns of `dicom_studies`: the elements before RetrieveURL
 (00081190) and those after it, since the URL depends on the address the search came to.
 Values are rendered as `attributes.element` renders them: empty values carry no "Value",
-person names are {"Alphabetic": …}, ModalitiesInStudy is sorted, keys come in tag order.
+person names are their component groups ({"Alphabetic": …, "Ideographic": …}), ModalitiesInStudy is sorted, keys come in tag order.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 from voxelhub.store.attributes import STUDY_TAGS
 
 RETRIEVE_URL = "00081190"
-# SQL functions created by migration 0006: JSON text of a string, of a sorted string array.
+# SQL functions created by migrations 0006 and 0008: JSON text of a string, of a sorted
+# string array, of a person name's component groups.
 JSON_STRING = "vxh_json_string"
 JSON_SORTED = "vxh_json_sorted"
+JSON_NAME = "vxh_json_name"
 FUNCTIONS = (
     f"""CREATE OR REPLACE FUNCTION {JSON_STRING}(value text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -21,16 +23,25 @@ RETURN to_json(value)::text""",
     f"""CREATE OR REPLACE FUNCTION {JSON_SORTED}(value text[]) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN (SELECT to_json(array_agg(m ORDER BY m COLLATE "C"))::text FROM unnest(value) AS m)""",
+    f"""CREATE OR REPLACE FUNCTION {JSON_NAME}(value text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN '{{' || concat_ws(',',
+CASE WHEN split_part(value, '=', 1) <> ''
+THEN '"Alphabetic":' || {JSON_STRING}(split_part(value, '=', 1)) END,
+CASE WHEN split_part(value, '=', 2) <> ''
+THEN '"Ideographic":' || {JSON_STRING}(split_part(value, '=', 2)) END,
+CASE WHEN split_part(value, '=', 3) <> ''
+THEN '"Phonetic":' || {JSON_STRING}(split_part(value, '=', 3)) END) || '}}'""",
 )
 
 
 def _string(tag: str, vr: str, column: str) -> str:
-    opening, closing = ('{"Alphabetic":', "}") if vr == "PN" else ("", "")
+    function = JSON_NAME if vr == "PN" else JSON_STRING
     return (
         f"""CASE WHEN {column} = '' THEN '"{tag}":{{"vr":"{vr}"}}'\n"""
-        f"""ELSE '"{tag}":{{"vr":"{vr}","Value":[{opening}'\n"""
-        f"""|| {JSON_STRING}({column})\n"""
-        f"""|| '{closing}]}}' END"""
+        f"""ELSE '"{tag}":{{"vr":"{vr}","Value":['\n"""
+        f"""|| {function}({column})\n"""
+        """|| ']}' END"""
     )
 
 
