@@ -405,3 +405,88 @@ def test_the_report_lists_changes_without_identifying_values() -> None:
     } <= changes
     removed = next(c for c in report.changes if c.attribute == "InstitutionalDepartmentName")
     assert re.fullmatch(r"removed \(\d+ chars, hmac [0-9a-f]{8}\)", removed.summary)
+
+
+def test_policy_names_outside_ascii_are_refused() -> None:
+    # Written into an instance without a character set, "山田^太郎" came out as "??^??".
+    for name in ("山田^太郎", "Müller^Hans"):
+        with pytest.raises(DicomError) as caught:
+            DeidPolicy(patient_name=name)
+        assert caught.value.code == "invalid_policy"
+        assert caught.value.attribute == "patient_name"
+        assert "ASCII" in caught.value.message
+
+
+def test_person_names_in_a_multi_byte_character_set_are_replaced() -> None:
+    ds = ct_phantom(slices=1, size=8)[0]
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = ds.OperatorsName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    result = dcmread(BytesIO(deidentify_bytes(part10(ds), DeidPolicy(), key=KEY)[0]))
+    assert str(result.PatientName).startswith("ANON-")
+    assert str(result.OperatorsName) == "ANONYMIZED"
+
+
+def test_file_meta_network_addresses_of_the_sender_are_removed() -> None:
+    ds = ct_phantom(slices=1, size=8)[0]
+    ds.file_meta.SourcePresentationAddress = "dicom://ct1.hospital.example:104"
+    ds.file_meta.SendingPresentationAddress = "dicom://10.1.2.3:104"
+    data, report = deidentify_bytes(part10(ds), DeidPolicy(), key=KEY)
+    meta = dcmread(BytesIO(data)).file_meta
+    assert "SourcePresentationAddress" not in meta and "SendingPresentationAddress" not in meta
+    assert b"hospital.example" not in data and b"10.1.2.3" not in data
+    removed = {c.attribute for c in report.changes if c.action == "X"}
+    assert "file_meta.SourcePresentationAddress" in removed
+    kept, _ = deidentify_bytes(part10(ds), DeidPolicy(retain_device_identity=True), key=KEY)
+    assert dcmread(BytesIO(kept)).file_meta.SendingPresentationAddress == "dicom://10.1.2.3:104"
+
+
+@pytest.mark.parametrize(("earlier", "expected"), [("MODIFIED", "MODIFIED"), ("", "UNMODIFIED")])
+def test_retained_dates_that_were_shifted_before_stay_marked_modified(
+    earlier: str, expected: str
+) -> None:
+    ds = ct_phantom(slices=1, size=8)[0]
+    if earlier:
+        ds.LongitudinalTemporalInformationModified = earlier
+    deidentify(ds, DeidPolicy(retain_dates=True), key=KEY)
+    assert ds.LongitudinalTemporalInformationModified == expected
+    deidentify(ds, DeidPolicy(), key=KEY)
+    assert ds.LongitudinalTemporalInformationModified == "REMOVED"
+
+
+def test_an_earlier_de_identification_record_is_added_to_not_replaced() -> None:
+    ds = ct_phantom(slices=1, size=8)[0]
+    ds.DeidentificationMethod = "Burned-in text masked by the sending site"
+    earlier = Dataset()
+    earlier.CodeValue, earlier.CodingSchemeDesignator = "113101", "DCM"
+    earlier.CodeMeaning = "Clean Pixel Data Option"
+    ds.DeidentificationMethodCodeSequence = Sequence([earlier])
+    report = deidentify(ds, DeidPolicy(retain_dates=True), key=KEY)
+    codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+    assert codes == ["113101", "113100", "113106"]
+    assert list(ds.DeidentificationMethod) == [
+        "Burned-in text masked by the sending site",
+        *report.method,
+    ]
+    assert report.codes == ("113100", "113106")
+    deidentify(ds, DeidPolicy(retain_dates=True), key=KEY)  # again: nothing duplicated
+    assert [item.CodeValue for item in ds.DeidentificationMethodCodeSequence] == codes
+    assert len(ds.DeidentificationMethod) == 1 + len(report.method)
+
+
+def test_the_report_lists_no_attribute_whose_value_did_not_change() -> None:
+    ds = ct_phantom(slices=1, size=8)[0]
+    ds.InstitutionName = "ANONYMIZED"  # already the dummy value
+    ds.InstanceCreatorUID = "1.2.840.10008.1.2"  # a UID of the standard: kept
+    ds.OperatorsName = "Secret^Person"
+    before = values(ds)
+    report = deidentify(ds, DeidPolicy(), key=KEY)
+    after = values(ds)
+    listed = {c.attribute for c in report.changes if not c.attribute.startswith("file_meta.")}
+    changed = {
+        keyword_for_tag(int(path, 16))
+        for path, value in before.items()
+        if "[" not in path and after.get(path) != value
+    }
+    assert listed == changed
+    assert "InstitutionName" not in listed and "InstanceCreatorUID" not in listed
+    assert "OperatorsName" in listed

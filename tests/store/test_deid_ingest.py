@@ -8,7 +8,9 @@ from sqlalchemy import select
 from tests.store.conftest import ArchiveClient
 from voxelhub.auth.models import AuditEvent
 from voxelhub.core.db import session_scope
+from voxelhub.dicom.deidentify import DeidChange, DeidReport
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
+from voxelhub.store.deid import DeidSummary
 
 
 def test_stow_into_a_deidentifying_archive(  # type: ignore[no-untyped-def]
@@ -56,3 +58,27 @@ def test_stow_into_a_deidentifying_archive(  # type: ignore[no-untyped-def]
     cleared = httpx.delete(url, headers=headers)
     assert cleared.status_code == 204
     assert httpx.get(url, headers=headers).json() is None
+
+
+def test_the_audit_summary_names_attributes_inside_sequences() -> None:
+    report = DeidReport(
+        changes=(
+            DeidChange("SourceImageSequence[0].(0009,1010)", "X", "removed"),
+            DeidChange("SourceImageSequence[1].ReferencedSOPInstanceUID", "U", "uid remapped"),
+            DeidChange("SourceImageSequence[0].ReferencedSOPInstanceUID", "U", "uid remapped"),
+            DeidChange("PatientName", "D", "replaced"),
+        ),
+        method=(),
+        codes=(),
+    )
+    summary = DeidSummary()
+    summary.add(report)
+    summary.add(None)
+    assert summary.to_json() == {
+        "instances": 1,
+        "changes": {
+            "SourceImageSequence[].ReferencedSOPInstanceUID:U": 2,
+            "SourceImageSequence[].(0009,1010):X": 1,
+            "PatientName:D": 1,
+        },
+    }

@@ -69,8 +69,12 @@ _DUMMIES: dict[str, Any] = {
 _PATIENT_ID = Tag("PatientID")
 _PATIENT_NAME = Tag("PatientName")
 _MEDIA_STORAGE_SOP_INSTANCE_UID = Tag("MediaStorageSOPInstanceUID")
-# File meta elements naming the sending site or carrying private data.
-_META_DEVICE_TAGS = (Tag(0x0002, 0x0016), Tag(0x0002, 0x0017), Tag(0x0002, 0x0018))
+# File meta elements naming the sending site (AE titles, network addresses) or carrying
+# private data.
+_META_DEVICE_TAGS = (
+    *(Tag(0x0002, element) for element in (0x0016, 0x0017, 0x0018)),
+    *(Tag(0x0002, element) for element in (0x0026, 0x0027, 0x0028)),
+)
 _META_PRIVATE_TAGS = (Tag(0x0002, 0x0100), Tag(0x0002, 0x0102))
 
 # (policy field, CID 7050 code, meaning); the basic profile code comes first.
@@ -281,10 +285,12 @@ def _check_replacement(name: str, value: object) -> None:
             code="invalid_policy",
             attribute=name,
         )
-    if len(value) > _MAX_LO or "\\" in value or not value.isprintable():
+    # ASCII only: the value goes into instances of any Specific Character Set, and
+    # without one a writer silently mangles other characters ("山田" becomes "??").
+    if len(value) > _MAX_LO or "\\" in value or not (value.isprintable() and value.isascii()):
         raise DicomError(
             f"De-identification policy '{name}' must be at most {_MAX_LO} printable "
-            f"characters without a backslash, not {value!r}.",
+            f"ASCII characters without a backslash, not {value!r}.",
             code="invalid_policy",
             attribute=name,
         )
@@ -384,7 +390,10 @@ def _dummy(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
         # whose attributes outside the table (dates, free text) would otherwise stay.
         elem.value = Sequence([Dataset()])
     else:
-        elem.value = _DUMMIES.get(elem.VR, empty_value_for_VR(elem.VR))
+        dummy = _DUMMIES.get(elem.VR, empty_value_for_VR(elem.VR))
+        if str(elem.value) == str(dummy):  # already the dummy: nothing changes
+            return
+        elem.value = dummy
     run.note(name, "D", f"replaced with a dummy value ({summary})")
 
 
@@ -395,10 +404,11 @@ def _remap(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
     value = elem.value
     if isinstance(value, bytes):  # UIDs read with an unknown VR
         value = value.decode("ascii", "replace").split("\\")
-    if isinstance(value, MultiValue | list):
-        elem.value = [deidentified_uid(str(uid), key=run.key) for uid in value]
-    else:
-        elem.value = deidentified_uid(str(value), key=run.key)
+    uids = [str(uid) for uid in value] if isinstance(value, MultiValue | list) else [str(value)]
+    new = [deidentified_uid(uid, key=run.key) for uid in uids]
+    if new == [uid.strip(" \0") for uid in uids]:  # UIDs of the standard are kept
+        return
+    elem.value = new if isinstance(value, MultiValue | list) else new[0]
     run.note(name, "U", "uid remapped")
 
 
@@ -453,14 +463,37 @@ def _method(policy: DeidPolicy, coded: list[tuple[str, str]]) -> list[str]:
 
 
 def _mark(ds: Dataset, policy: DeidPolicy, coded: list[tuple[str, str]]) -> list[str]:
+    """Record this de-identification, added to any earlier one's record (PS3.15 E.1.1).
+
+    An instance de-identified before (with Clean Pixel Data, say) keeps those codes and
+    its dates' status: retaining dates that were shifted does not make them unmodified.
+    """
     method = _method(policy, coded)
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = method
-    ds.DeidentificationMethodCodeSequence = Sequence(
-        [_code_item(value, meaning) for value, meaning in coded]
-    )
-    ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if policy.retain_dates else "REMOVED"
+    earlier = ds.get("DeidentificationMethod")
+    texts = [str(text) for text in _as_list(earlier)]
+    ds.DeidentificationMethod = texts + [text for text in method if text not in texts]
+    items = list(ds.get("DeidentificationMethodCodeSequence") or [])
+    present = {(item.get("CodeValue"), item.get("CodingSchemeDesignator")) for item in items}
+    items += [
+        _code_item(value, meaning) for value, meaning in coded if (value, "DCM") not in present
+    ]
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = _temporal_status(ds, policy)
     return method
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, MultiValue | list) else [value]
+
+
+def _temporal_status(ds: Dataset, policy: DeidPolicy) -> str:
+    if not policy.retain_dates:
+        return "REMOVED"
+    earlier = str(ds.get("LongitudinalTemporalInformationModified") or "").strip().upper()
+    return earlier if earlier in ("MODIFIED", "REMOVED") else "UNMODIFIED"
 
 
 def _code_item(value: str, meaning: str) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections import Counter
@@ -19,6 +20,7 @@ from voxelhub.core.settings import Settings
 from voxelhub.dicom.deidentify import DeidPolicy, DeidReport, deidentify_bytes
 
 Prepare = Callable[[bytes], tuple[bytes, DeidReport | None]]
+_ITEM_INDEX = re.compile(r"\[\d+\]")
 
 
 def deid_key(settings: Settings, archive_id: uuid.UUID) -> bytes:
@@ -58,7 +60,10 @@ class DeidSummary:
             return
         self.instances += 1
         for change in report.changes:
-            self.actions[f"{change.attribute.split('[')[0]}:{change.action}"] += 1
+            # Items counted together, but the attribute is named: "SourceImageSequence:X"
+            # would read as the sequence removed when only an attribute in it was.
+            attribute = _ITEM_INDEX.sub("[]", change.attribute)
+            self.actions[f"{attribute}:{change.action}"] += 1
 
     def to_json(self) -> dict[str, Any]:
         return {"instances": self.instances, "changes": dict(self.actions.most_common(200))}
