@@ -80,8 +80,7 @@ def items_json(
 ) -> dict[str, Any]:
     """The elements of `ds` as DICOM JSON, each as `element_json` writes it."""
     return {
-        f"{elem.tag:08X}": element_json(elem, handler=handler, threshold=threshold)
-        for elem in ds
+        f"{elem.tag:08X}": element_json(elem, handler=handler, threshold=threshold) for elem in ds
     }
 
 

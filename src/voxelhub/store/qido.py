@@ -186,7 +186,7 @@ def _person_name(column: Any, value: str, *, fuzzy: bool) -> ColumnElement[bool]
     # A key of one component group also matches that group of a name that has several
     # (PS3.5 6.2: "Yamada^Tarou=山田^太郎=やまだ^たろう"): its alphabetic group by prefix,
     # and where the key is not ASCII, its ideographic and phonetic groups.
-    groups = [lowered.like(f"{pattern}=%", escape="\\")]
+    groups = [] if pattern.endswith("%") else [lowered.like(f"{pattern}=%", escape="\\")]
     if not value.isascii():
         groups.append(lowered.like(f"%={pattern}=%", escape="\\"))
         groups.append(lowered.like(f"%={pattern}", escape="\\"))
