@@ -104,3 +104,25 @@ def test_inconsistent_series_are_refused(change: object, attribute: str) -> None
     with pytest.raises(DicomError) as caught:
         series_to_volume(series)
     assert caught.value.attribute == attribute
+
+
+def test_gantry_tilt_is_refused_not_placed_on_a_skewed_grid() -> None:
+    """Tilted slices are parallel and evenly spaced along their normal, but each is shifted
+    within its plane; a regular grid would misplace every slice after the first."""
+    series = ct_phantom(slices=5, size=8)
+    tilt = np.radians(15.0)
+    for index, ds in enumerate(series):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
+        ds.ImagePositionPatient = [-6.0, -6.0, 2.5 * index]
+    with pytest.raises(DicomError) as caught:
+        series_to_volume(series)
+    assert caught.value.attribute == "ImagePositionPatient"
+    assert "gantry tilt of 15.0 degrees" in caught.value.message
+
+
+def test_positions_rounded_by_the_scanner_are_still_one_stack() -> None:
+    series = ct_phantom(slices=5, size=8)
+    for index, ds in enumerate(series):
+        ds.ImagePositionPatient = [-6.0 + 0.004 * (index % 2), -6.0, 2.5 * index]
+    _, geometry = series_to_volume(series)
+    assert geometry.spacing == pytest.approx((1.5, 1.5, 2.5))

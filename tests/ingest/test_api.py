@@ -338,3 +338,42 @@ def test_two_images_of_one_case_in_one_upload_do_not_replace_each_other(
     stored = values["sub-01/brain"]["image"]
     entry = next(f for f in report["files"] if f["path"] == "sub-01/brain.nii.gz")
     assert str(stored.id) == entry["value_id"]
+
+
+def _cut_images(tmp_path: Path) -> dict[str, bytes]:
+    """An .mha, an .mhd with its .raw, a .nii.gz and a .tif, each cut short."""
+    image = SimpleITK.GetImageFromArray(np.arange(8 * 20 * 30, dtype=np.int16).reshape(8, 20, 30))
+    for name in ("cut.mha", "cut.mhd", "cut.nii.gz", "cut.tif"):
+        written = image[:, :, 0] if name.endswith(".tif") else image
+        SimpleITK.WriteImage(written, str(tmp_path / name), useCompression=name.endswith(".gz"))
+
+    def cut(name: str) -> bytes:
+        return (tmp_path / name).read_bytes()[:-100]
+
+    return {
+        "mhd/cut.mhd": (tmp_path / "cut.mhd").read_bytes(),
+        "mhd/cut.raw": cut("cut.raw"),
+        "sub/cut.mha": cut("cut.mha"),
+        "sub/cut.nii.gz": cut("cut.nii.gz"),
+        "sub/cut.tif": cut("cut.tif"),
+    }
+
+
+def test_images_cut_short_are_rejected_and_not_stored(
+    client: TestClient, uploader: Uploader, database_url: str, tmp_path: Path
+) -> None:
+    report = upload(client, uploader.account, uploader.archive_id, _cut_images(tmp_path))
+    reasons = {f["path"]: (f["outcome"], f["reason"]) for f in report["files"]}
+    assert {path: outcome for path, (outcome, _) in reasons.items()} == {
+        "mhd/cut.mhd": "rejected",
+        "mhd/cut.raw": "skipped",
+        "sub/cut.mha": "rejected",
+        "sub/cut.nii.gz": "rejected",
+        "sub/cut.tif": "rejected",
+    }
+    assert "its data file cut.raw holds fewer bytes" in reasons["mhd/cut.mhd"][1]
+    assert "holds fewer bytes than the header declares" in reasons["sub/cut.mha"][1]
+    assert "truncated" in reasons["sub/cut.nii.gz"][1]
+    assert "truncated TIFF" in reasons["sub/cut.tif"][1]
+    assert report["state"] == "failed"
+    assert case_values(database_url, uploader.archive_id) == {}

@@ -7,9 +7,11 @@ import struct
 import zipfile
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK
+import tifffile
 from pydicom.filewriter import dcmwrite
 
 from voxelhub.dicom.header import write_part10
@@ -138,3 +140,53 @@ def test_a_corrupt_zip_keeps_what_came_before(tmp_path: Path) -> None:
     result = extract(archive, name="cut.zip", dest=tmp_path / "out", budget=Budget(Limits()))
     assert result.members == []
     assert "truncated or corrupt" in result.problems[0].reason
+
+
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+def test_a_nifti_cut_short_is_refused(name: str, tmp_path: Path) -> None:
+    """ITK reads a cut NIfTI without complaint, filling the missing voxels with zeros."""
+    image = SimpleITK.GetImageFromArray(np.arange(20 * 30 * 40, dtype=np.int16).reshape(20, 30, 40))
+    SimpleITK.WriteImage(image, str(tmp_path / name), useCompression=name.endswith(".gz"))
+    whole = (tmp_path / name).read_bytes()
+    assert recognise(tmp_path / name).ok
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(whole[: len(whole) - 1000])
+    found = recognise(cut)
+    assert (found.format, found.ok) == ("nifti", False)
+    assert "cut short" in found.reason or "truncated" in found.reason
+
+
+def _pyramid(path: Path) -> None:
+    """A tiled whole-slide-like BigTIFF whose lower resolutions are SubIFDs."""
+    level = np.zeros((512, 512), np.uint8)
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        writer.write(level, tile=(128, 128), subifds=2)
+        writer.write(level[::2, ::2], tile=(128, 128), subfiletype=1)
+        writer.write(level[::4, ::4], tile=(128, 128), subfiletype=1)
+
+
+@pytest.mark.parametrize("kind", ["strips", "multipage", "pyramid"])
+def test_a_tiff_cut_inside_its_pixel_data_is_refused(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "slide.tif"
+    if kind == "pyramid":
+        _pyramid(path)
+    else:
+        pages = 3 if kind == "multipage" else 1
+        tifffile.imwrite(path, np.ones((pages, 300, 200), np.uint8), photometric="minisblack")
+    found = recognise(path)
+    assert (found.format, found.ok) == ("tiff", True)
+    assert found.details["size"] == ([512, 512] if kind == "pyramid" else [200, 300])
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 100])
+    found = recognise(path)
+    assert (found.format, found.ok) == ("tiff", False)
+    assert "truncated TIFF" in found.reason
+
+
+@pytest.mark.parametrize("name", ["t1.nii", "t1.nii.gz"])
+def test_nifti2_is_refused_with_a_reason_a_person_can_act_on(name: str, tmp_path: Path) -> None:
+    """ITK cannot read NIfTI-2; its own message named a temporary link, not what to do."""
+    nibabel.save(nibabel.Nifti2Image(np.zeros((4, 5, 6), np.int16), np.eye(4)), tmp_path / name)
+    found = recognise(tmp_path / name)
+    assert (found.format, found.ok) == ("nifti", False)
+    assert "save the image as NIfTI-1" in found.reason

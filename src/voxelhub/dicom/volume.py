@@ -25,6 +25,8 @@ from voxelhub.dicom.errors import DicomError
 
 _TOLERANCE_MM = 1e-3
 _RELATIVE_GAP_TOLERANCE = 0.01
+# Slices may drift within their plane by this fraction of a pixel (rounded positions).
+_IN_PLANE_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def series_to_volume(
     ordered = [datasets[i] for i in order]
     slice_spacing = _slice_spacing([float(np.dot(positions[i], normal)) for i in order], ordered)
     row_spacing, column_spacing = _pixel_spacing(datasets)
+    _check_stacked([positions[i] for i in order], normal, pixel=min(row_spacing, column_spacing))
     _check_size(datasets)
     volume = np.stack([_rescaled(ds) for ds in ordered])
     direction = np.column_stack([row, column, normal]).ravel()
@@ -140,6 +143,31 @@ def _slice_spacing(distances: list[float], ordered: Sequence[Dataset]) -> float:
             attribute="ImagePositionPatient",
         )
     return mean
+
+
+def _check_stacked(
+    positions: Sequence[npt.NDArray[np.float64]], normal: npt.NDArray[np.float64], *, pixel: float
+) -> None:
+    """Refuse slices whose corners do not lie on one line along the normal.
+
+    With a gantry tilt each slice is shifted within its plane from the one before; a
+    regular grid (what an MHA holds) would put every slice after the first in the wrong
+    place, by more the further it is.
+    """
+    steps = [p - positions[0] for p in positions]
+    shifts = [float(np.linalg.norm(d - np.dot(d, normal) * normal)) for d in steps]
+    if max(shifts) <= max(_TOLERANCE_MM, _IN_PLANE_TOLERANCE * pixel):
+        return
+    along = abs(float(np.dot(steps[-1], normal)))
+    angle = float(np.degrees(np.arctan2(shifts[-1], along)))
+    raise DicomError(
+        "The slices are shifted within their plane from one to the next (by up to "
+        f"{max(shifts):.2f} mm, as with a gantry tilt of {angle:.1f} degrees); a volume on a "
+        "regular grid would misplace them. Correct the tilt (for example with dcm2niix) "
+        "or send the slices of one stack as their own series.",
+        code="invalid_attribute",
+        attribute="ImagePositionPatient",
+    )
 
 
 def _check_size(datasets: Sequence[Dataset]) -> None:

@@ -24,6 +24,7 @@ from voxelhub.archives import values_service
 from voxelhub.core.errors import VoxelhubError
 from voxelhub.core.objects import ObjectStore
 from voxelhub.ingest import cases
+from voxelhub.ingest.errors import IngestError
 from voxelhub.ingest.extract import Member
 from voxelhub.ingest.formats.base import Recognition
 from voxelhub.ingest.formats.itk import with_suffix
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 INTERFACE = "image"
 _SUFFIXES = re.compile(r"\.(nii\.gz|nii|mha|mhd|nrrd|tiff?)$", re.IGNORECASE)
-_READ_SUFFIX = {"nifti": (".nii", ".nii.gz"), "nrrd": (".nrrd",), "metaimage": (".mhd",)}
+_READ_SUFFIX = {"nifti": (".nii", ".nii.gz"), "nrrd": (".nrrd",), "metaimage": (".mha", ".mhd")}
 _TIFF_TYPE = "image/tiff"
 _MHA_TYPE = "application/octet-stream"
 
@@ -64,18 +65,34 @@ def _short(err: Exception) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"
 
 
+def _read_image(path: Path, recognition: Recognition) -> SimpleITK.Image:
+    """The whole image, which also proves that every voxel the header declares is there."""
+    suffixes = _READ_SUFFIX[str(recognition.format)]
+    if recognition.format == "nifti" and _is_gzip(path):
+        suffixes = (".nii.gz",)
+    with with_suffix(path, suffixes) as named:
+        try:
+            return SimpleITK.ReadImage(str(named))
+        except RuntimeError as err:
+            if recognition.format != "metaimage":
+                raise
+            # MetaIO reports a short read as "No such file or directory".
+            data = recognition.details.get("data_file")
+            where = f"its data file {data}" if data else "the file"
+            raise IngestError(
+                f"the voxel data could not be read: {where} holds fewer bytes than the header "
+                "declares or is corrupt (cut short on the way?); upload it again"
+            ) from err
+
+
 def _as_stored_file(member: Member, recognition: Recognition, workdir: Path) -> tuple[Path, str]:
     """The file to store and its content type: the original, or an MHA converted from it."""
     stem = Path(image_title(member.path)).name or "image"
     if recognition.format == "tiff":
         return member.local, _TIFF_TYPE
+    image = _read_image(member.local, recognition)
     if recognition.format == "metaimage" and "data_file" not in recognition.details:
         return member.local, _MHA_TYPE
-    suffixes = _READ_SUFFIX[str(recognition.format)]
-    if recognition.format == "nifti" and _is_gzip(member.local):
-        suffixes = (".nii.gz",)
-    with with_suffix(member.local, suffixes) as named:
-        image = SimpleITK.ReadImage(str(named))
     # NIfTI/NRRD header fields MHA cannot hold would only print warnings.
     for key in image.GetMetaDataKeys():  # type: ignore[no-untyped-call]
         image.EraseMetaData(key)  # type: ignore[no-untyped-call]

@@ -1,7 +1,14 @@
-"""NIfTI-1 and NIfTI-2 single files (.nii, and .nii.gz by the gzip magic)."""
+"""NIfTI-1 single files (.nii, and .nii.gz by the gzip magic); NIfTI-2 is recognised and
+refused with the reason (ITK cannot read it).
+
+ITK reads a NIfTI file cut short without complaint (the missing voxels become zeros), so
+the check also counts the bytes of the data, decompressing a .nii.gz as it goes.
+"""
 
 from __future__ import annotations
 
+import gzip
+import struct
 import zlib
 from pathlib import Path
 
@@ -38,18 +45,70 @@ def _magic(header: bytes) -> bytes | None:
     return None
 
 
+def _expected_bytes(header: bytes) -> int | None:
+    """vox_offset plus the voxel bytes a NIfTI-1 header declares; None when unusable."""
+    if _sizeof_hdr(header) != _N1_SIZE or len(header) < _N1_SIZE:
+        return None
+    order = "<" if int.from_bytes(header[0:4], "little") == _N1_SIZE else ">"
+    dims = [int(v) for v in struct.unpack_from(f"{order}8h", header, 40)]
+    bitpix = int(struct.unpack_from(f"{order}h", header, 72)[0])
+    offset = int(struct.unpack_from(f"{order}f", header, 108)[0])
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8:
+        return None
+    voxels = 1
+    for extent in dims[1 : dims[0] + 1]:
+        voxels *= max(extent, 1)
+    return max(offset, _N1_SIZE) + voxels * (bitpix // 8)
+
+
+def _data_bytes(path: Path, *, compressed: bool) -> int:
+    """The bytes of the file, after decompression; raises EOFError or OSError when cut."""
+    if not compressed:
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+    return total
+
+
+def _truncation(path: Path, head: bytes) -> str | None:
+    """Why the data of the file is incomplete, or None when every declared voxel is there."""
+    compressed = head.startswith(_GZIP)
+    try:
+        found = _data_bytes(path, compressed=compressed)
+    except (EOFError, OSError, zlib.error) as err:
+        return f"the .nii.gz is truncated or corrupt ({err}); upload the file again"
+    expected = _expected_bytes(_header(head))
+    if expected is not None and found < expected:
+        return (
+            f"the file holds {found} bytes{' once decompressed' if compressed else ''} but its "
+            f"header declares {expected}; the file was cut short, upload it again"
+        )
+    return None
+
+
 def sniff(head: bytes) -> bool:
     return _magic(_header(head)) in (_N1_SINGLE, _N1_PAIR, _N2_SINGLE, _N2_PAIR)
 
 
 def inspect(path: Path, head: bytes) -> Recognition:
-    if _magic(_header(head)) in (_N1_PAIR, _N2_PAIR):
+    magic = _magic(_header(head))
+    if magic in (_N1_PAIR, _N2_PAIR):
         return Recognition.bad(
             NAME, "a NIfTI .hdr/.img pair is not supported; save the image as one .nii file"
         )
+    if magic == _N2_SINGLE:
+        # ITK (5.4) has no NIfTI-2 reader; its own message names a temporary file.
+        return Recognition.bad(
+            NAME, "NIfTI-2 files cannot be read yet; save the image as NIfTI-1 (.nii or .nii.gz)"
+        )
     suffixes = (".nii.gz",) if head.startswith(_GZIP) else (".nii",)
     with with_suffix(path, suffixes) as named:
-        return header_info(NAME, named, image_io="NiftiImageIO")
+        found = header_info(NAME, named, image_io="NiftiImageIO")
+    if found.ok and (problem := _truncation(path, head)):
+        return Recognition.bad(NAME, problem)
+    return found
 
 
 FORMAT = Format(NAME, sniff, inspect)
