@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from voxelhub.core import migrate
 from voxelhub.core.db import engine_for, session_scope
 from voxelhub.core.pg import EmbeddedPostgres
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
-from voxelhub.store import qido
+from voxelhub.store import qido, qido_document
 
 DICOM_JSON = {"Accept": "application/dicom+json"}
 
@@ -364,3 +365,14 @@ def test_names_indexed_before_component_groups_come_out_in_groups(
             [{"Alphabetic": "Yamada^Tarou=山田^太郎=やまだ^たろう"}],
             [{"Alphabetic": "=山田"}],
         )
+
+
+def test_the_latest_migration_writes_the_documents_the_model_declares() -> None:
+    latest = importlib.import_module("voxelhub.migrations.versions.0008_study_person_names")
+
+    def spaced(sql: str) -> str:
+        return " ".join(sql.split())
+
+    assert spaced(latest.HEAD) == spaced(qido_document.HEAD_SQL)
+    assert spaced(latest.TAIL) == spaced(qido_document.TAIL_SQL)
+    assert spaced(latest.FUNCTION) == spaced(qido_document.FUNCTIONS[-1])

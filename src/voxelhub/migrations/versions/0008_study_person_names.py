@@ -6,6 +6,7 @@ Create Date: 2026-11-25 12:00:00.000000
 """
 
 import importlib
+import re
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -27,62 +28,15 @@ CASE WHEN split_part(value, '=', 2) <> ''
 THEN '"Ideographic":' || vxh_json_string(split_part(value, '=', 2)) END,
 CASE WHEN split_part(value, '=', 3) <> ''
 THEN '"Phonetic":' || vxh_json_string(split_part(value, '=', 3)) END) || '}'"""
-# Each study's QIDO-RS result as DICOM JSON text, before and after RetrieveURL (00081190);
-# as store/qido_document.py writes them.
-HEAD = """
-(CASE WHEN study_date = '' THEN '"00080020":{"vr":"DA"}'
-ELSE '"00080020":{"vr":"DA","Value":['
-|| vxh_json_string(study_date)
-|| ']}' END)
-|| ',' || (CASE WHEN study_time = '' THEN '"00080030":{"vr":"TM"}'
-ELSE '"00080030":{"vr":"TM","Value":['
-|| vxh_json_string(study_time)
-|| ']}' END)
-|| ',' || (CASE WHEN accession_number = '' THEN '"00080050":{"vr":"SH"}'
-ELSE '"00080050":{"vr":"SH","Value":['
-|| vxh_json_string(accession_number)
-|| ']}' END)
-|| ',' || ('"00080056":{"vr":"CS","Value":["ONLINE"]}')
-|| ',' || (CASE WHEN cardinality(modalities) = 0 THEN '"00080061":{"vr":"CS"}'
-ELSE '"00080061":{"vr":"CS","Value":'
-|| vxh_json_sorted(modalities::text[]) || '}' END)
-|| ',' || (CASE WHEN referring_physician_name = '' THEN '"00080090":{"vr":"PN"}'
-ELSE '"00080090":{"vr":"PN","Value":['
-|| vxh_json_name(referring_physician_name)
-|| ']}' END)
-|| ',' || (CASE WHEN study_description = '' THEN '"00081030":{"vr":"LO"}'
-ELSE '"00081030":{"vr":"LO","Value":['
-|| vxh_json_string(study_description)
-|| ']}' END)
-"""
-TAIL = """
-(CASE WHEN patient_name = '' THEN '"00100010":{"vr":"PN"}'
-ELSE '"00100010":{"vr":"PN","Value":['
-|| vxh_json_name(patient_name)
-|| ']}' END)
-|| ',' || (CASE WHEN patient_id = '' THEN '"00100020":{"vr":"LO"}'
-ELSE '"00100020":{"vr":"LO","Value":['
-|| vxh_json_string(patient_id)
-|| ']}' END)
-|| ',' || (CASE WHEN patient_birth_date = '' THEN '"00100030":{"vr":"DA"}'
-ELSE '"00100030":{"vr":"DA","Value":['
-|| vxh_json_string(patient_birth_date)
-|| ']}' END)
-|| ',' || (CASE WHEN patient_sex = '' THEN '"00100040":{"vr":"CS"}'
-ELSE '"00100040":{"vr":"CS","Value":['
-|| vxh_json_string(patient_sex)
-|| ']}' END)
-|| ',' || (CASE WHEN study_instance_uid = '' THEN '"0020000D":{"vr":"UI"}'
-ELSE '"0020000D":{"vr":"UI","Value":['
-|| vxh_json_string(study_instance_uid)
-|| ']}' END)
-|| ',' || (CASE WHEN study_id = '' THEN '"00200010":{"vr":"SH"}'
-ELSE '"00200010":{"vr":"SH","Value":['
-|| vxh_json_string(study_id)
-|| ']}' END)
-|| ',' || ('"00201206":{"vr":"IS","Value":[' || number_of_series::text || ']}')
-|| ',' || ('"00201208":{"vr":"IS","Value":[' || number_of_instances::text || ']}')
-"""
+# Each study's QIDO-RS result as DICOM JSON text, before and after RetrieveURL (00081190),
+# as store/qido_document.py writes them: 0006's, with person names in groups.
+_PREVIOUS = importlib.import_module("voxelhub.migrations.versions.0006_study_search")
+_ALPHABETIC_ONLY = re.compile(
+    r"""\[\{"Alphabetic":'\n\|\| vxh_json_string\((\w+)\)\n\|\| '\}\]\}'"""
+)
+_IN_GROUPS = r"""['\n|| vxh_json_name(\1)\n|| ']}'"""
+HEAD = _ALPHABETIC_ONLY.sub(_IN_GROUPS, _PREVIOUS.HEAD)
+TAIL = _ALPHABETIC_ONLY.sub(_IN_GROUPS, _PREVIOUS.TAIL)
 
 
 def _documents(head: str, tail: str) -> None:
@@ -105,6 +59,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    previous = importlib.import_module("voxelhub.migrations.versions.0006_study_search")
-    _documents(previous.HEAD, previous.TAIL)
+    _documents(_PREVIOUS.HEAD, _PREVIOUS.TAIL)
     op.execute("DROP FUNCTION vxh_json_name(text)")
