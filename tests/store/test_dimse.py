@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -279,6 +279,26 @@ def test_storescu_reports_a_uid_conflict(
     output = result.stdout + result.stderr
     assert "0xa900" in output and "UID conflict" in output, output[-3000:]
     assert len(stored_uids(runtime, dimse.archive_id)) == 1
+
+
+@pytest.mark.slow
+@needs_dcmtk
+def test_storescu_hears_of_a_uid_stored_in_another_series(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path], tmp_path: Path
+) -> None:
+    """An instance whose SOPInstanceUID the archive holds in another series is refused on
+    the spot, not acknowledged and then set aside where its sender never hears of it."""
+    store_series(dimse, series_files[:1])
+    moved = dcmread(series_files[0])
+    moved.SeriesInstanceUID = generate_uid()
+    path = tmp_path / "moved.dcm"
+    dcmwrite(path, moved, enforce_file_format=True)
+    result = dcmtk("storescu", "-d", "-aec", AE_TITLE, "-R", "127.0.0.1", dimse.port, path)
+    output = result.stdout + result.stderr
+    assert "0xa900" in output and "UID conflict" in output, output[-3000:]
+    assert dimse.flush(timeout=60)
+    assert stored_uids(runtime, dimse.archive_id) == [str(moved.SOPInstanceUID)]
+    assert not (runtime.settings.home / JOURNAL_FOLDER / str(dimse.archive_id) / "refused").exists()
 
 
 @pytest.mark.slow
@@ -623,6 +643,52 @@ def test_findscu_refuses_a_malformed_date_and_matches_an_empty_key_universally(
 
 @pytest.mark.slow
 @needs_dcmtk
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of "*" as a UID or IS value
+def test_findscu_takes_a_lone_star_as_universal_matching_for_any_vr(
+    dimse: DimseServer, series_files: list[Path], tmp_path: Path
+) -> None:
+    """A lone * matches everything (PS3.4 C.2.2.2.4), also for a UID or a number key: it is
+    not compared with the value "*" (no match) nor refused as not a number."""
+    store_series(dimse, series_files[:1])
+    first = dcmread(series_files[0], stop_before_pixels=True)
+    studies = find(dimse, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID=*")
+    assert [s["StudyInstanceUID"] for s in studies] == [str(first.StudyInstanceUID)]
+    series = find(dimse, tmp_path, "QueryRetrieveLevel=SERIES", "SeriesInstanceUID",
+                  "SeriesNumber=*")  # fmt: skip
+    assert [(s["SeriesInstanceUID"], s["SeriesNumber"]) for s in series] == [
+        (str(first.SeriesInstanceUID), str(first.SeriesNumber))
+    ]
+
+
+def test_a_sequence_return_key_is_no_unsupported_match_key(
+    dimse: DimseServer, series_files: list[Path]
+) -> None:
+    """A sequence with one empty item asks for the sequence to be returned (PS3.4
+    C.2.2.2.6): the matches are plain pending (FF00); only a sequence item with a value,
+    which is not matched on, makes them pending with a warning (FF01)."""
+    store_series(dimse, series_files[:1])
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    statuses = []
+    try:
+        for code in ("", "P1"):
+            item = Dataset()
+            item.CodeValue = code
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ""
+            query.ProcedureCodeSequence = [item]
+            answers = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+            statuses.append([int(answer.Status) for answer, _ in answers])
+    finally:
+        assoc.release()
+    assert statuses == [[0xFF00, 0x0000], [0xFF01, 0x0000]]
+
+
+@pytest.mark.slow
+@needs_dcmtk
 def test_getscu_retrieves_a_series_and_a_compressed_instance(
     dimse: DimseServer, series_files: list[Path], tmp_path: Path
 ) -> None:
@@ -729,6 +795,27 @@ def test_retrieves_without_their_unique_key_fail(dimse: DimseServer, tmp_path: P
     move = dcmtk("movescu", "-aec", AE_TITLE, "-S", "-aem", DESTINATION, "127.0.0.1",
                  dimse.port, "-k", "QueryRetrieveLevel=STUDY")  # fmt: skip
     assert "UnableToProcess" in move.stdout + move.stderr
+
+
+@pytest.mark.slow
+@needs_dcmtk
+def test_a_retrieve_takes_no_wildcards_in_its_keys(
+    dimse: DimseServer, series_files: list[Path], tmp_path: Path
+) -> None:
+    """A retrieve names its patient exactly (PS3.4 C.4.3.2.1): PatientID=* or a prefix with
+    a wildcard must not send every patient of the archive."""
+    store_series(dimse, series_files)
+    patient_root = ["-P", "-k", "QueryRetrieveLevel=PATIENT"]
+    for pattern in ("*", "DIMSE*", "DIMSE?0001"):
+        out = tmp_path / f"got-{len(pattern)}"
+        out.mkdir()
+        result = dcmtk("getscu", "-d", "-aec", AE_TITLE, "127.0.0.1", dimse.port, "-od", out,
+                       *patient_root, "-k", f"PatientID={pattern}")  # fmt: skip
+        assert list(out.iterdir()) == [], (result.stdout + result.stderr)[-3000:]
+    out = tmp_path / "exact"
+    out.mkdir()
+    scu("getscu", dimse, "-od", out, *patient_root, "-k", f"PatientID={PATIENT.patient_id}")
+    assert len(list(out.iterdir())) == len(series_files)
 
 
 def _wait_for_port(port: int) -> None:

@@ -474,7 +474,7 @@ def search_series(
     statement = _apply(statement, Query(study_filters, fuzzy=query.fuzzy), STUDY_TAGS, Study, [])
     merge = later_copies_visible(db, archives, scope)
     statement = _visible(statement, Series, archives, scope, merge=merge)
-    statement = statement.order_by(Series.series_number.nulls_last(), Series.created_at)
+    statement = statement.order_by(Series.series_number.nulls_last(), Series.created_at, Series.id)
     statement = statement.offset(query.offset).limit(query.limit)
     rows = db.execute(statement).all()
     counted: dict[str, int] = {}

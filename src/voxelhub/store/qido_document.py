@@ -3,7 +3,8 @@
 The text is two generated columns of `dicom_studies`: the elements before RetrieveURL
 (00081190) and those after it, since the URL depends on the address the search came to.
 Values are rendered as `attributes.element` renders them: empty values carry no "Value",
-person names are their component groups ({"Alphabetic": …, "Ideographic": …}), ModalitiesInStudy is sorted, keys come in tag order.
+person names are their component groups ({"Alphabetic": …, "Ideographic": …}),
+ModalitiesInStudy is sorted, keys come in tag order.
 """
 
 from __future__ import annotations

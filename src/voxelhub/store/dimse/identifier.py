@@ -66,7 +66,22 @@ def _match_value(element: DataElement) -> str | None:
         text = "\\".join(str(v) for v in value)
     else:
         text = str(value)
-    return text.strip() or None
+    text = text.strip()
+    # A lone "*" is Universal Matching whatever the VR (PS3.4 C.2.2.2.4): a UID or number
+    # key sent as "*" matches every entity, not the value "*".
+    return None if text in ("", "*") else text
+
+
+def _asks_sequence_matching(element: DataElement) -> bool:
+    """Whether a sequence key has an item with a value to match (PS3.4 C.2.2.2.6); one
+    with an empty item only asks for the sequence to be returned."""
+    return any(
+        _asks_sequence_matching(item_element)
+        if item_element.VR == "SQ"
+        else _match_value(item_element) is not None
+        for item in element.value
+        for item_element in item
+    )
 
 
 def parse_identifier(identifier: Dataset, *, patient_root: bool) -> Identifier:
@@ -88,7 +103,7 @@ def parse_identifier(identifier: Dataset, *, patient_root: bool) -> Identifier:
         requested[tag] = element.VR
         value = _match_value(element)
         if value is None:
-            if element.VR == "SQ" and element.value:
+            if element.VR == "SQ" and _asks_sequence_matching(element):
                 ignored.append(element.keyword or tag)
             continue
         known = level_of(tag)

@@ -42,7 +42,14 @@ def matching_instances(db: Session, ident: Identifier, archive_id: uuid.UUID) ->
         for columns, model in _COLUMNS:
             if tag in columns:
                 column = getattr(model, columns[tag][2])
-                statement = statement.where(qido.match(column, attr, value, fuzzy=False))
+                # A retrieve names its entities exactly (PS3.4 C.4.2.2.1: Single Value and
+                # List of UID Matching only): PatientID=* must not move the whole archive.
+                condition = (
+                    qido.match(column, attr, value, fuzzy=False)
+                    if attr.vr == "UI"
+                    else column == value
+                )
+                statement = statement.where(condition)
     statement = statement.order_by(
         Study.study_instance_uid, Series.series_number.nulls_last(), Series.series_instance_uid,
         Instance.instance_number.nulls_last(), Instance.sop_instance_uid,

@@ -294,25 +294,36 @@ class StoreService:
     def _met_before(self, state: _Association, received: _Received) -> bool:
         """Whether the UID is stored or on its way: then only the index can answer.
 
-        The archive's UIDs of a series are read once per association; a lookup that
-        fails counts as met before, which is the safe way.
+        The archive's UIDs of a series are read once per association; a UID new to its
+        series is looked up in the whole archive too, since one stored in another series
+        is a conflict that must be refused, not acknowledged. A lookup that fails counts
+        as met before, which is the safe way.
         """
         uid = received.sop_instance_uid
         if self._indexer.is_pending(uid):
             return True
         known = state.known.get(received.series_instance_uid)
-        if known is None:
-            try:
+        try:
+            if known is None:
                 known = self._series_uids(received.series_instance_uid)
-            except Exception:
-                logger.warning("looking up the instances of series %s failed",
-                               received.series_instance_uid, exc_info=True)  # fmt: skip
+                state.known[received.series_instance_uid] = known
+            if uid in known or self._stored(uid):
                 return True
-            state.known[received.series_instance_uid] = known
-        if uid in known:
+        except Exception:
+            logger.warning("looking up SOP instance %s of series %s failed", uid,
+                           received.series_instance_uid, exc_info=True)  # fmt: skip
             return True
         known.add(uid)
         return False
+
+    def _stored(self, sop_instance_uid: str) -> bool:
+        """Whether the archive holds an instance under this UID (in any series)."""
+        query = select(Instance.id).where(
+            Instance.archive_id == self._archive_id,
+            Instance.sop_instance_uid == sop_instance_uid,
+        )
+        with self._lookups.connect() as connection:
+            return connection.execute(query).first() is not None
 
     def _series_uids(self, series_instance_uid: str) -> set[str]:
         query = (
