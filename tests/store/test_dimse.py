@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -849,3 +849,35 @@ def test_a_second_instance_under_an_acknowledged_uid_is_refused_not_the_first(
     assert dimse.flush(timeout=60)
     assert stored_uids(runtime, dimse.archive_id) == [str(changed.SOPInstanceUID)]
     assert not (runtime.settings.home / JOURNAL_FOLDER / str(dimse.archive_id) / "refused").exists()
+
+
+def test_a_dataset_of_another_sop_class_than_its_request_is_refused(
+    dimse: DimseServer, runtime: Runtime, series_files: list[Path]
+) -> None:
+    """A CT dataset sent as MR Image Storage is refused with 0xA900, not stored under a
+    class its sender did not name."""
+    ct = dcmread(series_files[0])
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = MRImageStorage
+    request.AffectedSOPInstanceUID = ct.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(ct, False, True) or b"")
+    # As `send_c_store` does: the reactor paused so that it leaves the answer to us.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
+        _, answer = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+        assoc.release()
+    assert answer is not None and answer.Status == 0xA900
+    assert "SOPClassUID of the dataset" in str(answer.ErrorComment)
+    assert dimse.flush(timeout=60)
+    assert stored_uids(runtime, dimse.archive_id) == []

@@ -53,8 +53,10 @@ class Receiver(Protocol):
     """Answers one received instance (its Part-10 bytes) with a status, as an EVT_C_STORE
     handler does (`StoreService.receive`)."""
 
-    def __call__(self, assoc: Association, data: bytes, *, requested_uid: str) -> int | Dataset:
-        """The status for the C-STORE-RQ naming `requested_uid`."""
+    def __call__(
+        self, assoc: Association, data: bytes, *, requested_uid: str, requested_class: str
+    ) -> int | Dataset:
+        """The status for the C-STORE-RQ naming `requested_uid` of `requested_class`."""
 
 
 DATA_TRANSFER = "Sta6"
@@ -221,7 +223,12 @@ class StoreDUL(DULServiceProvider):
         data = b"".join([prefix, *incoming.fragments])
         incoming.fragments.clear()
         try:
-            answer = self._receiver(assoc, data, requested_uid=incoming.request.sop_instance_uid)
+            answer = self._receiver(
+                assoc,
+                data,
+                requested_uid=incoming.request.sop_instance_uid,
+                requested_class=incoming.request.sop_class_uid,
+            )
         except Exception as err:
             logger.error("the C-STORE handler failed", exc_info=True)
             answer = status(HANDLER_FAILED, f"{type(err).__name__}: {err}")

@@ -193,23 +193,29 @@ class StoreService:
         """The EVT_C_STORE handler, for the requests pynetdicom decodes itself."""
         request = cast(C_STORE, event.request)
         return self.receive(event.assoc, event.encoded_dataset(),
-                            requested_uid=str(request.AffectedSOPInstanceUID or ""))  # fmt: skip
+                            requested_uid=str(request.AffectedSOPInstanceUID or ""),
+                            requested_class=str(request.AffectedSOPClassUID or ""))  # fmt: skip
 
-    def receive(self, assoc: Association, data: bytes, *, requested_uid: str) -> int | Dataset:
+    def receive(
+        self, assoc: Association, data: bytes, *, requested_uid: str, requested_class: str = ""
+    ) -> int | Dataset:
         """Check, journal and acknowledge one instance (its Part-10 bytes) that `assoc`
-        sent for the C-STORE-RQ naming `requested_uid`; the status to answer with."""
+        sent for the C-STORE-RQ naming `requested_uid` of `requested_class`; the status to
+        answer with."""
         state = self._association(assoc)
         with state.busy:
-            return self._receive_one(state, data, requested_uid=requested_uid)
+            return self._receive_one(
+                state, data, requested_uid=requested_uid, requested_class=requested_class
+            )
 
     def _receive_one(
-        self, state: _Association, data: bytes, *, requested_uid: str
+        self, state: _Association, data: bytes, *, requested_uid: str, requested_class: str
     ) -> int | Dataset:
         prepare = self._prepare.get()
         # Without de-identification the bytes received are the bytes stored: they go to
         # the journal first, and the disk writes them while they are read and checked.
         written = self._write(state, data) if prepare is None else None
-        received = self._receive(data, requested_uid=requested_uid, prepare=prepare)
+        received = self._receive(data, requested=(requested_uid, requested_class), prepare=prepare)
         if isinstance(received, Dataset) or self._met_before(state, received):
             if written is not None:
                 written[0].cancel_last()
@@ -268,9 +274,11 @@ class StoreService:
         return True
 
     def _receive(
-        self, data: bytes, *, requested_uid: str, prepare: Prepare | None
+        self, data: bytes, *, requested: tuple[str, str], prepare: Prepare | None
     ) -> _Received | Dataset:
-        """The received instance, read and validated, or the status that refuses it."""
+        """The received instance, read and validated, or the status that refuses it.
+        `requested` is the SOP Instance and Class UID the C-STORE-RQ names."""
+        requested_uid, requested_class = requested
         try:
             if prepare is not None:
                 data = prepare(data)[0]
@@ -289,6 +297,12 @@ class StoreService:
         if prepare is None and requested_uid and keys.sop_instance_uid != requested_uid:
             return status(DATASET_DOES_NOT_MATCH, "SOPInstanceUID of the dataset differs from "
                           "the C-STORE request's Affected SOP Instance UID")  # fmt: skip
+        # A CT dataset sent on an MR context is a sender's error; stored, it would be
+        # offered back under a class its peers did not agree to.
+        if requested_class and keys.sop_class_uid != requested_class:
+            return status(DATASET_DOES_NOT_MATCH, f"SOPClassUID of the dataset "
+                          f"({keys.sop_class_uid}) differs from the C-STORE request's Affected "
+                          f"SOP Class UID ({requested_class})")  # fmt: skip
         return _Received(data, keys.sop_instance_uid, keys.series_instance_uid)
 
     def _met_before(self, state: _Association, received: _Received) -> bool:
