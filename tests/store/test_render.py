@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
 from voxelhub.dicom.model import PixelDescription
 from voxelhub.store.errors import InvalidQuery
-from voxelhub.store.render import Window, check_renderable, parse_window, to_array, to_display
+from voxelhub.store.render import (
+    THUMBNAIL_SIZE,
+    Window,
+    check_renderable,
+    encode,
+    parse_window,
+    shrink,
+    to_array,
+    to_display,
+)
 
 HU = np.array([[-1000.0, -160.0, 40.0, 240.0, 3000.0]], dtype=np.float32)
 CT = {"00281052": {"vr": "DS", "Value": [0]}, "00281053": {"vr": "DS", "Value": [1]}}
@@ -98,3 +109,46 @@ def test_pixel_data_that_cannot_be_shown_is_refused_up_front() -> None:
     check_renderable(
         _pixel(samples_per_pixel=1, bits_allocated=64, pixel_keyword="DoubleFloatPixelData")
     )
+
+
+def test_bits_above_bits_stored_are_no_part_of_the_value() -> None:
+    # Signed 12-bit samples in 16 bits: -1000 with its sign not extended, 500 with an old
+    # overlay bit set (0x4000). pydicom (PS3.5 8.1.1) reads -1000 and 500.
+    signed = _pixel(samples_per_pixel=1, rows=1, columns=2, bits_allocated=16,
+                    bits_stored=12, pixel_representation=1,
+                    photometric_interpretation="MONOCHROME2")  # fmt: skip
+    raw = np.array([-1000 & 0x0FFF, 500 | 0x4000], dtype="<u2").tobytes()
+    assert to_array(raw, signed).tolist() == [[-1000, 500]]
+    unsigned = _pixel(samples_per_pixel=1, rows=1, columns=2, bits_allocated=16,
+                      bits_stored=12, photometric_interpretation="MONOCHROME2")  # fmt: skip
+    raw = np.array([0x8000 | 100, 4095], dtype="<u2").tobytes()
+    assert to_array(raw, unsigned).tolist() == [[100, 4095]]
+
+
+def test_a_thin_strip_keeps_a_pixel_across_when_shrunk() -> None:
+    strip = np.zeros((1, 300), dtype=np.uint8)
+    assert shrink(strip, THUMBNAIL_SIZE).shape == (1, THUMBNAIL_SIZE)
+    assert encode(shrink(strip, THUMBNAIL_SIZE), "image/jpeg").startswith(b"\xff\xd8")
+
+
+def _lut(values: list[int]) -> dict[str, object]:
+    data = np.array(values, dtype="<u2").tobytes()
+    return {"vr": "OW", "InlineBinary": base64.b64encode(data).decode()}
+
+
+def test_palette_colour_goes_through_its_lookup_tables() -> None:
+    # Three entries from index 0, 16 bits each: black, pure red, mid grey.
+    palette = {
+        "00280004": {"vr": "CS", "Value": ["PALETTE COLOR"]},
+        **{tag: {"vr": "US", "Value": [3, 0, 16]} for tag in ("00281101", "00281102", "00281103")},
+        "00281201": _lut([0, 0xFFFF, 0x8000]),
+        "00281202": _lut([0, 0, 0x8000]),
+        "00281203": _lut([0, 0, 0x8000]),
+    }
+    indices = np.array([[0, 1, 2]], dtype=np.uint8)
+    shown = to_display(indices, palette, None)
+    assert shown.dtype == np.uint8
+    assert shown.tolist() == [[[0, 0, 0], [255, 0, 0], [128, 128, 128]]]
+    del palette["00281203"]
+    with pytest.raises(InvalidQuery, match="PALETTE COLOR"):
+        to_display(indices, palette, None)

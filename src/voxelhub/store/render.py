@@ -9,6 +9,8 @@ from typing import Any
 import imagecodecs
 import numpy as np
 import numpy.typing as npt
+from pydicom import Dataset
+from pydicom.pixels.processing import apply_color_lut
 
 from voxelhub.dicom.model import PixelDescription
 from voxelhub.store.errors import InvalidQuery
@@ -83,12 +85,29 @@ def to_array(native: bytes, pixel: PixelDescription) -> npt.NDArray[Any]:
         return _full_422(np.frombuffer(native, dtype=np.uint8, count=rows * columns * 2), pixel)
     kind = "f" if floats else "i" if pixel.pixel_representation else "u"
     dtype = np.dtype(f"<{kind}{pixel.bits_allocated // 8}")
-    array = np.frombuffer(native, dtype=dtype, count=rows * columns * samples)
+    array = _bits_stored_only(
+        np.frombuffer(native, dtype=dtype, count=rows * columns * samples), pixel
+    )
     if samples == 1:
         return array.reshape(rows, columns)
     if pixel.planar_configuration == 1:
         return np.ascontiguousarray(array.reshape(samples, rows, columns).transpose(1, 2, 0))
     return array.reshape(rows, columns, samples)
+
+
+def _bits_stored_only(array: npt.NDArray[Any], pixel: PixelDescription) -> npt.NDArray[Any]:
+    """Integer samples as their BitsStored bits say (sign-extended when signed): what lies
+    above them (overlay bits, an unextended sign) is no part of the value (PS3.5 8.1.1),
+    and native frames that hold such bits are kept as they came."""
+    unused = pixel.bits_allocated - pixel.bits_stored
+    if unused <= 0 or array.dtype.kind not in "iu":
+        return array
+    values: npt.NDArray[Any] = (
+        (array << unused) >> unused
+        if array.dtype.kind == "i"
+        else array & array.dtype.type((1 << pixel.bits_stored) - 1)
+    )
+    return values
 
 
 def _is_422(pixel: PixelDescription) -> bool:
@@ -135,6 +154,35 @@ def _voi(values: npt.NDArray[np.float32], window: Window) -> npt.NDArray[np.uint
     return display
 
 
+# The Palette Color Lookup Table Module's descriptors, data and segmented data (PS3.3 C.7.9).
+_PALETTE_TAGS = tuple(
+    f"0028{element}"
+    for element in ("1101", "1102", "1103", "1201", "1202", "1203", "1221", "1222", "1223")
+)
+
+
+def _palette_to_rgb(array: npt.NDArray[Any], dataset_json: dict[str, Any]) -> npt.NDArray[np.uint8]:
+    """PALETTE COLOR indices through the instance's red, green and blue lookup tables
+    (PS3.3 C.7.6.3.1.5), as 8-bit RGB."""
+    elements = {tag: dataset_json[tag] for tag in _PALETTE_TAGS if tag in dataset_json}
+    if any("BulkDataURI" in element for element in elements.values()):
+        raise InvalidQuery(
+            "cannot render this PALETTE COLOR image: its lookup tables are held as bulk "
+            "data; retrieve its frames and its lookup tables instead"
+        )
+    try:
+        rgb = apply_color_lut(array, Dataset.from_json(elements))
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise InvalidQuery(
+            f"cannot render this PALETTE COLOR image: its lookup tables are missing or "
+            f"malformed ({err})"
+        ) from err
+    if rgb.dtype != np.uint8:  # 16-bit table entries
+        rgb = rgb >> 8
+    out: npt.NDArray[np.uint8] = np.ascontiguousarray(rgb[..., :3]).astype(np.uint8)
+    return out
+
+
 def to_display(
     array: npt.NDArray[Any],
     dataset_json: dict[str, Any],
@@ -142,10 +190,13 @@ def to_display(
     photometric: str | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Modality LUT (rescale), then window/level to 0..255; colour images are scaled only
-    (YBR_FULL brought to RGB first); one-bit frames are black and white. `photometric` is
+    (YBR_FULL brought to RGB first), PALETTE COLOR goes through its lookup tables; one-bit
+    frames are black and white. `photometric` is
     the array's Photometric Interpretation where decoding changed it (JPEG's YBR to RGB)."""
     if photometric is None:
         photometric = str(dataset_json.get("00280004", {}).get("Value", [""])[0])
+    if photometric == "PALETTE COLOR" and array.ndim == 2:
+        return _palette_to_rgb(array, dataset_json)
     if array.ndim == 3:
         if array.dtype == np.uint8:
             if photometric.startswith("YBR_FULL"):
@@ -261,8 +312,9 @@ def shrink(image: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
     step = max(rows, cols) / size
     if step <= 1:
         return image
-    ys = (np.arange(int(rows / step)) * step).astype(int)
-    xs = (np.arange(int(cols / step)) * step).astype(int)
+    # One pixel at least along each side: a 1 x 300 strip is not shrunk to nothing.
+    ys = (np.arange(max(int(rows / step), 1)) * step).astype(int)
+    xs = (np.arange(max(int(cols / step), 1)) * step).astype(int)
     return np.ascontiguousarray(image[ys][:, xs])
 
 
