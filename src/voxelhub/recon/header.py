@@ -5,7 +5,10 @@ JSON-friendly keys: `encoded_matrix`, `recon_matrix` ([x, y, z]), `encoded_fov_m
 `recon_fov_mm` ([x, y, z] in mm), `pe_limits` ([minimum, maximum, center] of
 kspace_encoding_step_1), `trajectory`, and where the file says so `protocol_name`, `vendor`,
 `model`, `field_strength_t`, `repetition_time_ms`, `echo_time_ms`, `inversion_time_ms`,
-`flip_angle_deg`.
+`flip_angle_deg`, `imaging_frequency_hz`, `patient_position`, `frame_of_reference_uid`, and
+the subject and study: `patient_name`, `patient_id`, `patient_birth_date`, `patient_sex`,
+`study_instance_uid`, `study_date`, `study_time`, `study_id`, `accession_number`,
+`referring_physician_name`, `study_description` (ISMRMRD's text, e.g. dates as 2024-05-01).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from voxelhub.recon.errors import ReconError
 
 NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 
-# header key → path below the root, and the type of its value
+# header key → path below the root, and the type of its value (subject and study in schema
+# order: `format_header` writes them so)
 _OPTIONAL: dict[str, tuple[str, type]] = {
     "protocol_name": ("measurementInformation/protocolName", str),
     "vendor": ("acquisitionSystemInformation/systemVendor", str),
@@ -27,6 +31,20 @@ _OPTIONAL: dict[str, tuple[str, type]] = {
     "echo_time_ms": ("sequenceParameters/TE", float),
     "inversion_time_ms": ("sequenceParameters/TI", float),
     "flip_angle_deg": ("sequenceParameters/flipAngle_deg", float),
+    "imaging_frequency_hz": ("experimentalConditions/H1resonanceFrequency_Hz", float),
+    "patient_position": ("measurementInformation/patientPosition", str),
+    "frame_of_reference_uid": ("measurementInformation/frameOfReferenceUID", str),
+    "patient_name": ("subjectInformation/patientName", str),
+    "patient_id": ("subjectInformation/patientID", str),
+    "patient_birth_date": ("subjectInformation/patientBirthdate", str),
+    "patient_sex": ("subjectInformation/patientGender", str),
+    "study_date": ("studyInformation/studyDate", str),
+    "study_time": ("studyInformation/studyTime", str),
+    "study_id": ("studyInformation/studyID", str),
+    "accession_number": ("studyInformation/accessionNumber", str),
+    "referring_physician_name": ("studyInformation/referringPhysicianName", str),
+    "study_description": ("studyInformation/studyDescription", str),
+    "study_instance_uid": ("studyInformation/studyInstanceUID", str),
 }
 
 
@@ -128,13 +146,21 @@ def format_header(header: dict[str, Any], *, coils: int = 1, slices: int = 1) ->
     rec_fov = [float(v) for v in header.get("recon_fov_mm", enc_fov)]
     limits = header.get("pe_limits", [0, encoded[1] - 1, encoded[1] // 2])
     root = ET.Element("ismrmrdHeader", xmlns=NAMESPACE)
+    for key, (path, _) in _OPTIONAL.items():
+        if path.startswith(("subjectInformation/", "studyInformation/")) and key in header:
+            _sub(root, path, header[key])
+    if "patient_position" in header:
+        _sub(root, "measurementInformation/patientPosition", header["patient_position"])
     _sub(root, "measurementInformation/protocolName", header.get("protocol_name", "voxelhub"))
+    if "frame_of_reference_uid" in header:
+        _sub(root, "measurementInformation/frameOfReferenceUID", header["frame_of_reference_uid"])
     system = _sub(root, "acquisitionSystemInformation")
     _sub(system, "systemVendor", header.get("vendor", "voxelhub"))
     _sub(system, "systemModel", header.get("model", "phantom"))
     _sub(system, "systemFieldStrength_T", header.get("field_strength_t", 3.0))
     _sub(system, "receiverChannels", coils)
-    _sub(root, "experimentalConditions/H1resonanceFrequency_Hz", 123_000_000)
+    frequency = int(header.get("imaging_frequency_hz", 123_000_000))
+    _sub(root, "experimentalConditions/H1resonanceFrequency_Hz", frequency)
     encoding = _sub(root, "encoding")
     _put_triple(encoding, "encodedSpace/matrixSize", encoded)
     _put_triple(encoding, "encodedSpace/fieldOfView_mm", enc_fov)

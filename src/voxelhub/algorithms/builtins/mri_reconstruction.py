@@ -29,7 +29,8 @@ from voxelhub.algorithms.builtins.manifest import (
     read_manifest,
 )
 from voxelhub.algorithms.builtins.spec import BuiltinFn, BuiltinSpec, InterfaceSpec, Resources
-from voxelhub.dicom.mr_series import MrContext, mr_series
+from voxelhub.dicom.errors import DicomError
+from voxelhub.dicom.mr_series import mr_series
 
 logger = logging.getLogger(__name__)
 
@@ -110,32 +111,36 @@ def reconstruct_to(
     from voxelhub.recon.methods import reconstruct
     from voxelhub.recon.outbox import write_series
     from voxelhub.recon.readers import read_kspace
+    from voxelhub.recon.series import fov_mm, geometry, series_context
 
     path = input_path(input_dir, input_entry(read_manifest(input_dir), "kspace"))
     try:
         kspace = read_kspace(path)
+        fov_mm(kspace.header, (1, 1))  # a header without geometry fails before the work
         result = reconstruct(kspace, method, **settings)
     except ReconError as err:
         raise InputError(str(err)) from err
     raw = _raw_link(path, kspace.header)
-    recorded = {
+    described = {
         "method": method,
         **result.settings,
-        "seconds_per_slice": round(result.seconds_per_slice, 3),
         "raw_data": raw,
         "coil_compression": (kspace.header.get("provenance") or {}).get("coil_compression"),
     }
-    fov = kspace.header.get("recon_fov_mm") or [220.0, 220.0, 5.0]
-    fov_mm = (float(fov[0]), float(fov[1]), float(fov[2]) if len(fov) > 2 else 5.0)
-    context = MrContext(
-        series_description=f"{method} reconstruction",
-        derivation=json.dumps(recorded, default=str),
-        source=f"{raw['file']} sha256:{raw['sha256']}",
-        settings=recorded,
-    )
+    # The timing stays out of the images: the same reconstruction is the same objects.
+    recorded = {**described, "seconds_per_slice": round(result.seconds_per_slice, 3)}
+    header = kspace.header
+    try:
+        datasets = mr_series(
+            result.images,
+            fov_mm=fov_mm(header, result.images.shape[1:]),
+            geometry=geometry(header, slices=result.images.shape[0]),
+            context=series_context(header, result.images, recorded=described, raw=raw),
+        )
+    except (DicomError, ReconError) as err:
+        raise InputError(f"the reconstruction cannot be stored as an MR series: {err}") from err
     folder = output_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    datasets = mr_series(result.images, fov_mm=fov_mm, context=context)
     files = []
     for index, ds in enumerate(datasets):
         files.append(folder / f"{index + 1:04d}.dcm")

@@ -1,0 +1,143 @@
+"""How a reconstruction becomes an MR series: patient, study, sequence and geometry from the
+raw file's header, and identifiers that make the same reconstruction the same series.
+
+The study (and frame of reference) is the raw file's: the header's UIDs where it has them,
+else ones derived from the raw file's SHA-256, so every reconstruction of one raw file lands
+in one study. The series UID is derived from the raw file, the method, its settings and the
+images, so running the same reconstruction again stores nothing new, and other settings
+make another series of that study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from typing import Any
+
+import numpy as np
+
+from voxelhub.dicom.mr_series import MrContext, SliceGeometry
+from voxelhub.recon.errors import ReconError
+from voxelhub.recon.model import FloatArray
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_SEX = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
+_POSITIONS = {"HFS", "HFP", "HFDR", "HFDL", "FFS", "FFP", "FFDR", "FFDL"}
+
+
+def _uid(*parts: str) -> str:
+    """A UID derived from `parts` (2.25 and the integer of a 128-bit hash)."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def _given_uid(header: dict[str, Any], key: str) -> str | None:
+    value = str(header.get(key) or "")
+    if value and (len(value) > 64 or not _UID.match(value)):
+        logger.warning("ignoring the header's %s %r: not a DICOM UID", key, value)
+        return None
+    return value or None
+
+
+def _date(text: Any) -> str:
+    """A DICOM date (YYYYMMDD) from ISMRMRD's xs:date, else empty."""
+    digits = re.sub(r"[^0-9]", "", str(text or ""))[:8]
+    return digits if len(digits) == 8 else ""
+
+
+def _time(text: Any) -> str:
+    """A DICOM time (HHMMSS.FFFFFF) from ISMRMRD's xs:time, else empty."""
+    found = re.match(r"^(\d{2}):?(\d{2}):?(\d{2})(\.\d{1,6})?", str(text or "").strip())
+    return "".join(part for part in found.groups() if part) if found else ""
+
+
+def fov_mm(header: dict[str, Any], shape: tuple[int, int]) -> tuple[float, float, float]:
+    """The (readout, phase-encode, slice) extent in mm of images of `shape` (rows, columns).
+
+    The images are the encoded grid cropped (never interpolated), so a pixel is the encoded
+    field of view over the encoded matrix; the slice thickness is the reconSpace z extent.
+    ReconError when the header has no field of view (a fastMRI file without its XML).
+    """
+    recon_fov, recon_matrix = header.get("recon_fov_mm"), header.get("recon_matrix")
+    if not recon_fov or len(recon_fov) < 3:
+        raise ReconError(
+            "the raw file's header has no field of view (ISMRMRD encoding.reconSpace."
+            "fieldOfView_mm), so the images' pixel spacing is unknown; keep the file's "
+            "ismrmrd_header"
+        )
+    encoded_fov, encoded = header.get("encoded_fov_mm"), header.get("encoded_matrix")
+    if encoded_fov and encoded and min(float(v) for v in encoded_fov[:2]) > 0:
+        pixel = [float(encoded_fov[axis]) / int(encoded[axis]) for axis in (0, 1)]
+    elif recon_matrix:
+        pixel = [float(recon_fov[axis]) / int(recon_matrix[axis]) for axis in (0, 1)]
+    else:
+        pixel = [float(recon_fov[axis]) / shape[axis] for axis in (0, 1)]
+    return pixel[0] * shape[0], pixel[1] * shape[1], float(recon_fov[2])
+
+
+def _vector(values: Any) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
+def geometry(header: dict[str, Any], *, slices: int) -> SliceGeometry | None:
+    """The ISMRMRD acquisitions' slice positions and directions; None where the file has
+    none (fastMRI) or they are unset (all zero)."""
+    positions = header.get("slice_positions_mm")
+    directions = [header.get(key) for key in ("read_dir", "phase_dir", "slice_dir")]
+    if not positions or any(d is None for d in directions):
+        return None
+    read, phase, normal = (_vector(d) for d in directions)
+    if not any(read) or not any(phase) or len(positions) != slices:
+        logger.warning("the acquisitions carry no usable geometry; slices placed along z")
+        return None
+    centres = tuple(_vector(p) for p in positions)
+    return SliceGeometry(centres, read_dir=read, phase_dir=phase, slice_dir=normal)
+
+
+def series_context(
+    header: dict[str, Any],
+    images: FloatArray,
+    *,
+    recorded: dict[str, Any],
+    raw: dict[str, str],
+) -> MrContext:
+    """Who the images belong to, how they were acquired and made, and their UIDs."""
+    method = str(recorded.get("method", ""))
+    settings = json.dumps(recorded, sort_keys=True, default=str)
+    pixels = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    frequency = header.get("imaging_frequency_hz")
+    position = str(header.get("patient_position") or "").upper()
+    return MrContext(
+        patient_id=str(header.get("patient_id") or "UNKNOWN")[:64],
+        patient_name=str(header.get("patient_name") or "Unknown^Patient")[:64],
+        patient_birth_date=_date(header.get("patient_birth_date")),
+        patient_sex=_SEX.get(str(header.get("patient_sex") or "").upper(), ""),
+        study_instance_uid=_given_uid(header, "study_instance_uid")
+        or _uid("voxelhub-study", raw["sha256"]),
+        series_instance_uid=_uid("voxelhub-series", raw["sha256"], settings, pixels),
+        frame_of_reference_uid=_given_uid(header, "frame_of_reference_uid")
+        or _uid("voxelhub-frame", raw["sha256"]),
+        study_date=_date(header.get("study_date")),
+        study_time=_time(header.get("study_time")),
+        study_id=str(header.get("study_id") or "")[:16],
+        accession_number=str(header.get("accession_number") or "")[:16],
+        referring_physician_name=str(header.get("referring_physician_name") or "")[:64],
+        study_description=str(header.get("study_description") or "MRI reconstruction")[:64],
+        series_description=f"{method} reconstruction"[:64],
+        protocol=str(header.get("protocol_name") or ""),
+        patient_position=position if position in _POSITIONS else "",
+        echo_time_ms=header.get("echo_time_ms"),
+        repetition_time_ms=header.get("repetition_time_ms"),
+        inversion_time_ms=header.get("inversion_time_ms"),
+        flip_angle_deg=header.get("flip_angle_deg"),
+        field_strength_t=header.get("field_strength_t"),
+        imaging_frequency_mhz=float(frequency) / 1e6 if frequency else None,
+        derivation=settings,
+        source=f"{raw['file']} sha256:{raw['sha256']}",
+        settings=recorded,
+    )

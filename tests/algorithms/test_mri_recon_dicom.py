@@ -1,0 +1,171 @@
+"""The MR series the reconstruction built-ins store, read as a radiologist's viewer would:
+geometry from the raw file, acquisition and patient attributes, stable identifiers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK
+
+from tests.algorithms.test_mri_builtins import _run, _series
+from voxelhub.algorithms.builtins import InputError
+from voxelhub.recon.image import fft2c
+from voxelhub.recon.io_fastmri import write_fastmri
+from voxelhub.recon.io_ismrmrd import write_ismrmrd
+from voxelhub.recon.masks import equispaced_mask
+from voxelhub.recon.model import KSpace
+from voxelhub.recon.phantom import PhantomSpec, simulate
+
+ROWS, COLS, SLICES = 64, 48, 3  # readout samples, phase-encode lines
+ROW_MM, COL_MM, GAP_MM = 2.0, 3.0, 5.0
+_C, _S = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
+READ = np.array([_C, 0.0, _S])  # an oblique coronal plane
+PHASE = np.array([0.0, 1.0, 0.0])
+NORMAL = np.cross(READ, PHASE)
+ISOCENTRE = np.array([12.0, -30.0, 40.0])
+# The slice counter is not the spatial order: slice 0 in the middle, 1 above, 2 below.
+OFFSETS = (0.0, GAP_MM, -GAP_MM)
+DOT = (8, -5)  # the bright dot: readout and phase-encode pixels from the FOV centre
+SUBJECT = {
+    "patient_name": "Doe^Jane",
+    "patient_id": "MRN-42",
+    "patient_birth_date": "1970-02-03",
+    "patient_sex": "F",
+    "study_date": "2024-05-01",
+    "study_time": "08:15:30",
+    "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+    "patient_position": "HFS",
+}
+
+
+def _point_source_kspace() -> KSpace:
+    images = np.zeros((SLICES, 1, ROWS, COLS), np.complex64)
+    for k in range(SLICES):
+        images[k, 0, ROWS // 2 + DOT[0], COLS // 2 + DOT[1]] = 100.0 + k
+    header = {
+        "encoded_matrix": [ROWS, COLS, 1],
+        "recon_matrix": [ROWS, COLS, 1],
+        "encoded_fov_mm": [ROWS * ROW_MM, COLS * COL_MM, 4.0],
+        "recon_fov_mm": [ROWS * ROW_MM, COLS * COL_MM, 4.0],
+        "pe_limits": [0, COLS - 1, COLS // 2],
+        "repetition_time_ms": 3000.0,
+        "echo_time_ms": 25.0,
+        "field_strength_t": 1.5,
+        "imaging_frequency_hz": 63_646_310,
+        **SUBJECT,
+    }
+    sampling = equispaced_mask(COLS, 1, acs_lines=COLS)
+    return KSpace(fft2c(images), sampling, header=header, source="oblique.h5")
+
+
+def _oblique_ismrmrd(path: Path) -> Path:
+    write_ismrmrd(path, _point_source_kspace())
+    with h5py.File(path, "r+") as handle:
+        records = handle["dataset/data"][()]
+        heads = records["head"]
+        heads["read_dir"], heads["phase_dir"], heads["slice_dir"] = READ, PHASE, NORMAL
+        offsets = np.asarray(OFFSETS)[heads["idx"]["slice"]]
+        heads["position"] = ISOCENTRE + offsets[:, None] * NORMAL
+        records["head"] = heads
+        handle["dataset/data"][...] = records
+    return path
+
+
+def _volume(folder: Path) -> SimpleITK.Image:
+    reader = SimpleITK.ImageSeriesReader()
+    reader.SetFileNames(SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def test_the_series_has_the_acquisitions_geometry(tmp_path: Path) -> None:
+    raw = _oblique_ismrmrd(tmp_path / "oblique.h5")
+    output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    series = _series(output)
+    first = series[0]
+    assert [float(v) for v in first.PixelSpacing] == [ROW_MM, COL_MM]
+    np.testing.assert_allclose([float(v) for v in first.ImageOrientationPatient],
+                               [*PHASE, *READ], atol=1e-5)  # fmt: skip
+    assert float(first.SpacingBetweenSlices) == pytest.approx(GAP_MM, abs=1e-3)
+    along = [float(np.dot([float(v) for v in ds.ImagePositionPatient], NORMAL)) for ds in series]
+    assert along == sorted(along) and [ds.InstanceNumber for ds in series] == [1, 2, 3]
+
+    volume = _volume(output / "images")
+    assert volume.GetSize() == (COLS, ROWS, SLICES)
+    np.testing.assert_allclose(volume.GetSpacing(), (COL_MM, ROW_MM, GAP_MM), atol=1e-3)
+    array = SimpleITK.GetArrayFromImage(volume)  # slices x rows x columns
+    for k, offset in enumerate(OFFSETS):
+        # The dot of slice counter k, where the acquisition put it in the patient.
+        dot = ISOCENTRE + offset * NORMAL + DOT[0] * ROW_MM * READ + DOT[1] * COL_MM * PHASE
+        column, row, plane = volume.TransformPhysicalPointToIndex(tuple(float(v) for v in dot))
+        assert np.unravel_index(np.argmax(array[plane]), array[plane].shape) == (row, column)
+        assert array[plane].max() == pytest.approx(100.0 + k, rel=1e-3)
+
+
+def test_acquisition_patient_and_study_attributes_come_from_the_header(tmp_path: Path) -> None:
+    raw = _oblique_ismrmrd(tmp_path / "oblique.h5")
+    ds = _series(_run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw}))[0]
+    assert (str(ds.PatientName), ds.PatientID, ds.PatientSex) == ("Doe^Jane", "MRN-42", "F")
+    assert (ds.PatientBirthDate, ds.StudyDate, ds.StudyTime) == ("19700203", "20240501", "081530")
+    assert ds.StudyInstanceUID == SUBJECT["study_instance_uid"] and ds.PatientPosition == "HFS"
+    assert (float(ds.EchoTime), float(ds.RepetitionTime)) == (25.0, 3000.0)
+    assert float(ds.MagneticFieldStrength) == 1.5
+    assert float(ds.ImagingFrequency) == pytest.approx(63.64631)
+
+
+def _uids(output: Path) -> dict[str, Any]:
+    series = _series(output)
+    return {
+        "study": series[0].StudyInstanceUID,
+        "series": {ds.SeriesInstanceUID for ds in series},
+        "frame": {ds.FrameOfReferenceUID for ds in series},
+        "instances": [ds.SOPInstanceUID for ds in series],
+        "bytes": [p.read_bytes() for p in sorted((output / "images").iterdir())],
+    }
+
+
+def test_the_same_settings_give_the_same_series_and_others_a_new_one(tmp_path: Path) -> None:
+    acquisition = simulate(
+        PhantomSpec(readout=64, phase_encode=48, coils=4, slices=2, acceleration=2, acs_lines=12),
+        seed=3,
+    )
+    raw = tmp_path / "knee_scan.h5"
+    write_fastmri(raw, acquisition.kspace)
+    parameters = {"method": "grappa", "kernel": [3, 2]}
+    first = _uids(_run("mri-recon", tmp_path / "a", {"kspace": raw, "parameters": parameters}))
+    again = _uids(_run("mri-recon", tmp_path / "b", {"kspace": raw, "parameters": parameters}))
+    assert again == first  # stored again, the store already has every object
+    other = _uids(
+        _run("mri-recon", tmp_path / "c", {"kspace": raw, "parameters": {"method": "grappa"}})
+    )
+    assert other["study"] == first["study"] and other["frame"] == first["frame"]
+    assert other["series"].isdisjoint(first["series"])
+    assert set(other["instances"]).isdisjoint(first["instances"])
+    settings = json.loads((tmp_path / "a" / "output" / "settings.json").read_text())
+    assert "seconds_per_slice" in settings
+
+
+def test_a_file_without_geometry_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    acquisition = simulate(PhantomSpec(readout=64, phase_encode=48, coils=4, acs_lines=12))
+    raw = tmp_path / "bare.h5"
+    write_fastmri(raw, acquisition.kspace)
+    with h5py.File(raw, "r+") as handle:
+        del handle["ismrmrd_header"]
+    with pytest.raises(InputError, match="no field of view"):
+        _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    assert not (tmp_path / "recon" / "output" / "images").exists()
+
+
+def test_the_window_shows_the_reconstructed_magnitudes(tmp_path: Path) -> None:
+    acquisition = simulate(PhantomSpec(readout=64, phase_encode=48, coils=4, acs_lines=12))
+    raw = tmp_path / "scan.h5"
+    write_fastmri(raw, acquisition.kspace)
+    series = _series(_run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw}))
+    values = np.stack([pydicom.pixels.apply_modality_lut(ds.pixel_array, ds) for ds in series])
+    for ds in series:
+        assert float(ds.WindowWidth) == pytest.approx(np.percentile(values, 99.5), rel=0.01)
