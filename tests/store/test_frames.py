@@ -195,3 +195,31 @@ def test_a_deleted_series_is_gone_on_the_next_request(client: TestClient, owner:
     assert deleted.status_code == 204
     assert client.get(f"{_frames_url(ds)}/1", headers=headers).status_code == 404
     assert client.get(f"{_frames_url(ds, archive_id)}/1", headers=headers).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "liver.dcm", "SC_rgb_small_odd.dcm"])
+def test_uncompressed_pixel_bulk_data_is_its_whole_value_in_one_part(
+    client: TestClient, owner: Account, name: str
+) -> None:
+    # 10 frames of 16 bits, 3 frames of 1 bit packed across frames, 27 bytes padded to 28.
+    original = dcmread(get_testdata_file(name))
+    stow(client, owner, _archive(client, owner), [original])
+    url = _frames_url(original).removesuffix("/frames") + "/bulk/7FE00010"
+    for accept in (NATIVE, 'multipart/related; type="application/octet-stream"'):
+        response = client.get(url, headers={**owner.headers, "Accept": accept})
+        assert response.status_code == 200, response.text
+        [(kind, body)] = _parts(response)
+        assert kind.startswith("application/octet-stream")
+        assert body == original.PixelData
+
+
+def test_compressed_pixel_bulk_data_is_a_part_per_frame(client: TestClient, owner: Account) -> None:
+    original = dcmread(get_testdata_file("SC_rgb_rle_16bit_2frame.dcm"))
+    stow(client, owner, _archive(client, owner), [original])
+    url = _frames_url(original).removesuffix("/frames") + "/bulk/7FE00010"
+    response = client.get(url, headers={**owner.headers, "Accept": AS_STORED})
+    assert response.status_code == 200, response.text
+    parts = _parts(response)
+    assert [body for _, body in parts] == list(
+        generate_frames(original.PixelData, number_of_frames=2)
+    )

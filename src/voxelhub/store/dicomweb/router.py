@@ -605,7 +605,7 @@ def retrieve_bulk(
             negotiate.frame_choices(request.headers.get("accept")),
             found.frames_transfer_syntax_uid,
         )
-        parts = wado.frame_parts(store, found, None, wanted)
+        parts = wado.pixel_bulk_parts(store, found, wanted)
         return _multipart(parts, wado.parts_type(parts))
     body = wado.bulk_value(store, found, tag.upper())
     return _multipart([("application/octet-stream", body)], "application/octet-stream")

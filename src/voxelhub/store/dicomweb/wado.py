@@ -10,8 +10,12 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
 from voxelhub.core.objects import ObjectStore
+from voxelhub.dicom.codecs import decoded_description
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.fastjoin import join_as_stored
+from voxelhub.dicom.frames import join_native
+from voxelhub.dicom.header import pop_trailing
+from voxelhub.dicom.header import read_header as parse_header
 from voxelhub.dicom.join import frame_for_transfer_syntax, join_instance
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.store.dicomweb.negotiate import ANY_SYNTAX, Wanted, frame_media_type
@@ -107,6 +111,28 @@ def frame_parts(
         )
         out.append((f"{frame_media_type(target)}; transfer-syntax={target}", body))
     return out
+
+
+def pixel_bulk_parts(
+    store: ObjectStore, instance: Instance, wanted: Wanted
+) -> list[tuple[str, bytes]]:
+    """The parts of a pixel data bulk data request: compressed frames one part each, and
+    uncompressed pixel data as its whole value in one part (PS3.18 8.7.3.3: "a stream of
+    uncompressed bytes"), with what the value held after its frames, padded to even."""
+    parts = frame_parts(store, instance, None, wanted)
+    media = parts_type(parts)
+    if media != "application/octet-stream":
+        return parts
+    pixel = pixel_of(instance)
+    if pixel is None:  # frame_parts has refused it already
+        return parts
+    layout = decoded_description(pixel, instance.frames_transfer_syntax_uid)
+    header = parse_header(read_header(store, instance))
+    value = join_native([body for _, body in parts], layout)
+    value += pop_trailing(header, pixel.pixel_keyword)
+    if len(value) % 2:
+        value += b"\0"
+    return [(parts[0][0], value)]
 
 
 def parts_type(parts: Sequence[tuple[str, bytes]]) -> str:
