@@ -9,8 +9,9 @@ from typing import Any
 import imagecodecs
 import numpy as np
 import numpy.typing as npt
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.pixels.processing import apply_color_lut
+from pydicom.uid import ExplicitVRLittleEndian
 
 from voxelhub.dicom.model import PixelDescription
 from voxelhub.store.errors import InvalidQuery
@@ -155,7 +156,7 @@ def _voi(values: npt.NDArray[np.float32], window: Window) -> npt.NDArray[np.uint
 
 
 # The Palette Color Lookup Table Module's descriptors, data and segmented data (PS3.3 C.7.9).
-_PALETTE_TAGS = tuple(
+PALETTE_TAGS = tuple(
     f"0028{element}"
     for element in ("1101", "1102", "1103", "1201", "1202", "1203", "1221", "1222", "1223")
 )
@@ -164,14 +165,18 @@ _PALETTE_TAGS = tuple(
 def _palette_to_rgb(array: npt.NDArray[Any], dataset_json: dict[str, Any]) -> npt.NDArray[np.uint8]:
     """PALETTE COLOR indices through the instance's red, green and blue lookup tables
     (PS3.3 C.7.6.3.1.5), as 8-bit RGB."""
-    elements = {tag: dataset_json[tag] for tag in _PALETTE_TAGS if tag in dataset_json}
+    elements = {tag: dataset_json[tag] for tag in PALETTE_TAGS if tag in dataset_json}
     if any("BulkDataURI" in element for element in elements.values()):
         raise InvalidQuery(
             "cannot render this PALETTE COLOR image: its lookup tables are held as bulk "
-            "data; retrieve its frames and its lookup tables instead"
+            "data (`wado.rendering_attributes` gives them inline)"
         )
+    tables = Dataset.from_json(elements)
+    # DICOM JSON's binary values are little endian; segmented tables are read as words.
+    tables.file_meta = FileMetaDataset()
+    tables.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     try:
-        rgb = apply_color_lut(array, Dataset.from_json(elements))
+        rgb = apply_color_lut(array, tables)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
         raise InvalidQuery(
             f"cannot render this PALETTE COLOR image: its lookup tables are missing or "

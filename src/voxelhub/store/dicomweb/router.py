@@ -645,9 +645,8 @@ class Rendering:
         )
         layout = decoded_description(pixel, syntax)  # the native frame's own layout
         array = render.to_array(native, layout)
-        image = render.to_display(
-            array, instance.dataset_json, self.window, layout.photometric_interpretation
-        )
+        attributes = wado.rendering_attributes(store, instance)
+        image = render.to_display(array, attributes, self.window, layout.photometric_interpretation)
         if self.region is not None:
             image = render.crop(image, self.region)
         if self.viewport is not None:

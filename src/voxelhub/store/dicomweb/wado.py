@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from base64 import b64encode
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 
 from voxelhub.core.objects import ObjectStore
+from voxelhub.dicom.byteorder import swap_binary_values
 from voxelhub.dicom.codecs import decoded_description
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.fastjoin import join_as_stored
@@ -28,6 +30,7 @@ from voxelhub.store.imagesets import (
     read_instance,
 )
 from voxelhub.store.models import Instance
+from voxelhub.store.render import PALETTE_TAGS
 
 _T = TypeVar("_T")
 
@@ -133,6 +136,24 @@ def pixel_bulk_parts(
     if len(value) % 2:
         value += b"\0"
     return [(parts[0][0], value)]
+
+
+def rendering_attributes(store: ObjectStore, instance: Instance) -> dict[str, Any]:
+    """The instance's DICOM JSON for rendering: PALETTE COLOR lookup tables too long to be
+    inline (a 16-bit palette: 65,536 entries) read from the stored header instead."""
+    document = instance.dataset_json
+    held = [tag for tag in PALETTE_TAGS if "BulkDataURI" in document.get(tag, {})]
+    if not held:
+        return document
+    header = parse_header(read_header(store, instance))
+    tables = Dataset({int(tag, 16): header[int(tag, 16)] for tag in held if int(tag, 16) in header})
+    if header.original_encoding[1] is False:  # JSON's binary values are little endian
+        swap_binary_values(tables)
+    inline = {
+        f"{elem.tag:08X}": {"vr": elem.VR, "InlineBinary": b64encode(elem.value).decode("ascii")}
+        for elem in tables
+    }
+    return {**document, **inline}
 
 
 def parts_type(parts: Sequence[tuple[str, bytes]]) -> str:
