@@ -13,6 +13,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from tests.dicom.helpers import enhanced
 from voxelhub.algorithms.pipeline import (
     LabelVolume,
     Operator,
@@ -368,6 +369,17 @@ def test_series_writer_output_reads_back_as_a_consistent_series(tmp_path: Path) 
     assert again_geometry.spacing == pytest.approx(geometry.spacing)
     assert again_geometry.origin == pytest.approx(geometry.origin)
     assert again_geometry.direction == pytest.approx(geometry.direction)
+
+
+def test_an_enhanced_image_becomes_a_volume_with_no_source_slices() -> None:
+    """Its slices are frames: writers that reference a source slice per slice refuse it."""
+    source = ct_phantom(slices=4, size=8)
+    series = SeriesData.of([enhanced(source)])
+    volume = SeriesToVolume().compute(PortValues("v", {"series": series}))["volume"]
+    assert isinstance(volume, Volume)
+    assert np.array_equal(volume.array, phantom_volume(4, 8))
+    assert volume.geometry == series_to_volume(source)[1]
+    assert volume.series is None
 
 
 def test_series_writer_rescales_real_values(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import Tag
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from voxelhub.dicom.byteorder import WORD_BYTES
 from voxelhub.dicom.header import write_part10
@@ -154,3 +154,21 @@ def with_empty_values() -> bytes:
     ]:
         ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
     return write_part10(ds)
+
+
+def enhanced(series: list[Dataset], *, sop_class_uid: str | None = None) -> Dataset:
+    """`series` as one Legacy Converted Enhanced CT image, written and read back.
+
+    highdicom lists the frames from the highest slice down, so frame order is not
+    position order. `sop_class_uid` relabels it (e.g. Enhanced MR): the functional
+    groups that place the frames are the same.
+    """
+    import highdicom as hd
+
+    image = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )  # fmt: skip
+    if sop_class_uid is not None:
+        image.SOPClassUID = image.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    return dcmread(BytesIO(write_part10(image)))

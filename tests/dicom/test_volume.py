@@ -1,4 +1,6 @@
-"""Series → volume: ordered by position along the normal, rescaled, written as MHA."""
+"""Series → volume: ordered by position along the normal, rescaled, written as MHA.
+
+Single-frame series, and Enhanced images whose frames are the slices."""
 
 from __future__ import annotations
 
@@ -8,8 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+)
 
+from tests.dicom.helpers import enhanced
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.synthetic import RESCALE_INTERCEPT, ct_phantom, phantom_volume
 from voxelhub.dicom.volume import series_to_volume, write_mha
@@ -126,3 +137,100 @@ def test_positions_rounded_by_the_scanner_are_still_one_stack() -> None:
         ds.ImagePositionPatient = [-6.0 + 0.004 * (index % 2), -6.0, 2.5 * index]
     _, geometry = series_to_volume(series)
     assert geometry.spacing == pytest.approx((1.5, 1.5, 2.5))
+
+
+@pytest.mark.parametrize(
+    "sop_class_uid",
+    [
+        LegacyConvertedEnhancedCTImageStorage,
+        EnhancedCTImageStorage,
+        EnhancedMRImageStorage,
+        LegacyConvertedEnhancedMRImageStorage,
+    ],
+    ids=["legacy-ct", "ct", "mr", "legacy-mr"],
+)
+def test_enhanced_image_is_the_volume_of_its_single_frame_series(sop_class_uid: str) -> None:
+    series = ct_phantom(slices=6, size=16, spacing_mm=0.8, slice_thickness_mm=2.0)
+    image = enhanced(_shuffled(series), sop_class_uid=sop_class_uid)
+    frame_z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+               for f in image.PerFrameFunctionalGroupsSequence]  # fmt: skip
+    assert frame_z != sorted(frame_z)  # frame order is not position order
+    volume, geometry = series_to_volume([image])
+    assert np.array_equal(volume, phantom_volume(6, 16))
+    assert geometry == series_to_volume(series)[1]
+    assert geometry.spacing == pytest.approx((0.8, 0.8, 2.0))
+
+
+def test_several_enhanced_instances_make_one_volume() -> None:
+    series = ct_phantom(slices=6, size=16)
+    parts = [enhanced(series[3:]), enhanced(series[:3])]
+    volume, geometry = series_to_volume(parts)
+    assert np.array_equal(volume, phantom_volume(6, 16))
+    assert geometry == series_to_volume(series)[1]
+
+
+def test_enhanced_frames_are_rescaled_each_by_their_own_transformation() -> None:
+    series = ct_phantom(slices=4, size=8)
+    series[1].RescaleSlope, series[1].RescaleIntercept = 0.3, -10.0
+    image = enhanced(series)
+    assert "PixelValueTransformationSequence" in image.PerFrameFunctionalGroupsSequence[0]
+    volume, _ = series_to_volume([image])
+    expected, _ = series_to_volume(series)
+    assert volume.dtype == np.float32
+    assert np.array_equal(volume, expected)
+    stored = series[1].pixel_array.astype(np.float64)
+    assert np.allclose(volume[1], stored * 0.3 - 10.0)
+
+
+def test_oblique_enhanced_image_has_the_geometry_of_its_series() -> None:
+    series = ct_phantom(slices=4, size=8)
+    cosine, sine = np.cos(0.3), np.sin(0.3)
+    row, column = [1.0, 0.0, 0.0], [0.0, cosine, sine]
+    normal = np.cross(row, column)
+    for index, ds in enumerate(series):
+        ds.ImageOrientationPatient = row + column
+        ds.ImagePositionPatient = [
+            float(v) for v in np.array([5.0, 6.0, 7.0]) + 3.0 * index * normal
+        ]
+    volume, geometry = series_to_volume([enhanced(series)])
+    expected_volume, expected = series_to_volume(series)
+    assert np.array_equal(volume, expected_volume)
+    assert geometry.origin == pytest.approx(expected.origin)
+    assert geometry.spacing == pytest.approx(expected.spacing)
+    assert geometry.direction == pytest.approx(expected.direction)
+
+
+def test_enhanced_image_with_a_gantry_tilt_is_refused() -> None:
+    series = ct_phantom(slices=5, size=8)
+    tilt = np.radians(15.0)
+    for index, ds in enumerate(series):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
+        ds.ImagePositionPatient = [-6.0, -6.0, 2.5 * index]
+    with pytest.raises(DicomError) as caught:
+        series_to_volume([enhanced(series)])
+    assert "gantry tilt of 15.0 degrees" in caught.value.message
+
+
+def test_enhanced_image_with_a_missing_frame_is_refused() -> None:
+    series = ct_phantom(slices=5, size=8)
+    del series[2]
+    with pytest.raises(DicomError) as caught:
+        series_to_volume([enhanced(series)])
+    assert caught.value.attribute == "ImagePositionPatient"
+
+
+def test_enhanced_ct_of_a_scanner_matches_simpleitk(tmp_path: Path) -> None:
+    """A real Enhanced CT whose frames run against the normal: every voxel lands at the
+    point SimpleITK (GDCM) places it, with the same value; so does the MHA's."""
+    path = get_testdata_file("eCT_Supplemental.dcm", download=False)
+    assert isinstance(path, str)
+    volume, geometry = series_to_volume([dcmread(path)])
+    mha = tmp_path / "ect.mha"
+    write_mha(volume, geometry, mha)
+    ours, theirs = SimpleITK.ReadImage(str(mha)), SimpleITK.ReadImage(path)
+    assert ours.GetSize() == theirs.GetSize() == (512, 512, 2)
+    for index in [(0, 0, 0), (511, 0, 1), (17, 300, 1)]:
+        point = ours.TransformIndexToPhysicalPoint(index)
+        other = theirs.TransformPhysicalPointToIndex(point)
+        assert theirs.TransformIndexToPhysicalPoint(other) == pytest.approx(point)
+        assert ours[index] == theirs[other]

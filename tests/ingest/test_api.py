@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 import SimpleITK
 from fastapi.testclient import TestClient
+from pydicom.uid import EnhancedMRImageStorage
 from sqlalchemy import func, select
 
+from tests.dicom.helpers import enhanced
 from tests.ingest.conftest import Uploader, dicom_files, shuffled_ct, zip_bytes
 from tests.ingest.helpers import by_outcome, complete, open_upload, put_chunks, upload
 from voxelhub.archives.models import Case, CaseValue
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
-from voxelhub.dicom.synthetic import phantom_volume
+from voxelhub.dicom.header import write_part10
+from voxelhub.dicom.synthetic import ct_phantom, phantom_volume
 from voxelhub.store.models import Instance, Series, Study
 
 
@@ -121,6 +124,41 @@ def test_the_same_upload_twice_stores_nothing_twice(
     assert count(database_url, Instance, uploader.archive_id) == 4
     [(_, interfaces)] = case_values(database_url, uploader.archive_id).items()
     assert sorted(interfaces) == ["series-1", "series-1-volume"]
+
+
+def test_an_enhanced_ct_sent_in_two_parts_becomes_one_volume(
+    client: TestClient, uploader: Uploader, runtime: Runtime, database_url: str, tmp_path: Path
+) -> None:
+    """Each upload converts what the series holds so far; the second reads the first
+    multi-frame instance back from the store."""
+    series = ct_phantom(slices=8, size=32)
+    upper, lower = enhanced(series[4:]), enhanced(series[:4])
+    lower.SeriesInstanceUID = upper.SeriesInstanceUID
+    for part, slices in [(upper, 4), (lower, 8)]:
+        files = {f"{part.SOPInstanceUID}.dcm": write_part10(part)}
+        report = upload(client, uploader.account, uploader.archive_id, files)
+        [series_report] = report["series"]
+        assert series_report["outcome"] == "converted", series_report
+        [(_, interfaces)] = case_values(database_url, uploader.archive_id).items()
+        image = read_image(runtime, interfaces[series_report["volume_interface"]], tmp_path)
+        assert image.GetSize() == (32, 32, slices)
+    assert image.GetSpacing() == pytest.approx((1.5, 1.5, 2.5))
+    assert image.GetOrigin() == pytest.approx((-24.0, -24.0, 0.0))
+    assert np.array_equal(SimpleITK.GetArrayFromImage(image), phantom_volume(8, 32))
+
+
+def test_an_enhanced_mr_of_several_time_points_is_stored_but_not_a_volume(
+    client: TestClient, uploader: Uploader
+) -> None:
+    image = enhanced(ct_phantom(slices=4, size=16), sop_class_uid=EnhancedMRImageStorage)
+    image.Modality = "MR"
+    for index, frame in enumerate(image.PerFrameFunctionalGroupsSequence):
+        frame.FrameContentSequence[0].TemporalPositionIndex = index // 2 + 1
+    report = upload(client, uploader.account, uploader.archive_id, {"mr.dcm": write_part10(image)})
+    assert report["counts"]["stored"] == 1
+    [series_report] = report["series"]
+    assert series_report["outcome"] == "failed"
+    assert "2 temporal positions (TemporalPositionIndex 1, 2)" in series_report["reason"]
 
 
 def _nifti(path: Path) -> SimpleITK.Image:

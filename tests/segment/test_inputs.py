@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import SimpleITK
 
+from tests.dicom.helpers import enhanced
 from tests.segment.conftest import image_of
+from voxelhub.dicom.header import write_part10
+from voxelhub.dicom.synthetic import ct_phantom, phantom_volume
 from voxelhub.segment import SegmentError
 from voxelhub.segment.geometry import coregister
 from voxelhub.segment.inputs import assign_roles, parse_spec, read_inputs
@@ -57,6 +60,27 @@ def test_a_dicom_series_folder_becomes_one_volume_in_slice_order(
     assert item.image.GetSpacing() == pytest.approx(ct.geometry.spacing)
     positions = [float(ds.ImagePositionPatient[2]) for ds in item.datasets]
     assert positions == sorted(positions)
+
+
+def test_an_enhanced_ct_becomes_one_volume_without_source_slices(tmp_path: Path) -> None:
+    series = ct_phantom(slices=5, size=16)
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    (folder / "image.dcm").write_bytes(write_part10(enhanced(series)))
+    (folder / "notes.txt").write_text("not DICOM")
+    (item,) = read_inputs([folder])
+    assert item.modality == "CT" and not item.is_dicom
+    assert item.describe().startswith(f"{folder} (CT 'Synthetic CT phantom")
+    assert np.array_equal(SimpleITK.GetArrayFromImage(item.image), phantom_volume(5, 16))
+    assert item.image.GetSpacing() == pytest.approx((1.5, 1.5, 2.5))
+
+
+def test_a_folder_of_cine_frames_is_refused(tmp_path: Path) -> None:
+    cine = ct_phantom(slices=1, size=8)[0]
+    cine.NumberOfFrames, cine.PixelData = 2, cine.PixelData * 2
+    (tmp_path / "cine.dcm").write_bytes(write_part10(cine))
+    with pytest.raises(SegmentError, match="no single-frame or Enhanced DICOM image series"):
+        read_inputs([tmp_path])
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])

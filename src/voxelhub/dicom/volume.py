@@ -1,8 +1,10 @@
-"""A series of single-frame slices as one 3D volume in real units, and its MHA file.
+"""A series of slices as one 3D volume in real units, and its MHA file.
 
-Slices are ordered by their position along the slice normal (the cross product of the
-ImageOrientationPatient cosines), not by InstanceNumber, and rescaled to real units
-(Hounsfield units for CT).
+The slices are the single-frame instances of the series, or the frames of its Enhanced
+(multi-frame) instances, placed by their functional groups (see `voxelhub.dicom.planes`).
+They are ordered by their position along the slice normal (the cross product of the
+ImageOrientationPatient cosines), not by InstanceNumber or frame number, and rescaled to
+real units (Hounsfield units for CT).
 
 >>> from voxelhub.dicom.synthetic import ct_phantom
 >>> volume, geometry = series_to_volume(ct_phantom(slices=3, size=16, slice_thickness_mm=2.5))
@@ -22,6 +24,7 @@ import SimpleITK
 from pydicom.dataset import Dataset
 
 from voxelhub.dicom.errors import DicomError
+from voxelhub.dicom.planes import Plane, image_planes, is_enhanced
 
 _TOLERANCE_MM = 1e-3
 _RELATIVE_GAP_TOLERANCE = 0.01
@@ -52,25 +55,40 @@ def series_to_volume(
     """
     if not datasets:
         raise DicomError("A volume needs at least one slice.", code="missing_attribute")
-    for ds in datasets:
-        _check_single_frame(ds)
-    row, column = _orientation(datasets)
+    planes = [plane for ds in datasets for plane in image_planes(ds)]
+    row, column = _orientation(planes)
     normal = np.cross(row, column)
-    positions = [_vector(ds, "ImagePositionPatient", 3) for ds in datasets]
-    order = np.argsort([float(np.dot(p, normal)) for p in positions], kind="stable")
-    ordered = [datasets[i] for i in order]
-    slice_spacing = _slice_spacing([float(np.dot(positions[i], normal)) for i in order], ordered)
-    row_spacing, column_spacing = _pixel_spacing(datasets)
-    _check_stacked([positions[i] for i in order], normal, pixel=min(row_spacing, column_spacing))
+    distances = [float(np.dot(plane.position, normal)) for plane in planes]
+    order = np.argsort(distances, kind="stable")
+    ordered = [planes[i] for i in order]
+    slice_spacing = _slice_spacing([distances[i] for i in order], ordered)
+    row_spacing, column_spacing = _pixel_spacing(planes)
+    positions = [np.array(plane.position) for plane in ordered]
+    _check_stacked(positions, normal, pixel=min(row_spacing, column_spacing))
     _check_size(datasets)
-    volume = np.stack([_rescaled(ds) for ds in ordered])
+    volume = _rescaled(ordered)
     direction = np.column_stack([row, column, normal]).ravel()
     geometry = Geometry(
         spacing=(column_spacing, row_spacing, slice_spacing),
-        origin=tuple(float(v) for v in positions[order[0]]),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
         direction=tuple(float(v) for v in direction),  # type: ignore[arg-type]
     )
     return _narrowed(volume), geometry
+
+
+def instances_in_slice_order(datasets: Sequence[Dataset]) -> tuple[Dataset, ...] | None:
+    """The instances in the order `series_to_volume` stacks them, when each is one slice.
+
+    None when an instance is an Enhanced image: its slices are frames, not instances.
+    Call it on a series `series_to_volume` accepted.
+    """
+    if any(is_enhanced(ds) for ds in datasets):
+        return None
+    planes = [image_planes(ds)[0] for ds in datasets]
+    row, column = _orientation(planes)
+    normal = np.cross(row, column)
+    order = np.argsort([float(np.dot(plane.position, normal)) for plane in planes], kind="stable")
+    return tuple(datasets[i] for i in order)
 
 
 def write_mha(
@@ -85,51 +103,26 @@ def write_mha(
     SimpleITK.WriteImage(image, str(path), useCompression=True)
 
 
-def _check_single_frame(ds: Dataset) -> None:
-    if int(ds.get("NumberOfFrames") or 1) != 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
-        raise DicomError(
-            "A volume is built from single-frame greyscale slices; "
-            f"{ds.get('SOPInstanceUID', 'a slice')} is multi-frame or colour.",
-            code="invalid_attribute",
-            attribute="NumberOfFrames",
-        )
-
-
-def _vector(ds: Dataset, keyword: str, length: int) -> npt.NDArray[np.float64]:
-    value = ds.get(keyword)
-    if value is None or len(value) != length:
-        raise DicomError(
-            f"{keyword} is missing or does not have {length} values; the slice cannot be "
-            "placed in the volume.",
-            code="missing_attribute",
-            attribute=keyword,
-        )
-    return np.array([float(v) for v in value], dtype=np.float64)
-
-
 def _orientation(
-    datasets: Sequence[Dataset],
+    planes: Sequence[Plane],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    cosines = [_vector(ds, "ImageOrientationPatient", 6) for ds in datasets]
-    first = cosines[0]
-    if any(not np.allclose(c, first, atol=_TOLERANCE_MM) for c in cosines[1:]):
+    first = np.array(planes[0].orientation)
+    if any(not np.allclose(p.orientation, first, atol=_TOLERANCE_MM) for p in planes[1:]):
         raise _inconsistent("ImageOrientationPatient", "orientation")
     row, column = first[:3], first[3:]
     return row / np.linalg.norm(row), column / np.linalg.norm(column)
 
 
-def _pixel_spacing(datasets: Sequence[Dataset]) -> tuple[float, float]:
-    spacings = [_vector(ds, "PixelSpacing", 2) for ds in datasets]
-    if any(not np.allclose(s, spacings[0], atol=_TOLERANCE_MM) for s in spacings[1:]):
+def _pixel_spacing(planes: Sequence[Plane]) -> tuple[float, float]:
+    first = planes[0].pixel_spacing
+    if any(not np.allclose(p.pixel_spacing, first, atol=_TOLERANCE_MM) for p in planes[1:]):
         raise _inconsistent("PixelSpacing", "pixel spacing")
-    return float(spacings[0][0]), float(spacings[0][1])
+    return first[0], first[1]
 
 
-def _slice_spacing(distances: list[float], ordered: Sequence[Dataset]) -> float:
+def _slice_spacing(distances: list[float], ordered: Sequence[Plane]) -> float:
     if len(distances) == 1:
-        return float(
-            ordered[0].get("SpacingBetweenSlices") or ordered[0].get("SliceThickness") or 1.0
-        )
+        return ordered[0].slice_spacing or 1.0
     gaps = np.diff(distances)
     mean = float(gaps.mean())
     if (
@@ -176,10 +169,19 @@ def _check_size(datasets: Sequence[Dataset]) -> None:
         raise _inconsistent("Rows", "size")
 
 
-def _rescaled(ds: Dataset) -> npt.NDArray[np.float64]:
-    slope = float(ds.get("RescaleSlope") or 1.0)
-    intercept = float(ds.get("RescaleIntercept") or 0.0)
-    return ds.pixel_array.astype(np.float64) * slope + intercept
+def _rescaled(ordered: Sequence[Plane]) -> npt.NDArray[np.float64]:
+    """The planes' pixels in real units; each instance's pixel data is decoded once."""
+    frames: dict[int, npt.NDArray[np.generic]] = {}
+    for plane in ordered:
+        ds = plane.dataset
+        if id(ds) not in frames:
+            frames[id(ds)] = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))
+    return np.stack(
+        [
+            frames[id(p.dataset)][p.frame_index].astype(np.float64) * p.slope + p.intercept
+            for p in ordered
+        ]
+    )
 
 
 def _narrowed(volume: npt.NDArray[np.float64]) -> npt.NDArray[np.int16] | npt.NDArray[np.float32]:

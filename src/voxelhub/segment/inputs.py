@@ -22,7 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.volume import series_to_volume
+from voxelhub.dicom.planes import is_enhanced
+from voxelhub.dicom.volume import instances_in_slice_order, series_to_volume
 from voxelhub.segment.errors import SegmentError
 from voxelhub.segment.model import ModelMetadata, normalized_modality
 
@@ -35,7 +36,8 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 class InputImage:
     """One input volume: its image, where it came from and, for DICOM, its source slices.
 
-    `datasets` are the series' instances in the image's slice order (empty for files).
+    `datasets` are the series' instances in the image's slice order (empty for files and
+    for Enhanced multi-frame images, whose slices are frames).
     """
 
     image: SimpleITK.Image
@@ -50,7 +52,8 @@ class InputImage:
         return bool(self.datasets)
 
     def describe(self) -> str:
-        what = f"{self.modality or '?'} {self.series_description!r}" if self.is_dicom else "file"
+        dicom = self.is_dicom or self.modality is not None  # Enhanced images keep no datasets
+        what = f"{self.modality or '?'} {self.series_description!r}" if dicom else "file"
         return f"{self.source} ({what})"
 
 
@@ -125,10 +128,12 @@ def read_dicom_folder(folder: Path) -> list[InputImage]:
         except (InvalidDicomError, OSError, ValueError):
             logger.debug("skipping %s: not DICOM", path)
             continue
-        if "PixelData" in ds and int(ds.get("NumberOfFrames") or 1) == 1:
+        if "PixelData" in ds and (int(ds.get("NumberOfFrames") or 1) == 1 or is_enhanced(ds)):
             groups[str(ds.get("SeriesInstanceUID", ""))].append(ds)
     if not groups:
-        raise SegmentError("holds no single-frame DICOM image series.", source=str(folder))
+        raise SegmentError(
+            "holds no single-frame or Enhanced DICOM image series.", source=str(folder)
+        )
     source = str(folder)
     return [_series_input(Path(source), datasets) for datasets in groups.values()]
 
@@ -149,16 +154,10 @@ def _series_input(folder: Path, datasets: list[Dataset]) -> InputImage:
         source=str(folder),
         modality=str(first.get("Modality", "")) or None,
         series_description=description,
-        datasets=tuple(_slice_order(datasets)),
+        # Slices of Enhanced images are frames, with no instance of their own for a SEG
+        # to reference: the volume is used as an image file would be.
+        datasets=instances_in_slice_order(datasets) or (),
     )
-
-
-def _slice_order(datasets: list[Dataset]) -> list[Dataset]:
-    """The datasets ordered along the slice normal, as `series_to_volume` orders them."""
-    cosines = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
-    normal = np.cross(cosines[:3], cosines[3:])
-    keys = [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets]
-    return [datasets[i] for i in np.argsort(keys, kind="stable")]
 
 
 def _with_role(item: InputImage, role: str) -> InputImage:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
-from pydicom.dataset import Dataset
-
 from voxelhub.algorithms.pipeline.errors import OperatorError
 from voxelhub.algorithms.pipeline.operator import Operator, PortValues
 from voxelhub.algorithms.pipeline.values import SeriesData, Volume
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.volume import series_to_volume
+from voxelhub.dicom.volume import instances_in_slice_order, series_to_volume
 
 
 class SeriesToVolume(Operator):
-    """Builds the (slice, row, column) volume of a single-frame series (HU for CT).
+    """Builds the (slice, row, column) volume of a series (HU for CT).
 
     The volume's `series` lists the datasets in slice order (by position along the slice
-    normal), so writers can reference the source instance of each slice.
+    normal), so writers can reference the source instance of each slice. A volume of
+    Enhanced (multi-frame) images has no source instance per slice, so no `series`.
     """
 
     input_ports = {"series": SeriesData}
@@ -30,16 +28,6 @@ class SeriesToVolume(Operator):
             raise OperatorError(
                 self.name, f"series {series.series_instance_uid} is not a volume: {err.message}"
             ) from err
-        ordered = SeriesData(series.series_instance_uid, _in_slice_order(series.datasets))
-        return {"volume": Volume(array, geometry, series=ordered)}
-
-
-def _in_slice_order(datasets: tuple[Dataset, ...]) -> tuple[Dataset, ...]:
-    """The datasets sorted as `series_to_volume` stacks them (it has checked the geometry)."""
-    cosines = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
-    normal = np.cross(cosines[:3], cosines[3:])
-    distances = [
-        float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets
-    ]
-    order = np.argsort(distances, kind="stable")
-    return tuple(datasets[i] for i in order)
+        ordered = instances_in_slice_order(series.datasets)
+        source = None if ordered is None else SeriesData(series.series_instance_uid, ordered)
+        return {"volume": Volume(array, geometry, series=source)}
