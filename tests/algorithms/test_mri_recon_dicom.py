@@ -14,7 +14,9 @@ import pytest
 import SimpleITK
 
 from tests.algorithms.test_mri_builtins import _run, _series
+from tests.recon.helpers import add_images
 from voxelhub.algorithms.builtins import InputError
+from voxelhub.algorithms.builtins import mri_reconstruction as recon_builtins
 from voxelhub.recon.image import fft2c
 from voxelhub.recon.io_fastmri import write_fastmri
 from voxelhub.recon.io_ismrmrd import write_ismrmrd
@@ -44,7 +46,7 @@ SUBJECT = {
 }
 
 
-def _point_source_kspace() -> KSpace:
+def _point_source_kspace(**more: object) -> KSpace:
     images = np.zeros((SLICES, 1, ROWS, COLS), np.complex64)
     for k in range(SLICES):
         images[k, 0, ROWS // 2 + DOT[0], COLS // 2 + DOT[1]] = 100.0 + k
@@ -59,13 +61,14 @@ def _point_source_kspace() -> KSpace:
         "field_strength_t": 1.5,
         "imaging_frequency_hz": 63_646_310,
         **SUBJECT,
+        **more,
     }
     sampling = equispaced_mask(COLS, 1, acs_lines=COLS)
     return KSpace(fft2c(images), sampling, header=header, source="oblique.h5")
 
 
-def _oblique_ismrmrd(path: Path) -> Path:
-    write_ismrmrd(path, _point_source_kspace())
+def _oblique_ismrmrd(path: Path, **more: object) -> Path:
+    write_ismrmrd(path, _point_source_kspace(**more))
     with h5py.File(path, "r+") as handle:
         records = handle["dataset/data"][()]
         heads = records["head"]
@@ -116,6 +119,77 @@ def test_acquisition_patient_and_study_attributes_come_from_the_header(tmp_path:
     assert (float(ds.EchoTime), float(ds.RepetitionTime)) == (25.0, 3000.0)
     assert float(ds.MagneticFieldStrength) == 1.5
     assert float(ds.ImagingFrequency) == pytest.approx(63.64631)
+    assert ds.SeriesDescription == "zero-filled reconstruction" and "EchoNumbers" not in ds
+
+
+def _by_series(output: Path) -> list[list[pydicom.Dataset]]:
+    """The output's instances, one list per series in order of SeriesNumber."""
+    found: dict[str, list[pydicom.Dataset]] = {}
+    for ds in _series(output):
+        found.setdefault(ds.SeriesInstanceUID, []).append(ds)
+    return sorted(found.values(), key=lambda series: int(series[0].SeriesNumber))
+
+
+def test_each_echo_is_a_series_of_its_own(tmp_path: Path) -> None:
+    raw = add_images(
+        _oblique_ismrmrd(tmp_path / "echoes.h5", echo_times_ms=[25.0, 50.0]),
+        "contrast",
+        scales=[0.5],
+    )
+    output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    echoes = _by_series(output)
+    assert len(echoes) == 2 and len({echo[0].SeriesNumber for echo in echoes}) == 2
+    for number, (echo, time) in enumerate(zip(echoes, (25.0, 50.0), strict=True), start=1):
+        assert [ds.InstanceNumber for ds in echo] == [1, 2, 3]
+        assert {(ds.EchoNumbers, float(ds.EchoTime)) for ds in echo} == {(number, time)}
+        assert {ds.SeriesDescription for ds in echo} == {
+            f"zero-filled reconstruction, echo {number}"
+        }
+        positions = {tuple(float(v) for v in ds.ImagePositionPatient) for ds in echo}
+        assert len(positions) == 3
+        assert {ds.StudyInstanceUID for ds in echo} == {SUBJECT["study_instance_uid"]}
+        peak = max(float(ds.pixel_array.max() * float(ds.RescaleSlope)) for ds in echo)
+        assert peak == pytest.approx((100.0 + 2) / number, rel=1e-3)
+    # A viewer reading a series gets one volume per echo, with the acquisition's spacing.
+    reader = SimpleITK.ImageSeriesReader()
+    for echo in echoes:
+        files = reader.GetGDCMSeriesFileNames(str(output / "images"), echo[0].SeriesInstanceUID)
+        reader.SetFileNames(files)
+        volume = reader.Execute()
+        assert volume.GetSize() == (COLS, ROWS, SLICES)
+        assert volume.GetSpacing()[2] == pytest.approx(GAP_MM, abs=1e-3)
+    again = _run("mri-recon-zero-filled", tmp_path / "again", {"kspace": raw})
+    assert _uids(again) == _uids(output)
+
+
+def test_repetitions_are_temporal_positions(tmp_path: Path) -> None:
+    raw = add_images(_oblique_ismrmrd(tmp_path / "dynamic.h5"), "repetition", scales=[2.0, 3.0])
+    frames = _by_series(_run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw}))
+    assert len(frames) == 3
+    for position, frame in enumerate(frames, start=1):
+        assert {ds.TemporalPositionIdentifier for ds in frame} == {position}
+        assert {ds.NumberOfTemporalPositions for ds in frame} == {3}
+        assert {(ds.EchoNumbers, float(ds.EchoTime)) for ds in frame} == {(1, 25.0)}
+        assert frame[0].SeriesDescription == f"zero-filled reconstruction, repetition {position}"
+        assert len({tuple(ds.ImagePositionPatient) for ds in frame}) == SLICES
+
+
+def test_the_outbox_gets_a_folder_per_echo(tmp_path: Path) -> None:
+    raw = add_images(_oblique_ismrmrd(tmp_path / "echoes.h5"), "contrast", scales=[0.5])
+    recon_builtins.configure(outbox=tmp_path / "outbox")
+    try:
+        output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    finally:
+        recon_builtins.configure(outbox=None)
+    uids = [echo[0].SeriesInstanceUID for echo in _by_series(output)]
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == sorted(uids)
+    for uid in uids:
+        assert len(list((tmp_path / "outbox" / uid).iterdir())) == SLICES
+    recorded = json.loads((output / "settings.json").read_text())["outbox"]
+    assert recorded == {
+        "delivered": True,
+        "folders": [str(tmp_path / "outbox" / uid) for uid in uids],
+    }
 
 
 def _uids(output: Path) -> dict[str, Any]:
@@ -123,6 +197,7 @@ def _uids(output: Path) -> dict[str, Any]:
     return {
         "study": series[0].StudyInstanceUID,
         "series": {ds.SeriesInstanceUID for ds in series},
+        "numbers": {ds.SeriesNumber for ds in series},
         "frame": {ds.FrameOfReferenceUID for ds in series},
         "instances": [ds.SOPInstanceUID for ds in series],
         "bytes": [p.read_bytes() for p in sorted((output / "images").iterdir())],
@@ -145,6 +220,7 @@ def test_the_same_settings_give_the_same_series_and_others_a_new_one(tmp_path: P
     )
     assert other["study"] == first["study"] and other["frame"] == first["frame"]
     assert other["series"].isdisjoint(first["series"])
+    assert other["numbers"].isdisjoint(first["numbers"])  # told apart in a study's list
     assert set(other["instances"]).isdisjoint(first["instances"])
     settings = json.loads((tmp_path / "a" / "output" / "settings.json").read_text())
     assert "seconds_per_slice" in settings

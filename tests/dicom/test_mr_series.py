@@ -118,6 +118,16 @@ def test_required_mr_attributes_are_present() -> None:
     assert float(ds.FlipAngle) == 90.0 and ds.PatientPosition == "HFS"
     bare = mr_series(_images(1), fov_mm=(200.0, 200.0, 5.0))[0]
     assert bare.EchoTime is None and "RepetitionTime" in bare and "PatientPosition" in bare
+    assert "EchoNumbers" not in bare and "TemporalPositionIdentifier" not in bare
+
+
+def test_an_echo_and_frame_of_a_multi_image_acquisition_is_written(tmp_path: Path) -> None:
+    context = MrContext(echo_time_ms=12.0, echo_number=2, temporal_position=(3, 5))
+    series = mr_series(_images(2), fov_mm=(200.0, 200.0, 5.0), context=context)
+    for name in _write(series, tmp_path / "series"):
+        ds = pydicom.dcmread(name)
+        assert (ds.EchoNumbers, float(ds.EchoTime)) == (2, 12.0)
+        assert (ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions) == (3, 5)
 
 
 @pytest.mark.parametrize(

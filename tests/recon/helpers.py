@@ -32,3 +32,20 @@ def edit_header(path: Path, old: str, new: str, *, dataset: str = "ismrmrd_heade
         assert old in text, f"{old!r} not in the header"
         del handle[dataset]
         handle.create_dataset(dataset, data=np.bytes_(text.replace(old, new).encode()))
+
+
+def add_images(path: Path, counter: str, *, scales: list[float]) -> Path:
+    """Append to an ISMRMRD file copies of its acquisitions with `counter` (contrast,
+    repetition, phase or set) 1, 2, ..., their data times `scales` (a later echo or frame,
+    another signal)."""
+    with h5py.File(path, "r+") as handle:
+        data = handle["dataset/data"]
+        records = data[()]
+        for number, scale in enumerate(scales, start=1):
+            more = records.copy()
+            more["head"]["idx"][counter] = number
+            for index in range(len(more)):
+                more[index]["data"] = more[index]["data"] * scale
+            data.resize((len(data) + len(more),))
+            data[len(data) - len(more) :] = more
+    return path

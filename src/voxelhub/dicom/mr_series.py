@@ -44,6 +44,9 @@ class MrContext:
 
     Given a `series_instance_uid`, the instances' UIDs follow from it, so the same images
     written again are the same objects; without one, every call makes a new series.
+    `echo_number` and `temporal_position` (this frame's TemporalPositionIdentifier and the
+    NumberOfTemporalPositions) say which echo and frame of an acquisition of several the
+    series holds.
     """
 
     patient_id: str = "UNKNOWN"
@@ -64,6 +67,8 @@ class MrContext:
     protocol: str = ""
     patient_position: str = ""
     echo_time_ms: float | None = None
+    echo_number: int | None = None
+    temporal_position: tuple[int, int] | None = None
     repetition_time_ms: float | None = None
     inversion_time_ms: float | None = None
     flip_angle_deg: float | None = None
@@ -215,6 +220,10 @@ def _mr(ds: Dataset, context: MrContext) -> None:
     ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "RM", "NONE", "2D"
     ds.ScanOptions, ds.EchoTrainLength = "", None
     _optional(ds, "EchoTime", context.echo_time_ms)
+    if context.echo_number is not None:
+        ds.EchoNumbers = context.echo_number
+    if context.temporal_position is not None:
+        ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = context.temporal_position
     _optional(ds, "RepetitionTime", context.repetition_time_ms)
     for keyword, value in (
         ("InversionTime", context.inversion_time_ms),

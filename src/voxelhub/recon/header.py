@@ -5,7 +5,9 @@ JSON-friendly keys: `encoded_matrix`, `recon_matrix` ([x, y, z]), `encoded_fov_m
 `recon_fov_mm` ([x, y, z] in mm), `pe_limits` ([minimum, maximum, center] of
 kspace_encoding_step_1), `trajectory`, and where the file says so `protocol_name`, `vendor`,
 `model`, `field_strength_t`, `repetition_time_ms`, `echo_time_ms`, `inversion_time_ms`,
-`flip_angle_deg`, `imaging_frequency_hz`, `patient_position`, `frame_of_reference_uid`, and
+`flip_angle_deg`, `imaging_frequency_hz`, `patient_position`, `frame_of_reference_uid`,
+`echo_times_ms` (one per contrast, where the file lists more than one TE; `echo_time_ms` is
+the first), and
 the subject and study: `patient_name`, `patient_id`, `patient_birth_date`, `patient_sex`,
 `study_instance_uid`, `study_date`, `study_time`, `study_id`, `accession_number`,
 `referring_physician_name`, `study_description` (ISMRMRD's text, e.g. dates as 2024-05-01).
@@ -119,6 +121,11 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
         value = _text(root, path)
         if value:
             header[key] = value if kind is str else _number(value, kind=kind, path=path)
+    # ISMRMRD lists one TE per contrast: a multi-echo file's echoes are told apart by them.
+    echoes = [node.text for node in root.findall(_path("sequenceParameters/TE")) if node.text]
+    if len(echoes) > 1:
+        path = "sequenceParameters/TE"
+        header["echo_times_ms"] = [_number(t.strip(), kind=float, path=path) for t in echoes]
     return header
 
 
@@ -135,6 +142,21 @@ def _sub(parent: ET.Element, path: str, text: object = None) -> ET.Element:
 def _put_triple(parent: ET.Element, path: str, values: list[Any]) -> None:
     for axis, value in zip("xyz", values, strict=True):
         _sub(parent, f"{path}/{axis}", value)
+
+
+def _put_sequence(root: ET.Element, header: dict[str, Any]) -> None:
+    sequence = _sub(root, "sequenceParameters")
+    for key, tag in (
+        ("repetition_time_ms", "TR"),
+        ("echo_time_ms", "TE"),
+        ("inversion_time_ms", "TI"),
+        ("flip_angle_deg", "flipAngle_deg"),
+    ):
+        if tag == "TE" and header.get("echo_times_ms"):
+            for value in header["echo_times_ms"]:
+                ET.SubElement(sequence, tag).text = str(value)
+        elif key in header:
+            _sub(sequence, tag, header[key])
 
 
 def format_header(header: dict[str, Any], *, coils: int = 1, slices: int = 1) -> str:
@@ -172,15 +194,7 @@ def format_header(header: dict[str, Any], *, coils: int = 1, slices: int = 1) ->
     for name, value in zip(("minimum", "maximum", "center"), (0, slices - 1, 0), strict=True):
         _sub(encoding, f"encodingLimits/slice/{name}", value)
     _sub(encoding, "trajectory", header.get("trajectory", "cartesian"))
-    sequence = _sub(root, "sequenceParameters")
-    for key, tag in (
-        ("repetition_time_ms", "TR"),
-        ("echo_time_ms", "TE"),
-        ("inversion_time_ms", "TI"),
-        ("flip_angle_deg", "flipAngle_deg"),
-    ):
-        if key in header:
-            _sub(sequence, tag, header[key])
+    _put_sequence(root, header)
     return '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode")
 
 

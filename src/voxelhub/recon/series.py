@@ -6,6 +6,11 @@ else ones derived from the raw file's SHA-256, so every reconstruction of one ra
 in one study. The series UID is derived from the raw file, the method, its settings and the
 images, so running the same reconstruction again stores nothing new, and other settings
 make another series of that study.
+
+A raw file of several contrasts (echoes), cardiac phases, repetitions or sets (the header's
+`images`) gives one series per combination, so that no two images of a series share a
+position: each with its EchoNumbers and EchoTime, its TemporalPositionIdentifier for a
+repetition, and the combination named in its SeriesDescription ("raki reconstruction, echo 2").
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +33,19 @@ logger = logging.getLogger(__name__)
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _SEX = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
 _POSITIONS = {"HFS", "HFP", "HFDR", "HFDL", "FFS", "FFP", "FFDR", "FFDL"}
+# The ISMRMRD counters that set a file's images apart besides the slice, in the reader's
+# order (outermost first), and how a series description names them (numbered from 1).
+_COUNTERS = {"set": "set", "repetition": "repetition", "phase": "phase", "contrast": "echo"}
+
+
+@dataclass(frozen=True)
+class SeriesPart:
+    """The images (slices x rows x columns) of one MR series of a reconstruction, where they
+    lie and what they are."""
+
+    images: FloatArray
+    geometry: SliceGeometry | None
+    context: MrContext
 
 
 def _uid(*parts: str) -> str:
@@ -112,6 +131,7 @@ def series_context(
     pixels = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     frequency = header.get("imaging_frequency_hz")
     position = str(header.get("patient_position") or "").upper()
+    series_uid = _uid("voxelhub-series", raw["sha256"], settings, pixels)
     return MrContext(
         patient_id=str(header.get("patient_id") or "UNKNOWN")[:64],
         patient_name=str(header.get("patient_name") or "Unknown^Patient")[:64],
@@ -119,7 +139,7 @@ def series_context(
         patient_sex=_SEX.get(str(header.get("patient_sex") or "").upper(), ""),
         study_instance_uid=_given_uid(header, "study_instance_uid")
         or _uid("voxelhub-study", raw["sha256"]),
-        series_instance_uid=_uid("voxelhub-series", raw["sha256"], settings, pixels),
+        series_instance_uid=series_uid,
         frame_of_reference_uid=_given_uid(header, "frame_of_reference_uid")
         or _uid("voxelhub-frame", raw["sha256"]),
         study_date=_date(header.get("study_date")),
@@ -129,6 +149,7 @@ def series_context(
         referring_physician_name=str(header.get("referring_physician_name") or "")[:64],
         study_description=str(header.get("study_description") or "MRI reconstruction")[:64],
         series_description=f"{method} reconstruction"[:64],
+        series_number=_series_number(series_uid),
         protocol=str(header.get("protocol_name") or ""),
         patient_position=position if position in _POSITIONS else "",
         echo_time_ms=header.get("echo_time_ms"),
@@ -141,3 +162,69 @@ def series_context(
         source=f"{raw['file']} sha256:{raw['sha256']}",
         settings=recorded,
     )
+
+
+def _series_number(series_uid: str) -> int:
+    # SeriesNumber must tell a study's series apart and stay the same on a rerun, without a
+    # registry to count in: each reconstruction takes the block of 100 numbers its identity
+    # (raw file, method, settings, images) hashes to, and its series (echoes, frames) count
+    # up inside it. Two reconstructions of a study clash only when their blocks do (1 in 9999).
+    digest = hashlib.sha256(series_uid.encode()).digest()
+    return 100 * (1 + int.from_bytes(digest[:8], "big") % 9999)
+
+
+def _combined(
+    context: MrContext, counters: dict[str, int], *, index: int, header: dict[str, Any]
+) -> MrContext:
+    """`context` for the series of one combination of counters (the `index`-th of the file)."""
+    images = header["images"]
+    varying = [name for name in _COUNTERS if len({image[name] for image in images}) > 1]
+    named = ", ".join(f"{_COUNTERS[name]} {counters[name] + 1}" for name in varying)
+    echo_times = header.get("echo_times_ms") or [header.get("echo_time_ms")]
+    contrast = counters["contrast"]
+    repetitions = sorted({image["repetition"] for image in images})
+    temporal = (repetitions.index(counters["repetition"]) + 1, len(repetitions))
+    return replace(
+        context,
+        series_instance_uid=_uid(
+            "voxelhub-series", str(context.series_instance_uid), json.dumps(counters)
+        ),
+        series_description=f"{context.series_description}, {named}"[:64],
+        series_number=context.series_number + index,
+        echo_number=contrast + 1,
+        echo_time_ms=echo_times[contrast] if contrast < len(echo_times) else None,
+        temporal_position=temporal if "repetition" in varying else None,
+    )
+
+
+def series_parts(
+    header: dict[str, Any],
+    images: FloatArray,
+    *,
+    recorded: dict[str, Any],
+    raw: dict[str, str],
+) -> list[SeriesPart]:
+    """The MR series a reconstruction's images make: one, or one per combination of
+    contrast, cardiac phase, repetition and set the raw file holds, each in the order of the
+    file's images. ReconError when the header's image list does not describe the images."""
+    context = series_context(header, images, recorded=recorded, raw=raw)
+    placed = geometry(header, slices=images.shape[0])
+    listed = header.get("images")
+    if not listed:
+        return [SeriesPart(images, placed, context)]
+    if len(listed) != len(images):
+        raise ReconError(
+            f"the header lists {len(listed)} images (ISMRMRD contrasts, phases, repetitions "
+            f"and sets) for {len(images)} reconstructed ones; reconstruct from the raw file"
+        )
+    keys = [tuple(int(image[name]) for name in _COUNTERS) for image in listed]
+    parts = []
+    for index, key in enumerate(dict.fromkeys(keys)):
+        chosen = [i for i, found in enumerate(keys) if found == key]
+        where = None
+        if placed is not None:
+            where = replace(placed, centres_mm=tuple(placed.centres_mm[i] for i in chosen))
+        counters = dict(zip(_COUNTERS, key, strict=True))
+        combined = _combined(context, counters, index=index, header=header)
+        parts.append(SeriesPart(images[chosen], where, combined))
+    return parts

@@ -1,5 +1,5 @@
 """`mri-recon-*`: raw multi-coil k-space (fastMRI, ISMRMRD or preprocessed HDF5) → a DICOM
-MR series.
+MR series (one per echo, repetition, cardiac phase and set of a file that holds several).
 
 One built-in per method (zero-filled, GRAPPA, RAKI, residual RAKI) with its default
 settings, so a trigger picks the method by the algorithm; and `mri-recon`, which takes the
@@ -7,7 +7,7 @@ method and its settings as a `parameters` JSON input, to reconstruct stored raw 
 with other settings. The method, its settings and the raw file (name and SHA-256) are
 recorded in every image (DerivationDescription, ImageComments) and as the `settings` output.
 They run on the `gpu` queue while a live worker serves it, else on `cpu`. When an outbox
-folder is configured (`configure`), each series is also written there.
+folder is configured (`configure`), each series is also written there, in a folder of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from voxelhub.algorithms.builtins.manifest import (
@@ -102,6 +103,26 @@ def _raw_link(path: Path, header: dict[str, Any]) -> dict[str, str]:
     return {"file": path.name, "sha256": sha256_of(path)}
 
 
+def _deliver(outbox: Path, datasets: list[Dataset], files: list[Path]) -> dict[str, Any]:
+    """Write each series to its outbox folder; what happened, to record: `folder` for one
+    series, `folders` for several."""
+    from voxelhub.recon.errors import ReconError
+    from voxelhub.recon.outbox import write_series
+
+    by_series: dict[str, list[Path]] = {}
+    for ds, path in zip(datasets, files, strict=True):
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(path)
+    # A failed delivery is recorded, not fatal: the series still go to the store.
+    try:
+        folders = [str(write_series(outbox, uid, paths)) for uid, paths in by_series.items()]
+    except ReconError as err:
+        logger.warning("outbox delivery failed: %s", err, exc_info=True)
+        return {"delivered": False, "error": str(err)}
+    if len(folders) == 1:
+        return {"delivered": True, "folder": folders[0]}
+    return {"delivered": True, "folders": folders}
+
+
 def reconstruct_to(
     input_dir: Path, output_dir: Path, *, method: str, settings: dict[str, Any]
 ) -> dict[str, Any]:
@@ -109,9 +130,8 @@ def reconstruct_to(
     settings JSON under `output_dir`; returns what was recorded."""
     from voxelhub.recon.errors import ReconError
     from voxelhub.recon.methods import reconstruct
-    from voxelhub.recon.outbox import write_series
     from voxelhub.recon.readers import read_kspace
-    from voxelhub.recon.series import fov_mm, geometry, series_context
+    from voxelhub.recon.series import fov_mm, series_parts
 
     path = input_path(input_dir, input_entry(read_manifest(input_dir), "kspace"))
     try:
@@ -131,12 +151,14 @@ def reconstruct_to(
     recorded = {**described, "seconds_per_slice": round(result.seconds_per_slice, 3)}
     header = kspace.header
     try:
-        datasets = mr_series(
-            result.images,
-            fov_mm=fov_mm(header, result.images.shape[1:]),
-            geometry=geometry(header, slices=result.images.shape[0]),
-            context=series_context(header, result.images, recorded=described, raw=raw),
-        )
+        fov = fov_mm(header, result.images.shape[1:])
+        datasets = [
+            ds
+            for part in series_parts(header, result.images, recorded=described, raw=raw)
+            for ds in mr_series(
+                part.images, fov_mm=fov, geometry=part.geometry, context=part.context
+            )
+        ]
     except (DicomError, ReconError) as err:
         raise InputError(f"the reconstruction cannot be stored as an MR series: {err}") from err
     folder = output_dir / "images"
@@ -146,13 +168,7 @@ def reconstruct_to(
         files.append(folder / f"{index + 1:04d}.dcm")
         dcmwrite(files[-1], ds, enforce_file_format=True)
     if OPTIONS.outbox is not None and datasets:
-        # A failed delivery is recorded, not fatal: the series still goes to the store.
-        try:
-            folder = write_series(OPTIONS.outbox, str(datasets[0].SeriesInstanceUID), files)
-            recorded["outbox"] = {"delivered": True, "folder": str(folder)}
-        except ReconError as err:
-            logger.warning("outbox delivery failed: %s", err, exc_info=True)
-            recorded["outbox"] = {"delivered": False, "error": str(err)}
+        recorded["outbox"] = _deliver(OPTIONS.outbox, datasets, files)
     (output_dir / "settings.json").write_text(json.dumps(recorded, default=str))
     return recorded
 
