@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -47,6 +48,7 @@ from voxelhub.store import ingest_guard
 from voxelhub.store.dimse import DimseConfig, DimseConfigError, DimseServer, start_dimse
 from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.journal import Segment, leftovers
+from voxelhub.store.dimse.receiver import StoreDUL
 from voxelhub.store.dimse.store_scp import JOURNAL_FOLDER
 from voxelhub.store.models import Instance, Series, Study
 
@@ -881,3 +883,81 @@ def test_a_dataset_of_another_sop_class_than_its_request_is_refused(
     assert "SOPClassUID of the dataset" in str(answer.ErrorComment)
     assert dimse.flush(timeout=60)
     assert stored_uids(runtime, dimse.archive_id) == []
+
+
+@pytest.mark.slow
+@needs_dcmtk
+def test_a_move_to_a_known_destination_that_is_down_is_no_unknown_destination(
+    dimse: DimseServer, series_files: list[Path], destination_port: int
+) -> None:
+    """An integrator tells "not configured" (0xA801) from "configured but not answering":
+    the latter fails with 0xA702 and a comment naming the destination and its address."""
+    store_series(dimse, series_files[:1])
+    first = dcmread(series_files[0], stop_before_pixels=True)
+    move = dcmtk("movescu", "-d", "-aec", AE_TITLE, "-S", "-aem", DESTINATION, "127.0.0.1",
+                 dimse.port, "-k", "QueryRetrieveLevel=STUDY",
+                 "-k", f"StudyInstanceUID={first.StudyInstanceUID}")  # fmt: skip
+    output = move.stdout + move.stderr
+    assert "MoveDestinationUnknown" not in output and "0xa801" not in output.lower(), output
+    assert "0xa702" in output.lower(), output[-3000:]
+    assert f"{DESTINATION} at 127.0.0.1:{destination_port} is not listening" in output, output
+    refusing = subprocess.Popen(
+        ["storescp", "--refuse", "-aet", DESTINATION, str(destination_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for_port(destination_port)
+        move = dcmtk("movescu", "-d", "-aec", AE_TITLE, "-S", "-aem", DESTINATION, "127.0.0.1",
+                     dimse.port, "-k", "QueryRetrieveLevel=STUDY",
+                     "-k", f"StudyInstanceUID={first.StudyInstanceUID}")  # fmt: skip
+    finally:
+        refusing.terminate()
+        refusing.wait(timeout=10)
+    output = move.stdout + move.stderr
+    assert "0xa702" in output.lower() and "refused the association" in output, output[-3000:]
+
+
+def test_a_c_cancel_ends_a_long_c_find_at_once(
+    dimse: DimseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C-CANCEL sent after the first matches ends the C-FIND with 0xFE00 while most
+    matches are still unsent, not after all of them (the peer is on a slow link: the
+    matches are found faster than they are sent)."""
+    studies = 300
+    ae = AE(ae_title="PACS1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = PATIENT.patient_id
+    query.StudyInstanceUID = ""
+    query.PatientName = ""
+    find_context = next(
+        cx.context_id for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+    )  # fmt: skip
+    statuses: list[int] = []
+    try:
+        for _ in range(studies):
+            (ds,) = ct_phantom(slices=1, size=8, patient=PATIENT)
+            assert assoc.send_c_store(ds).Status == 0x0000
+        assert dimse.flush(timeout=120)
+        send = StoreDUL._send
+
+        def slow_send(dul: StoreDUL, pdu: Any) -> None:
+            time.sleep(0.001)
+            send(dul, pdu)
+
+        monkeypatch.setattr(StoreDUL, "_send", slow_send)
+        for answer, _ in assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind, msg_id=7
+        ):
+            statuses.append(int(answer.Status))
+            if len(statuses) == 3:
+                assoc.send_c_cancel(7, find_context)
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0xFE00, f"{len(statuses)} responses, the last 0x{statuses[-1]:04X}"
+    assert len(statuses) < studies // 3

@@ -20,6 +20,7 @@ PENDING = 0xFF00
 PENDING_WITH_WARNING = 0xFF01  # optional keys were not supported for matching
 CANCELLED = 0xFE00
 OUT_OF_RESOURCES = 0xA700
+SUBOPERATIONS_IMPOSSIBLE = 0xA702  # C-GET/MOVE: out of resources, unable to perform sub-ops
 MOVE_DESTINATION_UNKNOWN = 0xA801
 DATASET_DOES_NOT_MATCH = 0xA900  # C-FIND: identifier does not match the SOP class
 CANNOT_UNDERSTAND = 0xC000  # C-FIND/GET/MOVE: unable to process

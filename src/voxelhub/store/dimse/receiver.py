@@ -264,10 +264,7 @@ class StoreDUL(DULServiceProvider):
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
+                self._poll()
             except Exception:
                 logger.error("the DICOM upper layer failed; aborting the association",
                              exc_info=True)  # fmt: skip
@@ -277,8 +274,35 @@ class StoreDUL(DULServiceProvider):
             if event is None:
                 pause = True
                 continue
-            self.state_machine.do_action(event)
+            # Every queued event is handled before the next local primitive is looked at:
+            # that look does not take the primitive off its queue, handling its event does.
+            while event is not None:
+                self.state_machine.do_action(event)
+                event = None if self._kill_thread else self._next_event()
             pause = False
+
+    def _poll(self) -> None:
+        """Queue the events of one pass: our next PDU to send and what the peer sent."""
+        if self._process_recv_primitive() and not self._may_read_while_sending():
+            return
+        if self._is_transport_event():
+            self._idle_timer.restart()
+
+    def _may_read_while_sending(self) -> bool:
+        """Whether to read what the peer sent in a pass that sends our next PDU.
+
+        pynetdicom reads only once everything queued is sent; a C-FIND with thousands of
+        matches would read the peer's C-CANCEL-RQ only after sending all of them. Reading
+        in the same pass is limited to data transfer with no C-STORE arriving here (whose
+        answer goes straight to the socket, not between the fragments of a queued message),
+        and to a peer that has sent something.
+        """
+        return (
+            self.state_machine.current_state == DATA_TRANSFER
+            and self._incoming is None
+            and isinstance(self.socket, AssociationSocket)
+            and self.socket.ready
+        )
 
     def _next_event(self) -> str | None:
         """The next event for pynetdicom's state machine, None if there is none; either

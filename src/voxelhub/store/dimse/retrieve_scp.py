@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_messages import C_MOVE_RSP
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
@@ -19,7 +20,9 @@ from voxelhub.store.dimse.common import (
     CANCELLED,
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
+    MOVE_DESTINATION_UNKNOWN,
     PENDING,
+    SUBOPERATIONS_IMPOSSIBLE,
     Peer,
     record,
     status,
@@ -90,14 +93,23 @@ class RetrieveService:
             yield address
             raise refused
         established: list[Collection[PresentationContext]] = []
+        connected: list[bool] = []
 
         def capture(sub: Event) -> None:
             established.append(sub.assoc.accepted_contexts)
 
-        options = {"contexts": _move_contexts(instances), "max_pdu": 0,
-                   "evt_handlers": [(evt.EVT_ESTABLISHED, capture)]}  # fmt: skip
-        yield (*address, options)
-        yield len(instances)
+        def opened(_: Event) -> None:
+            connected.append(True)
+
+        handlers = [(evt.EVT_ESTABLISHED, capture), (evt.EVT_CONN_OPEN, opened)]
+        options = {"contexts": _move_contexts(instances), "max_pdu": 0, "evt_handlers": handlers}
+        explain = _unreachable_answer(event, destination, address, connected)
+        event.assoc.bind(evt.EVT_DIMSE_SENT, explain)
+        try:
+            yield (*address, options)
+            yield len(instances)  # pynetdicom associates with the destination after this
+        finally:
+            event.assoc.unbind(evt.EVT_DIMSE_SENT, explain)
         accepted = accepted_syntaxes(established[0] if established else ())
         yield from self._send(event, instances, accepted)
 
@@ -137,6 +149,39 @@ class RetrieveService:
             logger.error("instance %s could not be rebuilt as %s", instance.sop_instance_uid,
                          syntax, exc_info=True)  # fmt: skip
             return unsendable(instance)
+
+
+def _unreachable_answer(
+    event: Event, destination: str, address: tuple[str, int], connected: list[bool]
+) -> Callable[[Event], None]:
+    """An EVT_DIMSE_SENT handler turning pynetdicom's answer to a failed destination
+    association into 0xA702 with a comment naming the destination.
+
+    pynetdicom answers 0xA801 (Move Destination unknown) both to an unknown destination and
+    to a configured one it cannot associate with, and gives the handler no say; a PACS must
+    tell "not configured" from "not answering". The response is rewritten after it was
+    built and before it is encoded, which is when pynetdicom reports it.
+    """
+    message_id = event.message_id
+
+    def explain(sent: Event) -> None:
+        command = sent.message.command_set
+        if (
+            not isinstance(sent.message, C_MOVE_RSP)
+            or command.MessageIDBeingRespondedTo != message_id
+            or command.Status != MOVE_DESTINATION_UNKNOWN
+        ):
+            return
+        host, port = address
+        why = "refused the association" if connected else "is not listening"
+        answer = status(SUBOPERATIONS_IMPOSSIBLE, f"{destination} at {host}:{port} {why}")
+        logger.warning("C-MOVE from %s: destination %s", Peer.of(event).calling_ae,
+                       answer.ErrorComment)  # fmt: skip
+        command.Status = answer.Status
+        command.ErrorComment = answer.ErrorComment
+        sent.message._set_command_group_length()
+
+    return explain
 
 
 def _move_contexts(instances: list[Instance]) -> list[PresentationContext]:
