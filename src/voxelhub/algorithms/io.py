@@ -276,22 +276,31 @@ def _collect_dicom(
         raise OutputError(f"the algorithm wrote no DICOM files under /output/{folder.name}/")
     ingest = Ingest(db, store, case.archive_id)
     stored = []
+    descriptions: dict[str, tuple[str, str]] = {}  # series UID → (modality, description)
     for path in files:
         try:
             split = split_part(_inside(folder.parent, path).read_bytes())
         except DicomError as err:
             raise OutputError(f"/output/{folder.name}/{path.name}: {err.message}") from err
         stored.append(ingest.add(split))
+        keys = split.keys
+        descriptions.setdefault(
+            keys.series_instance_uid, (str(keys.modality), keys.series_description)
+        )
     ingest.finish()
     series_uids = sorted({s.series_instance_uid for s in stored})
-    first = stored[0]
-    modality = str(split.keys.modality)
+    # The case value names one series (the first by UID) and counts only its instances;
+    # the job's output lists every series written (one per echo of an MR, say).
+    first_uid = series_uids[0]
+    modality, description = descriptions[first_uid]
     described = DicomSeriesValue(
-        study_instance_uid=first.study_instance_uid,
-        series_instance_uid=series_uids[0],
+        study_instance_uid=next(
+            s.study_instance_uid for s in stored if s.series_instance_uid == first_uid
+        ),
+        series_instance_uid=first_uid,
         modality=modality,
-        number_of_instances=len(stored),
-        series_description=split.keys.series_description,
+        number_of_instances=sum(s.series_instance_uid == first_uid for s in stored),
+        series_description=description,
     )
     row = values_service.set_series(db, store, case, target, as_stored(described))
     return {
