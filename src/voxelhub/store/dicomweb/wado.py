@@ -146,7 +146,10 @@ def rendering_attributes(store: ObjectStore, instance: Instance) -> dict[str, An
     if not held:
         return document
     header = parse_header(read_header(store, instance))
-    tables = Dataset({int(tag, 16): header[int(tag, 16)] for tag in held if int(tag, 16) in header})
+    tables = Dataset()
+    for tag in held:
+        if int(tag, 16) in header:
+            tables.add(header[int(tag, 16)])
     if header.original_encoding[1] is False:  # JSON's binary values are little endian
         swap_binary_values(tables)
     inline = {
