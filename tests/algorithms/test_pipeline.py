@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from tests.dicom.helpers import enhanced
+from tests.dicom.helpers import assert_same_volume, enhanced
 from voxelhub.algorithms.pipeline import (
     LabelVolume,
     Operator,
@@ -364,11 +364,7 @@ def test_series_writer_output_reads_back_as_a_consistent_series(tmp_path: Path) 
     assert [int(ds.InstanceNumber) for ds in series] == [1, 2, 3, 4, 5, 6]
     referenced = [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in series]
     assert referenced == [ds.SOPInstanceUID for ds in source]  # slice k from source slice k
-    again, again_geometry = series_to_volume(series)
-    assert np.array_equal(again, array)
-    assert again_geometry.spacing == pytest.approx(geometry.spacing)
-    assert again_geometry.origin == pytest.approx(geometry.origin)
-    assert again_geometry.direction == pytest.approx(geometry.direction)
+    assert_same_volume(series_to_volume(series), (array, geometry))
 
 
 def test_an_enhanced_image_becomes_a_volume_with_no_source_slices() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
@@ -19,6 +21,7 @@ from pydicom.uid import UID, generate_uid
 from voxelhub.dicom.byteorder import WORD_BYTES
 from voxelhub.dicom.header import write_part10
 from voxelhub.dicom.synthetic import ct_phantom
+from voxelhub.dicom.volume import Geometry
 
 # Pixel data and the tags that only describe its encapsulation are stored as frames.
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009, 0x7FE00001, 0x7FE00002})
@@ -172,3 +175,14 @@ def enhanced(series: list[Dataset], *, sop_class_uid: str | None = None) -> Data
     if sop_class_uid is not None:
         image.SOPClassUID = image.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     return dcmread(BytesIO(write_part10(image)))
+
+
+def assert_same_volume(
+    got: tuple[npt.NDArray[Any], Geometry], expected: tuple[npt.NDArray[Any], Geometry]
+) -> None:
+    """Two `series_to_volume` results hold the same voxels on the same grid."""
+    (volume, geometry), (expected_volume, expected_geometry) = got, expected
+    assert np.array_equal(volume, expected_volume)
+    assert geometry.origin == pytest.approx(expected_geometry.origin)
+    assert geometry.spacing == pytest.approx(expected_geometry.spacing)
+    assert geometry.direction == pytest.approx(expected_geometry.direction)
