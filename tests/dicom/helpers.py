@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pydicom.uid import UID, generate_uid
 
 from voxelhub.dicom.byteorder import WORD_BYTES
 from voxelhub.dicom.header import write_part10
-from voxelhub.dicom.synthetic import ct_phantom
+from voxelhub.dicom.synthetic import AIR, BONE, RESCALE_INTERCEPT, ct_phantom
 from voxelhub.dicom.volume import Geometry
 
 # Pixel data and the tags that only describe its encapsulation are stored as frames.
@@ -186,3 +187,48 @@ def assert_same_volume(
     assert geometry.origin == pytest.approx(expected_geometry.origin)
     assert geometry.spacing == pytest.approx(expected_geometry.spacing)
     assert geometry.direction == pytest.approx(expected_geometry.direction)
+
+
+def sampled_series(
+    inside: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.bool_]],
+    *,
+    orientation: Sequence[float],
+    positions: Sequence[Sequence[float]],
+    size: int,
+    spacing_mm: float,
+) -> list[Dataset]:
+    """A CT series whose slices sample an object given in patient space (LPS, mm).
+
+    `inside` takes points (..., 3) and says which lie in the object; each pixel holds
+    BONE HU where its centre does, AIR elsewhere. Slice k lies at `positions[k]` with the
+    row and column cosines of `orientation`, as a scanner with any gantry tilt places it.
+    """
+    series = ct_phantom(slices=len(positions), size=size, spacing_mm=spacing_mm)
+    row, column = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    rows, columns = np.mgrid[0:size, 0:size].astype(np.float64) * spacing_mm
+    for ds, position in zip(series, positions, strict=True):
+        points = np.asarray(position, float) + columns[..., None] * row + rows[..., None] * column
+        hu = np.where(inside(points), BONE, AIR)
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImagePositionPatient = [float(v) for v in position]
+        ds.PixelData = (hu - RESCALE_INTERCEPT).astype(np.uint16).tobytes()
+    return series
+
+
+def ball(
+    centre: Sequence[float], radius_mm: float
+) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.bool_]]:
+    """The points of a ball in patient space, for `sampled_series`."""
+
+    def inside(points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        return np.linalg.norm(points - np.asarray(centre, float), axis=-1) <= radius_mm
+
+    return inside
+
+
+def voxel_centres(volume: npt.NDArray[Any], geometry: Geometry) -> npt.NDArray[np.float64]:
+    """The patient-space centre (LPS, mm) of every voxel of a (slice, row, column) volume."""
+    k, i, j = np.indices(volume.shape).astype(np.float64)
+    index = np.stack([j, i, k], axis=-1) * np.asarray(geometry.spacing)
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    return np.asarray(geometry.origin) + index @ direction.T

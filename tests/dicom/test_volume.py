@@ -1,6 +1,7 @@
 """Series → volume: ordered by position along the normal, rescaled, written as MHA.
 
-Single-frame series, and Enhanced images whose frames are the slices."""
+Single-frame series, and Enhanced images whose frames are the slices; gantry-tilted series
+resampled so each voxel lies where its slice said."""
 
 from __future__ import annotations
 
@@ -20,10 +21,22 @@ from pydicom.uid import (
     LegacyConvertedEnhancedMRImageStorage,
 )
 
-from tests.dicom.helpers import assert_same_volume, enhanced
+from tests.dicom.helpers import (
+    assert_same_volume,
+    ball,
+    enhanced,
+    sampled_series,
+    voxel_centres,
+)
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.synthetic import RESCALE_INTERCEPT, ct_phantom, phantom_volume
-from voxelhub.dicom.volume import series_to_volume, write_mha
+from voxelhub.dicom.synthetic import AIR, BONE, RESCALE_INTERCEPT, ct_phantom, phantom_volume
+from voxelhub.dicom.volume import (
+    Geometry,
+    instances_in_slice_order,
+    series_to_volume,
+    series_volume,
+    write_mha,
+)
 
 
 def _shuffled(series: list[Dataset]) -> list[Dataset]:
@@ -126,19 +139,117 @@ def test_inconsistent_series_are_refused(change: object, attribute: str) -> None
     assert caught.value.attribute == attribute
 
 
-@pytest.mark.parametrize("as_enhanced", [False, True], ids=["slices", "enhanced"])
-def test_gantry_tilt_is_refused_not_placed_on_a_skewed_grid(as_enhanced: bool) -> None:
-    """Tilted slices are parallel and evenly spaced along their normal, but each is shifted
-    within its plane; a regular grid would misplace every slice after the first."""
-    series = ct_phantom(slices=5, size=8)
-    tilt = np.radians(15.0)
+# A ball 7 mm in radius, and slices of 32 x 32 one-millimetre pixels that cover it.
+_CENTRE, _RADIUS, _CORNER = (1.0, -2.0, 16.0), 7.0, (-16.0, -16.0, 0.0)
+
+
+def _tilted(degrees: float, *, about: str = "x", slices: int = 13) -> list[Dataset]:
+    """The ball as a gantry tilted by `degrees` images it: the table moves 2.5 mm along z
+    per slice while the slices are tilted about the x (or y) axis."""
+    cosine, sine = float(np.cos(np.radians(degrees))), float(np.sin(np.radians(degrees)))
+    orientation = [1, 0, 0, 0, cosine, sine] if about == "x" else [cosine, 0, sine, 0, 1, 0]
+    positions = [np.add(_CORNER, (0, 0, 2.5 * k)) for k in range(slices)]
+    return sampled_series(ball(_CENTRE, _RADIUS), orientation=orientation,
+                          positions=positions, size=32, spacing_mm=1.0)  # fmt: skip
+
+
+def _assert_holds_the_ball(volume: np.ndarray, geometry: Geometry) -> None:
+    """Every voxel whose centre lies clear of the ball's surface by more than the reach of
+    in-plane interpolation (a pixel diagonal) holds what lies at that point."""
+    distance = np.linalg.norm(voxel_centres(volume, geometry) - np.array(_CENTRE), axis=-1)
+    reach = np.sqrt(2) * 1.0
+    assert np.all(volume[distance < _RADIUS - reach] == BONE)
+    assert np.all(volume[distance > _RADIUS + reach] == AIR)
+    assert np.count_nonzero(volume[distance < _RADIUS - reach]) > 50
+
+
+@pytest.mark.parametrize(
+    ("degrees", "about"), [(20.0, "x"), (-20.0, "x"), (12.0, "y")],
+    ids=["20-about-x", "minus-20-about-x", "12-about-y"],
+)  # fmt: skip
+def test_gantry_tilted_series_is_resampled_so_each_voxel_lies_where_its_slice_said(
+    degrees: float, about: str, tmp_path: Path
+) -> None:
+    series = _tilted(degrees, about=about)
+    converted = series_volume(_shuffled(series))
+    volume, geometry = converted.voxels, converted.geometry
+    assert converted.gantry_tilt_degrees == pytest.approx(abs(degrees))
+    assert f"gantry tilt of {abs(degrees):.1f} degrees" in converted.notes[0]
+    # The slice orientation with the normal as third axis, spaced along the normal.
+    cosines = np.array(series[0].ImageOrientationPatient, float)
+    normal = np.cross(cosines[:3], cosines[3:])
+    expected = np.column_stack([cosines[:3], cosines[3:], normal]).ravel()
+    assert geometry.direction == pytest.approx(tuple(expected))
+    assert geometry.spacing == pytest.approx((1.0, 1.0, 2.5 * np.cos(np.radians(degrees))))
+    # Widened by the 12 slices' shifts of 2.5 mm * tan(tilt), rounded up to whole pixels.
+    widened = int(np.ceil(12 * 2.5 * abs(np.tan(np.radians(degrees)))))
+    assert volume.shape == ((13, 32 + widened, 32) if about == "x" else (13, 32, 32 + widened))
+    assert volume.dtype == np.int16
+    _assert_holds_the_ball(volume, geometry)
+    # The MHA places the ball's centre in a voxel of the ball.
+    write_mha(volume, geometry, tmp_path / "tilted.mha")
+    image = SimpleITK.ReadImage(str(tmp_path / "tilted.mha"))
+    assert image[image.TransformPhysicalPointToIndex(_CENTRE)] == BONE
+    # Its slices are not the instances' pixels any more: no writer may reference them.
+    assert instances_in_slice_order(series) is None
+
+
+def test_tilt_corrected_volume_matches_an_axial_acquisition_of_the_same_object() -> None:
+    """The ball's centre of mass, in patient space, is where an untilted scan puts it."""
+    axial = sampled_series(
+        ball(_CENTRE, _RADIUS), orientation=[1, 0, 0, 0, 1, 0],
+        positions=[np.add(_CORNER, (0, 0, 2.0 * k)) for k in range(16)],
+        size=32, spacing_mm=1.0,
+    )  # fmt: skip
+    centres = []
+    for series in (axial, _tilted(20.0)):
+        volume, geometry = series_to_volume(series)
+        centres.append(voxel_centres(volume, geometry)[volume == BONE].mean(axis=0))
+    assert np.allclose(centres[0], _CENTRE, atol=0.25)
+    assert np.linalg.norm(centres[1] - centres[0]) < 0.5
+
+
+def test_whole_pixel_shifts_copy_each_slice_exactly() -> None:
+    """Each slice one column right of the one before: slice k is copied k columns in, the
+    rest of its row is the series' minimum, and the first slice keeps its place."""
+    series = ct_phantom(slices=4, size=8, spacing_mm=1.5)
     for index, ds in enumerate(series):
-        ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
-        ds.ImagePositionPatient = [-6.0, -6.0, 2.5 * index]
+        ds.ImagePositionPatient = [-6.0 + 1.5 * index, -6.0, 2.5 * index]
+    original = phantom_volume(4, 8)
+    converted = series_volume(series)
+    volume = converted.voxels
+    assert converted.gantry_tilt_degrees == pytest.approx(np.degrees(np.arctan(1.5 / 2.5)))
+    assert volume.shape == (4, 8, 11)
+    for index in range(4):
+        assert np.array_equal(volume[index, :, index : index + 8], original[index])
+        assert np.all(np.delete(volume[index], range(index, index + 8), axis=1) == AIR)
+    assert converted.geometry.origin == pytest.approx((-6.0, -6.0, 0.0))
+
+
+@pytest.mark.parametrize("as_enhanced", [False, True], ids=["slices", "enhanced"])
+def test_enhanced_tilted_image_is_resampled_as_its_slices(as_enhanced: bool) -> None:
+    series = _tilted(15.0, slices=6)
+    got = series_volume([enhanced(series)] if as_enhanced else list(reversed(series)))
+    expected = series_volume(series)
+    assert_same_volume((got.voxels, got.geometry), (expected.voxels, expected.geometry))
+    assert got.gantry_tilt_degrees == pytest.approx(15.0)
+
+
+def test_in_plane_shifts_no_tilt_makes_are_refused() -> None:
+    """Parallel, evenly spaced slices, one of them shifted off the line of the others: no
+    gantry tilt does that, so no resampling would place it."""
+    series = _tilted(15.0, slices=6)
+    position = np.array(series[3].ImagePositionPatient, float)
+    series[3].ImagePositionPatient = [float(v) for v in np.add(position, (2.0, 0, 0))]
     with pytest.raises(DicomError) as caught:
-        series_to_volume([enhanced(series)] if as_enhanced else series)
+        series_to_volume(series)
     assert caught.value.attribute == "ImagePositionPatient"
-    assert "gantry tilt of 15.0 degrees" in caught.value.message
+    assert "not in proportion to their distance along the normal" in caught.value.message
+
+
+def test_untilted_series_is_not_resampled() -> None:
+    converted = series_volume(ct_phantom(slices=4, size=8))
+    assert converted.gantry_tilt_degrees is None and converted.notes == ()
 
 
 def test_positions_rounded_by_the_scanner_are_still_one_stack() -> None:

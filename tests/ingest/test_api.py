@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK
@@ -16,14 +17,14 @@ from fastapi.testclient import TestClient
 from pydicom.uid import EnhancedMRImageStorage
 from sqlalchemy import func, select
 
-from tests.dicom.helpers import enhanced
+from tests.dicom.helpers import ball, enhanced, sampled_series
 from tests.ingest.conftest import Uploader, dicom_files, shuffled_ct, zip_bytes
 from tests.ingest.helpers import by_outcome, complete, open_upload, put_chunks, upload
 from voxelhub.archives.models import Case, CaseValue
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
 from voxelhub.dicom.header import write_part10
-from voxelhub.dicom.synthetic import ct_phantom, phantom_volume
+from voxelhub.dicom.synthetic import AIR, BONE, ct_phantom, phantom_volume
 from voxelhub.store.models import Instance, Series, Study
 
 
@@ -415,3 +416,49 @@ def test_images_cut_short_are_rejected_and_not_stored(
     assert "truncated TIFF" in reasons["sub/cut.tif"][1]
     assert report["state"] == "failed"
     assert case_values(database_url, uploader.archive_id) == {}
+
+
+def test_a_gantry_tilted_ct_becomes_a_resampled_volume_and_the_report_says_so(
+    client: TestClient, uploader: Uploader, runtime: Runtime, database_url: str, tmp_path: Path
+) -> None:
+    """The slices are resampled within their planes: the MHA has the slice orientation and
+    the normal as its axes, and the ball the scanner imaged lies where it was."""
+    cosine, sine = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    series = sampled_series(
+        ball((1.0, -2.0, 16.0), 7.0), orientation=[1, 0, 0, 0, cosine, sine],
+        positions=[(-16.0, -16.0, 2.5 * k) for k in range(13)], size=32, spacing_mm=1.0,
+    )  # fmt: skip
+    report = upload(client, uploader.account, uploader.archive_id, dicom_files(series))
+    [series_report] = report["series"]
+    assert series_report["outcome"] == "converted", series_report
+    [warning] = series_report["warnings"]
+    assert "gantry tilt of 20.0 degrees" in warning
+    [(_, interfaces)] = case_values(database_url, uploader.archive_id).items()
+    image = read_image(runtime, interfaces[series_report["volume_interface"]], tmp_path)
+    assert image.GetSize() == (32, 43, 13)
+    assert image.GetDirection() == pytest.approx((1, 0, 0, 0, cosine, -sine, 0, sine, cosine))
+    assert image[image.TransformPhysicalPointToIndex((1.0, -2.0, 16.0))] == BONE
+    assert image[image.TransformPhysicalPointToIndex((1.0, -2.0, 25.0))] == AIR
+
+
+def test_a_nifti_whose_qform_and_sform_disagree_is_stored_as_its_sform_places_it(
+    client: TestClient, uploader: Uploader, runtime: Runtime, database_url: str, tmp_path: Path
+) -> None:
+    qform, sform = np.diag([1.0, 1.0, 2.0, 1.0]), np.diag([0.9, 1.1, 2.5, 1.0])
+    qform[:3, 3], sform[:3, 3] = (10.0, 20.0, 30.0), (-5.0, -6.0, -7.0)
+    nifti = nibabel.Nifti1Image(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), None)
+    nifti.set_qform(qform, code=1)
+    nifti.set_sform(sform, code=2)
+    nibabel.save(nifti, tmp_path / "t1.nii.gz")
+    report = upload(client, uploader.account, uploader.archive_id,
+                    {"sub-01/t1.nii.gz": (tmp_path / "t1.nii.gz").read_bytes()})  # fmt: skip
+    [entry] = report["files"]
+    assert entry["outcome"] == "stored", entry
+    [warning] = entry["warnings"]
+    assert "the sform (code 2, aligned) and the qform (code 1, scanner)" in warning
+    value = case_values(database_url, uploader.archive_id)["sub-01/t1"]["image"]
+    (tmp_path / "back").mkdir()
+    back = read_image(runtime, value, tmp_path / "back")
+    assert back.GetSpacing() == pytest.approx((0.9, 1.1, 2.5))
+    assert back.GetOrigin() == pytest.approx((5.0, 6.0, -7.0))  # the sform's, in LPS
+    assert back.GetDirection() == pytest.approx((-1, 0, 0, 0, -1, 0, 0, 0, 1))

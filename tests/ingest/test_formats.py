@@ -190,3 +190,127 @@ def test_nifti2_is_refused_with_a_reason_a_person_can_act_on(name: str, tmp_path
     found = recognise(tmp_path / name)
     assert (found.format, found.ok) == ("nifti", False)
     assert "save the image as NIfTI-1" in found.reason
+
+
+def _placed_by_us(path: Path) -> tuple[SimpleITK.Image, dict[str, object]]:
+    found = recognise(path)
+    assert (found.format, found.ok) == ("nifti", True), found.reason
+    return nifti.place(SimpleITK.ReadImage(str(path)), found.details), dict(found.details)
+
+
+def _assert_placed_as(image: SimpleITK.Image, affine: np.ndarray) -> None:
+    """Every corner voxel (and one inside) lies where the RAS `affine` puts it."""
+    size = image.GetSize()[:3]
+    corners = [(i, j, k) for i in (0, size[0] - 1) for j in (0, size[1] - 1)
+               for k in (0, size[2] - 1)] + [(1, 2, 3)]  # fmt: skip
+    for index in corners:
+        lps = image.TransformIndexToPhysicalPoint((*index, *[0] * (image.GetDimension() - 3)))
+        ras = nibabel.affines.apply_affine(affine, index)
+        assert np.allclose(np.multiply(lps[:3], (-1, -1, 1)), ras, atol=1e-3), index
+
+
+def _nifti_with(
+    path: Path,
+    *,
+    qform: np.ndarray | None,
+    sform: np.ndarray | None,
+    sform_code: int = 1,
+    shape: tuple[int, ...] = (4, 5, 6),
+) -> Path:
+    """A NIfTI-1 file written by nibabel with the given transforms (code 0 where None)."""
+    image = nibabel.Nifti1Image(np.arange(np.prod(shape), dtype=np.int16).reshape(shape), None)
+    image.set_qform(qform, code=0 if qform is None else 1)
+    image.set_sform(sform, code=0 if sform is None else sform_code)
+    nibabel.save(image, path)
+    return path
+
+
+def _rotated(degrees: float, zooms: tuple[float, ...], offset: tuple[float, ...]) -> np.ndarray:
+    """A RAS affine: a rotation about z, voxel sizes and an offset."""
+    cosine, sine = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[cosine, -sine, 0], [sine, cosine, 0], [0, 0, 1]]) @ np.diag(zooms)
+    affine[:3, 3] = offset
+    return affine
+
+
+QFORM = _rotated(10.0, (1.0, 1.0, 2.0), (10.0, 20.0, 30.0))
+SFORM = _rotated(-25.0, (0.9, 1.1, 2.5), (-5.0, -6.0, -7.0))
+
+
+@pytest.mark.parametrize("sform_code", [1, 2, 4], ids=["scanner", "aligned", "mni"])
+@pytest.mark.parametrize("name", ["t1.nii", "t1.nii.gz"])
+def test_a_nifti_whose_sform_and_qform_disagree_is_placed_by_its_sform_with_a_warning(
+    sform_code: int, name: str, tmp_path: Path
+) -> None:
+    """As nibabel and FSL place it; ITK alone would take the qform for codes 2 and 4, and
+    the sform's direction with the qform's voxel sizes for code 1."""
+    path = _nifti_with(tmp_path / name, qform=QFORM, sform=SFORM, sform_code=sform_code)
+    image, details = _placed_by_us(path)
+    _assert_placed_as(image, nibabel.load(path).affine)
+    assert details["transform"] == "sform"
+    assert image.GetSpacing() == pytest.approx((0.9, 1.1, 2.5))
+    assert details["spacing"] == pytest.approx([0.9, 1.1, 2.5])
+    [warning] = details["warnings"]  # type: ignore[misc]
+    assert f"the sform (code {sform_code}" in warning and "the qform (code 1" in warning
+    assert "the sform was used" in warning
+
+
+@pytest.mark.parametrize(
+    ("qform", "sform", "transform"),
+    [(QFORM, None, "qform"), (None, SFORM, "sform"), (SFORM, SFORM, "sform"),
+     (np.diag([-0.8, 1.2, 3.0, 1.0]), np.diag([-0.8, 1.2, 3.0, 1.0]), "sform")],
+    ids=["qform-only", "sform-only", "both-agree", "both-agree-flipped"],
+)  # fmt: skip
+def test_a_nifti_placed_by_one_transform_or_two_that_agree_has_no_warning(
+    qform: np.ndarray | None, sform: np.ndarray | None, transform: str, tmp_path: Path
+) -> None:
+    path = _nifti_with(tmp_path / "t1.nii", qform=qform, sform=sform)
+    image, details = _placed_by_us(path)
+    _assert_placed_as(image, nibabel.load(path).affine)
+    assert (details["transform"], details["warnings"]) == (transform, [])
+    # What ITK reads, where it reads one transform the way nibabel does.
+    itk = SimpleITK.ReadImage(str(path))
+    assert itk.GetOrigin() == pytest.approx(image.GetOrigin(), abs=1e-4)
+    assert itk.GetDirection() == pytest.approx(image.GetDirection(), abs=1e-5)
+
+
+def test_a_nifti_with_a_sheared_sform_is_placed_by_its_qform_or_refused(tmp_path: Path) -> None:
+    sheared = SFORM.copy()
+    sheared[0, 1] += 0.4
+    path = _nifti_with(tmp_path / "with-qform.nii", qform=QFORM, sform=sheared)
+    image, details = _placed_by_us(path)
+    _assert_placed_as(image, QFORM)
+    assert details["transform"] == "qform"
+    [warning] = details["warnings"]  # type: ignore[misc]
+    assert "has shear" in warning and "the qform was used instead" in warning
+    found = recognise(_nifti_with(tmp_path / "alone.nii", qform=None, sform=sheared))
+    assert (found.format, found.ok) == ("nifti", False)
+    assert "has shear" in found.reason and "no usable qform to use instead" in found.reason
+
+
+def test_a_nifti_with_neither_transform_is_placed_as_itk_reads_it_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    path = _nifti_with(tmp_path / "bare.nii", qform=None, sform=None)
+    image, details = _placed_by_us(path)
+    itk = SimpleITK.ReadImage(str(path))
+    assert (image.GetOrigin(), image.GetDirection()) == (itk.GetOrigin(), itk.GetDirection())
+    assert details["transform"] == "none"
+    assert "neither a qform nor an sform" in details["warnings"][0]  # type: ignore[index]
+
+
+def test_a_4d_nifti_keeps_its_fourth_axis_and_a_big_endian_header_is_read(
+    tmp_path: Path,
+) -> None:
+    path = _nifti_with(tmp_path / "bold.nii", qform=QFORM, sform=SFORM, shape=(4, 5, 6, 3))
+    image, details = _placed_by_us(path)
+    assert image.GetDimension() == 4 and image.GetSize() == (4, 5, 6, 3)
+    _assert_placed_as(image, SFORM)
+    assert np.array(image.GetDirection()).reshape(4, 4)[3].tolist() == [0, 0, 0, 1]
+    original = nibabel.load(tmp_path / "bold.nii")
+    swapped = nibabel.Nifti1Image(np.asarray(original.dataobj), None,
+                                  original.header.as_byteswapped(">"))  # fmt: skip
+    nibabel.save(swapped, tmp_path / "big.nii")
+    assert (tmp_path / "big.nii").read_bytes()[:4] == struct.pack(">i", 348)
+    assert recognise(tmp_path / "big.nii").details["warnings"] == details["warnings"]

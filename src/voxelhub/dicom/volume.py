@@ -4,7 +4,9 @@ The slices are the single-frame instances of the series, or the frames of its En
 (multi-frame) instances, placed by their functional groups (see `voxelhub.dicom.planes`).
 They are ordered by their position along the slice normal (the cross product of the
 ImageOrientationPatient cosines), not by InstanceNumber or frame number, and rescaled to
-real units (Hounsfield units for CT).
+real units (Hounsfield units for CT). The volume's axes are the row and column cosines
+and the normal; the slices of a gantry-tilted series, shifted within their planes, are
+resampled onto that grid (see `voxelhub.dicom.tilt`).
 
 >>> from voxelhub.dicom.synthetic import ct_phantom
 >>> volume, geometry = series_to_volume(ct_phantom(slices=3, size=16, slice_thickness_mm=2.5))
@@ -25,6 +27,7 @@ from pydicom.dataset import Dataset
 
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.planes import Plane, image_planes, is_enhanced
+from voxelhub.dicom.tilt import Tilt, measure_tilt, untilt
 
 _TOLERANCE_MM = 1e-3
 _RELATIVE_GAP_TOLERANCE = 0.01
@@ -45,13 +48,49 @@ class Geometry:
     direction: tuple[float, float, float, float, float, float, float, float, float]
 
 
+@dataclass(frozen=True)
+class SeriesVolume:
+    """A series as a volume: its voxels, its geometry and what the conversion changed.
+
+    `gantry_tilt_degrees` is set when the slices were resampled within their planes to
+    correct a gantry tilt (see `voxelhub.dicom.tilt`); `notes` says so in words, for the
+    report of whoever asked for the volume.
+    """
+
+    voxels: npt.NDArray[np.int16] | npt.NDArray[np.float32]
+    geometry: Geometry
+    gantry_tilt_degrees: float | None = None
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        if self.gantry_tilt_degrees is None:
+            return ()
+        return (
+            f"the slices were resampled to correct a gantry tilt of "
+            f"{self.gantry_tilt_degrees:.1f} degrees: each was shifted within its plane (linear "
+            "interpolation, the image widened to keep every pixel, the series' minimum "
+            "outside the slices), so the volume's axes are the slice orientation and normal",
+        )
+
+
 def series_to_volume(
     datasets: Sequence[Dataset],
 ) -> tuple[npt.NDArray[np.int16] | npt.NDArray[np.float32], Geometry]:
     """The (slice, row, column) volume of a series in real units, and its geometry.
 
     The volume is int16 when every rescaled value is a whole number in int16's range
-    (CT in HU), else float32.
+    (CT in HU), else float32. A gantry-tilted series is resampled (see `series_volume`).
+    """
+    converted = series_volume(datasets)
+    return converted.voxels, converted.geometry
+
+
+def series_volume(datasets: Sequence[Dataset]) -> SeriesVolume:
+    """The volume of a series, as `series_to_volume`, with what the conversion changed.
+
+    Slices of a gantry-tilted series are resampled within their planes so that each voxel
+    lies where its slice said; slices that are not parallel, not evenly spaced along
+    their normal or shifted in a way no tilt makes are refused.
     """
     if not datasets:
         raise DicomError("A volume needs at least one slice.", code="missing_attribute")
@@ -64,23 +103,31 @@ def series_to_volume(
     slice_spacing = _slice_spacing([distances[i] for i in order], ordered)
     row_spacing, column_spacing = _pixel_spacing(planes)
     positions = [np.array(plane.position) for plane in ordered]
-    _check_stacked(positions, normal, pixel=min(row_spacing, column_spacing))
+    tilt = _tilt(positions, row, column, normal, pixel=min(row_spacing, column_spacing))
     _check_size(datasets)
     volume = _rescaled(ordered)
+    origin = positions[0]
+    if tilt is not None:
+        volume, origin = _untilted(
+            volume, tilt, origin=origin, axes=(row, column), spacing=(row_spacing, column_spacing)
+        )
     direction = np.column_stack([row, column, normal]).ravel()
     geometry = Geometry(
         spacing=(column_spacing, row_spacing, slice_spacing),
-        origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
         direction=tuple(float(v) for v in direction),  # type: ignore[arg-type]
     )
-    return _narrowed(volume), geometry
+    return SeriesVolume(
+        _narrowed(volume), geometry, gantry_tilt_degrees=None if tilt is None else tilt.degrees
+    )
 
 
 def instances_in_slice_order(datasets: Sequence[Dataset]) -> tuple[Dataset, ...] | None:
     """The instances in the order `series_to_volume` stacks them, when each is one slice.
 
-    None when an instance is an Enhanced image: its slices are frames, not instances.
-    Call it on a series `series_to_volume` accepted.
+    None when an instance is an Enhanced image (its slices are frames, not instances), or
+    when the slices were resampled for a gantry tilt (a slice of the volume is no longer
+    the pixels of its instance). Call it on a series `series_to_volume` accepted.
     """
     if any(is_enhanced(ds) for ds in datasets):
         return None
@@ -88,6 +135,9 @@ def instances_in_slice_order(datasets: Sequence[Dataset]) -> tuple[Dataset, ...]
     row, column = _orientation(planes)
     normal = np.cross(row, column)
     order = np.argsort([float(np.dot(plane.position, normal)) for plane in planes], kind="stable")
+    positions = [np.array(planes[i].position) for i in order]
+    if _tilt(positions, row, column, normal, pixel=min(_pixel_spacing(planes))) is not None:
+        return None
     return tuple(datasets[i] for i in order)
 
 
@@ -138,29 +188,44 @@ def _slice_spacing(distances: list[float], ordered: Sequence[Plane]) -> float:
     return mean
 
 
-def _check_stacked(
-    positions: Sequence[npt.NDArray[np.float64]], normal: npt.NDArray[np.float64], *, pixel: float
-) -> None:
-    """Refuse slices whose corners do not lie on one line along the normal.
+def _tilt(
+    positions: Sequence[npt.NDArray[np.float64]],
+    row: npt.NDArray[np.float64],
+    column: npt.NDArray[np.float64],
+    normal: npt.NDArray[np.float64],
+    *,
+    pixel: float,
+) -> Tilt | None:
+    """The gantry tilt of the slices, or None when their corners lie on one line along the
+    normal (within a tenth of a pixel: scanners round the positions)."""
+    tolerance = max(_TOLERANCE_MM, _IN_PLANE_TOLERANCE * pixel)
+    return measure_tilt(positions, row, column, normal, tolerance_mm=tolerance)
 
-    With a gantry tilt each slice is shifted within its plane from the one before; a
-    regular grid (what an MHA holds) would put every slice after the first in the wrong
-    place, by more the further it is.
+
+def _untilted(
+    volume: npt.NDArray[np.float64],
+    tilt: Tilt,
+    *,
+    origin: npt.NDArray[np.float64],
+    axes: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    spacing: tuple[float, float],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The slices resampled onto one grid, filled with the series' minimum (as dcm2niix
+    fills with the darkest value), and the grid's origin.
+
+    `axes` are the row and column cosines, `spacing` the PixelSpacing (between rows,
+    between columns).
     """
-    steps = [p - positions[0] for p in positions]
-    shifts = [float(np.linalg.norm(d - np.dot(d, normal) * normal)) for d in steps]
-    if max(shifts) <= max(_TOLERANCE_MM, _IN_PLANE_TOLERANCE * pixel):
-        return
-    along = abs(float(np.dot(steps[-1], normal)))
-    angle = float(np.degrees(np.arctan2(shifts[-1], along)))
-    raise DicomError(
-        "The slices are shifted within their plane from one to the next (by up to "
-        f"{max(shifts):.2f} mm, as with a gantry tilt of {angle:.1f} degrees); a volume on a "
-        "regular grid would misplace them. Correct the tilt (for example with dcm2niix) "
-        "or send the slices of one stack as their own series.",
-        code="invalid_attribute",
-        attribute="ImagePositionPatient",
-    )
+    row, column = axes
+    row_spacing, column_spacing = spacing
+    untilted = untilt(volume, tilt, pixel_spacing=spacing, fill=float(volume.min()))
+    voxels = untilted.voxels
+    if np.array_equal(volume, np.round(volume)):
+        # Interpolated HU stay whole numbers (16-bit), as dcm2niix keeps them.
+        voxels = np.round(voxels)
+    rows_before, columns_before = untilted.padding
+    shift = columns_before * column_spacing * row + rows_before * row_spacing * column
+    return voxels, origin - shift
 
 
 def _check_size(datasets: Sequence[Dataset]) -> None:

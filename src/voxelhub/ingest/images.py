@@ -2,7 +2,8 @@
 
 Each image becomes the `image` value of a case titled by its path without the extension
 (`sub-01/T1w.nii.gz` → case `sub-01/T1w`). NIfTI, NRRD and .mhd+data become one
-compressed .mha (what the ML side reads); .mha and TIFF are kept as they came. The same
+compressed .mha (what the ML side reads), a NIfTI placed by the transform its header
+check chose (`formats.nifti`); .mha and TIFF are kept as they came. The same
 image sent again is reported as a duplicate and not stored twice.
 """
 
@@ -26,6 +27,7 @@ from voxelhub.core.objects import ObjectStore
 from voxelhub.ingest import cases
 from voxelhub.ingest.errors import IngestError
 from voxelhub.ingest.extract import Member
+from voxelhub.ingest.formats import nifti
 from voxelhub.ingest.formats.base import Recognition
 from voxelhub.ingest.formats.itk import with_suffix
 from voxelhub.ingest.schemas import FileReport
@@ -91,6 +93,8 @@ def _as_stored_file(member: Member, recognition: Recognition, workdir: Path) -> 
     if recognition.format == "tiff":
         return member.local, _TIFF_TYPE
     image = _read_image(member.local, recognition)
+    if recognition.format == "nifti":
+        image = nifti.place(image, recognition.details)
     if recognition.format == "metaimage" and "data_file" not in recognition.details:
         return member.local, _MHA_TYPE
     # NIfTI/NRRD header fields MHA cannot hold would only print warnings.
@@ -196,7 +200,12 @@ def store_image(
     workdir: Path,
 ) -> FileReport:
     """Store one recognised, valid research image as the `image` value of its case."""
-    base = FileReport(path=member.path, format=recognition.format, outcome="stored")
+    base = FileReport(
+        path=member.path,
+        format=recognition.format,
+        outcome="stored",
+        warnings=list(recognition.details.get("warnings", ())),
+    )
     try:
         source, content_type = _as_stored_file(member, recognition, workdir)
         return _put_once(

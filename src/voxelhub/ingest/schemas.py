@@ -40,7 +40,11 @@ class UploadOut(Frozen):
 
 
 class FileReport(Frozen):
-    """What became of one file (or one entry of an uploaded zip or tar)."""
+    """What became of one file (or one entry of an uploaded zip or tar).
+
+    `warnings` are what a person should know about a file that was used, e.g. which of a
+    NIfTI header's two disagreeing transforms placed the image.
+    """
 
     path: str
     format: str | None = None
@@ -52,10 +56,14 @@ class FileReport(Frozen):
     case_id: uuid.UUID | None = None
     interface: str | None = None
     value_id: uuid.UUID | None = None
+    warnings: list[str] = []
 
 
 class SeriesReport(Frozen):
-    """A DICOM series the upload touched: its case value and, for volumes, its MHA."""
+    """A DICOM series the upload touched: its case value and, for volumes, its MHA.
+
+    `warnings` say what the conversion changed, e.g. slices resampled for a gantry tilt.
+    """
 
     study_instance_uid: str
     series_instance_uid: str
@@ -68,6 +76,7 @@ class SeriesReport(Frozen):
     interface: str | None = None
     volume_interface: str | None = None
     volume_value_id: uuid.UUID | None = None
+    warnings: list[str] = []
 
 
 class UploadReport(Frozen):

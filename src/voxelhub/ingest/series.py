@@ -5,7 +5,8 @@ series also get their volume (slices ordered by position, in real units) as an M
 The volume is built from every stored instance of the series, also those of earlier
 uploads, so a series sent in parts ends as one volume. A series that cannot be a volume
 (uneven gaps, mixed sizes) keeps its series value and is reported with the reason; a
-volume of an earlier, smaller version of the series is removed rather than left stale.
+volume of an earlier, smaller version of the series is removed rather than left stale. A
+gantry-tilted series is resampled into its volume, and the report's warnings say so.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.join import join_instance
 from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN
 from voxelhub.dicom.read import read_dataset
-from voxelhub.dicom.volume import series_to_volume, write_mha
+from voxelhub.dicom.volume import series_volume, write_mha
 from voxelhub.ingest import cases
 from voxelhub.ingest.dicom_files import SeriesBatch
 from voxelhub.ingest.schemas import SeriesReport
@@ -124,7 +125,7 @@ def _add_volume(
     volume_interface: str,
 ) -> SeriesReport:
     try:
-        volume, geometry = series_to_volume(_datasets(db, store, series, local=batch.files))
+        converted = series_volume(_datasets(db, store, series, local=batch.files))
     except Exception as err:  # pydicom's decoders raise many types
         if not isinstance(err, DicomError):
             logger.warning("converting series %s failed", series.id, exc_info=True)
@@ -136,7 +137,7 @@ def _add_volume(
         )
     with tempfile.TemporaryDirectory(prefix="vxh-volume-") as tmp:
         path = Path(tmp) / f"{volume_interface}.mha"
-        write_mha(volume, geometry, path)
+        write_mha(converted.voxels, converted.geometry, path)
         with path.open("rb") as data:
             row = values_service.put_file(
                 db, store, case, volume_interface, filename=path.name, data=data,
@@ -147,6 +148,7 @@ def _add_volume(
             "outcome": "converted",
             "volume_interface": volume_interface,
             "volume_value_id": row.id,
+            "warnings": [*report.warnings, *converted.notes],
         }
     )
 

@@ -3,6 +3,11 @@ refused with the reason (ITK cannot read it).
 
 ITK reads a NIfTI file cut short without complaint (the missing voxels become zeros), so
 the check also counts the bytes of the data, decompressing a .nii.gz as it goes.
+
+Where the image lies is decided here, not by ITK: the sform when set, else the qform (see
+`nifti_transform`, which also says why). `inspect` puts the choice in the details
+(`transform`, `spacing`, `origin`, `direction`, `warnings`) and `place` applies it to the
+image ITK read.
 """
 
 from __future__ import annotations
@@ -10,10 +15,16 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK
 
 from voxelhub.ingest.formats.base import Format, Recognition
 from voxelhub.ingest.formats.itk import header_info, with_suffix
+from voxelhub.ingest.formats.nifti_transform import placement
 
 NAME = "nifti"
 _GZIP = b"\x1f\x8b"
@@ -103,12 +114,61 @@ def inspect(path: Path, head: bytes) -> Recognition:
         return Recognition.bad(
             NAME, "NIfTI-2 files cannot be read yet; save the image as NIfTI-1 (.nii or .nii.gz)"
         )
+    return _inspect_nifti1(path, head)
+
+
+def _inspect_nifti1(path: Path, head: bytes) -> Recognition:
+    header = _whole_header(path, compressed=head.startswith(_GZIP))
+    if len(header) < _N1_SIZE:
+        return Recognition.bad(NAME, "the NIfTI header is cut short; upload the file again")
+    placed = placement(header)
+    if isinstance(placed, str):
+        return Recognition.bad(NAME, placed)
     suffixes = (".nii.gz",) if head.startswith(_GZIP) else (".nii",)
     with with_suffix(path, suffixes) as named:
         found = header_info(NAME, named, image_io="NiftiImageIO")
     if found.ok and (problem := _truncation(path, head)):
         return Recognition.bad(NAME, problem)
-    return found
+    if not found.ok:
+        return found
+    return Recognition.good(
+        NAME,
+        **{**found.details, "spacing": [*placed.spacing, *found.details["spacing"][3:]]},
+        transform=placed.transform,
+        origin=list(placed.origin),
+        direction=list(placed.direction),
+        warnings=list(placed.warnings),
+    )
+
+
+def _whole_header(path: Path, *, compressed: bool) -> bytes:
+    """The first 348 bytes of the (decompressed) file, fewer when it is shorter."""
+    try:
+        if compressed:
+            with gzip.open(path, "rb") as stream:
+                return stream.read(_N1_SIZE)
+        with path.open("rb") as stream:
+            return stream.read(_N1_SIZE)
+    except (EOFError, OSError, zlib.error):
+        return b""
+
+
+def place(image: SimpleITK.Image, details: Mapping[str, Any]) -> SimpleITK.Image:
+    """`image` as read by ITK, placed by the transform `inspect` chose (see
+    `nifti_transform`); its fourth and later axes are kept as ITK read them."""
+    dimension = int(image.GetDimension())  # type: ignore[no-untyped-call]
+    if dimension < 3 or "origin" not in details:
+        return image
+    spacing = list(image.GetSpacing())  # type: ignore[no-untyped-call]
+    origin = list(image.GetOrigin())  # type: ignore[no-untyped-call]
+    direction = np.array(image.GetDirection(), np.float64).reshape(dimension, dimension)  # type: ignore[no-untyped-call]
+    spacing[:3] = details["spacing"][:3]
+    origin[:3] = details["origin"]
+    direction[:3, :3] = np.array(details["direction"], np.float64).reshape(3, 3)
+    image.SetSpacing(spacing)  # type: ignore[no-untyped-call]
+    image.SetOrigin(origin)  # type: ignore[no-untyped-call]
+    image.SetDirection([float(v) for v in direction.ravel()])  # type: ignore[no-untyped-call]
+    return image
 
 
 FORMAT = Format(NAME, sniff, inspect)
