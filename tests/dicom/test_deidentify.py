@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import ImplicitVRLittleEndian
 
 from tests.dicom.helpers import sample_bytes
+from voxelhub.dicom.deid_policy import StoredPolicy, ascii_replacement, load_stored
 from voxelhub.dicom.deid_table import PROFILE
 from voxelhub.dicom.deidentify import (
     RESOLVED_ACTIONS,
@@ -490,3 +493,159 @@ def test_the_report_lists_no_attribute_whose_value_did_not_change() -> None:
     assert listed == changed
     assert "InstitutionName" not in listed and "InstanceCreatorUID" not in listed
     assert "OperatorsName" in listed
+
+
+# Times that are the time of a date: Table E.1-1 lists some, the rest go by the same rule.
+TIMES_OF_DATES = frozenset(
+    {"StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime",
+     "TimeOfLastCalibration", "Time"}
+)  # fmt: skip
+
+
+def temporal(ds: Dataset, path: str = "") -> dict[str, str]:
+    """Non-empty dates, date-times and times of a date, by path, in sequence items too."""
+    found = {}
+    for elem in ds:
+        name = f"{path}{elem.tag:08X}"
+        if elem.VR == "SQ":
+            for index, item in enumerate(elem.value):
+                found.update(temporal(item, f"{name}[{index}]."))
+        elif not elem.is_empty and (elem.VR in ("DA", "DT") or elem.keyword in TIMES_OF_DATES):
+            found[name] = str(elem.value)
+    return found
+
+
+def unlisted_dates() -> Dataset:
+    """An instance with dates and times that Table E.1-1 does not name, at several depths."""
+    ds = ct_phantom(slices=1, size=8)[0]
+    ds.ObservationDateTime = "20240102101112"
+    ds.DateOfLastCalibration, ds.TimeOfLastCalibration = "20231201", "080910"
+    content = Dataset()
+    content.FrameAcquisitionDateTime = "20240102101112.250000"
+    content.FrameReferenceDateTime = "20240102101112"
+    frame = Dataset()
+    frame.FrameContentSequence = Sequence([content])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([frame])
+    source = Dataset()  # a listed attribute in a listed sequence's item: the table's action
+    source.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.2.99"
+    source.AcquisitionDateTime = "20240102101000"
+    source.Date = "20240101"
+    ds.SourceImageSequence = Sequence([source])
+    dose = Dataset()
+    dose.RadiopharmaceuticalStartDateTime = "20240102093000"
+    dose.RadiopharmaceuticalStartTime = "093000"  # no date's time: says nothing on its own
+    ds.RadiopharmaceuticalInformationSequence = Sequence([dose])
+    return ds
+
+
+def implicit_vr(ds: Dataset) -> Dataset:
+    """`ds` as read from Implicit VR Little Endian: VRs only from the dictionary."""
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return dcmread(BytesIO(part10(ds)))
+
+
+DATED = [*datasets(), ("unlisted", unlisted_dates()), ("implicit", implicit_vr(unlisted_dates()))]
+
+
+@pytest.mark.parametrize(("name", "ds"), DATED, ids=[name for name, _ in DATED])
+def test_no_date_anywhere_keeps_its_value_unless_dates_are_retained(name: str, ds: Dataset) -> None:
+    before = temporal(ds)
+    retained = dcmread(BytesIO(part10(ds)))
+    report = deidentify(retained, DeidPolicy(retain_dates=True), key=KEY)
+    data, _ = deidentify_bytes(part10(ds), DeidPolicy(), key=KEY)
+    removed = dcmread(BytesIO(data))
+    assert before, f"{name} has no dates"
+    kept = set(temporal(removed).items()) & set(before.items())
+    assert not kept, f"{name}: {sorted(kept)}"
+    assert removed.LongitudinalTemporalInformationModified == "REMOVED"
+    # Retained, no date changes (Patient's Birth Date and SR content go by the table).
+    assert set(temporal(retained).items()) <= set(before.items())
+    assert not [c for c in report.changes if c.summary.startswith("emptied, a date")]
+    assert retained.LongitudinalTemporalInformationModified == "UNMODIFIED"
+
+
+def test_dates_the_table_does_not_name_are_emptied_and_reported() -> None:
+    ds = unlisted_dates()
+    block = ds.private_block(0x0009, "VOXELHUB TEST", create=True)
+    block.add_new(0x01, "DT", "20240102101112")  # kept private data is no exception
+    report = deidentify(ds, DeidPolicy(clean_private=False), key=KEY)
+    frame = ds.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0]
+    assert frame.FrameAcquisitionDateTime == "" and frame.FrameReferenceDateTime == ""
+    assert ds.ObservationDateTime == "" and ds.DateOfLastCalibration == ""
+    assert ds.TimeOfLastCalibration == "" and block[0x01].value == ""
+    dose = ds.RadiopharmaceuticalInformationSequence[0]
+    assert dose.RadiopharmaceuticalStartDateTime == ""
+    assert dose.RadiopharmaceuticalStartTime == "093000"
+    source = ds.SourceImageSequence[0]
+    assert source.AcquisitionDateTime == "19000101000000"  # Table E.1-1: X/Z/D, a dummy
+    assert source.Date == ""
+    changes = {(c.attribute, c.action) for c in report.changes}
+    assert {
+        ("ObservationDateTime", "Z"),
+        ("DateOfLastCalibration", "Z"),
+        ("TimeOfLastCalibration", "Z"),
+        ("PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].FrameAcquisitionDateTime",
+         "Z"),
+        ("PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].FrameReferenceDateTime",
+         "Z"),
+        ("RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime", "Z"),
+        ("SourceImageSequence[0].AcquisitionDateTime", "D"),
+        ("SourceImageSequence[0].Date", "Z"),
+        ("(0009,1001)", "Z"),
+    } <= changes  # fmt: skip
+    assert not [c for c in report.changes if "RadiopharmaceuticalStartTime" in c.attribute]
+    retained = unlisted_dates()
+    deidentify(retained, DeidPolicy(retain_dates=True), key=KEY)
+    assert temporal(retained) == {k: v for k, v in temporal(unlisted_dates()).items()
+                                  if k != "00100030"}  # Patient's Birth Date: Z  # fmt: skip
+    emptied = next(c for c in report.changes if c.attribute == "ObservationDateTime")
+    assert re.fullmatch(r"emptied, a date or time the policy does not keep \(14 chars, hmac "
+                        r"[0-9a-f]{8}\)", emptied.summary)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "person_name", "expected"),
+    [
+        ("山田^太郎", True, "U+5C71U+7530^U+592AU+90CE"),
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう", True, "Yamada^Tarou"),
+        ("=山田^太郎", True, "=U+5C71U+7530^U+592AU+90CE"),
+        ("Müller^Zoë", True, "Muller^Zoe"),
+        ("\uff34\uff32\uff29\uff21\uff2c\uff0d\uff10\uff10\uff17", False, "TRIAL-007"),
+        ("Straße=1", False, "StraU+00DFe=1"),
+        ("a\\b\n", False, "aU+005CbU+000A"),
+        ("山" * 30, False, "U+5C71" * 9 + "-{digest}"),
+    ],
+)
+def test_stored_names_outside_ascii_have_one_ascii_form(
+    value: str, person_name: bool, expected: str
+) -> None:
+    result = ascii_replacement(value, person_name=person_name)
+    if "{digest}" in expected:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:8].upper()
+        expected = expected.format(digest=digest)
+        assert ascii_replacement(value + "山") != result  # long names stay distinct
+    assert result == expected
+    assert len(result) <= 64 and result.isascii() and result.isprintable() and "\\" not in result
+    assert DeidPolicy(patient_name=result).patient_name == result
+
+
+def test_a_stored_policy_with_a_name_outside_ascii_still_loads_and_says_so() -> None:
+    stored = {**DeidPolicy().to_json(), "patient_id": "TRIAL-007", "patient_name": "山田^太郎"}
+    with pytest.raises(DicomError) as caught:  # a new policy like it is still refused
+        DeidPolicy.from_json(stored)
+    assert caught.value.code == "invalid_policy" and "ASCII" in caught.value.message
+    loaded = load_stored(stored)
+    assert loaded.policy == DeidPolicy(patient_id="TRIAL-007",
+                                       patient_name="U+5C71U+7530^U+592AU+90CE")  # fmt: skip
+    [warning] = loaded.warnings
+    assert "'patient_name'" in warning and "'U+5C71U+7530^U+592AU+90CE'" in warning
+    assert load_stored(stored) == loaded  # the same form every time
+    ds = ct_phantom(slices=1, size=8)[0]
+    result = dcmread(BytesIO(deidentify_bytes(part10(ds), loaded.policy, key=KEY)[0]))
+    assert (result.PatientID, str(result.PatientName)) == ("TRIAL-007",
+                                                          "U+5C71U+7530^U+592AU+90CE")  # fmt: skip
+    clean = DeidPolicy(patient_name="Trial^007").to_json()
+    assert load_stored(clean) == StoredPolicy(DeidPolicy.from_json(clean))
+    for bad in ({"retain_dates": "yes"}, {"patient_name": 7}, {"keep_all": True}):
+        with pytest.raises(DicomError, match="policy"):
+            load_stored(bad)

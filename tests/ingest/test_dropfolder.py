@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlalchemy import func, select
 from tests.ingest.conftest import Uploader, dicom_files, shuffled_ct, zip_bytes
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
-from voxelhub.ingest.dropfolder import DropFolder
+from voxelhub.ingest.dropfolder import DropFolder, open_for_writing
 from voxelhub.store.models import Instance
 
 SETTLE = 0.4
@@ -159,32 +161,111 @@ def _hdf5_kspace(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _invalid(kind: str, tmp_path: Path) -> tuple[str, bytes]:
+    """A file name and content that no more bytes will make readable."""
+    files = dicom_files(shuffled_ct(slices=2, size=32))
+    first = next(iter(files.values()))
+    if kind == "dicom":
+        return "cut.dcm", first[: len(first) // 2]
+    if kind == "zip":
+        data = zip_bytes(files)
+        return "cut.zip", data[: len(data) // 2]
+    if kind == "hdf5":
+        data = _hdf5_kspace(tmp_path)
+        return "cut.h5", data[: len(data) // 2]
+    # A DICOM preamble and prefix, then garbage where the data elements should be.
+    return "garbage.dcm", bytes(128) + b"DICM" + bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("kind", ["dicom", "zip", "hdf5", "garbage"])
+def test_a_complete_but_invalid_file_goes_to_failed_once_settled(
+    tmp_path: Path, runtime: Runtime, uploader: Uploader, kind: str
+) -> None:
+    drop = tmp_path / "drop"
+    # The default give-up time (10 minutes) must not apply: nothing is writing the file.
+    folder = DropFolder(drop, uploader.archive_name, runtime=runtime, settle_seconds=SETTLE)
+    name, data = _invalid(kind, tmp_path)
+    (drop / name).write_bytes(data)
+    assert folder.run_once() == []
+    time.sleep(SETTLE + 0.1)
+    [result] = folder.run_once()
+    assert result.outcome == "failed", result
+    assert not (drop / name).exists()
+    assert (drop / "failed" / name).read_bytes() == data
+    assert (drop / "failed" / f"{name}.error.txt").read_text().startswith(f"{name}: ")
+
+
 @pytest.mark.parametrize("kind", ["dicom", "zip", "hdf5"])
-def test_a_cut_off_file_that_stays_unchanged_goes_to_failed_after_the_give_up_time(
+def test_a_cut_off_file_held_open_by_a_stalled_writer_waits_for_the_give_up_time(
     tmp_path: Path, runtime: Runtime, uploader: Uploader, kind: str
 ) -> None:
     drop = tmp_path / "drop"
     folder = DropFolder(drop, uploader.archive_name, runtime=runtime, settle_seconds=0,
                         retry_seconds=0.3, give_up_seconds=1.5)  # fmt: skip
-    files = dicom_files(shuffled_ct(slices=2, size=32))
-    data = {"dicom": lambda: next(iter(files.values())), "zip": lambda: zip_bytes(files),
-            "hdf5": lambda: _hdf5_kspace(tmp_path)}[kind]()  # fmt: skip
-    name = {"dicom": "cut.dcm", "zip": "cut.zip", "hdf5": "cut.h5"}[kind]
-    (drop / name).write_bytes(data[: len(data) // 2])
-    assert folder.run_once() == []
-    [first] = folder.run_once()
-    assert first.outcome == "incomplete", first
-    assert (drop / name).exists() and list((drop / "failed").iterdir()) == []
-    assert folder.run_once() == []  # unchanged and not due again yet
+    name, data = _invalid(kind, tmp_path)
+    with (drop / name).open("wb") as writer:  # a writer that stalls and never finishes
+        writer.write(data)
+        writer.flush()
+        assert folder.run_once() == []
+        [first] = folder.run_once()
+        assert first.outcome == "incomplete", first
+        assert (drop / name).exists() and list((drop / "failed").iterdir()) == []
+        assert folder.run_once() == []  # unchanged and not due again yet
 
-    outcomes = [first.outcome]
-    deadline = time.monotonic() + 20
-    while not (drop / "failed" / name).exists():
-        assert time.monotonic() < deadline, outcomes
-        outcomes += [r.outcome for r in folder.run_once()]
-        time.sleep(0.05)
+        outcomes = [first.outcome]
+        deadline = time.monotonic() + 20
+        while not (drop / "failed" / name).exists():
+            assert time.monotonic() < deadline, outcomes
+            outcomes += [r.outcome for r in folder.run_once()]
+            time.sleep(0.05)
     assert set(outcomes) == {"incomplete", "failed"}
     assert outcomes.count("incomplete") >= 2  # tried again after the retry interval
-    assert (drop / "failed" / name).read_bytes() == data[: len(data) // 2]
+    assert (drop / "failed" / name).read_bytes() == data
     assert (drop / "failed" / f"{name}.error.txt").read_text().startswith(f"{name}: ")
     assert not (drop / name).exists()
+
+
+def test_a_file_growing_in_separate_writes_is_not_failed_early(
+    tmp_path: Path, runtime: Runtime, uploader: Uploader, database_url: str
+) -> None:
+    drop = tmp_path / "drop"
+    settle = 1.0  # well above the pauses below, however slow the polls are
+    folder = DropFolder(drop, uploader.archive_name, runtime=runtime, settle_seconds=settle)
+    data = zip_bytes(dicom_files(shuffled_ct(slices=4, size=32)))
+    target = drop / "study.zip"
+    results = []
+    for piece in range(4):  # appended and closed each time: only its size shows the writer
+        with target.open("ab") as out:
+            out.write(data[piece * len(data) // 4 : (piece + 1) * len(data) // 4])
+        results += folder.run_once()
+        time.sleep(settle / 8)
+        results += folder.run_once()
+    assert results == [] and instances(database_url, uploader) == 0
+    deadline = time.monotonic() + 20
+    while not results:
+        assert time.monotonic() < deadline
+        results += folder.run_once()
+        time.sleep(0.05)
+    assert [r.outcome for r in results] == ["done"], results
+    assert (drop / "done" / "study.zip").read_bytes() == data
+    assert instances(database_url, uploader) == 4
+
+
+def test_open_for_writing_sees_writers_on_this_host(tmp_path: Path) -> None:
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(b"partial")
+    assert open_for_writing([path]) is not True
+    with path.open("rb"):
+        assert open_for_writing([path]) is not True  # a reader is no writer
+    with path.open("ab"):
+        assert open_for_writing([tmp_path / "other.dcm", path]) is True
+    script = "import sys, time; f = open(sys.argv[1], 'ab'); print(flush=True); time.sleep(60)"
+    writer = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline()
+        assert open_for_writing([path]) is True
+    finally:
+        writer.kill()
+        writer.wait()
+    # As root every process's open files can be listed: that none writes is known.
+    assert open_for_writing([path]) in ((False,) if os.geteuid() == 0 else (False, None))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
 from sqlalchemy import select
 
 from tests.store.conftest import ArchiveClient
+from voxelhub.archives.models import Archive
 from voxelhub.auth.models import AuditEvent
 from voxelhub.core.db import session_scope
-from voxelhub.dicom.deidentify import DeidChange, DeidReport
+from voxelhub.dicom.deidentify import DeidChange, DeidPolicy, DeidReport
 from voxelhub.dicom.synthetic import PatientInfo, ct_phantom
 from voxelhub.store.deid import DeidSummary
 
@@ -82,3 +86,34 @@ def test_the_audit_summary_names_attributes_inside_sequences() -> None:
             "PatientName:D": 1,
         },
     }
+
+
+def test_a_stored_policy_with_a_name_outside_ascii_keeps_ingest_working(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive: ArchiveClient = make_archive()
+    with session_scope(database_url) as db:  # as stored before names had to be ASCII
+        row = db.get(Archive, archive.archive_id)
+        assert row is not None
+        row.deid_policy = {**DeidPolicy().to_json(), "patient_name": "山田^太郎"}
+    series = ct_phantom(
+        slices=2, size=32, patient=PatientInfo(patient_id="MRN-1234", patient_name="Doe^Jane")
+    )
+    with caplog.at_level(logging.WARNING, logger="voxelhub.store.deid"):
+        response = archive.scoped.store_instances(series)
+        archive.scoped.store_instances(series)  # warned once, not on every request
+    assert len(response.ReferencedSOPSequence) == 2
+    [study] = archive.scoped.search_for_studies()
+    assert study["00100010"]["Value"][0]["Alphabetic"] == "U+5C71U+7530^U+592AU+90CE"
+    assert study["00100020"]["Value"][0].startswith("ANON-")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "voxelhub.store.deid"]
+    assert len(warnings) == 1, warnings
+    assert str(archive.archive_id) in warnings[0] and "'patient_name'" in warnings[0]
+    assert "'U+5C71U+7530^U+592AU+90CE'" in warnings[0]
+
+    # A new policy with such a name is still refused, saying what is allowed.
+    url = f"{live_server}/api/v1/archives/{archive.archive_id}/deidentification"
+    headers = {"Authorization": f"Bearer {archive.owner.token}"}
+    refused = httpx.put(url, json={"patient_name": "山田^太郎"}, headers=headers)
+    assert refused.status_code == 400
+    assert "printable ASCII" in refused.json()["message"]

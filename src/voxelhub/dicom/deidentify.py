@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cache
 from io import BytesIO
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -28,9 +29,23 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from voxelhub.dicom.deid_policy import DeidPolicy
 from voxelhub.dicom.deid_table import PROFILE
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.read import read_dataset
+
+__all__ = [
+    "MIN_KEY_BYTES",
+    "PSEUDONYM_PREFIX",
+    "RESOLVED_ACTIONS",
+    "UUID_ROOT",
+    "DeidChange",
+    "DeidPolicy",
+    "DeidReport",
+    "deidentified_uid",
+    "deidentify",
+    "deidentify_bytes",
+]
 
 MIN_KEY_BYTES = 16
 UUID_ROOT = "2.25."
@@ -38,7 +53,6 @@ PSEUDONYM_PREFIX = "ANON-"
 # UIDs of the standard itself (SOP classes, transfer syntaxes, coding schemes) name no
 # instance; remapping them would break the object.
 _STANDARD_UID_ROOT = "1.2.840.10008."
-_MAX_LO = 64
 
 # Without the IOD the type of an attribute is unknown, so each alternative resolves to
 # the one that is valid for every type: zero length keeps a Type 2 attribute present, a
@@ -85,70 +99,6 @@ _CODED_OPTIONS = (
     ("retain_device_identity", "113109", "Retain Device Identity Option"),
     ("retain_uids", "113110", "Retain UIDs Option"),
 )
-# Table E.1-1 option column names, by the policy field that turns them on.
-_TABLE_OPTIONS = {
-    "retain_dates": "dates",
-    "retain_uids": "uids",
-    "retain_device_identity": "device",
-    "retain_patient_characteristics": "patient",
-    "retain_descriptors": "descriptors",
-}
-
-
-@dataclass(frozen=True)
-class DeidPolicy:
-    """An archive's de-identification policy: the profile options it retains, and values.
-
-    `patient_id` and `patient_name` replace the patient's; left None, both become a
-    pseudonym keyed on the original Patient ID ("ANON-" and 10 hex digits).
-    """
-
-    retain_dates: bool = False
-    retain_uids: bool = False
-    retain_device_identity: bool = False
-    retain_patient_characteristics: bool = False
-    retain_descriptors: bool = False
-    clean_private: bool = True
-    patient_id: str | None = None
-    patient_name: str | None = None
-
-    def __post_init__(self) -> None:
-        for spec in fields(self):
-            value = getattr(self, spec.name)
-            if spec.name in ("patient_id", "patient_name"):
-                _check_replacement(spec.name, value)
-            elif not isinstance(value, bool):
-                raise DicomError(
-                    f"De-identification policy '{spec.name}' must be true or false, not {value!r}.",
-                    code="invalid_policy",
-                    attribute=spec.name,
-                )
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DeidPolicy:
-        """The policy stored as JSON by `to_json`; unknown keys are refused, not ignored."""
-        if not isinstance(data, Mapping):
-            raise DicomError(
-                "A de-identification policy must be a JSON object.", code="invalid_policy"
-            )
-        known = [spec.name for spec in fields(cls)]
-        unknown = sorted(str(name) for name in data if name not in known)
-        if unknown:
-            raise DicomError(
-                f"Unknown de-identification policy keys: {', '.join(unknown)}; "
-                f"the known keys are {', '.join(known)}.",
-                code="invalid_policy",
-                attribute=", ".join(unknown),
-            )
-        return cls(**data)
-
-    def to_json(self) -> dict[str, bool | str | None]:
-        """The policy as a JSON object, every key present."""
-        return asdict(self)
-
-    def kept_options(self) -> frozenset[str]:
-        """The Table E.1-1 option columns this policy turns on."""
-        return frozenset(column for name, column in _TABLE_OPTIONS.items() if getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -202,10 +152,12 @@ def deidentify(ds: Dataset, policy: DeidPolicy, *, key: bytes) -> DeidReport:
     """De-identify `ds` in place by the Basic Profile with the options `policy` retains.
 
     Every attribute of Table E.1-1 is removed, emptied, replaced by a dummy or given a
-    new UID, in sequence items too; private attributes (when `policy.clean_private`),
-    curve groups (50xx) and overlay groups (60xx) are removed. Pixel data is untouched,
-    so an instance whose pixels may show the patient's identity is refused with
-    DicomError(code="burned_in_annotation") before anything is changed.
+    new UID, in sequence items too; unless the policy retains dates, so is every other
+    date and time of a date, at any depth (emptied: see `_temporal`); private attributes
+    (when `policy.clean_private`), curve groups (50xx) and overlay groups (60xx) are
+    removed. Pixel data is untouched, so an instance whose pixels may show the patient's
+    identity is refused with DicomError(code="burned_in_annotation") before anything is
+    changed.
     """
     _check_key(key)
     _refuse_burned_in(ds)
@@ -276,26 +228,6 @@ def _check_key(key: bytes) -> None:
         )
 
 
-def _check_replacement(name: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise DicomError(
-            f"De-identification policy '{name}' must be a string or null, not {value!r}.",
-            code="invalid_policy",
-            attribute=name,
-        )
-    # ASCII only: the value goes into instances of any Specific Character Set, and
-    # without one a writer silently mangles other characters ("山田" becomes "??").
-    if len(value) > _MAX_LO or "\\" in value or not (value.isprintable() and value.isascii()):
-        raise DicomError(
-            f"De-identification policy '{name}' must be at most {_MAX_LO} printable "
-            f"ASCII characters without a backslash, not {value!r}.",
-            code="invalid_policy",
-            attribute=name,
-        )
-
-
 def _refuse_burned_in(ds: Dataset) -> None:
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         raise DicomError(
@@ -322,7 +254,7 @@ def _replacements(ds: Dataset, policy: DeidPolicy, key: bytes) -> tuple[str, str
 
 def _clean(ds: Dataset, run: _Run, path: str) -> None:
     for tag in sorted(ds.keys()):
-        action = _action(tag, run)
+        action = _action(ds, tag, run)
         name = path + _name(tag)
         if action in ("K", "U*"):
             _recurse(ds[tag], run, name)
@@ -330,18 +262,64 @@ def _clean(ds: Dataset, run: _Run, path: str) -> None:
             _ACTIONS[action](ds, tag, run, name)
 
 
-def _action(tag: BaseTag, run: _Run) -> str:
-    """The action for one attribute: a Table E.1-1 code, K (keep) or P (pseudonym)."""
+def _action(ds: Dataset, tag: BaseTag, run: _Run) -> str:
+    """The action for one attribute: a Table E.1-1 code, K (keep), P (pseudonym) or T.
+
+    T empties a date or time that the table does not list (see `_temporal`).
+    """
     if tag.is_private:
-        return "X" if run.policy.clean_private else "K"
+        return "X" if run.policy.clean_private else _temporal(ds, tag, run)
     if _is_curve_or_overlay(tag):
         return "X"
     if tag in (_PATIENT_ID, _PATIENT_NAME):
         return "P"
     rule = PROFILE.get(int(tag))
-    if rule is None or rule.kept_by & run.kept:
+    if rule is None:
+        return _temporal(ds, tag, run)
+    if rule.kept_by & run.kept:
         return "K"
     return RESOLVED_ACTIONS[rule.action]
+
+
+def _temporal(ds: Dataset, tag: BaseTag, run: _Run) -> str:
+    """T for a date or time outside Table E.1-1 that the policy does not keep, else K.
+
+    PS3.15's Retain Longitudinal Temporal Information options are about every date and
+    time, not only the listed ones (Observation DateTime in SR content, Frame Acquisition
+    DateTime in functional groups), so without Full Dates every DA and DT value goes, at
+    any depth, and every TM value that is the time of a date (the dictionary has a DA
+    attribute of its name with Date for Time, as Date of Last Calibration for Time of
+    Last Calibration). Other times (Radiopharmaceutical Start Time, Contrast/Bolus Start
+    Time) say nothing without a date and are kept. Zero length, as the table does for
+    Study Date: the attribute's type in its context is not known here, and an empty value
+    keeps a Type 2 attribute present without inventing a date.
+    """
+    if "dates" in run.kept:
+        return "K"
+    vr = _vr(ds, tag)
+    if vr in ("DA", "DT") or (vr == "TM" and not tag.is_private and _time_of_a_date(tag)):
+        return "T"
+    return "K"
+
+
+def _vr(ds: Dataset, tag: BaseTag) -> str:
+    """The attribute's VR, read without decoding a kept value (decoding may change it)."""
+    vr = ds.get_item(tag).VR
+    if vr is None and tag.is_private:  # implicit VR: the private dictionary, if any
+        vr = ds[tag].VR
+    elif vr is None or vr == "UN":
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    return str(vr)
+
+
+@cache
+def _time_of_a_date(tag: BaseTag) -> bool:
+    keyword = keyword_for_tag(tag)
+    date = keyword_dict.get(keyword.replace("Time", "Date")) if "Time" in keyword else None
+    return date is not None and dictionary_VR(date) == "DA"
 
 
 def _is_curve_or_overlay(tag: BaseTag) -> bool:
@@ -375,6 +353,15 @@ def _empty(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
         return
     run.note(name, "Z", f"emptied ({run.fingerprint(elem)})")
     elem.value = Sequence() if elem.VR == "SQ" else empty_value_for_VR(elem.VR)
+
+
+def _empty_temporal(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
+    elem = ds[tag]
+    if elem.is_empty:
+        return
+    summary = f"emptied, a date or time the policy does not keep ({run.fingerprint(elem)})"
+    run.note(name, "Z", summary)
+    elem.value = empty_value_for_VR(elem.VR)
 
 
 def _dummy(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
@@ -428,6 +415,7 @@ _ACTIONS: dict[str, Callable[[Dataset, BaseTag, _Run, str], None]] = {
     "D": _dummy,
     "U": _remap,
     "P": _pseudonymize,
+    "T": _empty_temporal,
 }
 
 

@@ -5,19 +5,25 @@
     drop/done/            ingested entries
     drop/failed/          entries with rejected files, each with `<name>.error.txt`
 
-An entry is taken only when it has been still (the same size, file count and newest
-mtime at two polls, the newest mtime at least `settle_seconds` old), so a modality that is
-still writing is left alone. Names starting with '.' or ending in .tmp/.part are skipped
-as being written. The state lives in the folders: an entry found in `processing/` after a
-restart is ingested again, which is safe because ingest is idempotent. Polling only; no
-inotify needed.
+An entry is taken only when it has been still for `settle_seconds`: the same size, file
+count and newest mtime at every poll for that long by this host's clock, and the newest
+mtime at least that old (the clock of a network share's writer may be behind ours). So a
+modality that is still writing is left alone. Names starting with '.' or ending in
+.tmp/.part are skipped as being written. The state lives in the folders: an entry found in
+`processing/` after a restart is ingested again, which is safe because ingest is
+idempotent. Polling only; no inotify needed.
 
-A writer may stall for longer than the settle time (SMB and NFS writes do), so an entry
-that cannot be read completely (a truncated DICOM or archive, an HDF5 file that does not
-open, an empty file) while it was modified less than `give_up_seconds` ago is put back
-where it was and tried again once it has changed and settled, or after `retry_seconds`.
-Only when it has stayed unchanged for `give_up_seconds` does it go to `failed/`. Content
-that is not an image format at all goes there at once. Names in `done/` and `failed/`
+An entry that cannot be read completely (a truncated DICOM or archive, an HDF5 file that
+does not open, an empty file) has been still for the settle time, so it is taken to be
+complete and goes to `failed/` with the reason, unless it is still being written: it
+changed while it was read, or a process on this host holds one of its files open for
+writing (a writer that stalled; the smbd or nfsd process of a share served from this host
+is seen when this process may list its open files, as root or as the same user). Such an
+entry is put back where it was and tried again once it has changed and settled, or after
+`retry_seconds`; if it stays unchanged for `give_up_seconds` it goes to `failed/` even
+so. Writers that cannot be seen (on other hosts, or other users' processes) are judged
+by the settle time alone, which then has to be longer than their stalls. Content that is
+not an image format at all goes to `failed/` at once. Names in `done/` and `failed/`
 never replace one another.
 """
 
@@ -57,6 +63,7 @@ _BEING_WRITTEN = (".tmp", ".part", ".partial", ".filepart", ".crdownload")
 _TRANSIENT = (OperationalError, ObjectStoreError)
 
 Signature = tuple[int, int, int]
+_PROC = Path("/proc")
 
 # The one rejection that more bytes cannot cure: the content is no known format at all (an
 # empty file, a cut-off archive or an unreadable header may be a writer that stalled).
@@ -104,6 +111,71 @@ def signature(entry: Path) -> Signature | None:
     return (size, max(s.st_mtime_ns for s in stats), len(stats))
 
 
+def _content(entry: Path) -> Signature:
+    """(bytes, newest mtime in ns, number) of the files of an entry, not of its folders.
+
+    What a writer changes; unlike `signature`, moving the entry cannot change it.
+    """
+    stats = []
+    for path in _files(entry):
+        try:
+            stats.append(path.stat())
+        except OSError:
+            continue
+    newest = max((s.st_mtime_ns for s in stats), default=0)
+    return (sum(s.st_size for s in stats), newest, len(stats))
+
+
+def open_for_writing(paths: list[Path]) -> bool | None:
+    """Whether a process on this host holds one of `paths` open for writing.
+
+    Read from /proc (Linux): True when one does, False when none does, None when that
+    cannot be told (no /proc, or processes of other users whose open files this process
+    may not list). Writers on other hosts of a network share never show.
+    """
+    wanted = {}
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        wanted[(info.st_dev, info.st_ino)] = path.name
+    if not wanted or not (_PROC / "self" / "fdinfo").is_dir():
+        return None if wanted else False
+    names = set(wanted.values())
+    complete = True
+    for process in _PROC.iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            fds = os.listdir(process / "fd")
+        except PermissionError:
+            complete = False
+            continue
+        except OSError:  # the process ended
+            continue
+        if any(_writes(process, fd, wanted, names) for fd in fds):
+            return True
+    return False if complete else None
+
+
+def _writes(process: Path, fd: str, wanted: dict[tuple[int, int], str], names: set[str]) -> bool:
+    """Whether the process's descriptor `fd` is one of `wanted`, open for writing."""
+    link = process / "fd" / fd
+    try:
+        # The name first: a stat of every descriptor could wait on a hung network mount.
+        if os.path.basename(os.readlink(link)) not in names:
+            return False
+        info = link.stat()
+        if (info.st_dev, info.st_ino) not in wanted:
+            return False
+        fields = (process / "fdinfo" / fd).read_text().split()
+        flags = int(fields[fields.index("flags:") + 1], 8)
+    except (OSError, ValueError, IndexError):
+        return False
+    return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+
+
 def _free_name(folder: Path, name: str) -> Path:
     """`folder/name`, or a name no other entry has there (a random part, not only the time)."""
     target = folder / name
@@ -140,8 +212,9 @@ class DropFolder:
         self.retry_seconds = retry_seconds
         self.give_up_seconds = give_up_seconds
         self.limits = limits
-        # Only a speed-up: after a restart every entry is simply watched for one more poll.
-        self._seen: dict[str, Signature] = {}
+        # Each entry's signature and when (monotonic ns) it was first seen so. Lost on a
+        # restart, which only means every entry is watched for the settle time again.
+        self._seen: dict[str, tuple[Signature, int]] = {}
         # Entries put back as incomplete: their signature then, and when to try them again
         # unchanged. Lost on a restart, which only means they are tried once more sooner.
         self._incomplete: dict[str, tuple[Signature, int]] = {}
@@ -149,19 +222,23 @@ class DropFolder:
             (self.path / folder).mkdir(parents=True, exist_ok=True)
 
     def stable_entries(self) -> list[Path]:
-        """Entries unchanged since the last poll and older than `settle_seconds`.
+        """Entries unchanged for `settle_seconds` (by our clock and by their mtime).
 
         An entry put back as incomplete is left out until it changes or is due again.
         """
-        now_ns = time.time_ns()
+        now_ns, seen_ns = time.time_ns(), time.monotonic_ns()
         settle_ns = int(self.settle_seconds * 1e9)
         stable: list[Path] = []
-        current: dict[str, Signature] = {}
+        current: dict[str, tuple[Signature, int]] = {}
         for entry in sorted(self.path.iterdir()):
             if not _candidate(entry) or (sig := signature(entry)) is None:
                 continue
-            current[entry.name] = sig
-            if self._seen.get(entry.name) != sig or now_ns - sig[1] < settle_ns:
+            before = self._seen.get(entry.name)
+            if before is None or before[0] != sig:
+                current[entry.name] = (sig, seen_ns)
+                continue
+            current[entry.name] = before
+            if seen_ns - before[1] < settle_ns or now_ns - sig[1] < settle_ns:
                 continue
             waiting = self._incomplete.get(entry.name)
             if waiting is None or waiting[0] != sig or now_ns >= waiting[1]:
@@ -220,6 +297,7 @@ class DropFolder:
         return archive_id
 
     def _ingest(self, entry: Path, archive_id: uuid.UUID, *, name: str = "") -> DropResult:
+        before = _content(entry)
         try:
             report = self._process(entry, archive_id)
         except _TRANSIENT as err:
@@ -233,13 +311,24 @@ class DropFolder:
         lines = [f"{f.path}: {f.reason}" for f in rejected]
         lines += [f"series {s.series_instance_uid}: {s.reason}" for s in failed_series]
         errors = "\n".join(lines)
-        if rejected and _maybe_incomplete(report) and self._recently_modified(entry):
+        if rejected and _maybe_incomplete(report) and self._being_written(entry, before):
             return self._put_back(entry, name=name or entry.name, report=report, errors=errors)
         return self._finish(entry, report, errors)
 
-    def _recently_modified(self, entry: Path) -> bool:
-        sig = signature(entry)
-        return sig is not None and time.time_ns() - sig[1] < int(self.give_up_seconds * 1e9)
+    def _being_written(self, entry: Path, before: Signature) -> bool:
+        """Whether an entry that could not be read completely may still be being written.
+
+        It may if its files changed while they were read, or if a process here holds one
+        of them open for writing, as long as they changed within `give_up_seconds` (a
+        writer that writes nothing for that long is taken to be gone). Otherwise the entry
+        has been still for the settle time: it is complete, and invalid.
+        """
+        after = _content(entry)
+        if after != before:
+            return True
+        if time.time_ns() - after[1] >= int(self.give_up_seconds * 1e9):
+            return False
+        return open_for_writing(list(_files(entry))) is True
 
     def _put_back(self, entry: Path, *, name: str, report: UploadReport, errors: str) -> DropResult:
         """Return an entry that may still be being written to the drop folder, to wait."""
@@ -250,10 +339,11 @@ class DropFolder:
             retry_ns = time.time_ns() + int(self.retry_seconds * 1e9)
             give_up_ns = sig[1] + int(self.give_up_seconds * 1e9)
             self._incomplete[target.name] = (sig, min(retry_ns, give_up_ns))
-            self._seen[target.name] = sig
+            self._seen[target.name] = (sig, time.monotonic_ns())
         logger.warning(
-            "drop folder: %s cannot be read completely yet; left in place and tried again when "
-            "it changes or in %g s (to failed/ once unchanged for %g s): %s",
+            "drop folder: %s cannot be read completely and is still being written; left in "
+            "place and tried again when it changes or in %g s (to failed/ once unchanged for "
+            "%g s): %s",
             target.name, self.retry_seconds, self.give_up_seconds, errors.replace("\n", "; "),
         )  # fmt: skip
         return DropResult(target.name, "incomplete", report, errors)

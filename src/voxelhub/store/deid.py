@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -17,10 +19,16 @@ from sqlalchemy.orm import Session
 
 from voxelhub.archives.models import Archive
 from voxelhub.core.settings import Settings
+from voxelhub.dicom.deid_policy import load_stored
 from voxelhub.dicom.deidentify import DeidPolicy, DeidReport, deidentify_bytes
+
+logger = logging.getLogger(__name__)
 
 Prepare = Callable[[bytes], tuple[bytes, DeidReport | None]]
 _ITEM_INDEX = re.compile(r"\[\d+\]")
+# Warnings about stored policies already logged by this process: once each, not per request.
+_warned: set[tuple[uuid.UUID, str]] = set()
+_warned_lock = threading.Lock()
 
 
 def deid_key(settings: Settings, archive_id: uuid.UUID) -> bytes:
@@ -29,8 +37,21 @@ def deid_key(settings: Settings, archive_id: uuid.UUID) -> bytes:
 
 
 def policy_of(db: Session, archive_id: uuid.UUID) -> DeidPolicy | None:
+    """The archive's policy (None: none), loaded as `load_stored` loads an old one.
+
+    What loading had to change is logged as a warning, once per archive and process.
+    """
     stored = db.scalar(select(Archive.deid_policy).where(Archive.id == archive_id))
-    return DeidPolicy.from_json(stored) if stored is not None else None
+    if stored is None:
+        return None
+    loaded = load_stored(stored)
+    for warning in loaded.warnings:
+        with _warned_lock:
+            new = (archive_id, warning) not in _warned
+            _warned.add((archive_id, warning))
+        if new:
+            logger.warning("archive %s: %s", archive_id, warning)
+    return loaded.policy
 
 
 def preparer(policy: DeidPolicy | None, key: bytes) -> Prepare | None:
