@@ -17,12 +17,21 @@ from pydicom.sr.coding import Code
 from sqlalchemy import select
 
 from tests.conftest import Account, stow
+from tests.viewer import helpers as tilted
 from voxelhub.archives import service as archives
 from voxelhub.auth.service import Principal
 from voxelhub.core.db import session_scope
 from voxelhub.core.runtime import Runtime
-from voxelhub.dicom.synthetic import PatientInfo, ct_phantom, phantom_volume
+from voxelhub.dicom.synthetic import (
+    AIR,
+    BONE,
+    RESCALE_INTERCEPT,
+    PatientInfo,
+    ct_phantom,
+    phantom_volume,
+)
 from voxelhub.store.models import Instance, Series
+from voxelhub.viewer.render.display import output_grid
 
 SLICES, SIZE, PIXEL_MM, SLICE_MM = 8, 32, 1.5, 2.5
 API = "/viewer/api"
@@ -341,6 +350,50 @@ def test_slices_with_their_own_rescale_and_monochrome1(
             f"{url}/value", params={"index": k, "x": 7, "y": 9, "size": size}, headers=owner.headers
         ).json()
         assert value["value"] == float(hu[k, 9, 7])
+
+
+def test_a_gantry_tilted_series_is_reformatted_in_its_true_shape(
+    client: TestClient, database_url: str, make_user
+) -> None:  # type: ignore[no-untyped-def]
+    """A sagittal image through a ball imaged by a tilted gantry shows it round and where
+    it lies; axial images are the slices as acquired."""
+    owner, series = make_user(), tilted.tilted_ball()
+    stow(client, owner, make_archive(database_url, owner), series[::-1])
+    headers, url = owner.headers, f"{API}/series/{series[0].SeriesInstanceUID}"
+    study = client.get(f"{API}/studies/{series[0].StudyInstanceUID}", headers=headers).json()
+    volume = study["series"][0]["volume"]
+    assert volume["valid"] and volume["dims"] == [tilted.SLICES, tilted.GRID_ROWS, tilted.SIZE]
+    assert volume["gantry_tilt_degrees"] == pytest.approx(tilted.DEGREES)
+
+    # Bone white, air black; one output pixel per millimetre.
+    shown = {"wc": (AIR + BONE) / 2, "ww": 2, "size": tilted.GRID_ROWS}
+    params = {"plane": "sagittal", "index": tilted.CENTRE_COLUMN, **shown}
+    sagittal = client.get(f"{url}/render", params=params, headers=headers)
+    pixels = image(sagittal)
+    assert sagittal.headers["x-plane-size"] == str(tilted.SIZE)
+    grid = output_grid((tilted.SLICES, tilted.GRID_ROWS), (tilted.SLICE_MM, 1.0), tilted.GRID_ROWS)
+    assert pixels.shape == grid.shape
+    # Head up: image row y shows slice 12 - y; image column x shows row x of the grid.
+    rows, columns = np.meshgrid(grid.rows, grid.cols, indexing="ij")
+    positions = tilted.grid_position(tilted.SLICES - 1 - rows, columns, tilted.CENTRE_COLUMN)
+    tilted.assert_shows_the_ball(np.where(pixels > 127, BONE, AIR), positions, reach=np.sqrt(2))
+    # The value under the pixel nearest the ball's centre, and where that pixel lies.
+    nearest = np.linalg.norm(positions - np.array(tilted.CENTRE), axis=-1).argmin()
+    y, x = np.unravel_index(nearest, pixels.shape)
+    value = client.get(f"{url}/value", params={**params, "x": x, "y": y}, headers=headers).json()
+    assert value["value"] == BONE
+    assert value["position_mm"] == pytest.approx(positions[y, x].tolist())
+    coronal = client.get(f"{url}/render", params={**params, "plane": "coronal", "index": 20},
+                         headers=headers)  # fmt: skip
+    assert coronal.headers["x-plane-size"] == str(tilted.GRID_ROWS)
+
+    for k in (0, 6):
+        axial = client.get(
+            f"{url}/render", params={"index": k, "size": tilted.SIZE}, headers=headers
+        )
+        assert np.array_equal(
+            image(axial), windowed(series[k].pixel_array.astype(np.int32) + RESCALE_INTERCEPT)
+        )
 
 
 def test_a_damaged_stored_frame_is_a_clear_4xx(

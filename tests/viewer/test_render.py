@@ -5,7 +5,25 @@ from __future__ import annotations
 import imagecodecs
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
+from tests.viewer.helpers import (
+    CENTRE,
+    CENTRE_COLUMN,
+    COLUMN_COSINE,
+    DEGREES,
+    GRID_ROWS,
+    RADIUS,
+    ROW_COSINE,
+    SIZE,
+    SLICE_MM,
+    SLICES,
+    assert_shows_the_ball,
+    grid_position,
+    tilted_ball,
+)
+from voxelhub.dicom.synthetic import AIR, BONE, RESCALE_INTERCEPT
+from voxelhub.dicom.volume import series_volume
 from voxelhub.viewer.render.display import ImageFormat, encode, output_grid, window
 from voxelhub.viewer.render.geometry import (
     AXIAL_COSINES,
@@ -64,6 +82,14 @@ def test_plan_orders_slices_along_the_normal() -> None:
         ),
         (axial_slices([0.0, 2.0], pixel_spacing=None), "PixelSpacing"),
         (axial_slices([0.0, 2.0], frames=3), "multi-frame"),
+        (
+            # Shifted within its plane out of line with the others: no gantry tilt does that.
+            [
+                *axial_slices([0.0, 2.0]),
+                SliceInfo((3.0, 0.0, 4.0), AXIAL_COSINES, (0.5, 0.5), 4, 4),
+            ],
+            "not in proportion to their distance along the normal",
+        ),
     ],
 )
 def test_plan_says_why_images_form_no_volume(slices: list[SliceInfo], reason: str) -> None:
@@ -203,3 +229,106 @@ def test_roi_statistics_on_the_rendered_grid() -> None:
     assert ellipse.n == 13 and ellipse.mean == 12.0  # the disc of radius 2 about the centre
     with pytest.raises(RenderError, match="leaves"):
         roi_stats(values, (0, 0, 5, 4), shape=Shape.RECT, pixel_mm=1.0)
+
+
+def viewed(series: list[Dataset]) -> Volume:
+    """The volume the viewer cuts images from: the slices as stored, in volume order."""
+    plan = plan_volume(
+        [
+            SliceInfo(
+                position=tuple(float(v) for v in ds.ImagePositionPatient),  # type: ignore[arg-type]
+                orientation=tuple(float(v) for v in ds.ImageOrientationPatient),
+                pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+                rows=int(ds.Rows),
+                columns=int(ds.Columns),
+            )
+            for ds in series
+        ]
+    )
+    assert plan.geometry is not None, plan.reason
+    data = np.stack([series[k].pixel_array for k in plan.order])
+    first = series[0]
+    return Volume(data, plan.geometry, float(first.RescaleSlope), float(first.RescaleIntercept))
+
+
+def test_reformats_of_a_gantry_tilted_series_show_the_true_shape() -> None:
+    """The sagittal image through a ball imaged by a tilted gantry shows a round cross-section
+    where the ball is, as the resampled volume of the series holds it, not a sheared one."""
+    series = tilted_ball()
+    volume = viewed(series[::-1])
+    geometry = volume.geometry
+    assert geometry.tilt is not None and geometry.tilt.degrees == pytest.approx(DEGREES)
+    assert geometry.dims == (SLICES, SIZE, SIZE)
+    sizes = [geometry.plane_size(plane) for plane in Plane]
+    assert sizes == [SLICES, GRID_ROWS, SIZE]
+    sagittal = cut(volume, Plane.SAGITTAL, CENTRE_COLUMN, mode=Mode.SLICE, slab_mm=0)
+    assert sagittal.values.shape == (SLICES, GRID_ROWS)
+    assert sagittal.spacing == pytest.approx((SLICE_MM, 1.0))
+    # Head up: image row y shows slice 12 - y; image column x shows row x of the grid.
+    y, x = np.indices(sagittal.values.shape)
+    positions = grid_position(SLICES - 1 - y, x, CENTRE_COLUMN)
+    assert_shows_the_ball(sagittal.values, positions, reach=np.sqrt(2))
+    # Pixel for pixel the voxels of the volume an upload makes of the series.
+    converted = series_volume(series)
+    expected = converted.voxels[::-1, :, CENTRE_COLUMN]
+    assert np.allclose(sagittal.values, expected, atol=0.5)
+    # A pixel of the reformat lies where the volume's geometry puts its voxel.
+    voxel = to_voxel(geometry, Plane.SAGITTAL, CENTRE_COLUMN, 5, 20)
+    assert geometry.position_mm(voxel) == pytest.approx(tuple(grid_position(7, 20, 17)))
+
+
+@pytest.mark.parametrize(
+    ("plane", "index", "mode", "slab_mm"),
+    [
+        (Plane.CORONAL, 19, Mode.SLICE, 0.0),  # grid row 19 lies 0.4 mm from the centre
+        (Plane.CORONAL, 19, Mode.MIP, 3.0),
+        (Plane.SAGITTAL, CENTRE_COLUMN, Mode.MIP, 7.0),
+    ],
+)
+def test_reformats_and_slabs_of_a_gantry_tilted_series_show_the_ball_round(
+    plane: Plane, index: int, mode: Mode, slab_mm: float
+) -> None:
+    """An image or slab through the ball's centre shows a disc of its radius about it."""
+    image = cut(viewed(tilted_ball()), plane, index, mode=mode, slab_mm=slab_mm)
+    y, x = np.indices(image.values.shape)
+    grid = (index, x) if plane is Plane.CORONAL else (x, index)
+    assert_shows_the_ball(image.values, grid_position(SLICES - 1 - y, *grid), reach=np.sqrt(2))
+
+
+def test_axial_images_of_a_gantry_tilted_series_are_its_slices() -> None:
+    series = tilted_ball()
+    volume = viewed(series)
+    for k in (0, 6, 12):
+        axial = cut(volume, Plane.AXIAL, k, mode=Mode.SLICE, slab_mm=0)
+        assert np.array_equal(
+            axial.values, series[k].pixel_array.astype(np.float32) + RESCALE_INTERCEPT
+        )
+        # Each pixel lies where its slice says.
+        corner = np.array(series[k].ImagePositionPatient, dtype=np.float64)
+        expected = corner + 3 * COLUMN_COSINE + 4 * ROW_COSINE
+        assert volume.geometry.position_mm((k, 3, 4)) == pytest.approx(tuple(expected))
+    # A slab through every slice, seen from the middle one, projects the ball along the
+    # normal: a disc about where the ball's centre lies in that slice's plane.
+    mip = cut(volume, Plane.AXIAL, 6, mode=Mode.MIP, slab_mm=100.0)
+    offset = np.array(CENTRE) - np.array(series[6].ImagePositionPatient, dtype=np.float64)
+    rows, columns = np.indices(mip.values.shape)
+    distance = np.hypot(rows - offset @ COLUMN_COSINE, columns - offset @ ROW_COSINE)
+    assert np.all(mip.values[distance < RADIUS - 2] == BONE)
+    assert np.all(mip.values[distance > RADIUS + 1.5] == AIR)
+
+
+def test_labels_of_a_gantry_tilted_series_lie_on_its_slices_and_are_not_blended() -> None:
+    volume = viewed(tilted_ball())
+    geometry = volume.geometry
+    frames = [
+        SegFrame(segment=k % 2 + 1, mask=np.ones((SIZE, SIZE), dtype=bool),
+                 position=geometry.position_mm((k, 0, 0)))
+        for k in range(SLICES)
+    ]  # fmt: skip
+    labels = label_volume(geometry, frames, {})
+    assert labels[:, 0, 0].tolist() == [k % 2 + 1 for k in range(SLICES)]
+    sagittal = cut(Volume(labels, geometry, labels=True), Plane.SAGITTAL, 3, mode=Mode.SLICE,
+                   slab_mm=0)  # fmt: skip
+    assert set(np.unique(sagittal.values)) == {0, 1, 2}
+    # Slice 12 (the top row) reaches from grid row round(12 * 0.86) = 10 on.
+    assert sagittal.values[0].tolist() == [0] * 10 + [1] * SIZE + [0]

@@ -92,11 +92,11 @@ def measure_tilt(
     Refuses in-plane shifts that do not grow in proportion to the distance along the normal
     (by more than `tolerance_mm`): no tilt makes them, and no resampling would place them.
     """
-    steps = [p - positions[0] for p in positions]
-    shifts = np.array([[float(np.dot(d, row)), float(np.dot(d, column))] for d in steps])
+    steps = np.asarray(positions, dtype=np.float64) - positions[0]
+    shifts = np.stack([steps @ row, steps @ column], axis=1)
     if float(np.linalg.norm(shifts, axis=1).max()) <= tolerance_mm:
         return None
-    along = np.array([float(np.dot(d, normal)) for d in steps])
+    along = steps @ normal
     # Least squares through the first slice: the in-plane shift per mm along the normal.
     slope = shifts.T @ along / float(along @ along)
     off_line = float(np.linalg.norm(shifts - np.outer(along, slope), axis=1).max())

@@ -1,8 +1,9 @@
 """The image viewer: server-side rendering of slices, reformations and projections.
 
-`render/` is the pure core (numpy and imagecodecs only): volume geometry, planes and slab
-projections, window/level, square-millimetre resampling, encoding, SEG label volumes and
-region statistics. `cache.py` keeps decoded volumes in memory under
+`render/` is the pure core (numpy, imagecodecs and the pure `voxelhub.dicom.tilt`): volume
+geometry, planes and slab projections (reformats of gantry-tilted series on their regular
+grid), window/level, square-millimetre resampling, encoding, SEG label volumes and region
+statistics. `cache.py` keeps decoded volumes in memory under
 `VOXELHUB_VIEWER_CACHE_MB` (default 2048) with least-recently-used eviction; `router.py`
 serves `/viewer/api`.
 

@@ -242,7 +242,6 @@ def label_image(
                 raise NotRenderable(f"SEG {seg_uid} cannot be shown on its source: {err}") from err
             cache.put(key, data)
         mode = Mode.MIP if wanted.mode is not Mode.SLICE else Mode.SLICE
-        image2d = cut(
-            Volume(data, geometry), wanted.plane, wanted.index, mode=mode, slab_mm=wanted.slab_mm
-        )
+        labels = Volume(data, geometry, labels=True)
+        image2d = cut(labels, wanted.plane, wanted.index, mode=mode, slab_mm=wanted.slab_mm)
     return Shown(image2d.values, image2d.spacing, geometry.plane_size(wanted.plane))

@@ -19,7 +19,7 @@ from voxelhub.store.errors import StudyNotFound
 from voxelhub.store.models import Series, Study
 from voxelhub.viewer.errors import InvalidParameter, SeriesNotVisible
 from voxelhub.viewer.params import integer
-from voxelhub.viewer.render.geometry import direction_letter
+from voxelhub.viewer.render.geometry import Plane, direction_letter
 from voxelhub.viewer.seg import segments
 from voxelhub.viewer.volumes import SeriesInfo, decode_image, first_value, series_info
 
@@ -152,9 +152,12 @@ def volume_json(info: SeriesInfo) -> dict[str, Any]:
         return {
             "valid": True,
             "reason": None,
-            "dims": list(geometry.dims),
+            # How many images each plane has: a gantry-tilted series is reformatted on a
+            # grid wider than its slices.
+            "dims": [geometry.plane_size(plane) for plane in Plane],
             "spacing": list(geometry.spacing),
             "orientation_labels": geometry.orientation_labels(),
+            "gantry_tilt_degrees": None if geometry.tilt is None else geometry.tilt.degrees,
         }
     first = info.images[0] if info.images else None
     spacing = (first.spacing if first else None) or (1.0, 1.0)
@@ -178,6 +181,7 @@ def volume_json(info: SeriesInfo) -> dict[str, Any]:
         ],
         "spacing": [0.0, spacing[0], spacing[1]],
         "orientation_labels": labels,
+        "gantry_tilt_degrees": None,
     }
 
 

@@ -4,6 +4,10 @@ A volume is (slice, row, column): slices ordered along the normal of their commo
 orientation (row cosine x column cosine), evenly spaced, all of one size. Patient space
 is DICOM's LPS (x to the patient's left, y to posterior, z to the head), in millimetres.
 
+The slices of a gantry-tilted CT are each shifted within their plane from the one before
+(see `voxelhub.dicom.tilt`). The volume keeps them as acquired, and its geometry says
+where each lies on the regular grid that coronal and sagittal images are cut from.
+
 >>> slices = [SliceInfo(position=(0.0, 0.0, 2.0 * k), orientation=AXIAL_COSINES,
 ...                     pixel_spacing=(0.5, 0.5), rows=4, columns=4) for k in (2, 0, 1)]
 >>> plan = plan_volume(slices)
@@ -20,11 +24,17 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from voxelhub.dicom.errors import DicomError
+from voxelhub.dicom.tilt import measure_tilt, tilt_grid
+
 Vector = tuple[float, float, float]
 AXIAL_COSINES = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _COSINE_TOLERANCE = 1e-3
 _SPACING_TOLERANCE_MM = 1e-3
 _RELATIVE_GAP_TOLERANCE = 0.01
+# Slices may drift within their plane by this fraction of a pixel and still stack: scanners
+# round the positions (as `voxelhub.dicom.volume` allows).
+_IN_PLANE_TOLERANCE = 0.1
 
 
 class Plane(StrEnum):
@@ -49,8 +59,28 @@ class SliceInfo:
 
 
 @dataclass(frozen=True)
+class SliceTilt:
+    """Where the slices of a gantry-tilted series lie on the grid reformats are cut from.
+
+    The grid is the one `voxelhub.dicom.tilt.untilt` resamples onto: the slices' row and
+    column cosines and their normal as axes, widened so that every slice fits. `offsets`
+    holds, per slice, the (rows, columns) from the grid's first row and column to the
+    slice's first pixel; `size` is the grid's (rows, columns).
+    """
+
+    degrees: float
+    offsets: tuple[tuple[float, float], ...]
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class VolumeGeometry:
-    """The grid of a volume: dims and spacing are (slices, rows, columns)."""
+    """The grid of a volume: dims and spacing are (slices, rows, columns).
+
+    `origin` is the centre of the first slice's first pixel. `tilt` is set when the slices
+    are shifted within their plane (a gantry tilt): `dims` are then those of the slices as
+    acquired, and coronal and sagittal images are cut from the wider grid of `tilt`.
+    """
 
     dims: tuple[int, int, int]
     spacing: tuple[float, float, float]
@@ -58,12 +88,15 @@ class VolumeGeometry:
     row_cosine: Vector  # direction of increasing column index
     column_cosine: Vector  # direction of increasing row index
     normal: Vector  # direction of increasing slice index
+    tilt: SliceTilt | None = None
 
     def axis(self, plane: Plane) -> int:
         return {Plane.AXIAL: 0, Plane.CORONAL: 1, Plane.SAGITTAL: 2}[plane]
 
     def plane_size(self, plane: Plane) -> int:
         """How many images the plane has (axial: slices, coronal: rows, sagittal: columns)."""
+        if plane is not Plane.AXIAL and self.tilt is not None:
+            return self.tilt.size[self.axis(plane) - 1]
         return self.dims[self.axis(plane)]
 
     def image_spacing(self, plane: Plane) -> tuple[float, float]:
@@ -100,9 +133,15 @@ class VolumeGeometry:
             }
         return labels
 
-    def position_mm(self, voxel: tuple[int, int, int]) -> Vector:
-        """The patient position (LPS, mm) of the centre of voxel (slice, row, column)."""
+    def position_mm(self, voxel: tuple[int, float, float]) -> Vector:
+        """The patient position (LPS, mm) of the centre of voxel (slice, row, column).
+
+        Rows and columns are those of the slice as acquired; fractions lie between centres.
+        """
         k, r, c = voxel
+        if self.tilt is not None:
+            first, offsets = self.tilt.offsets[0], self.tilt.offsets[k]
+            r, c = r + offsets[0] - first[0], c + offsets[1] - first[1]
         slice_mm, row_mm, column_mm = self.spacing
         point = (
             np.array(self.origin)
@@ -160,16 +199,48 @@ def plan_volume(slices: Sequence[SliceInfo]) -> VolumePlan:
             f"{gaps.max():.3f} mm): a slice is missing or duplicated",
         )
     spacing = slices[0].pixel_spacing or (1.0, 1.0)  # present: checked by _not_a_volume
-    first = positions[order[0]]
+    pixel_spacing = (float(spacing[0]), float(spacing[1]))
+    try:
+        tilt = _tilt(
+            [positions[i] for i in order],
+            (row, column, normal),
+            pixel_spacing=pixel_spacing,
+            shape=(slices[0].rows, slices[0].columns),
+        )
+    except DicomError:
+        return VolumePlan(
+            as_given,
+            None,
+            "the images are shifted within their plane, but not in proportion to their "
+            "distance along the normal as a gantry tilt shifts them: the series may mix stacks",
+        )
     geometry = VolumeGeometry(
         dims=(len(slices), slices[0].rows, slices[0].columns),
-        spacing=(mean, float(spacing[0]), float(spacing[1])),
-        origin=_vec(first),
+        spacing=(mean, *pixel_spacing),
+        origin=_vec(positions[order[0]]),
         row_cosine=_vec(row),
         column_cosine=_vec(column),
         normal=_vec(normal),
+        tilt=tilt,
     )
     return VolumePlan(tuple(int(i) for i in order), geometry)
+
+
+def _tilt(
+    positions: Sequence[npt.NDArray[np.float64]],
+    axes: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    *,
+    pixel_spacing: tuple[float, float],
+    shape: tuple[int, int],
+) -> SliceTilt | None:
+    """Where gantry-tilted slices lie on the grid reformats are cut from; None when they
+    stack. `axes` are the row and column cosines and the normal."""
+    tolerance = max(_SPACING_TOLERANCE_MM, _IN_PLANE_TOLERANCE * min(pixel_spacing))
+    found = measure_tilt(positions, *axes, tolerance_mm=tolerance)
+    if found is None:
+        return None
+    grid = tilt_grid(found, pixel_spacing=pixel_spacing, shape=shape)
+    return SliceTilt(found.degrees, grid.offsets, grid.size)
 
 
 def _not_a_volume(slices: Sequence[SliceInfo]) -> str | None:

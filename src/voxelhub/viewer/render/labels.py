@@ -77,6 +77,10 @@ def _slice_of(
         float(offset @ np.array(geometry.column_cosine)) / row_mm,
     )
     k = round(along)
+    if geometry.tilt is not None and 0 <= k < geometry.dims[0]:
+        # Each slice of a gantry-tilted series lies shifted within its plane.
+        first, offsets = geometry.tilt.offsets[0], geometry.tilt.offsets[k]
+        across = (across[0] - offsets[1] + first[1], across[1] - offsets[0] + first[0])
     if (
         abs(along - k) > _SLICE_TOLERANCE
         or not 0 <= k < geometry.dims[0]

@@ -4,6 +4,11 @@ The volume holds stored values (`Volume.data`) with one rescale for all slices, 
 projection runs on the compact stored type and only the 2D result is rescaled.
 Reformatted planes (coronal, sagittal) come turned head up (see `VolumeGeometry.flipped`).
 
+The slices of a gantry-tilted series are shown as acquired; coronal and sagittal images
+sample each slice where it crosses the regular grid (see `voxelhub.viewer.render.tilted`),
+and an axial slab moves each slice onto the one it is centred on, so that every image
+shows the patient's true shape.
+
 >>> import numpy as np
 >>> from voxelhub.viewer.render.geometry import VolumeGeometry
 >>> g = VolumeGeometry((4, 2, 2), (2.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1))
@@ -14,6 +19,7 @@ Reformatted planes (coronal, sagittal) come turned head up (see `VolumeGeometry.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -21,7 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voxelhub.viewer.render.geometry import Plane, VolumeGeometry
+from voxelhub.viewer.render import tilted
+from voxelhub.viewer.render.geometry import Plane, SliceTilt, VolumeGeometry
 
 _SLICES_PER_CHUNK = 16
 
@@ -39,12 +46,17 @@ class RenderError(ValueError):
 
 @dataclass(frozen=True)
 class Volume:
-    """Stored values (slice, row, column) on `geometry`; real = data * slope + intercept."""
+    """Stored values (slice, row, column) on `geometry`; real = data * slope + intercept.
+
+    `labels` marks segment numbers: where slices are resampled (a gantry tilt) they take
+    the nearest voxel rather than a blend, and 0 where no slice reaches.
+    """
 
     data: npt.NDArray[Any]
     geometry: VolumeGeometry
     slope: float = 1.0
     intercept: float = 0.0
+    labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,10 @@ def cut(volume: Volume, plane: Plane, index: int, *, mode: Mode, slab_mm: float)
         start, stop = slab_range(
             index, geometry.plane_size(plane), slab_mm=slab_mm, spacing_mm=geometry.spacing[axis]
         )
-    block = _take(volume.data, axis, start, stop)
-    raw = _project(block, axis, mode)
+    if geometry.tilt is not None and (axis != 0 or stop - start > 1):
+        raw = _tilted(volume, geometry.tilt, axis=axis, index=index, span=(start, stop), mode=mode)
+    else:
+        raw = _project(_take(volume.data, axis, start, stop), axis, mode)
     if geometry.flipped(plane):
         raw = raw[::-1]
     return PlaneImage(rescale(raw, volume.slope, volume.intercept), geometry.image_spacing(plane))
@@ -101,14 +115,101 @@ def rescale(raw: npt.NDArray[Any], slope: float, intercept: float) -> npt.NDArra
 
 def to_voxel(
     geometry: VolumeGeometry, plane: Plane, index: int, row: int, column: int
-) -> tuple[int, int, int]:
-    """The voxel (slice, row, column) shown at (row, column) of the image `index` in `plane`."""
+) -> tuple[int, float, float]:
+    """The voxel (slice, row, column) shown at (row, column) of the image `index` in `plane`.
+
+    Rows and columns are those of the slice as acquired: a reformat of a gantry-tilted
+    series shows points between their centres, and beyond the slice's edges.
+    """
     if plane is Plane.AXIAL:
         return index, row, column
     slice_index = geometry.dims[0] - 1 - row if geometry.flipped(plane) else row
-    if plane is Plane.CORONAL:
-        return slice_index, index, column
-    return slice_index, column, index
+    grid_row, grid_column = (index, column) if plane is Plane.CORONAL else (column, index)
+    if geometry.tilt is None:
+        return slice_index, grid_row, grid_column
+    row_offset, column_offset = geometry.tilt.offsets[slice_index]
+    return slice_index, grid_row - row_offset, grid_column - column_offset
+
+
+def _tilted(
+    volume: Volume, tilt: SliceTilt, *, axis: int, index: int, span: tuple[int, int], mode: Mode
+) -> npt.NDArray[Any]:
+    """The raw image of a plane of a gantry-tilted series, before it is turned head up."""
+    if axis == 0:
+        return _aligned_slab(volume.data, tilt, index=index, span=span, mode=mode)
+    offsets = np.asarray(tilt.offsets, dtype=np.float64)
+    # A coronal image crosses each slice at a row and runs along its columns; a sagittal
+    # one crosses at a column and runs along its rows.
+    across, along = offsets[:, axis - 1], offsets[:, 2 - axis]
+    start, stop = span
+    if stop - start == 1:
+        lines, inside = tilted.lines(volume.data, start - across, axis=axis, nearest=volume.labels)
+    else:
+        lines, inside = _slab_lines(volume.data, (start - across, stop - across), axis, mode)
+    # Where no slice reaches: 0 for labels, else the darkest value read (as dcm2niix fills
+    # with the darkest value of the series).
+    fill = 0.0 if volume.labels or not inside.any() else float(lines[inside].min())
+    return tilted.placed(
+        lines, along, size=tilt.size[2 - axis], inside=inside, nearest=volume.labels, fill=fill
+    )
+
+
+def _slab_lines(
+    data: npt.NDArray[Any], bounds: tuple[npt.NDArray[Any], npt.NDArray[Any]], axis: int, mode: Mode
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """Per slice, the projection of its whole rows (`axis` 1) or columns (2) nearest to the
+    slab from `bounds[0][k]` to `bounds[1][k]`; and whether the slab crosses the slice."""
+    length = data.shape[axis]
+    average = mode is Mode.AVG
+    lines = np.zeros((data.shape[0], data.shape[3 - axis]), np.float32 if average else data.dtype)
+    inside = np.zeros(data.shape[0], dtype=np.bool_)
+    reduce = np.minimum if mode is Mode.MINIP else np.maximum
+    for k, (first, last) in enumerate(zip(*bounds, strict=True)):
+        low, high = max(0, math.floor(first + 0.5)), min(length, math.floor(last + 0.5))
+        if low < high:
+            block = data[k, low:high, :] if axis == 1 else data[k, :, low:high]
+            if average:
+                lines[k] = block.mean(axis=axis - 1, dtype=np.float32)
+            else:
+                lines[k] = reduce.reduce(block, axis=axis - 1)
+            inside[k] = True
+    return lines, inside
+
+
+def _aligned_slab(
+    data: npt.NDArray[Any], tilt: SliceTilt, *, index: int, span: tuple[int, int], mode: Mode
+) -> npt.NDArray[Any]:
+    """An axial slab seen from slice `index`: each slice of `span` moved onto it by the
+    difference of their shifts (to whole pixels); each pixel projects the slices reaching it."""
+    start, stop = span
+    average = mode is Mode.AVG
+    total: npt.NDArray[Any] = data[index].astype(np.float32 if average else data.dtype)
+    count = np.ones(total.shape, dtype=np.float32) if average else None
+    combine = {Mode.MIP: np.maximum, Mode.MINIP: np.minimum}.get(mode, np.add)
+    for k in range(start, stop):
+        if k != index:
+            target, source = _overlap(total.shape, tilt, k=k, onto=index)
+            combine(total[target], data[k][source], out=total[target])
+            if count is not None:
+                count[target] += 1
+    if count is not None:
+        total /= count
+    return total
+
+
+def _overlap(
+    shape: tuple[int, ...], tilt: SliceTilt, *, k: int, onto: int
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Which pixels of slice `onto` slice `k` covers, moved by the difference of their
+    shifts to whole pixels; and which of its own pixels lie there."""
+    target, source = [], []
+    for axis in (0, 1):
+        shift = math.floor(tilt.offsets[k][axis] - tilt.offsets[onto][axis] + 0.5)
+        first = max(0, shift)
+        last = max(first, min(shape[axis], shape[axis] + shift))
+        target.append(slice(first, last))
+        source.append(slice(first - shift, last - shift))
+    return (target[0], target[1]), (source[0], source[1])
 
 
 def _take(data: npt.NDArray[Any], axis: int, start: int, stop: int) -> npt.NDArray[Any]:
