@@ -6,6 +6,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK
@@ -13,6 +14,7 @@ import typer
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from tests.dicom.helpers import ball, sampled_series
 from tests.ingest.conftest import Uploader, dicom_files, shuffled_ct, zip_bytes
 from voxelhub.core.db import session_scope
 from voxelhub.ingest import client as client_module
@@ -137,6 +139,46 @@ def test_the_upload_command_prints_the_report(
     missing = runner.invoke(app, ["upload", str(noise), "--archive", "nope", *common])
     assert missing.exit_code == 2
     assert "no archive named 'nope'" in missing.output
+
+
+def _with_warnings(folder: Path) -> tuple[list[Path], str]:
+    """A gantry-tilted CT (its volume is resampled) and a NIfTI whose sform and qform
+    disagree (the sform places it): both are stored, each with a warning. Also the CT's
+    SeriesInstanceUID."""
+    cosine, sine = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    series = sampled_series(
+        ball((1.0, -2.0, 16.0), 7.0), orientation=[1, 0, 0, 0, cosine, sine],
+        positions=[(-16.0, -16.0, 2.5 * k) for k in range(13)], size=32, spacing_mm=1.0,
+    )  # fmt: skip
+    for name, data in dicom_files(series, folder="tilted").items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    nifti = nibabel.Nifti1Image(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), None)
+    nifti.set_qform(np.diag([1.0, 1.0, 2.0, 1.0]), code=1)
+    nifti.set_sform(np.diag([0.9, 1.1, 2.5, 1.0]), code=2)
+    nibabel.save(nifti, folder / "t1.nii.gz")
+    return [folder / "tilted", folder / "t1.nii.gz"], str(series[0].SeriesInstanceUID)
+
+
+def test_the_upload_command_prints_the_warnings_of_what_it_stored(
+    tmp_path: Path, upload_server: str, uploader: Uploader
+) -> None:
+    app = typer.Typer()
+    app.command("upload")(upload_command)
+    app.command("noop")(lambda: None)
+    paths, uid = _with_warnings(tmp_path)
+    common = ["--server", upload_server, "--token", uploader.account.token]
+    runner = CliRunner()
+    arguments = ["upload", *map(str, paths), "--archive", uploader.archive_name, *common]
+    done = runner.invoke(app, arguments)
+    assert done.exit_code == 0, done.output  # warnings are not failures
+    output = " ".join(done.output.split())
+    assert "converted" in output and "rejected" not in output
+    assert output.count("1 warning") == 2  # flagged in the files and in the series table
+    warnings = output.split("Warnings (stored, but worth knowing):", 1)[1]
+    assert "warning t1.nii.gz: the sform (code 2, aligned) and the qform (code 1" in warnings
+    tilt = "the slices were resampled to correct a gantry tilt of 20.0 degrees"
+    assert f"warning series {uid}: {tilt}" in warnings
 
 
 class Interrupted(FlakyNetwork):

@@ -2,6 +2,9 @@
 
 Registered in the main command line with `app.command("upload")(upload_command)`;
 `upload()` is the same with a progress bar and the printed report, for other callers.
+Warnings of stored files and converted series (a NIfTI placed by one of two disagreeing
+transforms, slices resampled for a gantry tilt) are listed after the tables; they do
+not change the exit status.
 """
 
 from __future__ import annotations
@@ -46,6 +49,30 @@ def _styled(outcome: str) -> str:
     return f"[{_STYLE.get(outcome, 'white')}]{outcome}[/]"
 
 
+def _flagged(text: str, entry: dict[str, Any]) -> str:
+    """`text` (escaped) and, when the entry has warnings, how many (listed below the tables)."""
+    count = len(entry.get("warnings") or ())
+    if not count:
+        return escape(text)
+    flag = f"[yellow]{count} warning{'s' if count > 1 else ''}[/]"
+    return f"{escape(text)}\n{flag}" if text else flag
+
+
+def _print_warnings(report: dict[str, Any], console: Console) -> None:
+    """Each warning of a file or series, in full: they were stored, but a person should know."""
+    found = [(entry["path"], w) for entry in report["files"] for w in entry.get("warnings") or ()]
+    found += [
+        (f"series {item['series_instance_uid']}", w)
+        for item in report.get("series") or ()
+        for w in item.get("warnings") or ()
+    ]
+    if not found:
+        return
+    console.print("[bold yellow]Warnings[/] (stored, but worth knowing):")
+    for where, warning in found:
+        console.print(f"  [yellow]warning[/] {escape(where)}: {escape(warning)}")
+
+
 def _series_table(items: list[dict[str, Any]]) -> Table:
     table = Table("series", "modality", "instances", "outcome", "case · values",
                   title="DICOM series")  # fmt: skip
@@ -56,19 +83,20 @@ def _series_table(items: list[dict[str, Any]]) -> Table:
             where += f"\n{item['reason']}"
         table.add_row(escape(item["series_instance_uid"]), escape(item["modality"]),
                       str(item["number_of_instances"]), _styled(item["outcome"]),
-                      escape(where))  # fmt: skip
+                      _flagged(where, item))  # fmt: skip
     return table
 
 
 def print_report(report: dict[str, Any], console: Console = out) -> None:
-    """The per-file and per-series report as tables, then the counts."""
+    """The per-file and per-series report as tables, their warnings, then the counts."""
     files = Table("file", "format", "outcome", "reason / result", title="Files")
     for entry in report["files"]:
         files.add_row(escape(entry["path"]), entry.get("format") or "-",
-                      _styled(entry["outcome"]), escape(_what(entry)))  # fmt: skip
+                      _styled(entry["outcome"]), _flagged(_what(entry), entry))  # fmt: skip
     console.print(files)
     if report.get("series"):
         console.print(_series_table(report["series"]))
+    _print_warnings(report, console)
     counts = ", ".join(f"{n} {what}" for what, n in sorted(report["counts"].items()))
     console.print(f"upload {report['upload_id']}: [bold]{report['state']}[/] ({counts})")
 
