@@ -234,6 +234,7 @@ def start_drop_folder(runtime: Runtime) -> tuple[threading.Thread, threading.Eve
     stop = threading.Event()
     watcher = DropFolder(
         folder, archive, runtime=runtime,
+        settle_seconds=runtime.settings.drop_folder_settle_seconds,
         retry_seconds=runtime.settings.drop_folder_retry_seconds,
         give_up_seconds=runtime.settings.drop_folder_give_up_seconds,
     )  # fmt: skip

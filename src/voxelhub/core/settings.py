@@ -82,17 +82,25 @@ class Settings(BaseSettings):
         description="A folder `serve` watches: files and archives put there are ingested "
         "into the default archive",
     )
+    drop_folder_settle_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="A drop-folder entry is taken once it has stayed unchanged this long; a "
+        "complete entry that cannot be read then goes to failed/. Writers on other hosts "
+        "(a share served elsewhere) are judged by this alone: set it above their longest stall",
+    )
     drop_folder_retry_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="A drop-folder file that cannot be read completely (cut off, as while a "
-        "writer stalls) is left in place and tried again after this long, or when it changes",
+        description="A drop-folder entry that cannot be read completely while it is still "
+        "being written (it changed while read, or a process on this host holds it open for "
+        "writing) is left in place and tried again after this long, or when it changes",
     )
     drop_folder_give_up_seconds: float = Field(
         default=600.0,
         gt=0,
-        description="A drop-folder file that still cannot be read completely after staying "
-        "unchanged this long goes to failed/ with the reason",
+        description="Such an entry goes to failed/ with the reason once unchanged this long, "
+        "even if still open",
     )
     dicom_check_called_ae: bool = Field(
         default=False,
