@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,8 +24,13 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pynetdicom import AE
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -32,7 +39,11 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.sop_class import (
     CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from sqlalchemy import func, select
@@ -48,7 +59,7 @@ from voxelhub.store import ingest_guard
 from voxelhub.store.dimse import DimseConfig, DimseConfigError, DimseServer, start_dimse
 from voxelhub.store.dimse.contexts import add_supported_contexts, cheap_to_copy
 from voxelhub.store.dimse.journal import Segment, leftovers
-from voxelhub.store.dimse.receiver import StoreDUL
+from voxelhub.store.dimse.receiver import MAX_UNSENT, StoreDUL
 from voxelhub.store.dimse.store_scp import JOURNAL_FOLDER
 from voxelhub.store.models import Instance, Series, Study
 
@@ -792,11 +803,11 @@ def test_retrieves_without_their_unique_key_fail(dimse: DimseServer, tmp_path: P
                 "-k", "QueryRetrieveLevel=SERIES", cwd=tmp_path)  # fmt: skip
     output = get.stdout + get.stderr
     assert "0xa900" in output and "SeriesInstanceUID is required" in output, output[-3000:]
-    # A C-MOVE cannot carry a comment before pynetdicom contacts the destination; the
-    # refusal answers "unable to process" without contacting it.
-    move = dcmtk("movescu", "-aec", AE_TITLE, "-S", "-aem", DESTINATION, "127.0.0.1",
+    move = dcmtk("movescu", "-d", "-aec", AE_TITLE, "-S", "-aem", DESTINATION, "127.0.0.1",
                  dimse.port, "-k", "QueryRetrieveLevel=STUDY")  # fmt: skip
-    assert "UnableToProcess" in move.stdout + move.stderr
+    output = move.stdout + move.stderr
+    assert "0xa900" in output, output[-3000:]
+    assert "StudyInstanceUID is required to retrieve at STUDY level" in output, output[-3000:]
 
 
 @pytest.mark.slow
@@ -818,6 +829,47 @@ def test_a_retrieve_takes_no_wildcards_in_its_keys(
     out.mkdir()
     scu("getscu", dimse, "-od", out, *patient_root, "-k", f"PatientID={PATIENT.patient_id}")
     assert len(list(out.iterdir())) == len(series_files)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of "1.2.*" as a UID
+@pytest.mark.parametrize("get", [True, False], ids=["C-GET", "C-MOVE"])
+@pytest.mark.parametrize(
+    ("keys", "comment", "offending"),
+    [
+        ({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": "1.2.3"},
+         "SeriesInstanceUID is required to retrieve at SERIES level", 0x0020000E),
+        ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.4"},
+         "SOPInstanceUID needs QueryRetrieveLevel IMAGE, not STUDY", 0x00080018),
+        ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.*"},
+         "StudyInstanceUID takes no wildcards (* or ?) in a retrieve", 0x0020000D),
+        ({"StudyInstanceUID": "1.2.3"},
+         "QueryRetrieveLevel (missing) is not one of STUDY, SERIES, IMAGE", 0x00080052),
+    ],
+    ids=["missing", "lower level", "wildcard", "no level"],
+)  # fmt: skip
+def test_a_refused_retrieve_says_which_key_is_wrong(
+    dimse: DimseServer, get: bool, keys: dict[str, str], comment: str, offending: int
+) -> None:
+    """A retrieve whose identifier does not name what to send is refused with 0xA900, an
+    Error Comment saying which key is wrong and how, and that key as the Offending Element;
+    no sub-operation is counted and a C-MOVE destination is not contacted (none listens)."""
+    query = Dataset()
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    assoc = _retriever(get=get).associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        answers = list(
+            assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet) if get
+            else assoc.send_c_move(query, DESTINATION, StudyRootQueryRetrieveInformationModelMove)
+        )  # fmt: skip
+    finally:
+        assoc.release()
+    [(answer, _)] = answers
+    assert int(answer.Status) == 0xA900
+    assert answer.ErrorComment == comment
+    assert answer.OffendingElement == offending
+    assert _counts(answer)[:3] == (0, 0, 0)
 
 
 def _wait_for_port(port: int) -> None:
@@ -961,3 +1013,307 @@ def test_a_c_cancel_ends_a_long_c_find_at_once(
         assoc.release()
     assert statuses[-1] == 0xFE00, f"{len(statuses)} responses, the last 0x{statuses[-1]:04X}"
     assert len(statuses) < studies // 3
+
+
+# --- C-GET and C-MOVE: back-pressure and C-CANCEL --------------------------------------------
+
+
+def _store_datasets(server: DimseServer, datasets: list[Dataset]) -> None:
+    """Store `datasets` over one association and wait until they are indexed."""
+    ae = AE(ae_title="CT1")
+    for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        assert all(assoc.send_c_store(ds).Status == 0x0000 for ds in datasets)
+    finally:
+        assoc.release()
+    assert server.flush(timeout=120)
+
+
+class _Receiver:
+    """A storage SCP (the C-MOVE destination or the C-GET requester) counting what arrives."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    def handle(self, event: Any) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+
+@contextlib.contextmanager
+def _destination(port: int) -> Iterator[_Receiver]:
+    receiver = _Receiver()
+    ae = AE(ae_title=DESTINATION)
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])  # fmt: skip
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+
+
+def _queue_depths(monkeypatch: pytest.MonkeyPatch, *, delay: float) -> list[int]:
+    """Slow down what the server sends (a slow link) and record, at each PDU sent, how many
+    more wait to be sent."""
+    depths: list[int] = []
+    send = StoreDUL._send
+
+    def slow_send(dul: StoreDUL, pdu: Any) -> None:
+        depths.append(dul.to_provider_queue.qsize())
+        time.sleep(delay)
+        send(dul, pdu)
+
+    monkeypatch.setattr(StoreDUL, "_send", slow_send)
+    return depths
+
+
+def _retriever(*, get: bool) -> AE:
+    ae = AE(ae_title="VIEWER")
+    model = (StudyRootQueryRetrieveInformationModelGet if get
+             else StudyRootQueryRetrieveInformationModelMove)  # fmt: skip
+    ae.add_requested_context(model)
+    if get:
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae
+
+
+def _series_query(ds: Dataset) -> Dataset:
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = ds.StudyInstanceUID
+    query.SeriesInstanceUID = ds.SeriesInstanceUID
+    return query
+
+
+def test_a_c_get_sends_large_instances_a_few_pdus_at_a_time(
+    dimse: DimseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C-STORE sub-operation cut into many PDUs for a peer with a small maximum PDU length
+    is queued to the socket a bounded number of PDUs at a time, not all at once."""
+    datasets = ct_phantom(slices=2, size=512, patient=PATIENT)  # 512 KiB per instance
+    _store_datasets(dimse, datasets)
+    depths = _queue_depths(monkeypatch, delay=0.0005)
+    receiver = _Receiver()
+    assoc = _retriever(get=True).associate(
+        "127.0.0.1", dimse.port, ae_title=AE_TITLE, max_pdu=4096,  # 128 PDUs an instance
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, receiver.handle)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        answers = [int(s.Status) for s, _ in assoc.send_c_get(
+            _series_query(datasets[0]), StudyRootQueryRetrieveInformationModelGet)]  # fmt: skip
+    finally:
+        assoc.release()
+    assert answers[-1] == 0x0000 and len(receiver.received) == len(datasets)
+    assert max(depths) <= MAX_UNSENT, f"{max(depths)} PDUs queued at once"
+
+
+def _counts(answer: Dataset) -> tuple[int, int, int, int]:
+    """A C-GET/C-MOVE response's completed, failed, warning and remaining sub-operations."""
+    completed, failed, warning, remaining = (
+        int(answer.get(f"NumberOf{kind}Suboperations") or 0)
+        for kind in ("Completed", "Failed", "Warning", "Remaining")
+    )
+    return completed, failed, warning, remaining
+
+
+def test_a_c_move_waits_for_a_slow_requester_and_stops_at_its_c_cancel(
+    dimse: DimseServer, monkeypatch: pytest.MonkeyPatch, destination_port: int
+) -> None:
+    """The pending C-MOVE responses go to the requester as fast as it reads them: while it
+    reads nothing, only a bounded number of sub-operations go ahead of it, so its C-CANCEL
+    leaves the rest undone, and the Cancel response counts what was done and what was not
+    (PS3.4 C.4.2.1.5)."""
+    count = MAX_UNSENT * 3
+    datasets = ct_phantom(slices=count, size=8, patient=PATIENT)
+    _store_datasets(dimse, datasets)
+    released = threading.Event()
+    send = StoreDUL._send
+    depths: list[int] = []
+
+    def held_send(dul: StoreDUL, pdu: Any) -> None:
+        released.wait(30)  # the requester reads nothing until then
+        depths.append(dul.to_provider_queue.qsize())
+        send(dul, pdu)
+
+    assoc = _retriever(get=False).associate("127.0.0.1", dimse.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    context = assoc.accepted_contexts[0].context_id
+    answers: list[Dataset] = []
+
+    def move() -> None:
+        for answer, _ in assoc.send_c_move(
+            _series_query(datasets[0]), DESTINATION, StudyRootQueryRetrieveInformationModelMove,
+            msg_id=9,
+        ):  # fmt: skip
+            answers.append(answer)
+            if len(answers) == 3:
+                assoc.send_c_cancel(9, context)
+
+    with _destination(destination_port) as destination:
+        monkeypatch.setattr(StoreDUL, "_send", held_send)
+        moving = threading.Thread(target=move)
+        moving.start()
+        deadline = time.monotonic() + 3  # held this long, or until too many went ahead
+        while len(destination.received) <= MAX_UNSENT + 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ahead = len(destination.received)
+        released.set()
+        moving.join(60)
+        assoc.release()
+    assert ahead <= MAX_UNSENT + 4, f"{ahead} sub-operations went ahead of an unread requester"
+    assert max(depths) <= MAX_UNSENT
+    final = answers[-1]
+    assert int(final.Status) == 0xFE00, f"{len(answers)} responses, 0x{int(final.Status):04X}"
+    completed, failed, warning, remaining = _counts(final)
+    assert completed == len(destination.received) and failed == warning == 0
+    assert completed + remaining == count and remaining > count // 3
+
+
+def test_a_c_cancel_ends_a_long_c_get_with_its_counts(
+    dimse: DimseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C-CANCEL after the first sub-operations of a C-GET over a slow link ends it with
+    0xFE00 while most are still to do, and counts what was done and what was not (PS3.4
+    C.4.3.1.5)."""
+    count = 200
+    datasets = ct_phantom(slices=count, size=8, patient=PATIENT)
+    _store_datasets(dimse, datasets)
+    _queue_depths(monkeypatch, delay=0.002)
+    receiver = _Receiver()
+    assoc = _retriever(get=True).associate(
+        "127.0.0.1", dimse.port, ae_title=AE_TITLE,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, receiver.handle)],
+    )  # fmt: skip
+    assert assoc.is_established
+    context = next(
+        cx.context_id for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet
+    )  # fmt: skip
+    answers: list[Dataset] = []
+    try:
+        for answer, _ in assoc.send_c_get(
+            _series_query(datasets[0]), StudyRootQueryRetrieveInformationModelGet, msg_id=11
+        ):
+            answers.append(answer)
+            if len(answers) == 3:
+                assoc.send_c_cancel(11, context)
+    finally:
+        assoc.release()
+    final = answers[-1]
+    assert int(final.Status) == 0xFE00, f"{len(answers)} responses, 0x{int(final.Status):04X}"
+    assert len(answers) < count // 3
+    completed, failed, warning, remaining = _counts(final)
+    assert completed == len(receiver.received) and failed == warning == 0
+    assert completed + remaining == count and remaining > count // 2
+
+
+# --- C-FIND: patients and computed study attributes -----------------------------------------
+
+
+def _c_find(server: DimseServer, query: Dataset, *, patient_root: bool = False) -> list[Dataset]:
+    """The identifiers of the matches of a C-FIND (its final status Success)."""
+    model = (PatientRootQueryRetrieveInformationModelFind if patient_root
+             else StudyRootQueryRetrieveInformationModelFind)  # fmt: skip
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        answers = list(assoc.send_c_find(query, model))
+    finally:
+        assoc.release()
+    assert int(answers[-1][0].Status) == 0x0000, answers[-1][0]
+    return [identifier for _, identifier in answers[:-1]]
+
+
+def _patient_study(
+    name: str, date: str, *, slices: int, issuer: str | None = None
+) -> list[Dataset]:
+    datasets = ct_phantom(slices=slices, size=8, patient=PatientInfo(PATIENT.patient_id, name))
+    for ds in datasets:
+        ds.StudyDate = date
+        if issuer is not None:
+            ds.IssuerOfPatientID = issuer
+    return datasets
+
+
+def test_a_patient_is_found_once_by_id_and_issuer_whatever_the_names(dimse: DimseServer) -> None:
+    """A PATIENT-level C-FIND answers each PatientID and IssuerOfPatientID once, with the
+    name of the most recent study and counts over all of that patient's studies; the same
+    ID from another issuer is another patient."""
+    _store_datasets(dimse, [
+        *_patient_study("Dimse^Tset", "20200101", slices=2),  # misspelt, then corrected
+        *_patient_study("Dimse^Test", "20230101", slices=3),
+        *_patient_study("Other^Person", "20210101", slices=1, issuer="OTHER-HOSPITAL"),
+    ])  # fmt: skip
+
+    def find(**keys: str) -> list[tuple[str, ...]]:
+        query = Dataset()
+        query.QueryRetrieveLevel = "PATIENT"
+        query.PatientID = PATIENT.patient_id
+        query.IssuerOfPatientID = ""
+        query.PatientName = ""
+        query.NumberOfPatientRelatedStudies = None
+        query.NumberOfPatientRelatedSeries = None
+        query.NumberOfPatientRelatedInstances = None
+        for keyword, value in keys.items():
+            setattr(query, keyword, value)
+        return [
+            (str(ds.PatientID), str(ds.IssuerOfPatientID or ""), str(ds.PatientName),
+             *(str(ds[f"NumberOfPatientRelated{what}"].value)
+               for what in ("Studies", "Series", "Instances")))
+            for ds in _c_find(dimse, query, patient_root=True)
+        ]  # fmt: skip
+
+    patient = (PATIENT.patient_id, "", "Dimse^Test", "2", "2", "5")
+    other = (PATIENT.patient_id, "OTHER-HOSPITAL", "Other^Person", "1", "1", "1")
+    assert find() == [patient, other]
+    assert find(PatientName="dimse^test") == [patient]
+    assert find(PatientName="Dimse^Tset") == []  # a patient's name is its latest
+    assert find(IssuerOfPatientID="OTHER-HOSPITAL") == [other]
+
+    # A retrieve of the patient with its issuer sends that patient's instances only.
+    receiver = _Receiver()
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1", dimse.port, ae_title=AE_TITLE,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, receiver.handle)],
+    )  # fmt: skip
+    query = Dataset()
+    query.QueryRetrieveLevel = "PATIENT"
+    query.PatientID = PATIENT.patient_id
+    query.IssuerOfPatientID = "OTHER-HOSPITAL"
+    try:
+        answers = list(assoc.send_c_get(query, PatientRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    assert int(answers[-1][0].Status) == 0x0000 and len(receiver.received) == 1
+
+
+def test_sop_classes_in_study_lists_those_of_its_instances(dimse: DimseServer) -> None:
+    """SOPClassesInStudy, asked for at STUDY level, lists the distinct SOP classes of the
+    study's instances."""
+    datasets = ct_phantom(slices=2, size=8, patient=PATIENT)
+    mr = copy.deepcopy(datasets[0])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    mr.SeriesInstanceUID, mr.Modality = generate_uid(), "MR"
+    _store_datasets(dimse, [*datasets, mr])
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    query.SOPClassesInStudy = ""
+    query.ModalitiesInStudy = ""
+    [study] = _c_find(dimse, query)
+    assert list(study.SOPClassesInStudy) == sorted([CTImageStorage, MRImageStorage])
+    assert list(study.ModalitiesInStudy) == ["CT", "MR"]

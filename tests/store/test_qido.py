@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import uuid
@@ -14,7 +15,7 @@ import psycopg
 from alembic import command
 from pydicom import dcmread
 from pydicom.data import get_charset_files
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from tests.store.conftest import ArchiveClient
 from voxelhub.archives.service import ARCHIVE
@@ -376,3 +377,28 @@ def test_the_latest_migration_writes_the_documents_the_model_declares() -> None:
     assert spaced(latest.HEAD) == spaced(qido_document.HEAD_SQL)
     assert spaced(latest.TAIL) == spaced(qido_document.TAIL_SQL)
     assert spaced(latest.FUNCTION) == spaced(qido_document.FUNCTIONS[-1])
+
+
+def test_sop_classes_in_study_are_those_of_its_instances(make_archive, make_user) -> None:  # type: ignore[no-untyped-def]
+    """SOPClassesInStudy (0008,0062), asked for, lists the distinct SOP classes of the
+    study's instances, across every copy a search over several archives merges."""
+    owner = make_user()
+    first: ArchiveClient = make_archive("First", owner)
+    second: ArchiveClient = make_archive("Second", owner)
+    ct = _study("P9", "Sop^Classes", "20240202", modalities=("CT", "CT"))
+    mr = copy.deepcopy(ct[0])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    mr.SeriesInstanceUID, mr.Modality, mr.SeriesNumber = generate_uid(), "MR", 3
+    first.scoped.store_instances(ct)
+    second.scoped.store_instances([*ct, mr])
+
+    [plain] = first.scoped.search_for_studies()
+    assert "00080062" not in plain
+    [asked] = first.scoped.search_for_studies(fields=["SOPClassesInStudy"])
+    assert asked == {**plain, "00080062": {"vr": "UI", "Value": [CTImageStorage]}}
+    [merged] = first.everything.search_for_studies(fields=["00080062", "StudyDescription"])
+    assert merged["00080062"] == {"vr": "UI", "Value": sorted([CTImageStorage, MRImageStorage])}
+    [everything] = second.scoped.search_for_studies(fields=["all"])
+    assert everything["00080062"] == merged["00080062"]
+    assert list(everything) == sorted(everything)

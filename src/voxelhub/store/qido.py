@@ -398,8 +398,9 @@ def _count_every_copy(
     """A merged search's studies counted over every copy the caller sees.
 
     A study held by several archives is found once, in its oldest copy, and WADO-RS joins
-    its copies (each SOP instance once): its series, instances and modalities are counted
-    the same way, where the copies differ. Studies with one visible copy are left as found.
+    its copies (each SOP instance once): its series, instances, modalities and (where asked
+    for) SOP classes are counted the same way, where the copies differ. Studies with one
+    visible copy are left as found.
     """
     studies: list[dict[str, Any]] = json.loads(body.json)
     uids = [study["0020000D"]["Value"][0] for study in studies]
@@ -410,6 +411,7 @@ def _count_every_copy(
             func.count(Series.series_instance_uid.distinct()),
             func.count(Instance.sop_instance_uid.distinct()),
             func.array_agg(Series.modality.distinct()),
+            func.array_agg(Instance.sop_class_uid.distinct()),
         )
         .join(Series, Series.study_id == Study.id)
         .join(Instance, Instance.series_id == Series.id)
@@ -424,10 +426,12 @@ def _count_every_copy(
     for study, uid in zip(studies, uids, strict=True):
         if uid not in counted:
             continue
-        series, instances, modalities = counted[uid]
+        series, instances, modalities, sop_classes = counted[uid]
         study["00201206"] = element("IS", series)
         study["00201208"] = element("IS", instances)
         study[MODALITIES_IN_STUDY] = element("CS", sorted(m for m in modalities if m))
+        if qido_studies.SOP_CLASSES_IN_STUDY in study:
+            study[qido_studies.SOP_CLASSES_IN_STUDY] = element("UI", sorted(sop_classes))
     return qido_studies.Body(json.dumps(studies).encode(), body.count)
 
 

@@ -3,7 +3,8 @@
 PostgreSQL filters, sorts and pages the studies, then joins each study's stored result text
 (`qido_document`) with its RetrieveURL into the body, so a search of hundreds of studies
 costs one round trip and no Python object per study. Attributes asked for with includefield
-come from one stored instance's JSON and never override the indexed ones.
+come from one stored instance's JSON and never override the indexed ones; SOPClassesInStudy,
+which no instance holds, is computed from the study's instances when asked for.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ _DOCUMENT = (
 )
 
 
+SOP_CLASSES_IN_STUDY = "00080062"
+# The distinct SOP Class UIDs of the study's instances as a DICOM JSON element (empty, with
+# no "Value", for a study without instances).
+_SOP_CLASSES_SQL = f"""(SELECT jsonb_build_object('{SOP_CLASSES_IN_STUDY}',
+CASE WHEN count(*) = 0 THEN '{{"vr":"UI"}}'::jsonb
+ELSE jsonb_build_object('vr', 'UI', 'Value',
+jsonb_agg(DISTINCT i.sop_class_uid ORDER BY i.sop_class_uid)) END)
+FROM {Instance.__tablename__} AS i JOIN {Series.__tablename__} AS se ON se.id = i.series_id
+WHERE se.study_id = s.id)"""
+
+
 def _extras_sql(include: frozenset[str], include_all: bool) -> str | None:
     """Attributes from the study's sample instance that the index does not hold."""
     if include_all:
@@ -51,7 +63,7 @@ def _extras_sql(include: frozenset[str], include_all: bool) -> str | None:
             "(SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(s.sample) AS e "
             "WHERE left(e.key, 4) <> '7FE0' AND NOT (e.value ? 'BulkDataURI'))"
         )
-    wanted = sorted(include - KEYS)
+    wanted = sorted(include - KEYS - {SOP_CLASSES_IN_STUDY})
     if not wanted:
         return None
     for tag in wanted:  # tags are formatted from integers by `attributes.attribute`
@@ -105,9 +117,12 @@ def _answer(
     if extras is not None:
         columns.append(sample_json().label("sample"))
     rows = select(*columns).join(ids, ids.c.id == Study.id).subquery("s")
+    merged = [] if extras is None else [f"coalesce({extras}, '{{}}'::jsonb)"]
+    if include_all or SOP_CLASSES_IN_STUDY in include:
+        merged.append(_SOP_CLASSES_SQL)
     document = _DOCUMENT
-    if extras is not None:
-        document = f"(coalesce({extras}, '{{}}'::jsonb) || ({_DOCUMENT})::jsonb)::text"
+    if merged:  # each part overrides those before it
+        document = f"({' || '.join(merged)} || ({_DOCUMENT})::jsonb)::text"
     body = f"coalesce('[' || string_agg({document}, ',' ORDER BY {_ORDER_SQL}) || ']', '[]')"
     return select(func.count().label("count"), literal_column(body).label("body")).select_from(rows)
 

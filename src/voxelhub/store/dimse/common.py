@@ -43,11 +43,14 @@ class Peer:
         return cls(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
 
 
-def status(code: int, comment: str) -> Dataset:
-    """A status dataset with an Error Comment (truncated to what LO holds)."""
+def status(code: int, comment: str, *, offending: str | None = None) -> Dataset:
+    """A status dataset with an Error Comment (truncated to what LO holds) and, where one
+    key of the request is at fault, its tag (8 hex digits) as the Offending Element."""
     ds = Dataset()
     ds.Status = code
     ds.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
+    if offending is not None:
+        ds.OffendingElement = [int(offending, 16)]
     return ds
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from voxelhub.core.db import session_scope
@@ -36,9 +34,6 @@ logger = logging.getLogger(__name__)
 UTF8 = "ISO_IR 192"
 RETRIEVE_AE_TITLE = "00080054"
 FindResult = tuple[int | Dataset, Dataset | None]
-# P-DATA primitives (a response is one or two) a C-FIND may queue ahead of the socket: more
-# matches are only read from the index as these are sent, so a C-CANCEL ends it soon.
-MAX_UNSENT = 64
 
 
 class FindService:
@@ -54,7 +49,7 @@ class FindService:
         try:
             ident = parse_identifier(event.identifier, patient_root=patient_root)
         except IdentifierError as err:
-            yield status(DATASET_DOES_NOT_MATCH, str(err)), None
+            yield status(DATASET_DOES_NOT_MATCH, str(err), offending=err.offending), None
             return
         except Exception as err:  # an identifier pydicom cannot decode
             yield status(DATASET_DOES_NOT_MATCH, f"unreadable identifier: {err}"), None
@@ -73,8 +68,9 @@ class FindService:
 
     def _matches(self, event: Event, ident: Identifier) -> Iterator[FindResult]:
         with session_scope(self._runtime.database_url) as db:
+            # Each match waits to be queued until the peer has read most of those before it
+            # (`receiver.MAX_UNSENT`), so a C-CANCEL ends a long search soon.
             for item, unsupported in search(db, ident, self._archive_id):
-                _wait_until_sent(event.assoc)
                 if event.is_cancelled:
                     yield CANCELLED, None
                     return
@@ -98,13 +94,3 @@ class FindService:
         ds.QueryRetrieveLevel = ident.level
         ds.SpecificCharacterSet = UTF8
         return ds
-
-
-def _wait_until_sent(assoc: Association) -> None:
-    """Until at most MAX_UNSENT primitives wait to be sent (or the association ended).
-
-    pynetdicom queues each yielded response without waiting; unchecked, a fast index puts
-    every match on the queue before the peer's C-CANCEL-RQ is even read.
-    """
-    while assoc.dul.to_provider_queue.qsize() > MAX_UNSENT and assoc.is_established:
-        time.sleep(0.001)

@@ -13,22 +13,35 @@ from voxelhub.store.errors import InvalidQuery
 from voxelhub.store.qido import check_value
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
-PATIENT_TAGS = frozenset({"00100010", "00100020", "00100030", "00100040"})
+ISSUER_OF_PATIENT_ID = "00100021"
+PATIENT_TAGS = frozenset({"00100010", "00100020", ISSUER_OF_PATIENT_ID, "00100030", "00100040"})
 # Attributes the index computes, by the level they describe.
 STUDY_COMPUTED = frozenset({"00080061", "00201206", "00201208"})
 SERIES_COMPUTED = frozenset({"00201209"})
 _CONTROL = frozenset({0x00080005, 0x00080052})  # SpecificCharacterSet, QueryRetrieveLevel
-# The unique key a retrieve names at each level (PS3.4 C.6).
+# The unique key a retrieve names at each level (PS3.4 C.6), and its keyword.
 UNIQUE_KEYS = {
     "PATIENT": "00100020",
     "STUDY": "0020000D",
     "SERIES": "0020000E",
     "IMAGE": "00080018",
 }
+_KEYWORDS = {
+    "00100020": "PatientID",
+    "0020000D": "StudyInstanceUID",
+    "0020000E": "SeriesInstanceUID",
+    "00080018": "SOPInstanceUID",
+}
+QUERY_RETRIEVE_LEVEL = "00080052"
 
 
 class IdentifierError(ValueError):
-    """The identifier cannot be used with its information model; the message says why."""
+    """The identifier cannot be used with its information model; the message says why and
+    `offending` is the tag of the key at fault, where there is one."""
+
+    def __init__(self, message: str, *, offending: str | None = None) -> None:
+        super().__init__(message)
+        self.offending = offending
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,8 @@ def parse_identifier(identifier: Dataset, *, patient_root: bool) -> Identifier:
     allowed = LEVELS if patient_root else LEVELS[1:]
     if level not in allowed:
         raise IdentifierError(
-            f"QueryRetrieveLevel {level or '(missing)'} is not one of {', '.join(allowed)}"
+            f"QueryRetrieveLevel {level or '(missing)'} is not one of {', '.join(allowed)}",
+            offending=QUERY_RETRIEVE_LEVEL,
         )
     rank = LEVELS.index(level)
     filters: dict[str, tuple[Attribute, str]] = {}
@@ -114,16 +128,34 @@ def parse_identifier(identifier: Dataset, *, patient_root: bool) -> Identifier:
         try:
             check_value(attr, value)
         except InvalidQuery as err:
-            raise IdentifierError(err.message) from None
+            raise IdentifierError(err.message, offending=tag) from None
         filters[tag] = (attr, value)
     return Identifier(level, filters, requested, tuple(ignored))
 
 
-def unique_key(ident: Identifier) -> str:
-    """The retrieve's unique key value at its level, or IdentifierError when it is absent."""
+def check_retrieve(ident: Identifier) -> None:
+    """Refuse a C-GET/C-MOVE identifier that does not name exactly what to send.
+
+    A retrieve names its entities by their unique keys, by value or a list of UIDs (PS3.4
+    C.4.2.2.1): the key of its level is required, a pattern would match what the requester
+    did not mean to send, and the key of a lower level would be left out of the match (the
+    whole series sent for one instance). IdentifierError says which key is at fault and
+    what to send instead, in the 64 characters an Error Comment holds.
+    """
+    rank = LEVELS.index(ident.level)
+    for level, tag in list(UNIQUE_KEYS.items())[rank + 1 :]:
+        if _KEYWORDS[tag] in ident.ignored:
+            raise IdentifierError(
+                f"{_KEYWORDS[tag]} needs QueryRetrieveLevel {level}, not {ident.level}",
+                offending=tag,
+            )
     tag = UNIQUE_KEYS[ident.level]
     if tag not in ident.filters:
-        keyword = {"00100020": "PatientID", "0020000D": "StudyInstanceUID",
-                   "0020000E": "SeriesInstanceUID", "00080018": "SOPInstanceUID"}[tag]  # fmt: skip
-        raise IdentifierError(f"{keyword} is required to retrieve at {ident.level} level")
-    return ident.filters[tag][1]
+        raise IdentifierError(
+            f"{_KEYWORDS[tag]} is required to retrieve at {ident.level} level", offending=tag
+        )
+    for tag in UNIQUE_KEYS.values():
+        if tag in ident.filters and any(c in ident.filters[tag][1] for c in "*?"):
+            raise IdentifierError(
+                f"{_KEYWORDS[tag]} takes no wildcards (* or ?) in a retrieve", offending=tag
+            )

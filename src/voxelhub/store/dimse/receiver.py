@@ -11,6 +11,12 @@ C-ECHO, C-FIND, C-GET, C-MOVE, the answers to our own C-STOREs - goes through py
 unchanged. The state machine stays in Sta6 (data transfer) throughout, as P-DATA leaves it.
 Between PDUs the thread waits on the socket instead of sleeping, so it reads as soon as the
 peer sends, and while instances come in the association's own polling loop is parked.
+
+What the service sends goes the other way, through pynetdicom's queue of P-DATA primitives
+to this thread. Handlers that send (C-FIND matches, C-GET and C-MOVE pending responses, the
+PDUs of a C-GET's C-STORE sub-operations) wait while `MAX_UNSENT` primitives are queued, so a
+fast index or destination never runs ahead of a slow peer: what the handler has not yet read
+from the index or sent to a destination is not done when the peer's C-CANCEL comes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import queue
 import select
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +35,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from voxelhub.store.dimse.common import status
@@ -60,6 +68,9 @@ class Receiver(Protocol):
 
 
 DATA_TRANSFER = "Sta6"
+# P-DATA primitives (a DIMSE message is one or more) that other threads may queue ahead of
+# the socket; more wait until some are sent.
+MAX_UNSENT = 64
 HANDLER_FAILED = 0xC211  # what pynetdicom answers when a C-STORE handler raises
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)
 
@@ -81,6 +92,7 @@ class StoreDUL(DULServiceProvider):
         self._receiver = receiver
         self._incoming: _Incoming | None = None
         self._parked = False
+        self._sent = threading.Condition()  # notified when this thread took a primitive
 
     # --- reading -------------------------------------------------------------------------
 
@@ -241,6 +253,24 @@ class StoreDUL(DULServiceProvider):
                       max_pdu_length=int(assoc.requestor.maximum_length or 0))
         )  # fmt: skip
 
+    # --- sending -------------------------------------------------------------------------
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive to send; a P-DATA from another thread first waits for room."""
+        if isinstance(primitive, P_DATA) and threading.current_thread() is not self:
+            with self._sent:
+                while self.to_provider_queue.qsize() >= MAX_UNSENT and self._sending():
+                    self._sent.wait(0.05)  # the timeout notices an association that ended
+        super().send_pdu(primitive)
+
+    def _sending(self) -> bool:
+        """Whether this thread still takes primitives off the queue to send them."""
+        return (
+            self.is_alive()
+            and not self._kill_thread
+            and self.state_machine.current_state == DATA_TRANSFER
+        )
+
     # --- the loop ------------------------------------------------------------------------
 
     def run_reactor(self) -> None:
@@ -279,6 +309,8 @@ class StoreDUL(DULServiceProvider):
             while event is not None:
                 self.state_machine.do_action(event)
                 event = None if self._kill_thread else self._next_event()
+            with self._sent:
+                self._sent.notify_all()
             pause = False
 
     def _poll(self) -> None:
@@ -291,8 +323,8 @@ class StoreDUL(DULServiceProvider):
     def _may_read_while_sending(self) -> bool:
         """Whether to read what the peer sent in a pass that sends our next PDU.
 
-        pynetdicom reads only once everything queued is sent; a C-FIND with thousands of
-        matches would read the peer's C-CANCEL-RQ only after sending all of them. Reading
+        pynetdicom reads only once everything queued is sent; a C-FIND, C-GET or C-MOVE
+        would read the peer's C-CANCEL-RQ only after sending all it queued. Reading
         in the same pass is limited to data transfer with no C-STORE arriving here (whose
         answer goes straight to the socket, not between the fragments of a queued message),
         and to a peer that has sent something.

@@ -19,7 +19,8 @@ from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_E
 from voxelhub.dicom.syntax import can_serve_as
 from voxelhub.store import qido
 from voxelhub.store.attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
-from voxelhub.store.dimse.identifier import Identifier, unique_key
+from voxelhub.store.dimse.identifier import ISSUER_OF_PATIENT_ID, Identifier, check_retrieve
+from voxelhub.store.dimse.patients import issuer_of_patient_id
 from voxelhub.store.imagesets import pixel_of, read_instance
 from voxelhub.store.models import Instance, Series, Study
 
@@ -30,7 +31,7 @@ _COLUMNS = ((STUDY_TAGS, Study), (SERIES_TAGS, Series), (INSTANCE_TAGS, Instance
 
 def matching_instances(db: Session, ident: Identifier, archive_id: uuid.UUID) -> list[Instance]:
     """The instances a retrieve identifier names, in study, series and instance order."""
-    unique_key(ident)
+    check_retrieve(ident)
     statement = (
         select(Instance)
         .join(Series, Series.id == Instance.series_id)
@@ -50,6 +51,9 @@ def matching_instances(db: Session, ident: Identifier, archive_id: uuid.UUID) ->
                     else column == value
                 )
                 statement = statement.where(condition)
+    if ISSUER_OF_PATIENT_ID in ident.filters:  # one ID issued by two authorities
+        issuer = ident.filters[ISSUER_OF_PATIENT_ID][1]
+        statement = statement.where(issuer_of_patient_id() == issuer)
     statement = statement.order_by(
         Study.study_instance_uid, Series.series_number.nulls_last(), Series.series_instance_uid,
         Instance.instance_number.nulls_last(), Instance.sop_instance_uid,

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.dimse_messages import C_MOVE_RSP
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
@@ -23,12 +23,13 @@ from voxelhub.store.dimse.common import (
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
     SUBOPERATIONS_IMPOSSIBLE,
+    SUCCESS,
     Peer,
     record,
     status,
 )
 from voxelhub.store.dimse.contexts import PATIENT_ROOT, proposed_contexts
-from voxelhub.store.dimse.identifier import IdentifierError, parse_identifier
+from voxelhub.store.dimse.identifier import IdentifierError, check_retrieve, parse_identifier
 from voxelhub.store.dimse.retrieve import (
     UNCOMPRESSED,
     accepted_syntaxes,
@@ -67,8 +68,7 @@ class RetrieveService:
         try:
             instances = self._instances(event, "dimse.get")
         except _Refused as refused:
-            yield 1
-            yield refused.answer, None
+            yield from _refuse(event, refused.answer)
             return
         yield len(instances)
         accepted = accepted_syntaxes(event.assoc.accepted_contexts)
@@ -87,11 +87,9 @@ class RetrieveService:
         try:
             instances = self._instances(event, "dimse.move", destination=destination)
         except _Refused as refused:
-            # pynetdicom has no way to fail a move with a comment before it associates with
-            # the destination; raising for the sub-operation count answers 0xC513 (unable to
-            # process) without contacting it, and logs the reason.
-            yield address
-            raise refused
+            yield address  # not contacted: pynetdicom associates only for sub-operations
+            yield from _refuse(event, refused.answer)
+            return
         established: list[Collection[PresentationContext]] = []
         connected: list[bool] = []
 
@@ -104,7 +102,6 @@ class RetrieveService:
         handlers = [(evt.EVT_ESTABLISHED, capture), (evt.EVT_CONN_OPEN, opened)]
         options = {"contexts": _move_contexts(instances), "max_pdu": 0, "evt_handlers": handlers}
         explain = _unreachable_answer(event, destination, address, connected)
-        event.assoc.bind(evt.EVT_DIMSE_SENT, explain)
         try:
             yield (*address, options)
             yield len(instances)  # pynetdicom associates with the destination after this
@@ -117,14 +114,19 @@ class RetrieveService:
         patient_root = str(event.request.AffectedSOPClassUID) in PATIENT_ROOT
         try:
             ident = parse_identifier(event.identifier, patient_root=patient_root)
+            check_retrieve(ident)
             with session_scope(self._runtime.database_url) as db:
                 instances = matching_instances(db, ident, self._archive_id)
                 record(db, action, self._archive_id, Peer.of(event), level=ident.level,
                        instances=len(instances), **detail)  # fmt: skip
         except IdentifierError as err:
-            raise _Refused(status(DATASET_DOES_NOT_MATCH, str(err))) from err
+            answer = status(DATASET_DOES_NOT_MATCH, str(err), offending=err.offending)
+            raise _Refused(answer) from err
         except VoxelhubError as err:
             raise _Refused(status(CANNOT_UNDERSTAND, err.message)) from err
+        except Exception as err:  # an identifier pydicom cannot decode
+            logger.warning("unreadable retrieve identifier", exc_info=True)
+            raise _Refused(status(DATASET_DOES_NOT_MATCH, f"unreadable identifier: {err}")) from err
         return instances
 
     def _send(
@@ -151,37 +153,71 @@ class RetrieveService:
             return unsendable(instance)
 
 
+def _refuse(event: Event, answer: Dataset) -> Iterator[int]:
+    """The rest of a C-GET or C-MOVE handler that refuses the request with `answer`.
+
+    pynetdicom takes a failure status (and its comment) only once it has counted the
+    sub-operations, and for a C-MOVE associated with the destination; a count of none ends
+    the request before that, with 0x0000 and every count 0. That success is turned into
+    `answer`, so the peer hears what was wrong and the destination is not contacted.
+    """
+    logger.warning("C-%s from %s refused: %s", "GET" if event.event == evt.EVT_C_GET else "MOVE",
+                   Peer.of(event).calling_ae, answer.ErrorComment)  # fmt: skip
+    _answer_instead(event, replacing=SUCCESS, answer=lambda: answer)
+    yield 0
+
+
+def _answer_instead(
+    event: Event, *, replacing: int, answer: Callable[[], Dataset]
+) -> Callable[[Event], None]:
+    """Bind an EVT_DIMSE_SENT handler that gives the final response to `event` pynetdicom
+    sends with status `replacing` the status, comment and offending element of `answer()`
+    instead; it unbinds itself once it has done so.
+
+    The response is rewritten after it was built and before it is encoded, which is when
+    pynetdicom reports it.
+    """
+    assoc, message_id = event.assoc, event.message_id
+
+    def rewrite(sent: Event) -> None:
+        command = sent.message.command_set
+        if (
+            not isinstance(sent.message, C_GET_RSP | C_MOVE_RSP)
+            or command.MessageIDBeingRespondedTo != message_id
+            or command.Status != replacing
+        ):
+            return
+        assoc.unbind(evt.EVT_DIMSE_SENT, rewrite)
+        replacement = answer()
+        for keyword in ("Status", "ErrorComment", "OffendingElement"):
+            if keyword in replacement:
+                setattr(command, keyword, replacement[keyword].value)
+        sent.message._set_command_group_length()
+
+    assoc.bind(evt.EVT_DIMSE_SENT, rewrite)
+    return rewrite
+
+
 def _unreachable_answer(
     event: Event, destination: str, address: tuple[str, int], connected: list[bool]
 ) -> Callable[[Event], None]:
-    """An EVT_DIMSE_SENT handler turning pynetdicom's answer to a failed destination
-    association into 0xA702 with a comment naming the destination.
+    """Turn pynetdicom's answer to a failed destination association into 0xA702 with a
+    comment naming the destination (the handler returned is bound until unbound).
 
     pynetdicom answers 0xA801 (Move Destination unknown) both to an unknown destination and
     to a configured one it cannot associate with, and gives the handler no say; a PACS must
-    tell "not configured" from "not answering". The response is rewritten after it was
-    built and before it is encoded, which is when pynetdicom reports it.
+    tell "not configured" from "not answering".
     """
-    message_id = event.message_id
 
-    def explain(sent: Event) -> None:
-        command = sent.message.command_set
-        if (
-            not isinstance(sent.message, C_MOVE_RSP)
-            or command.MessageIDBeingRespondedTo != message_id
-            or command.Status != MOVE_DESTINATION_UNKNOWN
-        ):
-            return
+    def answer() -> Dataset:
         host, port = address
         why = "refused the association" if connected else "is not listening"
-        answer = status(SUBOPERATIONS_IMPOSSIBLE, f"{destination} at {host}:{port} {why}")
+        unreachable = status(SUBOPERATIONS_IMPOSSIBLE, f"{destination} at {host}:{port} {why}")
         logger.warning("C-MOVE from %s: destination %s", Peer.of(event).calling_ae,
-                       answer.ErrorComment)  # fmt: skip
-        command.Status = answer.Status
-        command.ErrorComment = answer.ErrorComment
-        sent.message._set_command_group_length()
+                       unreachable.ErrorComment)  # fmt: skip
+        return unreachable
 
-    return explain
+    return _answer_instead(event, replacing=MOVE_DESTINATION_UNKNOWN, answer=answer)
 
 
 def _move_contexts(instances: list[Instance]) -> list[PresentationContext]:

@@ -6,18 +6,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from voxelhub.store import qido
-from voxelhub.store.attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, element
-from voxelhub.store.dimse.identifier import (
-    PATIENT_TAGS,
-    SERIES_COMPUTED,
-    STUDY_COMPUTED,
-    Identifier,
-)
-from voxelhub.store.models import Study
+from voxelhub.store.attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
+from voxelhub.store.dimse.identifier import SERIES_COMPUTED, STUDY_COMPUTED, Identifier
+from voxelhub.store.dimse.patients import search_patients
 
 PAGE = 1_000
 _INDEXED = frozenset(STUDY_TAGS) | frozenset(SERIES_TAGS) | frozenset(INSTANCE_TAGS)
@@ -38,7 +32,7 @@ def search(
 ) -> Iterator[tuple[dict[str, Any], bool]]:
     """Each match as DICOM JSON, with whether some match keys were not supported."""
     if ident.level == "PATIENT":
-        yield from _patients(db, ident, archive_id)
+        yield from search_patients(db, ident, archive_id)
         return
     run = _SEARCH[ident.level]
     include = frozenset(t for t in ident.requested if t not in _INDEXED and t not in _COMPUTED)
@@ -52,37 +46,3 @@ def search(
         if len(results.items) < PAGE:
             return
         offset += PAGE
-
-
-def _patients(
-    db: Session, ident: Identifier, archive_id: uuid.UUID
-) -> Iterator[tuple[dict[str, Any], bool]]:
-    unsupported = bool(ident.ignored)
-    conditions = [Study.archive_id == archive_id]
-    for tag, (attr, value) in ident.filters.items():
-        if tag in PATIENT_TAGS:
-            column = getattr(Study, STUDY_TAGS[tag][2])
-            conditions.append(qido.match(column, attr, value, fuzzy=False))
-        else:
-            unsupported = True
-    keys = (Study.patient_id, Study.patient_name, Study.patient_birth_date, Study.patient_sex)
-    statement = (
-        select(*keys, func.count(), func.sum(Study.number_of_series),
-               func.sum(Study.number_of_instances))
-        .where(*conditions)
-        .group_by(*keys)
-        .order_by(*keys)
-    )  # fmt: skip
-    for patient_id, name, birth_date, sex, studies, series, instances in db.execute(statement):
-        yield (
-            {
-                "00100010": element("PN", name),
-                "00100020": element("LO", patient_id),
-                "00100030": element("DA", birth_date),
-                "00100040": element("CS", sex),
-                "00201200": element("IS", studies),
-                "00201202": element("IS", int(series or 0)),
-                "00201204": element("IS", int(instances or 0)),
-            },
-            unsupported,
-        )
