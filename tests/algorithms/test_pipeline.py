@@ -367,15 +367,15 @@ def test_series_writer_output_reads_back_as_a_consistent_series(tmp_path: Path) 
     assert_same_volume(series_to_volume(series), (array, geometry))
 
 
-def test_an_enhanced_image_becomes_a_volume_with_no_source_slices() -> None:
-    """Its slices are frames: writers that reference a source slice per slice refuse it."""
+def test_an_enhanced_image_becomes_a_volume_that_keeps_its_series() -> None:
+    """Its slices are frames of one instance: writers reference them by frame number."""
     source = ct_phantom(slices=4, size=8)
     series = SeriesData.of([enhanced(source)])
     volume = SeriesToVolume().compute(PortValues("v", {"series": series}))["volume"]
     assert isinstance(volume, Volume)
     assert np.array_equal(volume.array, phantom_volume(4, 8))
     assert volume.geometry == series_to_volume(source)[1]
-    assert volume.series is None
+    assert volume.series is not None and volume.series.datasets == series.datasets
 
 
 def test_series_writer_rescales_real_values(tmp_path: Path) -> None:

@@ -190,7 +190,8 @@ def test_gantry_tilted_series_is_resampled_so_each_voxel_lies_where_its_slice_sa
     write_mha(volume, geometry, tmp_path / "tilted.mha")
     image = SimpleITK.ReadImage(str(tmp_path / "tilted.mha"))
     assert image[image.TransformPhysicalPointToIndex(_CENTRE)] == BONE
-    # Its slices are not the instances' pixels any more: no writer may reference them.
+    # Its slices are not the instances' pixels any more: writers that reference them
+    # carry their values back onto the acquired slices (`slice_sources`).
     assert instances_in_slice_order(series) is None
 
 

@@ -62,14 +62,14 @@ def test_a_dicom_series_folder_becomes_one_volume_in_slice_order(
     assert positions == sorted(positions)
 
 
-def test_an_enhanced_ct_becomes_one_volume_without_source_slices(tmp_path: Path) -> None:
+def test_an_enhanced_ct_becomes_one_volume_with_its_one_instance(tmp_path: Path) -> None:
     series = ct_phantom(slices=5, size=16)
     folder = tmp_path / "enhanced"
     folder.mkdir()
     (folder / "image.dcm").write_bytes(write_part10(enhanced(series)))
     (folder / "notes.txt").write_text("not DICOM")
     (item,) = read_inputs([folder])
-    assert item.modality == "CT" and not item.is_dicom
+    assert item.modality == "CT" and item.is_dicom and len(item.datasets) == 1
     assert item.describe().startswith(f"{folder} (CT 'Synthetic CT phantom")
     assert np.array_equal(SimpleITK.GetArrayFromImage(item.image), phantom_volume(5, 16))
     assert item.image.GetSpacing() == pytest.approx((1.5, 1.5, 2.5))

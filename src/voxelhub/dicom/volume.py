@@ -6,7 +6,8 @@ They are ordered by their position along the slice normal (the cross product of 
 ImageOrientationPatient cosines), not by InstanceNumber or frame number, and rescaled to
 real units (Hounsfield units for CT). The volume's axes are the row and column cosines
 and the normal; the slices of a gantry-tilted series, shifted within their planes, are
-resampled onto that grid (see `voxelhub.dicom.tilt`).
+resampled onto that grid (see `voxelhub.dicom.tilt`). `slice_sources` says which acquired
+frame each slice came from, for writers that reference them (see `voxelhub.dicom.slices`).
 
 >>> from voxelhub.dicom.synthetic import ct_phantom
 >>> volume, geometry = series_to_volume(ct_phantom(slices=3, size=16, slice_thickness_mm=2.5))
@@ -27,7 +28,8 @@ from pydicom.dataset import Dataset
 
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.planes import Plane, image_planes, is_enhanced
-from voxelhub.dicom.tilt import Tilt, measure_tilt, untilt
+from voxelhub.dicom.slices import SliceSources
+from voxelhub.dicom.tilt import Tilt, measure_tilt, tilt_grid, untilt
 
 _TOLERANCE_MM = 1e-3
 _RELATIVE_GAP_TOLERANCE = 0.01
@@ -92,34 +94,43 @@ def series_volume(datasets: Sequence[Dataset]) -> SeriesVolume:
     lies where its slice said; slices that are not parallel, not evenly spaced along
     their normal or shifted in a way no tilt makes are refused.
     """
-    if not datasets:
-        raise DicomError("A volume needs at least one slice.", code="missing_attribute")
-    planes = [plane for ds in datasets for plane in image_planes(ds)]
-    row, column = _orientation(planes)
-    normal = np.cross(row, column)
-    distances = [float(np.dot(plane.position, normal)) for plane in planes]
-    order = np.argsort(distances, kind="stable")
-    ordered = [planes[i] for i in order]
-    slice_spacing = _slice_spacing([distances[i] for i in order], ordered)
-    row_spacing, column_spacing = _pixel_spacing(planes)
-    positions = [np.array(plane.position) for plane in ordered]
-    tilt = _tilt(positions, row, column, normal, pixel=min(row_spacing, column_spacing))
+    stack = _stack(datasets)
     _check_size(datasets)
-    volume = _rescaled(ordered)
-    origin = positions[0]
-    if tilt is not None:
+    volume = _rescaled(stack.planes)
+    origin = np.array(stack.planes[0].position)
+    if stack.tilt is not None:
         volume, origin = _untilted(
-            volume, tilt, origin=origin, axes=(row, column), spacing=(row_spacing, column_spacing)
-        )
-    direction = np.column_stack([row, column, normal]).ravel()
+            volume, stack.tilt, origin=origin, axes=(stack.row, stack.column),
+            spacing=stack.pixel_spacing,
+        )  # fmt: skip
+    direction = np.column_stack([stack.row, stack.column, stack.normal]).ravel()
+    row_spacing, column_spacing = stack.pixel_spacing
     geometry = Geometry(
-        spacing=(column_spacing, row_spacing, slice_spacing),
+        spacing=(column_spacing, row_spacing, stack.slice_spacing),
         origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
         direction=tuple(float(v) for v in direction),  # type: ignore[arg-type]
     )
     return SeriesVolume(
-        _narrowed(volume), geometry, gantry_tilt_degrees=None if tilt is None else tilt.degrees
+        _narrowed(volume),
+        geometry,
+        gantry_tilt_degrees=None if stack.tilt is None else stack.tilt.degrees,
     )
+
+
+def slice_sources(datasets: Sequence[Dataset]) -> SliceSources:
+    """The acquired frame of each slice of the volume of `datasets`, and its place there.
+
+    The slices are those `series_volume` stacks, in its order; no pixel data is read.
+    Writers that reference the acquired images use it (see `voxelhub.dicom.slices`).
+    """
+    stack = _stack(datasets)
+    _check_size(datasets)
+    first = stack.planes[0].dataset
+    shape = (int(first.Rows), int(first.Columns))
+    if stack.tilt is None:
+        return SliceSources(stack.planes, ((0.0, 0.0),) * len(stack.planes), shape)
+    grid = tilt_grid(stack.tilt, pixel_spacing=stack.pixel_spacing, shape=shape)
+    return SliceSources(stack.planes, grid.offsets, grid.size)
 
 
 def instances_in_slice_order(datasets: Sequence[Dataset]) -> tuple[Dataset, ...] | None:
@@ -127,18 +138,15 @@ def instances_in_slice_order(datasets: Sequence[Dataset]) -> tuple[Dataset, ...]
 
     None when an instance is an Enhanced image (its slices are frames, not instances), or
     when the slices were resampled for a gantry tilt (a slice of the volume is no longer
-    the pixels of its instance). Call it on a series `series_to_volume` accepted.
+    the pixels of its instance); `slice_sources` describes those. Call it on a series
+    `series_to_volume` accepted.
     """
     if any(is_enhanced(ds) for ds in datasets):
         return None
-    planes = [image_planes(ds)[0] for ds in datasets]
-    row, column = _orientation(planes)
-    normal = np.cross(row, column)
-    order = np.argsort([float(np.dot(plane.position, normal)) for plane in planes], kind="stable")
-    positions = [np.array(planes[i].position) for i in order]
-    if _tilt(positions, row, column, normal, pixel=min(_pixel_spacing(planes))) is not None:
+    stack = _stack(datasets)
+    if stack.tilt is not None:
         return None
-    return tuple(datasets[i] for i in order)
+    return tuple(plane.dataset for plane in stack.planes)
 
 
 def write_mha(
@@ -151,6 +159,38 @@ def write_mha(
     image.SetOrigin(geometry.origin)  # type: ignore[no-untyped-call]
     image.SetDirection(geometry.direction)  # type: ignore[no-untyped-call]
     SimpleITK.WriteImage(image, str(path), useCompression=True)
+
+
+@dataclass(frozen=True, eq=False)
+class _Stack:
+    """The planes of a series in stacking order, their axes and spacing, and any tilt.
+
+    `pixel_spacing` is (between rows, between columns), as PixelSpacing gives it.
+    """
+
+    planes: tuple[Plane, ...]
+    row: npt.NDArray[np.float64]
+    column: npt.NDArray[np.float64]
+    normal: npt.NDArray[np.float64]
+    pixel_spacing: tuple[float, float]
+    slice_spacing: float
+    tilt: Tilt | None
+
+
+def _stack(datasets: Sequence[Dataset]) -> _Stack:
+    if not datasets:
+        raise DicomError("A volume needs at least one slice.", code="missing_attribute")
+    planes = [plane for ds in datasets for plane in image_planes(ds)]
+    row, column = _orientation(planes)
+    normal = np.cross(row, column)
+    distances = [float(np.dot(plane.position, normal)) for plane in planes]
+    order = np.argsort(distances, kind="stable")
+    ordered = tuple(planes[i] for i in order)
+    slice_spacing = _slice_spacing([distances[i] for i in order], ordered)
+    pixel_spacing = _pixel_spacing(planes)
+    positions = [np.array(plane.position) for plane in ordered]
+    tilt = _tilt(positions, row, column, normal, pixel=min(pixel_spacing))
+    return _Stack(ordered, row, column, normal, pixel_spacing, slice_spacing, tilt)
 
 
 def _orientation(

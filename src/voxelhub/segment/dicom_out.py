@@ -17,6 +17,7 @@ from pydicom.sr.coding import Code
 
 from voxelhub.segment.errors import SegmentError
 from voxelhub.segment.labels import LabelInfo
+from voxelhub.segment.seg_sources import seg_sources
 
 # CID 7162 (segmentation algorithm families).
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
@@ -76,19 +77,24 @@ def segmentation(
     descriptions: Mapping[int, str] | None = None,
     labelmap: bool = False,
 ) -> hd.seg.Segmentation:
-    """A SEG of a (slice, row, column) label map on the grid of `source` (in that order).
+    """A SEG of a (slice, row, column) label map on the grid of the volume of `source`.
 
+    `source` holds the series' instances, in any order; the labels lie on the volume
+    `voxelhub.dicom.volume.series_volume` makes of them. Each SEG frame lies on, and
+    references, the acquired image (single-frame slice or Enhanced frame) it overlays; a
+    gantry-tilted series' labels are carried back onto its slices (see `seg_sources`).
     Segments are numbered 1..n in label order; `labelmap` writes a LABELMAP SEG (one
     frame per slice) instead of BINARY frames per segment.
     """
-    rows, columns = int(source[0].Rows), int(source[0].Columns)
-    if labels.shape != (len(source), rows, columns):
+    sources = seg_sources(source)
+    if labels.shape != sources.slices.shape:
+        slices, rows, columns = sources.slices.shape
         raise SegmentError(
-            f"the label map has shape {labels.shape} but its series has "
-            f"{len(source)} slices of {rows}x{columns}."
+            f"the label map has shape {labels.shape} but the volume of its series has "
+            f"{slices} slices of {rows}x{columns}."
         )
     ordered = sorted(segments, key=lambda s: s.value)
-    frames = segment_numbers(labels, [s.value for s in ordered])
+    frames = sources.frames(segment_numbers(labels, [s.value for s in ordered]))
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm.name, family=algorithm.family, version=algorithm.version
     )
@@ -105,7 +111,7 @@ def segmentation(
         item.SegmentDescription = (descriptions or {}).get(segment.value, segment.name)[:64]
         items.append(item)
     seg = hd.seg.Segmentation(
-        source_images=list(source),
+        source_images=list(sources.images),
         pixel_array=frames,
         segmentation_type=(
             hd.seg.SegmentationTypeValues.LABELMAP

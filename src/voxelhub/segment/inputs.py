@@ -23,9 +23,10 @@ from pydicom.errors import InvalidDicomError
 
 from voxelhub.dicom.errors import DicomError
 from voxelhub.dicom.planes import is_enhanced
-from voxelhub.dicom.volume import instances_in_slice_order, series_to_volume
+from voxelhub.dicom.volume import series_to_volume, slice_sources
 from voxelhub.segment.errors import SegmentError
 from voxelhub.segment.model import ModelMetadata, normalized_modality
+from voxelhub.segment.seg_sources import can_reference, seg_sources
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,12 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 
 @dataclass(frozen=True, eq=False)
 class InputImage:
-    """One input volume: its image, where it came from and, for DICOM, its source slices.
+    """One input volume: its image, where it came from and, for DICOM, its source images.
 
-    `datasets` are the series' instances in the image's slice order (empty for files and
-    for Enhanced multi-frame images, whose slices are frames).
+    `datasets` are the series' instances a DICOM SEG of the image references (see
+    `voxelhub.segment.seg_sources`): its single-frame slices in slice order, or its one
+    Enhanced image. They are empty for files, and for a volume made of several Enhanced
+    images, which a SEG cannot reference frame by frame.
     """
 
     image: SimpleITK.Image
@@ -52,7 +55,7 @@ class InputImage:
         return bool(self.datasets)
 
     def describe(self) -> str:
-        dicom = self.is_dicom or self.modality is not None  # Enhanced images keep no datasets
+        dicom = self.is_dicom or self.modality is not None  # see `datasets`
         what = f"{self.modality or '?'} {self.series_description!r}" if dicom else "file"
         return f"{self.source} ({what})"
 
@@ -154,10 +157,16 @@ def _series_input(folder: Path, datasets: list[Dataset]) -> InputImage:
         source=str(folder),
         modality=str(first.get("Modality", "")) or None,
         series_description=description,
-        # Slices of Enhanced images are frames, with no instance of their own for a SEG
-        # to reference: the volume is used as an image file would be.
-        datasets=instances_in_slice_order(datasets) or (),
+        datasets=_seg_sources(datasets),
     )
+
+
+def _seg_sources(datasets: list[Dataset]) -> tuple[Dataset, ...]:
+    """The instances of `datasets` a SEG references, single-frame ones in slice order."""
+    if not can_reference(datasets):
+        # Frames of several Enhanced images: the volume is used as an image file would be.
+        return ()
+    return slice_sources(datasets).instances
 
 
 def _with_role(item: InputImage, role: str) -> InputImage:
@@ -272,16 +281,11 @@ def read_seg_labels(folder: Path, reference: InputImage) -> SegLabels | None:
         )
     try:
         seg = hd.seg.Segmentation.from_dataset(segs[0])
-        pixels = seg.get_pixels_by_source_instance(
-            [str(ds.SOPInstanceUID) for ds in reference.datasets],
-            combine_segments=True,
-            assert_missing_frames_are_empty=True,
-            skip_overlap_checks=True,
-        )
+        labels = seg_sources(reference.datasets).labels(seg)
     except (ValueError, KeyError, AttributeError) as err:
         raise SegmentError(
             f"the SEG cannot be read onto its series: {err}", source=str(folder)
         ) from err
     numbers = sorted(int(n) for n in seg.segment_numbers)
     names = tuple(str(seg.get_segment_description(n).SegmentLabel) for n in numbers)
-    return SegLabels(np.asarray(pixels, dtype=np.uint8), names)
+    return SegLabels(labels, names)

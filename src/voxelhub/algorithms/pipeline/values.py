@@ -97,8 +97,10 @@ class SeriesCollection:
 class Volume:
     """A (slice, row, column) array in real units (HU for CT) and where it lies in space.
 
-    When it was built from a DICOM series, `series` holds that series with its datasets in
-    the volume's slice order, so slice `k` was made from `series.datasets[k]`.
+    When it was built from a DICOM series, `series` holds that series, its instances in
+    the volume's slice order; `voxelhub.dicom.volume.slice_sources(series.datasets)` says
+    which acquired image (a single-frame instance or a frame of an Enhanced image) each
+    slice was made from, and where a gantry tilt shifted it.
     """
 
     array: npt.NDArray[Any]

@@ -32,9 +32,11 @@ class SegWriter(Operator):
     """Writes a label volume as a binary DICOM SEG at output/<interface>/seg.dcm.
 
     Each described label becomes one segment (numbered 1..n in label order) with its name,
-    description and coded category and type; frames reference the source instance of their
-    slice, so the label volume must come from a series (`LabelVolume.series`). The DICOM
-    writing itself is `voxelhub.segment.dicom_out.segmentation`.
+    description and coded category and type; each frame lies on and references the
+    acquired image of its slice (a single-frame instance or a frame of an Enhanced image,
+    a gantry-tilted slice where it was acquired), so the label volume must come from a
+    series (`LabelVolume.series`). The DICOM writing itself is
+    `voxelhub.segment.dicom_out.segmentation`.
     """
 
     input_ports = {"labels": LabelVolume, "output_dir": Path}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,30 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    LegacyConvertedEnhancedPETImageStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    generate_uid,
+)
 from pydicom.valuerep import DSfloat
 
 from voxelhub.algorithms.pipeline.errors import OperatorError
 from voxelhub.algorithms.pipeline.operator import Operator, PortValues
 from voxelhub.algorithms.pipeline.operators._paths import checked_interface, output_folder
 from voxelhub.algorithms.pipeline.values import SeriesData, Volume
-from voxelhub.dicom.volume import Geometry
+from voxelhub.dicom.errors import DicomError
+from voxelhub.dicom.planes import Plane, is_enhanced
+from voxelhub.dicom.slices import SliceSources
+from voxelhub.dicom.volume import Geometry, slice_sources
+
+logger = logging.getLogger(__name__)
 
 # Patient, study and frame of reference: what a derived series shares with its source.
 _SHARED = (
@@ -41,6 +58,15 @@ _SHARED = (
     "WindowWidth",
 )
 _INT16 = np.iinfo(np.int16)
+# The derived series is single-frame: an Enhanced source's slices become slices of the
+# classic image class of its modality.
+_SINGLE_FRAME_CLASSES = {
+    EnhancedCTImageStorage: CTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage: CTImageStorage,
+    EnhancedMRImageStorage: MRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage: MRImageStorage,
+    LegacyConvertedEnhancedPETImageStorage: PositronEmissionTomographyImageStorage,
+}
 
 
 class SeriesWriter(Operator):
@@ -48,8 +74,12 @@ class SeriesWriter(Operator):
 
     The series is DERIVED from the volume's source series: it keeps the patient, the study
     and the frame of reference, gets new series and instance UIDs, and places its slices by
-    the volume's geometry. Values are stored as signed 16-bit with a rescale that restores
-    them (exactly for integers in int16's range).
+    the volume's geometry. A slice that lies where a slice of the source's volume lies
+    names the acquired image it was made from in its Source Image Sequence (with the frame
+    number for an Enhanced source, and Spatial Locations Preserved NO where a gantry tilt
+    shifted it). An Enhanced CT, MR or PET source gives a series of the single-frame class
+    of its modality. Values are stored as signed 16-bit with a rescale that restores them
+    (exactly for integers in int16's range).
     """
 
     input_ports = {"volume": Volume, "output_dir": Path}
@@ -75,6 +105,7 @@ class SeriesWriter(Operator):
         shared = self._shared(volume.series, slope=slope, intercept=intercept)
         _set_plane(shared, volume.geometry)
         normal = _axes(volume.geometry)[2]
+        sources = _slice_sources(volume.series)
         for index, plane in enumerate(stored):
             ds = copy.deepcopy(shared)
             position = (
@@ -83,9 +114,9 @@ class SeriesWriter(Operator):
             ds.ImagePositionPatient = [DSfloat(float(v), auto_format=True) for v in position]
             ds.InstanceNumber = index + 1
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            source = _source_at(volume.series, index=index, position=position)
+            source = _source_at(sources, index=index, position=position, size=plane.shape)
             if source is not None:
-                ds.SourceImageSequence = _reference(source)
+                ds.SourceImageSequence = Sequence([source])
             ds.Rows, ds.Columns = plane.shape
             ds.PixelData = plane.astype("<i2").tobytes()
             ds.save_as(folder / f"{index + 1:04d}.dcm", enforce_file_format=True)
@@ -98,7 +129,8 @@ class SeriesWriter(Operator):
             if keyword in first:
                 setattr(ds, keyword, copy.deepcopy(first[keyword].value))
         ds.file_meta = FileMetaDataset()
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = first.SOPClassUID
+        sop_class_uid = _SINGLE_FRAME_CLASSES.get(first.SOPClassUID, first.SOPClassUID)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SeriesInstanceUID = generate_uid()
         ds.SeriesNumber = int(first.get("SeriesNumber") or 0) + 2000
@@ -148,19 +180,52 @@ def _set_plane(ds: Dataset, geometry: Geometry) -> None:
     ds.SliceThickness = ds.SpacingBetweenSlices = DSfloat(geometry.spacing[2], auto_format=True)
 
 
-def _source_at(
-    series: SeriesData, *, index: int, position: npt.NDArray[np.float64]
-) -> Dataset | None:
-    """The source slice this slice was made from: same index, same place (else None)."""
-    if index >= series.number_of_instances:
+def _slice_sources(series: SeriesData) -> SliceSources | None:
+    """Where each slice of the source's volume came from; None when it makes no volume."""
+    try:
+        return slice_sources(series.datasets)
+    except DicomError:
+        logger.info(
+            "series %s is not a volume: no source references",
+            series.series_instance_uid,
+            exc_info=True,
+        )
         return None
-    source = series.datasets[index]
-    placed = [float(v) for v in source.get("ImagePositionPatient") or []]
-    return source if len(placed) == 3 and np.allclose(placed, position, atol=1e-3) else None
 
 
-def _reference(source: Dataset) -> Sequence:
+def _source_at(
+    sources: SliceSources | None,
+    *,
+    index: int,
+    position: npt.NDArray[np.float64],
+    size: tuple[int, ...],
+) -> Dataset | None:
+    """The Source Image Sequence item of a slice that lies where slice `index` of the
+    source's volume lies (else None): the acquired image that slice was made from.
+
+    `size` is the written slice's (rows, columns); its pixels lie where the acquired
+    image's do only when it has that image's size and no tilt shifted it.
+    """
+    if sources is None or index >= len(sources.planes):
+        return None
+    plane = sources.planes[index]
+    if not np.allclose(_grid_position(plane, sources.offsets[index]), position, atol=1e-3):
+        return None
     item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    return Sequence([item])
+    item.ReferencedSOPClassUID = plane.dataset.SOPClassUID
+    item.ReferencedSOPInstanceUID = plane.dataset.SOPInstanceUID
+    if is_enhanced(plane.dataset):
+        item.ReferencedFrameNumber = plane.frame_index + 1
+    same_pixels = sources.offsets[index] == (0.0, 0.0) and tuple(size) == sources.frame_shape
+    item.SpatialLocationsPreserved = "YES" if same_pixels else "NO"
+    return item
+
+
+def _grid_position(plane: Plane, offset: tuple[float, float]) -> npt.NDArray[np.float64]:
+    """Where the first pixel of the volume's slice lies, `offset` (rows, columns) before
+    the first pixel of the acquired frame it was made from."""
+    orientation = np.array(plane.orientation, dtype=np.float64)
+    row, column = orientation[:3], orientation[3:]
+    row_spacing, column_spacing = plane.pixel_spacing
+    shift = offset[1] * column_spacing * row + offset[0] * row_spacing * column
+    return np.array(plane.position, dtype=np.float64) - shift

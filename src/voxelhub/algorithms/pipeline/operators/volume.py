@@ -1,4 +1,4 @@
-"""A DICOM series → a volume in real units, with the series kept in slice order."""
+"""A DICOM series → a volume in real units, with the series it was made from."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from voxelhub.algorithms.pipeline.errors import OperatorError
 from voxelhub.algorithms.pipeline.operator import Operator, PortValues
 from voxelhub.algorithms.pipeline.values import SeriesData, Volume
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.volume import instances_in_slice_order, series_to_volume
+from voxelhub.dicom.volume import series_to_volume, slice_sources
 
 
 class SeriesToVolume(Operator):
     """Builds the (slice, row, column) volume of a series (HU for CT).
 
-    The volume's `series` lists the datasets in slice order (by position along the slice
-    normal), so writers can reference the source instance of each slice. A volume of
-    Enhanced (multi-frame) images has no source instance per slice, so no `series`.
+    The volume's `series` is the source series with its instances in slice order (by
+    position along the slice normal), so writers can reference the acquired image of each
+    slice (see `Volume`).
     """
 
     input_ports = {"series": SeriesData}
@@ -28,6 +28,6 @@ class SeriesToVolume(Operator):
             raise OperatorError(
                 self.name, f"series {series.series_instance_uid} is not a volume: {err.message}"
             ) from err
-        ordered = instances_in_slice_order(series.datasets)
-        source = None if ordered is None else SeriesData(series.series_instance_uid, ordered)
+        ordered = slice_sources(series.datasets).instances
+        source = SeriesData(series.series_instance_uid, ordered)
         return {"volume": Volume(array, geometry, series=source)}
