@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from tests.dicom.helpers import enhanced
 from voxelhub.algorithms.builtins import BUILTINS, RUNNERS, InputError, register_all
 from voxelhub.algorithms.builtins.threshold_segmentation import AIR_HU, BONE_HU
 from voxelhub.algorithms.contract import ExecutionRequest, Outcome
@@ -173,6 +174,35 @@ def test_threshold_segmentation_refuses_a_folder_without_ct(tmp_path: Path) -> N
         ds.Modality = "MR"
     _write_series(series, work.input / "ct")
     with pytest.raises(SeriesSelectionError, match=r"no series has modality CT.*modality is MR"):
+        _run("threshold-segmentation", work)
+
+
+def test_threshold_segmentation_of_one_enhanced_ct_image(tmp_path: Path) -> None:
+    """One multi-frame instance is a volume of many images: selected, segmented, and its
+    SEG's frames reference the image's frames."""
+    work = _workdir(
+        tmp_path, "t", inputs=[{"interface": "ct", "kind": "dicom_series", "path": "ct"}]
+    )
+    image = enhanced(ct_phantom(slices=6, size=32))
+    _write_series([image], work.input / "ct")
+    _run("threshold-segmentation", work)
+    seg = hd.seg.segread(work.output / "segmentation" / "seg.dcm")
+    sources = {
+        (str(ref.ReferencedSOPInstanceUID), int(ref.ReferencedFrameNumber))
+        for frame in seg.PerFrameFunctionalGroupsSequence
+        for derivation in frame.DerivationImageSequence
+        for ref in derivation.SourceImageSequence
+    }
+    assert {uid for uid, _ in sources} == {image.SOPInstanceUID}
+    assert {number for _, number in sources} <= set(range(1, 7))
+
+
+def test_a_single_image_is_no_volume_to_segment(tmp_path: Path) -> None:
+    work = _workdir(
+        tmp_path, "t", inputs=[{"interface": "ct", "kind": "dicom_series", "path": "ct"}]
+    )
+    _write_series(ct_phantom(slices=1, size=8), work.input / "ct")
+    with pytest.raises(SeriesSelectionError, match="only 1 images"):
         _run("threshold-segmentation", work)
 
 

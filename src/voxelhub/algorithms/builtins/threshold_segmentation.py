@@ -104,7 +104,7 @@ def pipeline() -> BuiltPipeline:
     """CT folder → CT series → volume → labels → cleaned labels → SEG and measurements."""
     flow = Pipeline()
     loader = DicomSeriesLoader()
-    selector = SeriesSelector(SeriesRules(modality="CT", min_instances=2))
+    selector = SeriesSelector(SeriesRules(modality="CT", min_images=2))
     to_volume, infer = SeriesToVolume(), Inference(label_ct, SEGMENTS)
     clean = PostProcess(keep_largest=[BODY], fill_holes=[LUNGS])
     algorithm = AlgorithmInfo("voxelhub threshold-segmentation", "1", family=HISTOGRAM_ANALYSIS)

@@ -68,6 +68,11 @@ class SeriesData:
     def number_of_instances(self) -> int:
         return len(self.datasets)
 
+    @property
+    def number_of_images(self) -> int:
+        """Images (frames) in all instances: a multi-frame instance counts its frames."""
+        return sum(_frames(ds) for ds in self.datasets)
+
     def describe(self) -> str:
         """One line for people: modality, description, body part, size and UID."""
         return (
@@ -160,3 +165,10 @@ class LabelVolume(Volume):
             if segment.label == label:
                 return segment
         raise KeyError(label)
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (TypeError, ValueError):
+        return 1

@@ -15,7 +15,9 @@ class SeriesRules:
     """What a series must be to be selected; a rule left as None accepts anything.
 
     `modality` and `body_part` compare without case; `description` is a regular expression
-    searched (without case) in the SeriesDescription.
+    searched (without case) in the SeriesDescription. `min_images` counts images, each
+    frame of a multi-frame instance one (an Enhanced CT volume is one instance of many
+    frames); `min_instances` counts instances.
 
     >>> SeriesRules(modality="CT", description="chest|thorax", min_instances=20).describe()
     "modality CT, description matching 'chest|thorax', at least 20 instances"
@@ -25,6 +27,7 @@ class SeriesRules:
     description: str | None = None
     body_part: str | None = None
     min_instances: int = 1
+    min_images: int = 1
 
     def __post_init__(self) -> None:
         if self.description is not None:
@@ -35,8 +38,9 @@ class SeriesRules:
                     f"Series description rule {self.description!r} is not a valid regular "
                     f"expression: {err}."
                 ) from err
-        if self.min_instances < 1:
-            raise ValueError(f"min_instances must be at least 1, not {self.min_instances}.")
+        for name in ("min_instances", "min_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
 
     def mismatches(self, series: SeriesData) -> list[str]:
         """Why `series` does not match, one reason per failed rule (empty when it matches)."""
@@ -51,6 +55,8 @@ class SeriesRules:
             reasons.append(f"body part is {series.body_part_examined or 'missing'}")
         if series.number_of_instances < self.min_instances:
             reasons.append(f"only {series.number_of_instances} instances")
+        if series.number_of_images < self.min_images:
+            reasons.append(f"only {series.number_of_images} images")
         return reasons
 
     def describe(self) -> str:
@@ -62,11 +68,13 @@ class SeriesRules:
         if self.body_part:
             parts.append(f"body part {self.body_part}")
         parts.append(f"at least {self.min_instances} instances")
+        if self.min_images > 1:
+            parts.append(f"at least {self.min_images} images")
         return ", ".join(parts)
 
 
 class SeriesSelector(Operator):
-    """Selects the series that matches the rules; of several, the one with most instances."""
+    """Selects the series that matches the rules; of several, the one with most images."""
 
     input_ports = {"series": SeriesCollection}
     output_ports = {"series": SeriesData}
@@ -86,5 +94,5 @@ class SeriesSelector(Operator):
                 self.name,
                 f"no series has {self.rules.describe()}. Available: {available or 'none'}.",
             )
-        best = max(matching, key=lambda s: s.number_of_instances)
+        best = max(matching, key=lambda s: (s.number_of_images, s.number_of_instances))
         return {"series": best}
