@@ -79,6 +79,10 @@ def test_only_acs_is_refused() -> None:
         (np.zeros((1, 2, 8, 8), np.float32), "must be complex"),
         (np.zeros((1, 0, 8, 8), np.complex64), "empty"),
         (np.full((1, 1, 2, 2), np.nan, np.complex64), "4 NaN or infinite"),
+        (
+            np.concatenate((np.ones((1, 2, 4, 4)), np.zeros((2, 2, 4, 4)))).astype(np.complex64),
+            r"slice\(s\) 1, 2 of 3 hold no data",
+        ),
     ],
 )
 def test_bad_arrays_are_refused(data: np.ndarray, message: str) -> None:

@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["cli", "coils", "detect", "gaps", "h5chunks", "header", "image", "ismrmrd_types",
-           "masks", "methods", "metrics", "phantom", "zerofilled"]  # fmt: skip
+MODULES = ["cli", "coils", "detect", "gaps", "h5", "h5chunks", "header", "image", "io_ismrmrd",
+           "ismrmrd_types", "masks", "methods", "metrics", "phantom", "zerofilled"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)

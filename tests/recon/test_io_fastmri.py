@@ -95,7 +95,18 @@ def test_shape_disagreeing_with_header_is_refused(tiny: PhantomAcquisition, tmp_
 def test_limits_outside_the_matrix_are_refused(tiny: PhantomAcquisition, tmp_path: Path) -> None:
     path = fastmri_file(tmp_path / "limits.h5", tiny.kspace)
     edit_header(path, "<maximum>47</maximum>", "<maximum>59</maximum>")
-    with pytest.raises(ReconError, match="does not match the data"):
+    with pytest.raises(ReconError, match=r"limits.h5: .*does not match the data"):
+        read_fastmri(path)
+
+
+def test_inverted_limits_are_refused(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    path = fastmri_file(tmp_path / "inverted.h5", tiny.kspace)
+    edit_header(
+        path,
+        "<minimum>0</minimum><maximum>47</maximum>",
+        "<minimum>47</minimum><maximum>0</maximum>",
+    )
+    with pytest.raises(ReconError, match=r"inverted.h5: .*not 0 <= minimum <= maximum"):
         read_fastmri(path)
 
 
@@ -173,4 +184,61 @@ def test_real_valued_kspace_is_refused_saying_how_to_store_it(
     with h5py.File(path, "w") as handle:
         handle["kspace"] = values.astype(np.float32)
     with pytest.raises(ReconError, match=f"real.h5: 'kspace' must be complex.*{message}"):
+        read_fastmri(path)
+
+
+def test_padding_is_cut_by_the_header_even_when_not_zero(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "noisy_padding.h5"
+    write_fastmri(path, padded(tiny.kspace, 20))
+    with h5py.File(path, "r+") as handle:
+        del handle["mask"]  # the sampling comes from the data
+        kspace = handle["kspace"][()]
+        rng = np.random.default_rng(0)
+        kspace[..., :10] = 1e-9 * rng.standard_normal(kspace[..., :10].shape)
+        kspace[..., -10:] = 1e-9
+        handle["kspace"][...] = kspace
+    back = read_fastmri(path)
+    np.testing.assert_array_equal(back.data, tiny.kspace.data)
+    np.testing.assert_array_equal(back.sampling.mask, tiny.kspace.sampling.mask)
+    assert back.sampling.acceleration == 2
+
+
+def test_an_empty_slice_is_refused(tiny: PhantomAcquisition, tmp_path: Path) -> None:
+    path = fastmri_file(tmp_path / "stopped.h5", tiny.kspace)
+    with h5py.File(path, "r+") as handle:
+        handle["kspace"][1] = 0
+    with pytest.raises(ReconError, match=r"stopped.h5: slice\(s\) 1 of 2 hold no data"):
+        read_fastmri(path)
+
+
+def test_a_huge_declared_kspace_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as handle:  # 11 TiB declared, nothing written: a few kB on disk
+        shape = (100_000, 64, 640, 368)
+        handle.create_dataset("kspace", shape=shape, dtype=np.complex64, chunks=(1, 1, 640, 368))
+    with pytest.raises(ReconError, match=r"huge.h5: 'kspace' .* needs 21\.9 TiB of memory"):
+        read_fastmri(path)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        ("null", "it holds no data"),
+        ("fields", r"store kspace\['real'\] \+ 1j \* kspace\['imag'\] as complex64"),
+    ],
+)
+def test_kspace_without_complex_samples_is_refused_saying_why(
+    write: str, message: str, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as handle:
+        if write == "null":
+            handle.create_dataset("kspace", data=h5py.Empty("c8"))
+        else:  # as MATLAB and others write complex numbers
+            parts = np.empty(tiny.kspace.data.shape, [("real", "<f4"), ("imag", "<f4")])
+            parts["real"], parts["imag"] = tiny.kspace.data.real, tiny.kspace.data.imag
+            handle["kspace"] = parts
+    with pytest.raises(ReconError, match=f"odd.h5: 'kspace' must be complex.*{message}"):
         read_fastmri(path)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -10,6 +12,7 @@ from tests.recon.helpers import edit_header
 from voxelhub.recon import ismrmrd_types as mrd
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.io_ismrmrd import load_ismrmrd, read_ismrmrd, write_ismrmrd
+from voxelhub.recon.model import Sampling
 from voxelhub.recon.noise import noise_covariance, prewhitening_matrix
 from voxelhub.recon.phantom import PhantomAcquisition
 from voxelhub.recon.readers import detect_format, read_kspace
@@ -108,10 +111,11 @@ def test_three_d_encoding_is_refused(written: Path) -> None:
         read_ismrmrd(written)
 
 
-def test_file_of_neither_format_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "value"), [("images", np.zeros(4)), ("dataset", 5.0)])
+def test_file_of_neither_format_is_refused(name: str, value: object, tmp_path: Path) -> None:
     path = tmp_path / "other.h5"
     with h5py.File(path, "w") as handle:
-        handle["images"] = np.zeros(4)
+        handle[name] = value
     with pytest.raises(ReconError, match=r"no 'kspace' dataset \(fastMRI\) and no /dataset/data"):
         read_kspace(path)
 
@@ -216,3 +220,212 @@ def test_discarding_every_sample_is_refused(written: Path) -> None:
         handle["dataset/data"][...] = records
     with pytest.raises(ReconError, match="discard_pre 40 and discard_post 30"):
         read_ismrmrd(written)
+
+
+def _append(path: Path, more: np.ndarray) -> None:
+    with h5py.File(path, "r+") as handle:
+        data = handle["dataset/data"]
+        data.resize((len(data) + len(more),))
+        data[len(data) - len(more) :] = more
+
+
+def _records(path: Path) -> np.ndarray:
+    with h5py.File(path) as handle:
+        return handle["dataset/data"][()]
+
+
+def _xml(path: Path) -> bytes:
+    with h5py.File(path) as handle:
+        return bytes(handle[XML][0])
+
+
+def _rewrite(path: Path, records: np.ndarray) -> None:
+    """The file with its header and these acquisitions (a table of another length)."""
+    xml = _xml(path)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset(XML, data=[xml], dtype=h5py.string_dtype())
+        handle.create_dataset("dataset/data", data=records, maxshape=(None,), chunks=True)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        mrd.HPFEEDBACK_DATA,
+        mrd.RTFEEDBACK_DATA,
+        mrd.PHASE_STABILIZATION_REFERENCE,
+        mrd.PHASE_STABILIZATION,
+    ],
+)
+def test_feedback_and_phase_stabilisation_scans_are_not_image_lines(
+    flag: int, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "pace.h5"
+    write_ismrmrd(path, tiny.kspace)
+    extra = _records(path)[:3].copy()  # on the centre line, as navigators often are
+    extra["head"]["flags"] = mrd.bits(flag)
+    extra["head"]["idx"]["kspace_encode_step_1"] = 24
+    for index in range(len(extra)):
+        extra[index]["data"] = np.full_like(extra[index]["data"], 1000.0)
+    _append(path, extra)
+    np.testing.assert_array_equal(read_ismrmrd(path).data, tiny.kspace.data)
+
+
+def test_a_separate_reference_scan_is_calibration_not_image_lines(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    # every other line for the image, centre included; the reference scan (calibration
+    # only, another contrast: half the signal) is the block 18-29, on and off that lattice
+    full = tiny.fully_sampled
+    lattice = np.zeros(48, bool)
+    lattice[::2] = True
+    path = tmp_path / "separate.h5"
+    image = replace(tiny.kspace, data=full * lattice, sampling=Sampling(lattice, (0, 0), 2))
+    write_ismrmrd(path, image)
+    records = _records(path)
+    records["head"]["flags"] = 0  # imaging lines only, none flagged as calibration
+    with h5py.File(path, "r+") as handle:
+        handle["dataset/data"][...] = records
+    slices, lines = np.repeat([0, 1], 12), np.tile(np.arange(18, 30), 2)
+    reference = np.concatenate([records[:1]] * 24)
+    reference["head"]["flags"] = mrd.bits(mrd.PARALLEL_CALIBRATION)
+    reference["head"]["idx"]["slice"] = slices
+    reference["head"]["idx"]["kspace_encode_step_1"] = lines
+    for index, (slice_index, line) in enumerate(zip(slices, lines, strict=True)):
+        samples = np.ascontiguousarray(full[slice_index, :, :, line] / 2)
+        reference[index]["data"] = samples.view(np.float32).reshape(-1)
+    _append(path, reference)
+    kspace = read_ismrmrd(path)
+    np.testing.assert_array_equal(kspace.data[..., lattice], full[..., lattice])  # not averaged
+    off = np.arange(19, 30, 2)
+    np.testing.assert_array_equal(kspace.data[..., off], full[..., off] / 2)  # the ACS lines
+    assert kspace.sampling.acceleration == 2
+    assert kspace.sampling.acs[0] <= 18 and kspace.sampling.acs[1] >= 30
+
+
+def test_an_image_lacking_lines_the_others_hold_is_refused(written: Path) -> None:
+    _rewrite(written, _records(written)[:-10])  # the scan stopped 10 lines before its end
+    with pytest.raises(ReconError, match="slice 1 lacks 10 of the 30 phase-encode lines"):
+        read_ismrmrd(written)
+
+
+def _second_encoding_space(path: Path) -> None:
+    """Add an encoding space of 24 lines (0-23) holding 20 acquisitions of slice 0."""
+    text = _xml(path).decode()
+    start, stop = text.index("<encoding>"), text.index("</encoding>") + len("</encoding>")
+    second = (
+        text[start:stop]
+        .replace("<x>64</x><y>48</y>", "<x>64</x><y>24</y>", 1)
+        .replace("<maximum>47</maximum>", "<maximum>23</maximum>")
+        .replace("<center>24</center>", "<center>12</center>")
+    )
+    with h5py.File(path, "r+") as handle:
+        handle[XML][0] = (text[:stop] + second + text[stop:]).encode()
+    extra = _records(path)[:20].copy()
+    extra["head"]["encoding_space_ref"] = 1
+    extra["head"]["idx"]["kspace_encode_step_1"] = np.arange(20)
+    extra["head"]["idx"]["slice"] = 0
+    _append(path, extra)
+
+
+def test_several_encoding_spaces_are_read_one_at_a_time(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "two_spaces.h5"
+    write_ismrmrd(path, tiny.kspace)
+    _second_encoding_space(path)
+    with pytest.raises(
+        ReconError, match=r"2 encoding spaces \(acquisitions per space 0: 60, 1: 20"
+    ):
+        read_ismrmrd(path)
+    np.testing.assert_array_equal(read_ismrmrd(path, encoding_space=0).data, tiny.kspace.data)
+    other = read_ismrmrd(path, encoding_space=1, require_acs=False)
+    assert other.data.shape == (1, 4, 64, 24)
+    assert other.header["encoded_matrix"] == [64, 24, 1]
+    with pytest.raises(ReconError, match="no imaging acquisition belongs to encoding space 2"):
+        read_ismrmrd(path, encoding_space=2)
+
+
+def test_acquisitions_of_an_encoding_space_the_header_lacks_are_refused(written: Path) -> None:
+    records = _records(written)
+    records["head"]["encoding_space_ref"] = 1
+    with h5py.File(written, "r+") as handle:
+        handle["dataset/data"][...] = records
+    with pytest.raises(ReconError, match="describes 1 encoding space"):
+        read_ismrmrd(written)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("<y>48</y>", "<y>40</y>", "outside the encoded matrix of 40"),
+        ("<minimum>0</minimum><maximum>47</maximum>", "<minimum>47</minimum><maximum>0</maximum>",
+         "not 0 <= minimum <= maximum"),
+    ],
+)  # fmt: skip
+def test_limits_that_do_not_fit_the_matrix_are_refused_on_reading(
+    old: str, new: str, message: str, written: Path
+) -> None:
+    edit_header(written, old, new, dataset=XML)
+    with pytest.raises(ReconError, match=f"meas.h5: .*{message}"):
+        read_ismrmrd(written)
+
+
+def test_noise_scans_of_different_lengths_are_all_used(written: Path) -> None:
+    records = _records(written)
+    last = int(np.flatnonzero(records["head"]["flags"] & mrd.bits(mrd.NOISE_MEASUREMENT))[-1])
+    short = records[last]["data"].view(np.complex64).reshape(4, -1)[:, :100]
+    records[last]["data"] = np.ascontiguousarray(short).view(np.float32).reshape(-1)
+    records["head"]["number_of_samples"][last] = 100
+    _rewrite(written, records)
+    loaded = load_ismrmrd(written, prewhiten_noise=True)
+    assert loaded.noise.shape == (4, 15 * 256 + 100)
+    assert loaded.kspace.header["prewhitened"] is True
+
+
+def test_unusable_noise_scans_leave_the_data_readable(
+    written: Path, tiny: PhantomAcquisition, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _records(written)
+    last = int(np.flatnonzero(records["head"]["flags"] & mrd.bits(mrd.NOISE_MEASUREMENT))[-1])
+    records[last]["data"] = records[last]["data"][: 2 * 3 * 256]  # a scan of 3 channels
+    records["head"]["active_channels"][last] = 3
+    _rewrite(written, records)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_ismrmrd(written)
+    np.testing.assert_array_equal(loaded.kspace.data, tiny.kspace.data)
+    assert loaded.noise.size == 0 and "noise scans are unusable" in caplog.text
+    with pytest.raises(ReconError, match="noise: acquisitions differ in active_channels"):
+        read_ismrmrd(written, prewhiten_noise=True)
+
+
+def test_a_huge_declared_table_is_refused_before_it_is_read(written: Path) -> None:
+    xml, dtype = _xml(written), _records(written).dtype
+    with h5py.File(written, "w") as handle:  # 10^10 acquisitions declared, none written
+        handle.create_dataset(XML, data=[xml], dtype=h5py.string_dtype())
+        handle.create_dataset("dataset/data", shape=(10**10,), dtype=dtype, chunks=(1024,))
+    with pytest.raises(ReconError, match=r"10000000000 acquisitions needs 3\.4 TiB of memory"):
+        read_ismrmrd(written)
+
+
+def test_a_huge_declared_readout_is_refused_before_the_grid_is_made(written: Path) -> None:
+    edit_header(written, "<x>64</x><y>48</y>", "<x>2000000000</x><y>48</y>", dataset=XML)
+    with pytest.raises(ReconError, match=r"k-space \(2, 4, 2000000000, 48\) needs 5\.6 TiB"):
+        read_ismrmrd(written)
+
+
+@pytest.mark.parametrize("first", [0, 12])
+def test_partial_fourier_is_not_undersampling(
+    first: int, tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    # 3/4 partial Fourier: lines 0-11 never acquired; the limits start at 0 or at line 12
+    mask = np.zeros(48, bool)
+    mask[12::2] = True
+    mask[18:30] = True
+    path = tmp_path / "partial.h5"
+    data = tiny.fully_sampled * mask
+    write_ismrmrd(path, replace(tiny.kspace, data=data, sampling=Sampling(mask, (18, 30), 2)))
+    edit_header(path, "<minimum>0</minimum>", f"<minimum>{first}</minimum>", dataset=XML)
+    kspace = read_ismrmrd(path)
+    assert kspace.sampling.acceleration == 2
+    assert kspace.sampling.acs[0] + first == 18 and kspace.sampling.acs[1] + first in (30, 31)
+    np.testing.assert_array_equal(kspace.data, data[..., first:])

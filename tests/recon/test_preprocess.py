@@ -132,3 +132,16 @@ def test_missing_or_damaged_attributes_are_refused(
             del handle.attrs[attribute]
     with pytest.raises(ReconError, match=r"pre.h5: .*missing or damaged.*preprocess the raw"):
         read_preprocessed(path)
+
+
+def test_a_huge_declared_kspace_is_refused_before_it_is_read(
+    tiny: PhantomAcquisition, tmp_path: Path
+) -> None:
+    path = tmp_path / "pre.h5"
+    write_preprocessed(path, tiny.kspace)
+    with h5py.File(path, "r+") as handle:  # 11 TiB declared, nothing written
+        del handle["kspace"]
+        shape = (100_000, 64, 640, 184)
+        handle.create_dataset("kspace", shape=shape, dtype=np.complex64, chunks=(1, 1, 640, 184))
+    with pytest.raises(ReconError, match=r"pre.h5: kspace \(100000, 64, 640, 184\) needs"):
+        read_preprocessed(path)

@@ -19,7 +19,8 @@ MIN_ACS_LINES = 4
 
 
 def check_kspace(data: npt.NDArray[np.generic], *, source: str = "k-space") -> None:
-    """Refuse data that is not finite complex (slices, coils, readout, phase-encode) k-space."""
+    """Refuse data that is not finite complex (slices, coils, readout, phase-encode) k-space
+    with something in every slice."""
     if data.ndim != 4:
         raise ReconError(
             f"{source}: expected k-space shaped (slices, coils, readout, phase-encode), "
@@ -33,6 +34,14 @@ def check_kspace(data: npt.NDArray[np.generic], *, source: str = "k-space") -> N
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise ReconError(
             f"{source}: k-space holds {bad} NaN or infinite samples; the file is damaged"
+        )
+    # An empty slice would be taken as acquired zeros: calibrated on, and shown as black.
+    empty = np.flatnonzero(~data.reshape(data.shape[0], -1).any(axis=1))
+    if empty.size:
+        raise ReconError(
+            f"{source}: slice(s) {', '.join(map(str, empty[:8].tolist()))} of {data.shape[0]} "
+            "hold no data (every sample is zero); the file is damaged or the scan was "
+            "stopped early"
         )
 
 

@@ -1,7 +1,10 @@
-"""Opening HDF5 files and reading their string datasets, with errors that say what went wrong."""
+"""Opening HDF5 files, reading their string datasets and refusing declared sizes that cannot
+fit in memory, with errors that say what went wrong."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +13,39 @@ import h5py
 import numpy as np
 
 from voxelhub.recon.errors import ReconError
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has, where the system says."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits_memory(shape: tuple[int, ...], itemsize: int, *, what: str) -> None:
+    """Refuse, before allocating it, an array larger than this machine's memory: a header or
+    dataset can declare terabytes in a file of a few kilobytes.
+
+    >>> check_fits_memory((100_000, 64, 640, 368), 8, what="scan.h5: kspace")
+    Traceback (most recent call last):
+    ...
+    voxelhub.recon.errors.ReconError: scan.h5: kspace needs 11.0 TiB ...
+    """
+    needed = math.prod(int(n) for n in shape) * int(itemsize)
+    memory = physical_memory()
+    if memory is not None and needed > memory:
+        raise ReconError(
+            f"{what} needs {_size(needed)} of memory, more than this machine's "
+            f"{_size(memory)}; the file is damaged, or must be read on a larger machine"
+        )
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 @contextmanager

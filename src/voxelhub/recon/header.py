@@ -69,31 +69,55 @@ def _number(text: str, *, kind: type, path: str) -> Any:
         ) from err
 
 
-def _triple(root: ET.Element, path: str, *, kind: type) -> list[Any]:
-    values = [_text(root, f"{path}/{axis}") for axis in "xyz"]
+def _triple(encoding: ET.Element, path: str, *, kind: type) -> list[Any]:
+    """x, y, z below one `<encoding>` (`path` relative to it; messages name it in full)."""
+    values = [_text(encoding, f"{path}/{axis}") for axis in "xyz"]
     if values[0] is None or values[1] is None:
-        raise ReconError(f"the ISMRMRD header has no {path.replace('/', '.')}; it is required")
+        raise ReconError(
+            f"the ISMRMRD header has no encoding.{path.replace('/', '.')}; it is required"
+        )
     return [
-        _number(v, kind=kind, path=f"{path}/{axis}") if v is not None else kind(1)
+        _number(v, kind=kind, path=f"encoding/{path}/{axis}") if v is not None else kind(1)
         for axis, v in zip("xyz", values, strict=True)
     ]
 
 
-def _limits(root: ET.Element, matrix_y: int) -> list[int]:
-    base = "encoding/encodingLimits/kspace_encoding_step_1"
+def _limits(encoding: ET.Element, matrix_y: int) -> list[int]:
+    base = "encodingLimits/kspace_encoding_step_1"
     names = ("minimum", "maximum", "center")
-    values = [_text(root, f"{base}/{name}") for name in names]
+    values = [_text(encoding, f"{base}/{name}") for name in names]
     if any(v is None for v in values):
         return [0, matrix_y - 1, matrix_y // 2]
-    return [
-        _number(v, kind=int, path=f"{base}/{name}")
+    limits = [
+        _number(v, kind=int, path=f"encoding/{base}/{name}")
         for name, v in zip(names, values, strict=True)
         if v is not None
     ]
+    if not 0 <= limits[0] <= limits[1]:
+        raise ReconError(
+            f"the ISMRMRD header's encoding limits of kspace_encoding_step_1 (minimum "
+            f"{limits[0]}, maximum {limits[1]}) are not 0 <= minimum <= maximum; the header "
+            "is damaged"
+        )
+    return limits
 
 
-def parse_header(xml: str | bytes) -> dict[str, Any]:
-    """`KSpace.header` keys from an ISMRMRD XML header; ReconError if it cannot be used.
+def _encoding(root: ET.Element, index: int) -> ET.Element:
+    """The `index`-th `<encoding>` (an ISMRMRD file may describe several encoding spaces)."""
+    encodings = root.findall(_path("encoding"))
+    if 0 <= index < len(encodings):
+        return encodings[index]
+    if not encodings and index == 0:
+        return ET.Element("encoding")  # reported below as the missing matrix size
+    raise ReconError(
+        f"the ISMRMRD header describes {len(encodings)} encoding space(s), not space {index}; "
+        "header and data disagree"
+    )
+
+
+def parse_header(xml: str | bytes, *, encoding: int = 0) -> dict[str, Any]:
+    """`KSpace.header` keys from an ISMRMRD XML header, the geometry that of encoding space
+    `encoding`; ReconError if it cannot be used.
 
     >>> parse_header(format_header({"encoded_matrix": [640, 368, 1]}))["pe_limits"]
     [0, 367, 184]
@@ -102,8 +126,9 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
         root = ET.fromstring(xml)
     except ET.ParseError as err:
         raise ReconError(f"the ISMRMRD XML header is not valid XML: {err}") from err
-    encoded = _triple(root, "encoding/encodedSpace/matrixSize", kind=int)
-    recon = _triple(root, "encoding/reconSpace/matrixSize", kind=int)
+    space = _encoding(root, encoding)
+    encoded = _triple(space, "encodedSpace/matrixSize", kind=int)
+    recon = _triple(space, "reconSpace/matrixSize", kind=int)
     if min(encoded[:2] + recon[:2]) < 1:
         raise ReconError(
             f"the ISMRMRD header's matrix sizes must be 1 or more: encodedSpace {encoded}, "
@@ -112,10 +137,10 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
     header: dict[str, Any] = {
         "encoded_matrix": encoded,
         "recon_matrix": recon,
-        "encoded_fov_mm": _triple(root, "encoding/encodedSpace/fieldOfView_mm", kind=float),
-        "recon_fov_mm": _triple(root, "encoding/reconSpace/fieldOfView_mm", kind=float),
-        "pe_limits": _limits(root, encoded[1]),
-        "trajectory": (_text(root, "encoding/trajectory") or "cartesian").lower(),
+        "encoded_fov_mm": _triple(space, "encodedSpace/fieldOfView_mm", kind=float),
+        "recon_fov_mm": _triple(space, "reconSpace/fieldOfView_mm", kind=float),
+        "pe_limits": _limits(space, encoded[1]),
+        "trajectory": (_text(space, "trajectory") or "cartesian").lower(),
     }
     for key, (path, kind) in _OPTIONAL.items():
         value = _text(root, path)

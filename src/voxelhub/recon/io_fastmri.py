@@ -19,7 +19,7 @@ import numpy.typing as npt
 from voxelhub.recon import h5chunks
 from voxelhub.recon.detect import check_kspace, detect_sampling
 from voxelhub.recon.errors import ReconError
-from voxelhub.recon.h5 import open_h5, read_string
+from voxelhub.recon.h5 import check_fits_memory, open_h5, read_string
 from voxelhub.recon.header import format_header, parse_header, pe_offset
 from voxelhub.recon.image import pad_phase_encode
 from voxelhub.recon.model import FloatArray, KSpace
@@ -64,6 +64,14 @@ def _mask(
 
 def _fix_hint(dataset: h5py.Dataset) -> str:
     """How to turn a common wrong layout into fastMRI's."""
+    if dataset.shape is None:
+        return "; it holds no data (an empty dataspace)"
+    if dataset.dtype.names is not None and len(dataset.dtype.names) == 2:
+        real, imag = dataset.dtype.names
+        return (
+            f"; the fields {real!r} and {imag!r} look like real and imaginary parts: store "
+            f"kspace[{real!r}] + 1j * kspace[{imag!r}] as complex64"
+        )
     if dataset.dtype.kind == "f" and dataset.ndim in (4, 5) and dataset.shape[-1] == 2:
         return (
             "; the last axis of 2 looks like real and imaginary parts: store "
@@ -104,15 +112,25 @@ def read_fastmri(path: str | Path, *, require_acs: bool = True) -> KSpace:
                 "coils x readout x phase-encode"
             )
         dataset = handle["kspace"]
-        if dataset.ndim not in (3, 4) or not np.issubdtype(dataset.dtype, np.complexfloating):
+        if (
+            dataset.shape is None
+            or dataset.ndim not in (3, 4)
+            or not np.issubdtype(dataset.dtype, np.complexfloating)
+        ):
             raise ReconError(
                 f"{name}: 'kspace' must be complex, (slices, [coils,] readout, phase-encode); "
                 f"got {dataset.dtype} {dataset.shape}{_fix_hint(dataset)}"
             )
+        # read as stored, then copied to complex64
+        itemsize = dataset.dtype.itemsize + 8
+        check_fits_memory(dataset.shape, itemsize, what=f"{name}: 'kspace' {dataset.shape}")
         header = _header(handle, dataset.shape, name=name)
         limits = header.get("pe_limits", [0, dataset.shape[-1] - 1, dataset.shape[-1] // 2])
         width = int(limits[1]) - int(limits[0]) + 1
-        offset = pe_offset(header, width)
+        try:
+            offset = pe_offset(header, width)
+        except ReconError as err:
+            raise ReconError(f"{name}: {err}") from err
         columns = slice(offset, offset + width)
         # Compressed (the raw-data tier's copy): decompressed on every core, then cut.
         chosen = (

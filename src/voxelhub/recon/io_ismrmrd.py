@@ -1,12 +1,16 @@
-"""ISMRMRD HDF5: read and write Cartesian acquisitions (`/dataset/xml`, `/dataset/data`).
+"""ISMRMRD HDF5: read Cartesian acquisitions (`/dataset/xml`, `/dataset/data`); writing is
+`voxelhub.recon.ismrmrd_write`.
 
 Reading is in bulk: the whole compound dataset comes in with one h5py call and is sorted into
 k-space with array indexing. Noise scans are set aside (and can prewhiten the data);
-navigator, phase-correction and dummy scans are ignored; reversed lines are flipped; repeated
-lines (averages, calibration lines also acquired for imaging) are averaged. Each combination
-of set, repetition, cardiac phase and contrast (echo) is an image of its own, never averaged
-with the others: they are stacked along the slice axis, slices varying fastest, and
-`KSpace.header["images"]` then names the counters of each.
+navigator, phase-correction, feedback, phase-stabilisation and dummy scans are ignored;
+reversed lines are flipped; repeated lines (averages) are averaged. Calibration-only lines
+(ACQ_IS_PARALLEL_CALIBRATION) fill the lines no imaging acquisition holds, which makes the
+ACS block, and are never averaged into an imaging line (a separate reference scan may have
+another contrast). Each combination of set, repetition, cardiac phase and contrast (echo) is
+an image of its own, never averaged with the others: they are stacked along the slice axis,
+slices varying fastest, and `KSpace.header["images"]` then names the counters of each; every
+image must hold the same lines. One encoding space is read at a time.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ import numpy.typing as npt
 from voxelhub.recon import ismrmrd_types as mrd
 from voxelhub.recon.detect import check_kspace, detect_sampling
 from voxelhub.recon.errors import ReconError
-from voxelhub.recon.h5 import open_h5, read_string
-from voxelhub.recon.header import format_header, parse_header
+from voxelhub.recon.h5 import check_fits_memory, open_h5, read_string
+from voxelhub.recon.header import parse_header, pe_offset
+from voxelhub.recon.ismrmrd_images import check_same_lines, geometry, grid, image_index, image_keys
+from voxelhub.recon.ismrmrd_write import write_ismrmrd
 from voxelhub.recon.model import ComplexArray, KSpace
 from voxelhub.recon.noise import noise_covariance, prewhiten, prewhitening_matrix
 
+__all__ = ["IsmrmrdData", "load_ismrmrd", "read_ismrmrd", "write_ismrmrd"]
+
 logger = logging.getLogger(__name__)
 
-NOISE_SAMPLES_PER_SCAN = 256
 Records = npt.NDArray[np.void]
 
 
@@ -98,20 +105,54 @@ def _drop_discarded(lines: ComplexArray, heads: Records, *, name: str) -> None:
     lines[np.broadcast_to(dropped[:, None, :], lines.shape)] = 0
 
 
-def _read(path: str | Path, name: str) -> tuple[dict[str, Any], Records]:
+def _read(path: str | Path, name: str) -> tuple[str, Records]:
+    """The XML header and every acquisition of the file."""
     with open_h5(path) as handle:
         data, xml = handle.get("dataset/data"), handle.get("dataset/xml")
         if not isinstance(data, h5py.Dataset) or data.dtype.names is None:
             raise ReconError(f"{name} has no ISMRMRD acquisitions (/dataset/data) and no 'kspace'")
         if xml is None:
             raise ReconError(f"{name} has no ISMRMRD header (/dataset/xml)")
-        try:
-            header = parse_header(read_string(xml, what=f"{name}: /dataset/xml"))
-        except ReconError as err:
-            raise ReconError(f"{name}: {err}") from err
+        text = read_string(xml, what=f"{name}: /dataset/xml")
         if "head" not in data.dtype.names or "data" not in data.dtype.names:
             raise ReconError(f"{name}: /dataset/data is not an ISMRMRD acquisition table")
-        return header, np.asarray(data[()])
+        what = f"{name}: /dataset/data of {data.shape[0]} acquisitions"
+        check_fits_memory(data.shape, data.dtype.itemsize, what=what)
+        return text, np.asarray(data[()])
+
+
+def _encoding_space(
+    heads: Records, imaging: npt.NDArray[np.bool_], *, space: int | None, name: str
+) -> tuple[npt.NDArray[np.bool_], int]:
+    """The imaging acquisitions of one encoding space, and its number: `space`, or the only
+    one the imaging acquisitions use."""
+    spaces = heads["encoding_space_ref"].astype(np.intp)
+    used, counts = np.unique(spaces[imaging], return_counts=True)
+    if space is None and used.size > 1:
+        listed = ", ".join(f"{s}: {c}" for s, c in zip(used.tolist(), counts.tolist(), strict=True))
+        raise ReconError(
+            f"{name}: the imaging acquisitions belong to {used.size} encoding spaces "
+            f"(acquisitions per space {listed}); read one at a time with "
+            "read_ismrmrd(..., encoding_space=N)"
+        )
+    chosen = int(used[0]) if space is None else int(space)
+    if chosen not in used:
+        raise ReconError(
+            f"{name}: no imaging acquisition belongs to encoding space {chosen}; they use "
+            f"{used.tolist()}"
+        )
+    return imaging & (spaces == chosen), chosen
+
+
+def _parse(xml: str, *, space: int, name: str) -> dict[str, Any]:
+    """The header of encoding space `space`, refused if its limits do not fit its matrix."""
+    try:
+        header = parse_header(xml, encoding=space)
+        low, high = (int(v) for v in header["pe_limits"][:2])
+        pe_offset(header, high - low + 1)
+    except ReconError as err:
+        raise ReconError(f"{name}: {err}") from err
+    return header
 
 
 def _check_cartesian(header: dict[str, Any], heads: Records, *, name: str) -> None:
@@ -149,81 +190,70 @@ def _readout_start(header: dict[str, Any], heads: Records, *, samples: int, name
     return start
 
 
-def _grid(
-    lines: ComplexArray,
-    slices: npt.NDArray[np.intp],
-    *,
-    columns: npt.NDArray[np.intp],
-    shape: tuple[int, int, int, int],
-    start: int,
-) -> ComplexArray:
-    """Put lines into (slices, coils, readout, phase-encode), averaging repeated lines."""
-    kspace = np.zeros(shape, dtype=np.complex64)
-    window = slice(start, start + lines.shape[-1])
-    keys = slices * shape[-1] + columns
-    unique, first, inverse, counts = np.unique(
-        keys, return_index=True, return_inverse=True, return_counts=True
+def _calibration_kept(
+    flags: npt.NDArray[np.uint64], keys: npt.NDArray[np.intp]
+) -> npt.NDArray[np.bool_]:
+    """False for the calibration-only acquisitions of a line (image x phase-encode `keys`)
+    that an imaging acquisition also holds: a separate reference scan, maybe of another
+    contrast or resolution, is calibration data, not a repeat of the image's line."""
+    only = _flagged(flags, mrd.PARALLEL_CALIBRATION) & ~_flagged(
+        flags, mrd.PARALLEL_CALIBRATION_AND_IMAGING
     )
-    if unique.size == keys.size:
-        kspace[slices, :, window, columns] = lines
-        return kspace
-    sums = np.zeros((unique.size, *lines.shape[1:]), dtype=np.complex64)
-    np.add.at(sums, inverse, lines)
-    kspace[slices[first], :, window, columns[first]] = sums / counts[:, None, None]
-    return kspace
-
-
-_IMAGE_COUNTERS = ("set", "repetition", "phase", "contrast", "slice")
-
-
-def _image_index(heads: Records) -> tuple[npt.NDArray[np.intp], dict[str, Any]]:
-    """Which image (slice, contrast, phase, repetition, set) each acquisition belongs to, and
-    the header keys that say so when more than the slice varies."""
-    counters = np.stack(
-        [heads["idx"][name].astype(np.intp) for name in _IMAGE_COUNTERS], axis=1
-    ).reshape(len(heads), len(_IMAGE_COUNTERS))
-    found, inverse = np.unique(counters, axis=0, return_inverse=True)
-    if len(np.unique(found[:, :-1], axis=0)) <= 1:
-        return inverse.reshape(-1), {}
-    images = [dict(zip(_IMAGE_COUNTERS, map(int, row), strict=True)) for row in found]
-    return inverse.reshape(-1), {"images": images}
-
-
-def _geometry(heads: Records, slices: npt.NDArray[np.intp]) -> dict[str, Any]:
-    _, first = np.unique(slices, return_index=True)
-    directions = {key: heads[key][0].tolist() for key in ("read_dir", "phase_dir", "slice_dir")}
-    return {"slice_positions_mm": heads["position"][first].tolist(), **directions}
+    return np.asarray(~(only & np.isin(keys, keys[~only])))
 
 
 def _imaging(header: dict[str, Any], records: Records, *, name: str) -> tuple[ComplexArray, Any]:
     heads = records["head"]
     _check_cartesian(header, heads, name=name)
     columns = _columns(header, heads, name=name)
+    slices, found = image_index(heads)
+    low, high = (int(v) for v in header["pe_limits"][:2])
+    width = high - low + 1
+    kept = _calibration_kept(heads["flags"], slices * width + columns)
+    records, heads, slices, columns = records[kept], heads[kept], slices[kept], columns[kept]
+    check_same_lines(slices, columns, found=found, low=low, width=width, name=name)
+    shape = (
+        len(found),
+        int(heads["active_channels"].max()),
+        int(header["encoded_matrix"][0]),
+        width,
+    )
+    check_fits_memory(shape, np.dtype(np.complex64).itemsize, what=f"{name}: k-space {shape}")
     lines = _stack(records, name)
     _drop_discarded(lines, heads, name=name)
     reverse = _flagged(heads["flags"], mrd.REVERSE)
     lines[reverse] = lines[reverse, :, ::-1]
-    slices, images = _image_index(heads)
-    low, high = (int(v) for v in header["pe_limits"][:2])
-    shape = (
-        int(slices.max()) + 1,
-        lines.shape[1],
-        int(header["encoded_matrix"][0]),
-        high - low + 1,
-    )
     start = _readout_start(header, heads, samples=lines.shape[-1], name=name)
     mask = np.zeros(shape[-1], dtype=bool)
     mask[columns] = True
-    header.update({**_geometry(heads, slices), **images})
-    return _grid(lines, slices, columns=columns, shape=shape, start=start), mask
+    header.update({**geometry(heads, slices), **image_keys(found)})
+    return grid(lines, slices, columns=columns, shape=shape, start=start), mask
 
 
 def _noise(records: Records, name: str) -> ComplexArray:
-    """Noise samples (channels x samples) of the noise scans; (0, 0) when there are none."""
+    """Noise samples (channels x samples) of the noise scans, which may differ in length;
+    (0, 0) when there are none."""
     if not len(records):
         return np.zeros((0, 0), dtype=np.complex64)
-    lines = _stack(records, name)
-    return np.ascontiguousarray(lines.transpose(1, 0, 2).reshape(lines.shape[1], -1))
+    heads = records["head"]
+    channels = _uniform(heads["active_channels"], what="active_channels", name=f"{name}: noise")
+    expected = 2 * channels * heads["number_of_samples"].astype(np.intp)
+    payloads = [np.asarray(payload, dtype=np.float32) for payload in records["data"]]
+    if [payload.size for payload in payloads] != expected.tolist():
+        raise ReconError(f"{name}: noise scan payloads do not match their headers' sizes")
+    parts = [payload.view(np.complex64).reshape(channels, -1) for payload in payloads]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def _usable_noise(records: Records, *, required: bool, name: str) -> ComplexArray:
+    """The noise samples; when they are not needed, damaged noise scans are left out."""
+    try:
+        return _noise(records, name)
+    except ReconError:
+        if required:
+            raise
+        logger.warning("%s: the noise scans are unusable and left out", name, exc_info=True)
+        return np.zeros((0, 0), dtype=np.complex64)
 
 
 def _whitening(noise: ComplexArray, *, name: str) -> npt.NDArray[np.complex128]:
@@ -243,19 +273,26 @@ def _whitening(noise: ComplexArray, *, name: str) -> npt.NDArray[np.complex128]:
 
 
 def load_ismrmrd(
-    path: str | Path, *, prewhiten_noise: bool = False, require_acs: bool = True
+    path: str | Path,
+    *,
+    prewhiten_noise: bool = False,
+    require_acs: bool = True,
+    encoding_space: int | None = None,
 ) -> IsmrmrdData:
     """k-space and noise of an ISMRMRD file; `prewhiten_noise` decorrelates the coils with
     the covariance of the file's noise scans (a warning if it has none); `require_acs`
-    False accepts data without an ACS block (for methods that do not calibrate)."""
+    False accepts data without an ACS block (for methods that do not calibrate);
+    `encoding_space` picks one where the acquisitions use several (None: the only one)."""
     name = Path(path).name
-    header, records = _read(path, name)
+    xml, records = _read(path, name)
     flags = records["head"]["flags"]
     noisy = _flagged(flags, mrd.NOISE_MEASUREMENT)
     imaging = ~_flagged(flags, *mrd.NOT_IMAGING)
     if not imaging.any():
         raise ReconError(f"{name} holds no imaging acquisitions ({len(records)} in all)")
-    noise = _noise(records[noisy], name)
+    imaging, space = _encoding_space(records["head"], imaging, space=encoding_space, name=name)
+    header = _parse(xml, space=space, name=name)
+    noise = _usable_noise(records[noisy], required=prewhiten_noise, name=name)
     data, mask = _imaging(header, records[imaging], name=name)
     check_kspace(data, source=name)
     if prewhiten_noise and noise.size and noise.shape[0] != data.shape[1]:
@@ -285,96 +322,17 @@ def load_ismrmrd(
 
 
 def read_ismrmrd(
-    path: str | Path, *, prewhiten_noise: bool = False, require_acs: bool = True
+    path: str | Path,
+    *,
+    prewhiten_noise: bool = False,
+    require_acs: bool = True,
+    encoding_space: int | None = None,
 ) -> KSpace:
     """k-space of an ISMRMRD file (see `load_ismrmrd`)."""
-    return load_ismrmrd(path, prewhiten_noise=prewhiten_noise, require_acs=require_acs).kspace
-
-
-def _line_flags(kspace: KSpace, columns: npt.NDArray[np.intp]) -> npt.NDArray[np.uint64]:
-    sampling = kspace.sampling
-    in_acs = (columns >= sampling.acs[0]) & (columns < sampling.acs[1])
-    regular = columns[~in_acs]
-    phase = int(regular[0]) % sampling.acceleration if regular.size else 0
-    on_lattice = (columns - phase) % sampling.acceleration == 0
-    flags = np.zeros(columns.size, dtype=np.uint64)
-    flags[in_acs & on_lattice] = mrd.bits(mrd.PARALLEL_CALIBRATION_AND_IMAGING)
-    flags[in_acs & ~on_lattice] = mrd.bits(mrd.PARALLEL_CALIBRATION)
-    flags[0] |= mrd.bits(mrd.FIRST_IN_SLICE)
-    flags[-1] |= mrd.bits(mrd.LAST_IN_SLICE)
-    return flags
-
-
-def _records(lines: ComplexArray, heads: Records) -> Records:
-    records = np.zeros(len(heads), dtype=mrd.ACQUISITION)
-    records["head"] = heads
-    payload = lines.view(np.float32).reshape(len(heads), -1)
-    data, traj = np.empty(len(heads), dtype=object), np.empty(len(heads), dtype=object)
-    for index, row in enumerate(payload):
-        data[index], traj[index] = row, np.zeros(0, np.float32)
-    records["data"], records["traj"] = data, traj
-    return records
-
-
-def _heads(count: int, *, channels: int, samples: int) -> Records:
-    heads = np.zeros(count, dtype=mrd.ACQUISITION_HEADER)
-    heads["version"] = 1
-    heads["scan_counter"] = np.arange(count)
-    heads["number_of_samples"] = samples
-    heads["available_channels"] = heads["active_channels"] = channels
-    heads["channel_mask"][:, 0] = np.uint64((1 << min(channels, 64)) - 1)
-    heads["center_sample"] = samples // 2
-    heads["sample_time_us"] = 5.0
-    heads["read_dir"], heads["phase_dir"], heads["slice_dir"] = (1, 0, 0), (0, 1, 0), (0, 0, 1)
-    return heads
-
-
-def _noise_records(noise: ComplexArray) -> Records:
-    channels = noise.shape[0]
-    scans = noise.shape[1] // NOISE_SAMPLES_PER_SCAN
-    lines = noise[:, : scans * NOISE_SAMPLES_PER_SCAN].reshape(channels, scans, -1)
-    heads = _heads(scans, channels=channels, samples=NOISE_SAMPLES_PER_SCAN)
-    heads["flags"] = mrd.bits(mrd.NOISE_MEASUREMENT)
-    return _records(np.ascontiguousarray(lines.transpose(1, 0, 2)), heads)
-
-
-def write_ismrmrd(
-    path: str | Path,
-    kspace: KSpace,
-    *,
-    noise: ComplexArray | None = None,
-    reverse_alternate: bool = False,
-) -> None:
-    """Write the sampled lines of `kspace` as ISMRMRD acquisitions, slice by slice.
-
-    ACS lines carry the calibration flags; `noise` (coils x samples) is written first as
-    noise scans of 256 samples; `reverse_alternate` stores every other line reversed and
-    flagged ACQ_IS_REVERSE, as an EPI or bipolar readout would.
-    """
-    slices, coils, readout, _ = kspace.data.shape
-    columns = np.flatnonzero(kspace.sampling.mask)
-    slice_index = np.repeat(np.arange(slices), columns.size)
-    column_index = np.tile(columns, slices)
-    lines = np.ascontiguousarray(kspace.data[slice_index, :, :, column_index])
-    heads = _heads(lines.shape[0], channels=coils, samples=readout)
-    heads["flags"] = np.tile(_line_flags(kspace, columns), slices)
-    low = int(kspace.header.get("pe_limits", [0])[0])
-    heads["idx"]["kspace_encode_step_1"] = column_index + low
-    heads["idx"]["slice"] = slice_index
-    heads["position"][:, 2] = slice_index * float(kspace.header.get("encoded_fov_mm", [0, 0, 1])[2])
-    if reverse_alternate:
-        reverse = np.arange(lines.shape[0]) % 2 == 1
-        heads["flags"][reverse] |= mrd.bits(mrd.REVERSE)
-        lines[reverse] = lines[reverse, :, ::-1]
-    records = _records(lines, heads)
-    if noise is not None and noise.shape[1] >= NOISE_SAMPLES_PER_SCAN:
-        records = np.concatenate((_noise_records(noise.astype(np.complex64)), records))
-    header = {
-        "pe_limits": [0, kspace.data.shape[-1] - 1, kspace.data.shape[-1] // 2],
-        "encoded_matrix": [readout, kspace.data.shape[-1], 1],
-        **kspace.header,
-    }
-    xml = format_header(header, coils=coils, slices=slices)
-    with h5py.File(path, "w") as handle:
-        handle.create_dataset("dataset/xml", data=[xml.encode()], dtype=h5py.string_dtype())
-        handle.create_dataset("dataset/data", data=records, maxshape=(None,), chunks=True)
+    loaded = load_ismrmrd(
+        path,
+        prewhiten_noise=prewhiten_noise,
+        require_acs=require_acs,
+        encoding_space=encoding_space,
+    )
+    return loaded.kspace

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from voxelhub.recon import h5chunks
 from voxelhub.recon.compression import compress
 from voxelhub.recon.errors import ReconError
-from voxelhub.recon.h5 import open_h5
+from voxelhub.recon.h5 import check_fits_memory, open_h5
 from voxelhub.recon.model import KSpace, Sampling
 
 FORMAT_ATTRIBUTE = "voxelhub_kspace"
@@ -147,8 +147,11 @@ def read_preprocessed(path: str | Path) -> KSpace:
             )
         if "kspace" not in handle or "mask" not in handle:
             raise ReconError(f"{name}: a preprocessed file needs 'kspace' and 'mask' datasets")
-        stored = np.asarray(h5chunks.read(handle["kspace"]), dtype=np.complex64)
+        declared = handle["kspace"].shape or (0,)
+        full = (*declared[:-1], max(handle["mask"].size or 0, declared[-1]))
+        check_fits_memory(full, 16, what=f"{name}: kspace {full}")  # stored and expanded
         mask = np.asarray(handle["mask"][()], dtype=bool).reshape(-1)
+        stored = np.asarray(h5chunks.read(handle["kspace"]), dtype=np.complex64)
         columns = (
             np.asarray(handle["columns"][()], dtype=np.intp).reshape(-1)
             if "columns" in handle

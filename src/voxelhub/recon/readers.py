@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
+
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.h5 import open_h5
 from voxelhub.recon.io_fastmri import read_fastmri
@@ -20,7 +22,7 @@ def detect_format(path: str | Path) -> str:
             return "preprocessed"
         if "kspace" in handle:
             return "fastmri"
-        if "dataset" in handle and "data" in handle["dataset"]:
+        if isinstance(handle.get("dataset"), h5py.Group) and "data" in handle["dataset"]:
             return "ismrmrd"
         found = ", ".join(sorted(handle.keys())[:8]) or "nothing"
     raise ReconError(
