@@ -314,3 +314,23 @@ def test_a_4d_nifti_keeps_its_fourth_axis_and_a_big_endian_header_is_read(
     nibabel.save(swapped, tmp_path / "big.nii")
     assert (tmp_path / "big.nii").read_bytes()[:4] == struct.pack(">i", 348)
     assert recognise(tmp_path / "big.nii").details["warnings"] == details["warnings"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "reason"),
+    [("scalar-dataset", "without MRI k-space"), ("kspace-group", "'kspace' is an HDF5 group")],
+)
+def test_an_hdf5_file_of_another_layout_is_refused_saying_why(
+    layout: str, reason: str, tmp_path: Path
+) -> None:
+    import h5py
+
+    path = tmp_path / "raw.h5"
+    with h5py.File(path, "w") as h5:
+        if layout == "scalar-dataset":
+            h5["dataset"] = 1
+        else:
+            h5.create_group("kspace")
+    found = recognise(path)
+    assert not found.ok
+    assert reason in found.reason

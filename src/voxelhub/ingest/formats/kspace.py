@@ -20,6 +20,10 @@ def inspect(path: Path, head: bytes) -> Recognition:
     try:
         with h5py.File(path, "r") as h5:
             if "kspace" in h5:
+                if not isinstance(h5["kspace"], h5py.Dataset):
+                    return Recognition.bad(
+                        NAME, "'kspace' is an HDF5 group; fastMRI k-space is one dataset"
+                    )
                 shape = tuple(int(n) for n in h5["kspace"].shape)
                 if len(shape) not in (3, 4):
                     return Recognition.bad(
@@ -35,7 +39,8 @@ def inspect(path: Path, head: bytes) -> Recognition:
                         "be complex (complex64), not magnitudes or real and imaginary parts",
                     )
                 return Recognition.good(NAME, flavour="fastmri", shape=list(shape))
-            if "dataset" in h5 and "data" in h5["dataset"]:
+            group = h5.get("dataset")
+            if isinstance(group, h5py.Group) and isinstance(group.get("data"), h5py.Dataset):
                 return Recognition.good(
                     NAME, flavour="ismrmrd", acquisitions=int(h5["dataset"]["data"].shape[0])
                 )
