@@ -141,6 +141,14 @@ def test_study_list_and_study_document(client: TestClient, stored: dict[str, Any
         "left": "R",
         "right": "L",
     }
+    # Where its images lie in the patient (for linked cross-hairs): a plain axial stack.
+    assert ct["volume"]["grid"] == {
+        "origin": pytest.approx([-PIXEL_MM * SIZE / 2, -PIXEL_MM * SIZE / 2, 0.0]),
+        "steps_mm": [[0.0, 0.0, SLICE_MM], [0.0, PIXEL_MM, 0.0], [PIXEL_MM, 0.0, 0.0]],
+        "slice_size": [SIZE, SIZE],
+        "slice_offsets": None,
+        "flipped": True,
+    }
     assert ct["window"] == {"center": 40.0, "width": 400.0}
     assert ct["overlay_text"]["patient_name"] == "Demo^Phantom"
     assert seg["kind"] == "seg" and seg["referenced_series_uid"] == stored["ct"]
@@ -149,6 +157,7 @@ def test_study_list_and_study_document(client: TestClient, stored: dict[str, Any
     gappy = client.get(f"{API}/studies/{stored['gappy_study']}", headers=headers).json()
     volume = gappy["series"][0]["volume"]
     assert not volume["valid"] and "not evenly spaced" in volume["reason"]
+    assert volume["grid"] is None
 
 
 def test_axial_reformatted_and_projected_images(client: TestClient, stored: dict[str, Any]) -> None:
@@ -364,6 +373,15 @@ def test_a_gantry_tilted_series_is_reformatted_in_its_true_shape(
     volume = study["series"][0]["volume"]
     assert volume["valid"] and volume["dims"] == [tilted.SLICES, tilted.GRID_ROWS, tilted.SIZE]
     assert volume["gantry_tilt_degrees"] == pytest.approx(tilted.DEGREES)
+    # The grid the reformats are cut from, where the tests' own grid lies; slice k starts
+    # k * 2.5 mm * sin(20°) = 0.86 k rows along it.
+    grid = volume["grid"]
+    voxel = np.array([7, 20, 17])
+    point = np.array(grid["origin"]) + voxel @ np.array(grid["steps_mm"])
+    assert point.tolist() == pytest.approx(tilted.grid_position(*voxel).tolist())
+    assert grid["slice_size"] == [tilted.SIZE, tilted.SIZE] and grid["flipped"] is True
+    shift = tilted.TABLE_MM * np.sin(np.radians(tilted.DEGREES))
+    assert np.allclose(grid["slice_offsets"], [[k * shift, 0.0] for k in range(tilted.SLICES)])
 
     # Bone white, air black; one output pixel per millimetre.
     shown = {"wc": (AIR + BONE) / 2, "ww": 2, "size": tilted.GRID_ROWS}

@@ -24,6 +24,7 @@ from tests.viewer.helpers import (
 )
 from voxelhub.dicom.synthetic import AIR, BONE, RESCALE_INTERCEPT
 from voxelhub.dicom.volume import series_volume
+from voxelhub.viewer.render import planes
 from voxelhub.viewer.render.display import ImageFormat, encode, output_grid, window
 from voxelhub.viewer.render.geometry import (
     AXIAL_COSINES,
@@ -153,6 +154,45 @@ def test_slab_in_a_reformatted_plane_and_at_the_edge() -> None:
     assert sagittal.values[3].tolist() == [1, 11, 21]
     assert slab_range(0, 4, slab_mm=9.0, spacing_mm=3.0) == (0, 2)
     assert slab_range(3, 4, slab_mm=9.0, spacing_mm=3.0) == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "order"), [(np.int16, "C"), (np.uint16, "C"), (np.float32, "C"), (np.int16, "F")]
+)
+@pytest.mark.parametrize("plane", [Plane.CORONAL, Plane.SAGITTAL])
+@pytest.mark.parametrize("mode", list(Mode))
+def test_slabs_across_rows_and_columns_match_numpy(
+    dtype: type[np.generic], order: str, plane: Plane, mode: Mode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every width of slab, narrow to the whole volume, near the edges and in the middle,
+    over more slices than are projected at a time, is what numpy makes of the same voxels."""
+    monkeypatch.setattr(planes, "_COPY_BYTES", 8192)  # a few slices at a time
+    rng = np.random.default_rng(7)
+    shape = (37, 29, 45)
+    low, high = (-1024, 3072) if dtype is np.int16 else (0, 4096)
+    data = np.asarray(rng.integers(low, high, size=shape).astype(dtype), order=order)
+    geometry = VolumeGeometry(shape, (2.0, 0.5, 0.5), (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1))
+    volume = Volume(data, geometry, slope=0.5, intercept=-10.0)
+    axis = geometry.axis(plane)
+    reference = {
+        Mode.SLICE: lambda block: np.take(block, (block.shape[axis] - 1) // 2, axis=axis),
+        Mode.MIP: lambda block: block.max(axis=axis),
+        Mode.MINIP: lambda block: block.min(axis=axis),
+        Mode.AVG: lambda block: block.astype(np.float64).mean(axis=axis),
+    }[mode]
+    for columns in (1, 2, 5, 24, 25, 40, shape[axis], 2 * shape[axis]):
+        for index in (0, 6, shape[axis] // 2, shape[axis] - 1):
+            image = cut(volume, plane, index, mode=mode, slab_mm=0.5 * columns)
+            start, stop = index, index + 1
+            if mode is not Mode.SLICE:
+                start, stop = slab_range(index, shape[axis], slab_mm=0.5 * columns,
+                                         spacing_mm=0.5)  # fmt: skip
+            block = data[:, start:stop] if axis == 1 else data[:, :, start:stop]
+            expected = (reference(block) * 0.5 - 10.0)[::-1]  # head up
+            assert image.values.dtype == np.float32
+            assert np.allclose(image.values, expected, rtol=0, atol=1e-3), (columns, index)
+            if mode is not Mode.AVG:
+                assert np.array_equal(image.values, expected.astype(np.float32))
 
 
 def test_rescale_applies_after_projection() -> None:

@@ -19,7 +19,7 @@ from voxelhub.store.errors import StudyNotFound
 from voxelhub.store.models import Series, Study
 from voxelhub.viewer.errors import InvalidParameter, SeriesNotVisible
 from voxelhub.viewer.params import integer
-from voxelhub.viewer.render.geometry import Plane, direction_letter
+from voxelhub.viewer.render.geometry import Plane, VolumeGeometry, direction_letter
 from voxelhub.viewer.seg import segments
 from voxelhub.viewer.volumes import SeriesInfo, decode_image, first_value, series_info
 
@@ -158,6 +158,7 @@ def volume_json(info: SeriesInfo) -> dict[str, Any]:
             "spacing": list(geometry.spacing),
             "orientation_labels": geometry.orientation_labels(),
             "gantry_tilt_degrees": None if geometry.tilt is None else geometry.tilt.degrees,
+            "grid": grid_json(geometry),
         }
     first = info.images[0] if info.images else None
     spacing = (first.spacing if first else None) or (1.0, 1.0)
@@ -182,6 +183,26 @@ def volume_json(info: SeriesInfo) -> dict[str, Any]:
         "spacing": [0.0, spacing[0], spacing[1]],
         "orientation_labels": labels,
         "gantry_tilt_degrees": None,
+        "grid": None,
+    }
+
+
+def grid_json(geometry: VolumeGeometry) -> dict[str, Any]:
+    """Where the images of every plane lie in the patient (LPS, mm), for linked cross-hairs.
+
+    Voxel (slice, row, column) of the grid that coronal and sagittal images are cut from
+    lies at origin + slice * steps_mm[0] + row * steps_mm[1] + column * steps_mm[2]. The
+    axial image of a slice shows it as acquired (`slice_size` rows and columns), its first
+    pixel on the grid's row and column `slice_offsets[slice]` (null: all 0, no gantry tilt).
+    `flipped`: coronal and sagittal images show the last slice at the top.
+    """
+    tilt = geometry.tilt
+    return {
+        "origin": list(geometry.grid_origin()),
+        "steps_mm": [list(step) for step in geometry.grid_steps_mm()],
+        "slice_size": list(geometry.dims[1:]),
+        "slice_offsets": None if tilt is None else [list(offset) for offset in tilt.offsets],
+        "flipped": geometry.flipped(Plane.CORONAL),
     }
 
 

@@ -133,6 +133,24 @@ class VolumeGeometry:
             }
         return labels
 
+    def grid_origin(self) -> Vector:
+        """The patient position (LPS, mm) of voxel (0, 0, 0) of the grid reformats are cut
+        from: the first slice's first pixel, or for a gantry-tilted series the corner of
+        the wider grid, the rows and columns added before that pixel away from it."""
+        if self.tilt is None:
+            return self.origin
+        rows, columns = self.tilt.offsets[0]
+        return self.position_mm((0, -rows, -columns))
+
+    def grid_steps_mm(self) -> tuple[Vector, Vector, Vector]:
+        """The patient displacement (mm) of one step along the grid's slices, rows, columns."""
+        slice_mm, row_mm, column_mm = self.spacing
+        return (
+            _scaled(self.normal, slice_mm),
+            _scaled(self.column_cosine, row_mm),
+            _scaled(self.row_cosine, column_mm),
+        )
+
     def position_mm(self, voxel: tuple[int, float, float]) -> Vector:
         """The patient position (LPS, mm) of the centre of voxel (slice, row, column).
 
@@ -283,3 +301,7 @@ def _vec(values: npt.NDArray[np.float64]) -> Vector:
 
 def _neg(vector: Vector) -> Vector:
     return (-vector[0], -vector[1], -vector[2])
+
+
+def _scaled(vector: Vector, factor: float) -> Vector:
+    return (vector[0] * factor, vector[1] * factor, vector[2] * factor)

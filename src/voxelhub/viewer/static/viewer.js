@@ -1,9 +1,10 @@
 // The study viewer: series list, layouts of viewports, tools, volumes, MPR and SEG overlays.
 
-import { getJson, seriesPath, withQuery } from "./api.js";
+import { getJson, seriesPath } from "./api.js";
 import { ImageCache } from "./cache.js";
 import { attachInput, attachKeys } from "./interact.js";
 import { dicomDate, personName } from "./format.js";
+import { PatientGrid } from "./patient.js";
 import { Viewport } from "./viewport.js";
 
 const LAYOUTS = { 1: 1, 2: 2, 4: 4, mpr: 3 };
@@ -13,8 +14,6 @@ const DRAG_TYPE = "application/x-voxelhub-series";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const byId = (id) => document.getElementById(id);
-const dot = (a, b) => a.reduce((sum, value, i) => sum + value * b[i], 0);
-const minus = (a, b) => a.map((value, i) => value - b[i]);
 
 class ViewerApp {
   constructor(root) {
@@ -26,7 +25,7 @@ class ViewerApp {
     this.tool = "scroll";
     this.layout = "1";
     this.volumes = new Map();
-    this.geometries = new Map();
+    this.grids = new Map();
     this.overlays = new Map();
     this.overlayOpacity = 0.5;
     this.cine = null;
@@ -423,53 +422,31 @@ class ViewerApp {
 
   // --- linked cross-hairs -----------------------------------------------------------------------
 
-  /** Whether coronal and sagittal images show the last axial slice at the top (head first). */
-  geometry(series) {
+  /** Where the images of `series` lie in the patient; null for a series that is no volume. */
+  patientGrid(series) {
     const uid = series.series_instance_uid;
-    if (!this.geometries.has(uid)) this.geometries.set(uid, this.probeGeometry(series));
-    return this.geometries.get(uid);
-  }
-
-  async probeGeometry(series) {
-    const uid = series.series_instance_uid;
-    const value = (plane, index) =>
-      this.json(withQuery(`${seriesPath(uid)}/value`, { plane, index, x: 0, y: 0, size: 256 }));
-    try {
-      const last = series.volume.dims[0] - 1;
-      const [first, end, top] = await Promise.all([value("axial", 0), value("axial", last), value("coronal", 0)]);
-      const along = minus(end.position_mm, first.position_mm);
-      const length = dot(along, along);
-      const flip = length > 0 && dot(minus(top.position_mm, first.position_mm), along) / length > 0.5;
-      return { flip };
-    } catch (error) {
-      this.reportError(error);
-      return { flip: false };
+    if (!this.grids.has(uid)) {
+      this.grids.set(uid, series.volume?.grid ? new PatientGrid(series.volume) : null);
     }
+    return this.grids.get(uid);
   }
 
-  /** Move the other views of the series to `point` (image pixels of `viewport`). */
-  async crosshairAt(viewport, point) {
+  /**
+   * Move the views of the series to the point of the patient under `point` (image pixels of
+   * `viewport`; null: the middle of its image), each to its image nearest that point.
+   */
+  crosshairAt(viewport, point) {
     const series = viewport.series;
     if (!series || !this.volumeReady(series)) return;
-    const { flip } = await this.geometry(series);
+    const grid = this.patientGrid(series);
     const f = point ? viewport.imageFraction(point) : { fx: 0.5, fy: 0.5 };
-    if (!f) return;
-    const depth = (viewport.index + 0.5) / viewport.count;
-    const vertical = (fy) => (flip ? 1 - fy : fy);
-    const at = {
-      axial: () => ({ s: depth, r: f.fy, c: f.fx }),
-      coronal: () => ({ s: vertical(f.fy), r: depth, c: f.fx }),
-      sagittal: () => ({ s: vertical(f.fy), r: f.fx, c: depth }),
-    }[viewport.plane]();
+    if (!grid || !f) return;
+    const target = grid.toPatient(viewport.plane, viewport.index, f);
     for (const other of this.visible()) {
       if (other.series !== series) continue;
-      const [axis, fx, fy] = {
-        axial: [at.s, at.c, at.r],
-        coronal: [at.r, at.c, vertical(at.s)],
-        sagittal: [at.c, at.r, vertical(at.s)],
-      }[other.plane];
+      const { index, fx, fy } = grid.locate(other.plane, target);
       other.crosshair = { fx, fy };
-      if (other !== viewport) other.setIndex(Math.min(other.count - 1, Math.floor(axis * other.count)));
+      if (other !== viewport) other.setIndex(index);
       other.drawAnnotations();
     }
   }
