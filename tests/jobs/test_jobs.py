@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.conftest import Account
+from tests.dicom.helpers import enhanced
 from tests.jobs.conftest import CaseWithSeries, Worker, stow, wait_for_job
 from voxelhub.algorithms import service
 from voxelhub.algorithms.models import Algorithm
@@ -205,6 +206,40 @@ def test_trigger_runs_the_algorithm_once_per_new_series(
     assert jobs[0]["state"] == "succeeded"
     stow(client, user, archive["id"], big)  # the same series again: no second job
     time.sleep(8)
+    assert len(client.get("/api/v1/jobs", headers=user.headers).json()) == 1
+
+
+def test_a_trigger_counts_the_frames_of_an_enhanced_image_as_images(
+    client: TestClient, make_user, start_worker: Callable[..., Worker]
+) -> None:  # type: ignore[no-untyped-def]
+    user: Account = make_user("rad")
+    archive = client.post("/api/v1/archives", json={"name": "Frames"}, headers=user.headers).json()
+    made = client.post(
+        f"/api/v1/archives/{archive['id']}/triggers",
+        json={
+            "algorithm": "series-statistics",
+            "input_interface": "image",
+            "modality": "CT",
+            "min_images": 4,
+        },
+        headers=user.headers,
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["rule"]["min_images"] == 4
+    start_worker()
+    image = enhanced(ct_phantom(slices=6, size=16))  # one instance of 6 frames
+    stow(client, user, archive["id"], ct_phantom(slices=3, size=16))  # 3 images
+    stow(client, user, archive["id"], [image])
+    deadline = time.monotonic() + 90
+    jobs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        jobs = client.get("/api/v1/jobs", headers=user.headers).json()
+        if jobs and all(j["state"] in ("succeeded", "failed") for j in jobs):
+            break
+        time.sleep(0.5)
+    assert len(jobs) == 1, "only the Enhanced image of 6 frames has 4 images"
+    assert jobs[0]["state"] == "succeeded", jobs[0]
+    time.sleep(6)
     assert len(client.get("/api/v1/jobs", headers=user.headers).json()) == 1
 
 

@@ -141,6 +141,12 @@ class TriggerCreate(Frozen):
     value_interface: str | None = Field(default=None, pattern=INTERFACE)
     modality: str | None = None
     min_instances: int = Field(default=1, ge=1)
+    min_images: int = Field(
+        default=1,
+        ge=1,
+        description="Images the series must hold, each frame of a multi-frame instance one "
+        "(an Enhanced CT volume is one instance of many frames)",
+    )
     series_description: str | None = Field(default=None, description="A regular expression")
 
 

@@ -15,7 +15,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from voxelhub.algorithms import service
@@ -32,7 +32,7 @@ from voxelhub.core.errors import BadRequest
 from voxelhub.core.objects import ObjectStore
 from voxelhub.jobs import engine
 from voxelhub.store import ingest_guard
-from voxelhub.store.models import Series, Study
+from voxelhub.store.models import Instance, Series, Study
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def create_trigger(
         "value_interface": body.value_interface,
         "modality": body.modality,
         "min_instances": body.min_instances,
+        "min_images": body.min_images,
         "series_description": body.series_description,
     }
     trigger = Trigger(
@@ -121,13 +122,22 @@ def ensure_reconstruction(
     return created
 
 
-def _matches(rule: dict[str, Any], series: Series) -> bool:
+def _matches(db: Session, rule: dict[str, Any], series: Series) -> bool:
     if rule.get("modality") and series.modality.upper() != str(rule["modality"]).upper():
         return False
     if series.number_of_instances < int(rule.get("min_instances") or 1):
         return False
     pattern = rule.get("series_description")
-    return not pattern or re.search(pattern, series.series_description or "") is not None
+    if pattern and re.search(pattern, series.series_description or "") is None:
+        return False
+    min_images = int(rule.get("min_images") or 1)
+    return min_images <= series.number_of_instances or _images(db, series) >= min_images
+
+
+def _images(db: Session, series: Series) -> int:
+    """The series' images: each instance's frames, one for an instance without frames."""
+    count = select(func.coalesce(func.sum(func.greatest(Instance.number_of_frames, 1)), 0))
+    return int(db.scalar(count.where(Instance.series_id == series.id)) or 0)
 
 
 def _case_for(db: Session, archive_id: uuid.UUID, study: Study, series: Series) -> Any:
@@ -168,7 +178,7 @@ def evaluate(db: Session, store: ObjectStore, send: engine.Sender, *, prewarm: b
             .limit(100)
         ).all()
         for series, study in candidates:
-            if _matches(trigger.rule, series):
+            if _matches(db, trigger.rule, series):
                 started += _fire(db, store, send, trigger=trigger, study=study, series=series)
         if prewarm and _arriving(db, trigger, settled=settled, fired=fired):
             _prewarm(db, store, trigger)
@@ -188,8 +198,8 @@ def _arriving(db: Session, trigger: Trigger, *, settled: Any, fired: Any) -> boo
         .limit(20)
     )
     # The instance count grows while it arrives; the rest of the rule is known already.
-    rule = dict(trigger.rule, min_instances=1)
-    return any(_matches(rule, series) for series in arriving)
+    rule = dict(trigger.rule, min_instances=1, min_images=1)
+    return any(_matches(db, rule, series) for series in arriving)
 
 
 def _prewarm(db: Session, store: ObjectStore, trigger: Trigger) -> None:
