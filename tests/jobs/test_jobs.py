@@ -195,13 +195,7 @@ def test_trigger_runs_the_algorithm_once_per_new_series(
     big = ct_phantom(slices=4, size=16)
     stow(client, user, archive["id"], small)
     stow(client, user, archive["id"], big)
-    deadline = time.monotonic() + 90
-    jobs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        jobs = client.get("/api/v1/jobs", headers=user.headers).json()
-        if jobs and all(j["state"] == "succeeded" for j in jobs):
-            break
-        time.sleep(0.5)
+    jobs = _jobs_once_ended(client, user)
     assert len(jobs) == 1, "only the series with at least 3 slices matches"
     assert jobs[0]["state"] == "succeeded"
     stow(client, user, archive["id"], big)  # the same series again: no second job
@@ -230,17 +224,23 @@ def test_a_trigger_counts_the_frames_of_an_enhanced_image_as_images(
     image = enhanced(ct_phantom(slices=6, size=16))  # one instance of 6 frames
     stow(client, user, archive["id"], ct_phantom(slices=3, size=16))  # 3 images
     stow(client, user, archive["id"], [image])
-    deadline = time.monotonic() + 90
-    jobs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        jobs = client.get("/api/v1/jobs", headers=user.headers).json()
-        if jobs and all(j["state"] in ("succeeded", "failed") for j in jobs):
-            break
-        time.sleep(0.5)
+    jobs = _jobs_once_ended(client, user)
     assert len(jobs) == 1, "only the Enhanced image of 6 frames has 4 images"
     assert jobs[0]["state"] == "succeeded", jobs[0]
     time.sleep(6)
     assert len(client.get("/api/v1/jobs", headers=user.headers).json()) == 1
+
+
+def _jobs_once_ended(client: TestClient, user: Account) -> list[dict[str, Any]]:
+    """The user's jobs once there are some and all have ended (or after 90 s)."""
+    deadline = time.monotonic() + 90
+    jobs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        jobs = client.get("/api/v1/jobs", headers=user.headers).json()
+        if jobs and all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs):
+            break
+        time.sleep(0.5)
+    return jobs
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
