@@ -97,11 +97,12 @@ def apply_kernels(
 
 def fill_groups(
     kspace: torch.Tensor, sampling: Sampling, groups: list[GapGroup], *, taps: int,
-    regularization: float,
+    regularization: float, calibration: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
-    """`grappa.fill_groups` for a tensor of k-space, every slice of it at once."""
+    """`grappa.fill_groups` for a tensor of k-space, every slice of it at once; kernels are
+    calibrated on `calibration` (a separate reference scan's ACS blocks) where given."""
     start, stop = sampling.acs
-    acs = kspace[..., start:stop].clone()
+    acs = kspace[..., start:stop].clone() if calibration is None else calibration
     for group in groups:
         weights = fit_kernels(acs, group, taps=taps, regularization=regularization)
         apply_kernels(kspace, group, weights=weights, taps=taps)

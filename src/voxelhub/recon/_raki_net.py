@@ -335,8 +335,9 @@ def slices_per_batch(asked: int | None, device: torch.device, slice_bytes: int) 
     return min(max(fitting, 1), MOST_SLICES_PER_BATCH)
 
 
-def check_sampling(shape: tuple[int, ...], sampling: Sampling) -> None:
-    """Refuse, saying why, sampling that RAKI cannot use for k-space of `shape` (..., x, PE)."""
+def check_sampling(shape: tuple[int, ...], sampling: Sampling, *, separate: bool = False) -> None:
+    """Refuse, saying why, sampling that RAKI cannot use for k-space of `shape` (..., x, PE);
+    `separate`: the ACS block is a separate reference scan's, not lines of the k-space."""
     readout, lines = shape[-2], shape[-1]
     rate = sampling.acceleration
     start, stop = sampling.acs
@@ -349,7 +350,7 @@ def check_sampling(shape: tuple[int, ...], sampling: Sampling) -> None:
         raise ReconError(f"the acceleration must be at least 1, got {rate}")
     if rate == 1:
         return
-    if not 0 <= start < stop <= lines or not sampling.mask[start:stop].all():
+    if not 0 <= start < stop <= lines or not (separate or sampling.mask[start:stop].all()):
         raise ReconError(
             f"the ACS block {sampling.acs} is not a fully sampled range of the {lines} lines;"
             " RAKI trains on a contiguous calibration block"
@@ -380,7 +381,12 @@ def grid_phase(sampling: Sampling) -> int:
 
 
 def fill(
-    data: ComplexArray, sampling: Sampling, *, options: Options, residual: bool
+    data: ComplexArray,
+    sampling: Sampling,
+    *,
+    options: Options,
+    residual: bool,
+    calibration: ComplexArray | None = None,
 ) -> ComplexArray:
     """Filled k-space (slices, coils, readout, PE): the acquired lines and the predicted ones.
 
@@ -390,23 +396,37 @@ def fill(
     grid (beside the ACS block, at the phase-encode borders, around a grid line that was not
     acquired) are filled by GRAPPA kernels of their geometry (`irregular_gaps` "grappa"), or
     like the others from the grid lines, zero-padded at the borders ("network"; a grid line
-    that was not acquired then stays zero).
+    that was not acquired then stays zero). `calibration` (slices, coils, readout, ACS
+    lines) is a separate reference scan's ACS block: the networks and kernels train on it
+    alone, and every missing line of `data`, the centre included, is predicted.
     """
-    if _check(data, sampling, options):
+    if _check(data, sampling, options, calibration):
         return np.array(data, dtype=np.complex64, copy=True)
     filled = np.empty(data.shape, dtype=np.complex64)
-    for first, batch in _filled_batches(data, sampling, options=options, residual=residual):
+    batches = _filled_batches(
+        data, sampling, options=options, residual=residual, calibration=calibration
+    )
+    for first, batch in batches:
         filled[first : first + batch.shape[0]] = batch.cpu().numpy()
     return filled
 
 
-def _check(data: ComplexArray, sampling: Sampling, options: Options) -> bool:
+def _check(
+    data: ComplexArray, sampling: Sampling, options: Options, calibration: ComplexArray | None
+) -> bool:
     """Refuse, saying why, what RAKI cannot reconstruct; True when nothing is missing."""
     if data.ndim != 4:
         raise ReconError(
             f"RAKI takes k-space shaped (slices, coils, readout, phase-encode), got {data.shape}"
         )
-    check_sampling(data.shape, sampling)
+    check_sampling(data.shape, sampling, separate=calibration is not None)
+    if calibration is not None and calibration.shape != (*data.shape[:3], sampling.acs_lines):
+        raise ReconError(
+            f"the calibration block {calibration.shape} does not match the k-space "
+            f"{data.shape} and its {sampling.acs_lines} ACS lines"
+        )
+    if calibration is not None and not np.isfinite(calibration).all():
+        raise ReconError("the reference scan contains NaN or infinite values")
     if (options.iterations is not None and options.iterations < 0) or options.learning_rate <= 0:
         raise ReconError(
             f"RAKI needs iterations >= 0 and a positive learning rate, got"
@@ -437,7 +457,12 @@ def _check(data: ComplexArray, sampling: Sampling, options: Options) -> bool:
 
 
 def _filled_batches(
-    data: ComplexArray, sampling: Sampling, *, options: Options, residual: bool
+    data: ComplexArray,
+    sampling: Sampling,
+    *,
+    options: Options,
+    residual: bool,
+    calibration: ComplexArray | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first slice, filled complex k-space of the batch on the device) per batch of slices:
     the whole reconstruction of a batch stays on the device until its images are made."""
@@ -451,15 +476,19 @@ def _filled_batches(
         measured = torch.from_numpy(np.ascontiguousarray(data[first:stop], dtype=np.complex64)).to(
             device
         )
+        reference = None
+        if calibration is not None:
+            block = np.ascontiguousarray(calibration[first:stop], dtype=np.complex64)
+            reference = torch.from_numpy(block).to(device)
         batch = _fill_batch(
             measured, sampling, options=options, residual=residual,
-            mixed_precision=precision == "bfloat16",
+            mixed_precision=precision == "bfloat16", reference=reference,
         )  # fmt: skip
         batch[..., acquired] = measured[..., acquired]
         if options.irregular_gaps == "grappa":
             fill_groups(
                 batch, sampling, groups, taps=KERNEL_1[0],
-                regularization=options.linear_regularization,
+                regularization=options.linear_regularization, calibration=reference,
             )  # fmt: skip
         return batch
 
@@ -500,14 +529,19 @@ def _fill_batch(
     options: Options,
     residual: bool,
     mixed_precision: bool,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The missing lines of the grid predicted (complex, slices x coils x readout x PE, on
-    the device of `measured`); zeros on every other line."""
+    the device of `measured`); zeros on every other line. With `reference` (a separate
+    reference scan's ACS blocks) the networks train on it alone."""
     start, stop = sampling.acs
     inputs = torch.cat([measured.real, measured.imag], dim=1)
+    acs_inputs = inputs[..., start:stop]
+    if reference is not None:
+        acs_inputs = torch.cat([reference.real, reference.imag], dim=1)
     # Networks without bias are positively homogeneous, so a per-slice scale changes only
     # the numbers Adam's step size meets: the largest ACS magnitude becomes 1.
-    scale = inputs[..., start:stop].abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
+    scale = acs_inputs.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
     inputs = inputs / scale
     channels = inputs.shape[1]
     weights = initial_weights(
@@ -539,11 +573,15 @@ def _fill_batch(
     width = options.resolved_training_readout(
         measured.device, "bfloat16" if mixed_precision else "float32"
     )
-    windows = [training_window(one, sampling, width) for one in inputs]
+    if reference is None:
+        windows = [training_window(one, sampling, width) for one in inputs]
+    else:
+        whole = replace(sampling, acs=(0, sampling.acs_lines))
+        windows = [training_window(one, whole, width) for one in acs_inputs]
     block = calibration_block(
         measured, sampling,
         extension=options.resolved_extension(sampling.acceleration, residual=residual),
-        regularization=options.linear_regularization,
+        regularization=options.linear_regularization, reference=reference,
     )  # fmt: skip
     block_inputs = torch.cat([block.real, block.imag], dim=1) / scale
     acs = torch.stack([one[:, window] for one, window in zip(block_inputs, windows, strict=True)])
@@ -561,11 +599,20 @@ def _fill_batch(
 
 
 def calibration_block(
-    measured: torch.Tensor, sampling: Sampling, *, extension: int, regularization: float
+    measured: torch.Tensor,
+    sampling: Sampling,
+    *,
+    extension: int,
+    regularization: float,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The complex block (slices, coils, readout, lines) the networks train on: the ACS
     block, widened by `extension` lines on each side (within the k-space) whose missing
-    lines GRAPPA fills (Tikhonov lambda `regularization`) around the acquired ones."""
+    lines GRAPPA fills (Tikhonov lambda `regularization`) around the acquired ones; or
+    `reference`, a separate reference scan's ACS block, alone (widening it with image lines
+    would mix two contrasts)."""
+    if reference is not None:
+        return reference
     start, stop = sampling.acs
     if extension <= 0:
         return measured[..., start:stop]
@@ -676,9 +723,9 @@ def reconstruct(kspace: KSpace, options: Options, *, method: str) -> Reconstruct
         threads=cpu_threads(options.threads) if device.type == "cpu" else None,
         linear_learning_rate=options.resolved_linear_learning_rate(),
         held_out=held_out,
-        calibration_extension=options.resolved_extension(
-            kspace.sampling.acceleration, residual=method == "rraki"
-        ),
+        calibration_extension=0
+        if kspace.calibration is not None
+        else options.resolved_extension(kspace.sampling.acceleration, residual=method == "rraki"),
         features=options.resolved_features(
             kspace.sampling.acceleration, residual=method == "rraki"
         ),
@@ -701,12 +748,13 @@ def reconstruct(kspace: KSpace, options: Options, *, method: str) -> Reconstruct
 
 def _reconstructed_images(kspace: KSpace, options: Options, *, residual: bool) -> FloatArray:
     data, sampling = kspace.data, kspace.sampling
-    if _check(data, sampling, options):
+    calibration = None if kspace.calibration is None else kspace.acs_data()
+    if _check(data, sampling, options, calibration):
         return kspace_to_images(data, kspace.header)
-    images = [
-        _images(batch, kspace.header)
-        for _, batch in _filled_batches(data, sampling, options=options, residual=residual)
-    ]
+    batches = _filled_batches(
+        data, sampling, options=options, residual=residual, calibration=calibration
+    )
+    images = [_images(batch, kspace.header) for _, batch in batches]
     return np.concatenate(images)
 
 

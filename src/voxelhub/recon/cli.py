@@ -12,7 +12,6 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,7 +96,7 @@ def _group_name(name: str, taken: h5py.Group) -> str:
 def _run(kspace: KSpace, options: dict[str, Any]) -> tuple[KSpace, Reconstruction]:
     chosen = parse_slices(options["slices"], kspace.slices)
     if len(chosen) != kspace.slices:
-        kspace = replace(kspace, data=kspace.data[chosen])
+        kspace = kspace.with_slices(chosen)
     return kspace, reconstruct(kspace, options["method"], **options["settings"])
 
 

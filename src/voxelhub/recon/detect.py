@@ -109,6 +109,7 @@ def detect_sampling(
     acceleration_hint: int | None = None,
     source: str = "k-space",
     require_acs: bool = True,
+    reference: npt.NDArray[np.bool_] | None = None,
 ) -> Sampling:
     """The sampling of `data`: which lines, the ACS block around `center`, and R.
 
@@ -118,6 +119,10 @@ def detect_sampling(
     missing); a hint that disagrees is logged. Without an ACS block (fewer than
     `MIN_ACS_LINES` lines around the centre) this is a ReconError, or with `require_acs`
     False (for methods that do not calibrate) an empty block `(center, center)`.
+
+    `reference` marks the lines of a separate reference scan (calibration only): the ACS
+    block is then its run of lines around the centre, and R comes from all the imaging
+    lines, which need no fully sampled centre.
 
     >>> from voxelhub.recon.masks import equispaced_mask
     >>> truth = equispaced_mask(96, 3, acs_lines=16)
@@ -137,13 +142,20 @@ def detect_sampling(
         raise ReconError(
             f"{source}: the k-space centre {middle} lies outside the {lines.size} columns"
         )
+    calibrated = lines if reference is None else np.asarray(reference, dtype=bool)
+    if calibrated.shape != lines.shape:
+        raise ReconError(
+            f"{source}: the reference scan's mask has {calibrated.size} entries for "
+            f"{lines.size} phase-encode columns"
+        )
     try:
-        acs = _acs_block(lines, center=middle, source=source)
+        acs = _acs_block(calibrated, center=middle, source=source)
     except ReconError:
         if require_acs:
             raise
         acs = (middle, middle)
-    acceleration = _acceleration(lines, acs=acs, source=source)
+    regular = acs if reference is None else (middle, middle)
+    acceleration = _acceleration(lines, acs=regular, source=source)
     if acceleration_hint and int(acceleration_hint) != acceleration:
         logger.warning(
             "%s: the file says R=%s, the data show R=%s; using the data",

@@ -3,7 +3,9 @@
 Griswold et al., Magn Reson Med 2002. For every gap geometry (see `gaps`) a kernel of
 `kernel[0]` readout points x `kernel[1]` acquired lines x all coils is fitted on the ACS block
 by Tikhonov-regularised least squares, then applied to all occurrences at once (one matrix
-product per readout tap); acquired lines, ACS included, are kept as measured.
+product per readout tap); acquired lines, ACS included, are kept as measured. With a separate
+reference scan the kernels are fitted on it and every missing imaging line is filled, the
+centre included: the reference never enters the image.
 """
 
 from __future__ import annotations
@@ -127,10 +129,12 @@ def grappa_kspace(
     *,
     kernel: tuple[int, int] = DEFAULT_KERNEL,
     regularization: float = DEFAULT_REGULARIZATION,
+    calibration: ComplexArray | None = None,
 ) -> ComplexArray:
     """Full k-space (slices x coils x readout x phase-encode) with missing lines filled.
 
-    One kernel per slice and gap geometry, calibrated on that slice's ACS block.
+    One kernel per slice and gap geometry, calibrated on that slice's ACS block, or on
+    `calibration` (slices x coils x readout x ACS lines: a separate reference scan).
     """
     taps, blocks = _kernel(kernel)
     regularization = _regularization(regularization)
@@ -142,7 +146,9 @@ def grappa_kspace(
     out = np.array(data, dtype=np.complex64, copy=True)
     out[..., ~sampling.mask] = 0
     groups = gap_groups(sampling.mask, blocks=blocks, acs_lines=sampling.acs_lines)
-    fill_groups(out, sampling, groups, taps=taps, regularization=regularization)
+    fill_groups(
+        out, sampling, groups, taps=taps, regularization=regularization, calibration=calibration
+    )
     return out
 
 
@@ -153,13 +159,21 @@ def fill_groups(
     *,
     taps: int,
     regularization: float,
+    calibration: ComplexArray | None = None,
 ) -> None:
     """Fill the missing lines of `groups` in k-space (slices x coils x readout x PE) in place,
-    one kernel per slice and group calibrated on that slice's ACS block; the groups' source
-    lines must hold the acquired data."""
+    one kernel per slice and group calibrated on that slice's ACS block, or on that slice of
+    `calibration` (a separate reference scan's ACS block); the groups' source lines must hold
+    the acquired data."""
     start, stop = sampling.acs
+    if calibration is not None and calibration.shape[:3] != kspace.shape[:3]:
+        raise ReconError(
+            f"the calibration block {calibration.shape} does not match the k-space "
+            f"{kspace.shape} in slices, coils and readout"
+        )
     for index in range(kspace.shape[0]):
-        acs = np.ascontiguousarray(kspace[index, :, :, start:stop])
+        block = kspace[index, :, :, start:stop] if calibration is None else calibration[index]
+        acs = np.ascontiguousarray(block)
         for group in groups:
             weights = fit_kernel(acs, group, taps=taps, regularization=regularization)
             apply_kernel(kspace[index], group, weights=weights, taps=taps)
@@ -189,7 +203,14 @@ def grappa(
     """GRAPPA images: `kernel` is (readout points, acquired lines); `regularization` is the
     Tikhonov λ relative to the largest singular value of the calibration matrix."""
     begin = perf_counter()
-    full = grappa_kspace(kspace.data, kspace.sampling, kernel=kernel, regularization=regularization)
+    reference = None if kspace.calibration is None else kspace.acs_data()
+    full = grappa_kspace(
+        kspace.data,
+        kspace.sampling,
+        kernel=kernel,
+        regularization=regularization,
+        calibration=reference,
+    )
     images = kspace_to_images(full, kspace.header)
     settings = {
         "kernel": [int(k) for k in kernel],

@@ -5,18 +5,20 @@ Reading is in bulk: the whole compound dataset comes in with one h5py call and i
 k-space with array indexing. Noise scans are set aside (and can prewhiten the data);
 navigator, phase-correction, feedback, phase-stabilisation and dummy scans are ignored;
 reversed lines are flipped; repeated lines (averages) are averaged. Calibration-only lines
-(ACQ_IS_PARALLEL_CALIBRATION) fill the lines no imaging acquisition holds, which makes the
-ACS block, and are never averaged into an imaging line (a separate reference scan may have
-another contrast). Each combination of set, repetition, cardiac phase and contrast (echo) is
-an image of its own, never averaged with the others: they are stacked along the slice axis,
-slices varying fastest, and `KSpace.header["images"]` then names the counters of each; every
-image must hold the same lines. One encoding space is read at a time.
+(ACQ_IS_PARALLEL_CALIBRATION) where no imaging acquisition is complete an integrated ACS
+block. When some of them hold lines that imaging acquisitions hold too, they are a separate
+reference scan (maybe of another contrast): kept apart as `KSpace.calibration`, never put
+into the image, whose k-space holds the imaging lines only. Each combination of set,
+repetition, cardiac phase and contrast (echo) is an image of its own, never averaged with
+the others: they are stacked along the slice axis, slices varying fastest, and
+`KSpace.header["images"]` then names the counters of each; every image must hold the same
+lines. One encoding space is read at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from voxelhub.recon.h5 import check_fits_memory, open_h5, read_string
 from voxelhub.recon.header import parse_header, pe_offset
 from voxelhub.recon.ismrmrd_images import check_same_lines, geometry, grid, image_index, image_keys
 from voxelhub.recon.ismrmrd_write import write_ismrmrd
-from voxelhub.recon.model import ComplexArray, KSpace
+from voxelhub.recon.model import Calibration, ComplexArray, KSpace
 from voxelhub.recon.noise import noise_covariance, prewhiten, prewhitening_matrix
 
 __all__ = ["IsmrmrdData", "load_ismrmrd", "read_ismrmrd", "write_ismrmrd"]
@@ -190,27 +192,100 @@ def _readout_start(header: dict[str, Any], heads: Records, *, samples: int, name
     return start
 
 
-def _calibration_kept(
-    flags: npt.NDArray[np.uint64], keys: npt.NDArray[np.intp]
-) -> npt.NDArray[np.bool_]:
-    """False for the calibration-only acquisitions of a line (image x phase-encode `keys`)
-    that an imaging acquisition also holds: a separate reference scan, maybe of another
-    contrast or resolution, is calibration data, not a repeat of the image's line."""
+def _reference_scan(heads: Records, keys: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+    """The calibration-only acquisitions (ACQ_IS_PARALLEL_CALIBRATION) when they are a
+    separate reference scan, else none: some of them hold a line (image x phase-encode
+    `keys`) that an imaging acquisition holds too. Such a scan, maybe of another contrast,
+    is calibration data, not image lines. Calibration-only lines only where no imaging
+    acquisition is are the integrated ACS block's lines off the imaging lattice."""
+    flags = heads["flags"]
     only = _flagged(flags, mrd.PARALLEL_CALIBRATION) & ~_flagged(
         flags, mrd.PARALLEL_CALIBRATION_AND_IMAGING
     )
-    return np.asarray(~(only & np.isin(keys, keys[~only])))
+    if not (only & np.isin(keys, keys[~only])).any():
+        return np.zeros(only.shape, dtype=bool)
+    return np.asarray(only)
 
 
-def _imaging(header: dict[str, Any], records: Records, *, name: str) -> tuple[ComplexArray, Any]:
+def _lines(header: dict[str, Any], records: Records, *, name: str) -> tuple[ComplexArray, int]:
+    """The acquisitions' samples (acquisitions, channels, samples), discarded samples zeroed
+    and reversed lines flipped, and where they start on the encoded readout."""
     heads = records["head"]
-    _check_cartesian(header, heads, name=name)
+    lines = _stack(records, name)
+    _drop_discarded(lines, heads, name=name)
+    reverse = _flagged(heads["flags"], mrd.REVERSE)
+    lines[reverse] = lines[reverse, :, ::-1]
+    return lines, _readout_start(header, heads, samples=lines.shape[-1], name=name)
+
+
+def _reference_images(
+    found: npt.NDArray[np.intp], images: npt.NDArray[np.intp], *, name: str
+) -> npt.NDArray[np.intp]:
+    """For each image (counters `images`), the reference scan's image (counters `found`) with
+    the same counters, else one of the same slice (a reference acquired once per slice)."""
+    exact = {tuple(row): index for index, row in enumerate(found.tolist())}
+    by_slice: dict[int, int] = {}
+    for index, row in enumerate(found.tolist()):
+        by_slice.setdefault(int(row[-1]), index)
+    picks = []
+    for row in images.tolist():
+        pick = exact.get(tuple(row), by_slice.get(int(row[-1])))
+        if pick is None:
+            raise ReconError(
+                f"{name}: the separate reference scan (ACQ_IS_PARALLEL_CALIBRATION) has no "
+                f"lines for slice {row[-1]}; every slice needs its calibration lines"
+            )
+        picks.append(pick)
+    return np.asarray(picks, dtype=np.intp)
+
+
+def _reference(
+    header: dict[str, Any],
+    records: Records,
+    *,
+    images: npt.NDArray[np.intp],
+    shape: tuple[int, int, int, int],
+    name: str,
+) -> Calibration:
+    """The separate reference scan, one block per image, its lines in phase-encode order."""
+    what = f"{name}: reference scan"
+    heads = records["head"]
     columns = _columns(header, heads, name=name)
     slices, found = image_index(heads)
+    low = int(header["pe_limits"][0])
+    check_same_lines(slices, columns, found=found, low=low, width=shape[-1], name=what)
+    lines, start = _lines(header, records, name=what)
+    if lines.shape[1] != shape[1]:
+        raise ReconError(
+            f"{name}: the reference scan has {lines.shape[1]} channels, the imaging "
+            f"acquisitions {shape[1]}; they must come from the same coils"
+        )
+    held = np.unique(columns)
+    index = np.searchsorted(held, columns)
+    blocks = grid(
+        lines, slices, columns=index, shape=(len(found), *shape[1:3], held.size), start=start
+    )
+    data = np.ascontiguousarray(blocks[_reference_images(found, images, name=name)])
+    if not np.isfinite(data).all():
+        raise ReconError(f"{what} holds NaN or infinite samples; the file is damaged")
+    return Calibration(data=data, lines=held)
+
+
+def _imaging(
+    header: dict[str, Any], records: Records, *, name: str
+) -> tuple[ComplexArray, npt.NDArray[np.bool_], Calibration | None]:
+    """The image k-space, its sampled lines, and the separate reference scan if there is one."""
+    heads = records["head"]
+    _check_cartesian(header, heads, name=name)
     low, high = (int(v) for v in header["pe_limits"][:2])
     width = high - low + 1
-    kept = _calibration_kept(heads["flags"], slices * width + columns)
-    records, heads, slices, columns = records[kept], heads[kept], slices[kept], columns[kept]
+    columns = _columns(header, heads, name=name)
+    slices, _ = image_index(heads)
+    reference = _reference_scan(heads, slices * width + columns)
+    imaging = records[~reference]
+    heads = imaging["head"]
+    columns = _columns(header, heads, name=name)
+    slices, found = image_index(heads)
     check_same_lines(slices, columns, found=found, low=low, width=width, name=name)
     shape = (
         len(found),
@@ -219,15 +294,14 @@ def _imaging(header: dict[str, Any], records: Records, *, name: str) -> tuple[Co
         width,
     )
     check_fits_memory(shape, np.dtype(np.complex64).itemsize, what=f"{name}: k-space {shape}")
-    lines = _stack(records, name)
-    _drop_discarded(lines, heads, name=name)
-    reverse = _flagged(heads["flags"], mrd.REVERSE)
-    lines[reverse] = lines[reverse, :, ::-1]
-    start = _readout_start(header, heads, samples=lines.shape[-1], name=name)
+    lines, start = _lines(header, imaging, name=name)
     mask = np.zeros(shape[-1], dtype=bool)
     mask[columns] = True
     header.update({**geometry(heads, slices), **image_keys(found)})
-    return grid(lines, slices, columns=columns, shape=shape, start=start), mask
+    calibration = None
+    if reference.any():
+        calibration = _reference(header, records[reference], images=found, shape=shape, name=name)
+    return grid(lines, slices, columns=columns, shape=shape, start=start), mask, calibration
 
 
 def _noise(records: Records, name: str) -> ComplexArray:
@@ -293,14 +367,17 @@ def load_ismrmrd(
     imaging, space = _encoding_space(records["head"], imaging, space=encoding_space, name=name)
     header = _parse(xml, space=space, name=name)
     noise = _usable_noise(records[noisy], required=prewhiten_noise, name=name)
-    data, mask = _imaging(header, records[imaging], name=name)
+    data, mask, calibration = _imaging(header, records[imaging], name=name)
     check_kspace(data, source=name)
     if prewhiten_noise and noise.size and noise.shape[0] != data.shape[1]:
         raise ReconError(
             f"{name}: noise scans have {noise.shape[0]} channels, data {data.shape[1]}"
         )
     if prewhiten_noise and noise.size:
-        data = prewhiten(data, _whitening(noise, name=name))
+        whitening = _whitening(noise, name=name)
+        data = prewhiten(data, whitening)
+        if calibration is not None:
+            calibration = replace(calibration, data=prewhiten(calibration.data, whitening))
     elif prewhiten_noise:
         logger.warning("%s: no noise scans, so the data are not prewhitened", name)
     limits = header["pe_limits"]
@@ -310,6 +387,7 @@ def load_ismrmrd(
         center=int(limits[2]) - int(limits[0]),
         source=name,
         require_acs=require_acs,
+        reference=None if calibration is None else np.isin(np.arange(mask.size), calibration.lines),
     )
     header.update(
         {
@@ -318,7 +396,10 @@ def load_ismrmrd(
             "prewhitened": bool(prewhiten_noise and noise.size),
         }
     )
-    return IsmrmrdData(KSpace(data=data, sampling=sampling, header=header, source=str(path)), noise)
+    kspace = KSpace(
+        data=data, sampling=sampling, header=header, source=str(path), calibration=calibration
+    )
+    return IsmrmrdData(kspace, noise)
 
 
 def read_ismrmrd(

@@ -20,6 +20,8 @@ Records = npt.NDArray[np.void]
 def _line_flags(kspace: KSpace, columns: npt.NDArray[np.intp]) -> npt.NDArray[np.uint64]:
     sampling = kspace.sampling
     in_acs = (columns >= sampling.acs[0]) & (columns < sampling.acs[1])
+    if kspace.calibration is not None:  # the calibration lines are the reference scan's
+        in_acs[:] = False
     regular = columns[~in_acs]
     phase = int(regular[0]) % sampling.acceleration if regular.size else 0
     on_lattice = (columns - phase) % sampling.acceleration == 0
@@ -64,6 +66,23 @@ def _noise_records(noise: ComplexArray) -> Records:
     return _records(np.ascontiguousarray(lines.transpose(1, 0, 2)), heads)
 
 
+def _reference_records(kspace: KSpace, *, low: int) -> Records:
+    """The separate reference scan as calibration-only acquisitions, slice by slice."""
+    if kspace.calibration is None:
+        return np.zeros(0, dtype=mrd.ACQUISITION)
+    data, columns = kspace.calibration.data, kspace.calibration.lines
+    slices, coils, readout, _ = data.shape
+    slice_index = np.repeat(np.arange(slices), columns.size)
+    lines = np.ascontiguousarray(data[slice_index, :, :, np.tile(np.arange(columns.size), slices)])
+    heads = _heads(lines.shape[0], channels=coils, samples=readout)
+    heads["flags"] = mrd.bits(mrd.PARALLEL_CALIBRATION)
+    heads["idx"]["kspace_encode_step_1"] = np.tile(columns, slices) + low
+    heads["idx"]["slice"] = slice_index
+    fov = float(kspace.header.get("encoded_fov_mm", [0, 0, 1])[2])
+    heads["position"][:, 2] = slice_index * fov
+    return _records(lines, heads)
+
+
 def write_ismrmrd(
     path: str | Path,
     kspace: KSpace,
@@ -73,9 +92,11 @@ def write_ismrmrd(
 ) -> None:
     """Write the sampled lines of `kspace` as ISMRMRD acquisitions, slice by slice.
 
-    ACS lines carry the calibration flags; `noise` (coils x samples) is written first as
-    noise scans of 256 samples; `reverse_alternate` stores every other line reversed and
-    flagged ACQ_IS_REVERSE, as an EPI or bipolar readout would.
+    ACS lines carry the calibration flags; a separate reference scan
+    (`KSpace.calibration`) is written before the imaging lines as calibration-only
+    acquisitions, and the imaging lines then carry no calibration flag; `noise` (coils x
+    samples) is written first as noise scans of 256 samples; `reverse_alternate` stores every
+    other line reversed and flagged ACQ_IS_REVERSE, as an EPI or bipolar readout would.
     """
     slices, coils, readout, _ = kspace.data.shape
     columns = np.flatnonzero(kspace.sampling.mask)
@@ -92,7 +113,7 @@ def write_ismrmrd(
         reverse = np.arange(lines.shape[0]) % 2 == 1
         heads["flags"][reverse] |= mrd.bits(mrd.REVERSE)
         lines[reverse] = lines[reverse, :, ::-1]
-    records = _records(lines, heads)
+    records = np.concatenate((_reference_records(kspace, low=low), _records(lines, heads)))
     if noise is not None and noise.shape[1] >= NOISE_SAMPLES_PER_SCAN:
         records = np.concatenate((_noise_records(noise.astype(np.complex64)), records))
     header = {

@@ -179,6 +179,9 @@ def _check_type(method: str, function: ReconMethod, name: str, value: Any) -> No
 def reconstruct(kspace: KSpace, method: str = "grappa", **settings: Any) -> Reconstruction:
     """Reconstruct `kspace` with the named method; unknown settings are a ReconError.
 
+    Where the k-space carries a separate reference scan, the settings record it
+    (`separate_reference`, and the `reference_lines` calibrated on).
+
     >>> from voxelhub.recon.phantom import PhantomSpec, simulate
     >>> acq = simulate(PhantomSpec(readout=64, phase_encode=48, coils=4, acceleration=2,
     ...                            acs_lines=16))
@@ -201,4 +204,7 @@ def reconstruct(kspace: KSpace, method: str = "grappa", **settings: Any) -> Reco
     if result.seconds_per_slice <= 0:
         elapsed = (perf_counter() - start) / max(kspace.slices, 1)
         result = replace(result, seconds_per_slice=elapsed)
+    if kspace.calibration is not None:
+        recorded = {"separate_reference": True, "reference_lines": kspace.sampling.acs_lines}
+        result = replace(result, settings={**result.settings, **recorded})
     return result
