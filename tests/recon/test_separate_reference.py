@@ -20,6 +20,7 @@ from voxelhub.recon.compression import compress
 from voxelhub.recon.detect import detect_sampling
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.grappa import grappa_kspace
+from voxelhub.recon.io_fastmri import write_fastmri
 from voxelhub.recon.io_ismrmrd import read_ismrmrd, write_ismrmrd
 from voxelhub.recon.methods import reconstruct
 from voxelhub.recon.metrics import nmse
@@ -183,3 +184,9 @@ def test_integrated_acs_reads_and_reconstructs_as_before(
     write_preprocessed(tmp_path / "pre.h5", kspace)
     with h5py.File(tmp_path / "pre.h5") as handle:
         assert int(handle.attrs["voxelhub_kspace"]) == 2 and "reference" not in handle
+
+
+def test_a_fastmri_file_cannot_hold_a_reference_scan(read_back: KSpace, tmp_path: Path) -> None:
+    with pytest.raises(ReconError, match=r"separate reference scan.*ISMRMRD"):
+        write_fastmri(tmp_path / "out.h5", read_back)
+    assert not (tmp_path / "out.h5").exists()

@@ -164,7 +164,15 @@ def read_reference(path: str | Path) -> FloatArray | None:
 
 def write_fastmri(path: str | Path, kspace: KSpace, *, reference: FloatArray | None = None) -> None:
     """Write `kspace` as a fastMRI file: padding from the header restored, sampling mask and
-    hints written when undersampled, `reference` as `reconstruction_rss`."""
+    hints written when undersampled, `reference` as `reconstruction_rss`.
+
+    A separate reference scan (`kspace.calibration`) has no place in the format: such
+    k-space is refused rather than written without the lines it is calibrated on."""
+    if kspace.calibration is not None:
+        raise ReconError(
+            f"{Path(path).name}: this k-space has a separate reference scan, which a fastMRI "
+            "file cannot hold; write it as ISMRMRD (write_ismrmrd) to keep it"
+        )
     header = kspace.header
     width = kspace.data.shape[-1]
     encoded = header.get("encoded_matrix") or [kspace.data.shape[-2], width, 1]
