@@ -102,6 +102,7 @@ def stored(client: TestClient, database_url: str, make_user) -> dict[str, Any]: 
         "archive": archive,
         "study": ct[0].StudyInstanceUID,
         "ct": ct[0].SeriesInstanceUID,
+        "frame": ct[0].FrameOfReferenceUID,
         "seg": seg.SeriesInstanceUID,
         "gappy": gappy[0].SeriesInstanceUID,
         "gappy_study": gappy[0].StudyInstanceUID,
@@ -152,6 +153,8 @@ def test_study_list_and_study_document(client: TestClient, stored: dict[str, Any
     assert ct["window"] == {"center": 40.0, "width": 400.0}
     assert ct["overlay_text"]["patient_name"] == "Demo^Phantom"
     assert seg["kind"] == "seg" and seg["referenced_series_uid"] == stored["ct"]
+    # Series of one frame of reference can be linked: the SEG shares the CT's.
+    assert ct["frame_of_reference_uid"] == seg["frame_of_reference_uid"] == stored["frame"]
     assert [(s["number"], s["label"]) for s in seg["segments"]] == [(1, "Box"), (2, "Lesion")]
 
     gappy = client.get(f"{API}/studies/{stored['gappy_study']}", headers=headers).json()

@@ -12,7 +12,6 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Page
 
 from tests.browser import browser_page, needs_chromium
 from tests.conftest import Account, stow
@@ -30,54 +29,11 @@ from tests.viewer.helpers import (
     grid_position,
     tilted_ball,
 )
+from tests.viewer.pages import WAIT_MS, crosshair, open_study, page_point, viewport, wait_ready
 
-WAIT_MS = 30_000
-AXIAL, CORONAL, SAGITTAL = (f'.vx-viewport[data-viewport="{i}"]' for i in range(3))
+AXIAL, CORONAL, SAGITTAL = (viewport(i) for i in range(3))
 
 pytestmark = [pytest.mark.slow, needs_chromium]
-
-
-def _image_box(page: Page, viewport: str) -> tuple[float, float, float, float, float]:
-    """The page position of the image drawn in `viewport` (zoom 1, no pan): its left and
-    top edges, and how many page pixels one pixel of the rendered image covers; and that
-    image's width and height."""
-    box = page.locator(viewport).bounding_box()
-    assert box is not None
-    width = float(page.get_attribute(viewport, "data-image-width") or "nan")
-    height = float(page.get_attribute(viewport, "data-image-height") or "nan")
-    scale = min(box["width"] / width, box["height"] / height)
-    left = box["x"] + (box["width"] - width * scale) / 2
-    top = box["y"] + (box["height"] - height * scale) / 2
-    return left, top, scale, width, height
-
-
-def _page_point(
-    page: Page, viewport: str, at: tuple[float, float], *, shape: tuple[int, int]
-) -> tuple[float, float]:
-    """Where (column, row) of the `shape` image that `viewport` shows lies on the page."""
-    left, top, scale, width, height = _image_box(page, viewport)
-    x = (at[0] + 0.5) / shape[1] * width
-    y = (at[1] + 0.5) / shape[0] * height
-    return left + x * scale, top + y * scale
-
-
-def _crosshair(page: Page, viewport: str, *, shape: tuple[int, int]) -> tuple[float, float]:
-    """The (column, row) of the `shape` image that `viewport`'s cross-hair lines cross at."""
-    lines = page.locator(f"{viewport} .vx-crosshair line")
-    assert lines.count() == 2
-    y = float(lines.nth(0).get_attribute("y1") or "nan")
-    x = float(lines.nth(1).get_attribute("x1") or "nan")
-    left, top, scale, width, height = _image_box(page, viewport)
-    box = page.locator(viewport).bounding_box()
-    assert box is not None
-    column = (box["x"] + x - left) / scale / width * shape[1] - 0.5
-    row = (box["y"] + y - top) / scale / height * shape[0] - 0.5
-    return column, row
-
-
-def _ready(page: Page, viewport: str, **data: str | int) -> None:
-    checks = "".join(f"[data-{name}='{value}']" for name, value in data.items())
-    page.wait_for_selector(f"{viewport}[data-state='ready']{checks}", timeout=WAIT_MS)
 
 
 def test_a_click_in_the_sagittal_view_of_a_tilted_series_meets_the_same_point_axially(
@@ -97,41 +53,36 @@ def test_a_click_in_the_sagittal_view_of_a_tilted_series_meets_the_same_point_ax
     slice_row = in_slice @ COLUMN_COSINE
 
     with browser_page(1280, 800) as (page, errors):
-        page.goto(f"{live_server}/viewer")
-        page.fill("input[name=username]", reader.username)
-        page.fill("input[name=password]", reader.password)
-        page.click("button:has-text('Sign in')")
-        page.wait_for_url(f"{live_server}/viewer")
-        page.goto(f"{live_server}/viewer/studies/{series[0].StudyInstanceUID}")
+        open_study(page, live_server, reader, series[0].StudyInstanceUID)
         page.wait_for_selector("button[data-layout=mpr]:not([disabled])", timeout=WAIT_MS)
         page.click("button[data-layout=mpr]")
-        _ready(page, SAGITTAL, plane="sagittal")
-        _ready(page, CORONAL, plane="coronal")
+        wait_ready(page, SAGITTAL, plane="sagittal")
+        wait_ready(page, CORONAL, plane="coronal")
         page.hover(SAGITTAL)
         page.mouse.wheel(0, 100)  # one sagittal image on: the column through the centre
-        _ready(page, SAGITTAL, index=CENTRE_COLUMN)
+        wait_ready(page, SAGITTAL, index=CENTRE_COLUMN)
 
         # Head up: sagittal image row y shows slice 12 - y, its column x grid row x.
         sagittal = (SLICES, GRID_ROWS)
-        page.mouse.click(*_page_point(page, SAGITTAL, (grid_row, SLICES - 1 - k), shape=sagittal))
-        _ready(page, AXIAL, index=4)
-        _ready(page, CORONAL, index=19)
-        column, row = _crosshair(page, AXIAL, shape=(SIZE, SIZE))
+        page.mouse.click(*page_point(page, SAGITTAL, (grid_row, SLICES - 1 - k), shape=sagittal))
+        wait_ready(page, AXIAL, index=4)
+        wait_ready(page, CORONAL, index=19)
+        column, row = crosshair(page, AXIAL, shape=(SIZE, SIZE))
         assert abs(column - CENTRE_COLUMN) < 0.5 and abs(row - slice_row) < 0.5, (column, row)
-        column, row = _crosshair(page, CORONAL, shape=(SLICES, SIZE))
+        column, row = crosshair(page, CORONAL, shape=(SLICES, SIZE))
         assert abs(column - CENTRE_COLUMN) < 0.5 and abs(row - (SLICES - 1 - k)) < 0.5
-        column, row = _crosshair(page, SAGITTAL, shape=sagittal)
+        column, row = crosshair(page, SAGITTAL, shape=sagittal)
         assert abs(column - grid_row) < 0.5 and abs(row - (SLICES - 1 - k)) < 0.5
 
         # From the coronal view (grid row 19) near the top, where the slices lie furthest
         # along the grid: slice 11 starts 9.4 grid rows on, so row 19 is its row 9.6.
-        page.mouse.click(*_page_point(page, CORONAL, (CENTRE_COLUMN, 1), shape=(SLICES, SIZE)))
-        _ready(page, AXIAL, index=SLICES - 2)
-        _ready(page, SAGITTAL, index=CENTRE_COLUMN)
+        page.mouse.click(*page_point(page, CORONAL, (CENTRE_COLUMN, 1), shape=(SLICES, SIZE)))
+        wait_ready(page, AXIAL, index=SLICES - 2)
+        wait_ready(page, SAGITTAL, index=CENTRE_COLUMN)
         corner = np.array(series[SLICES - 2].ImagePositionPatient, dtype=np.float64)
         expected = (grid_position(SLICES - 2, 19, CENTRE_COLUMN) - corner) @ COLUMN_COSINE
-        column, row = _crosshair(page, AXIAL, shape=(SIZE, SIZE))
+        column, row = crosshair(page, AXIAL, shape=(SIZE, SIZE))
         assert abs(column - CENTRE_COLUMN) < 0.5 and abs(row - expected) < 0.5, (column, row)
-        column, row = _crosshair(page, SAGITTAL, shape=sagittal)
+        column, row = crosshair(page, SAGITTAL, shape=sagittal)
         assert abs(column - 19) < 0.5 and abs(row - 1) < 0.5, (column, row)
         assert errors == [], f"the viewer raised JavaScript errors: {errors}"

@@ -195,6 +195,34 @@ def test_slabs_across_rows_and_columns_match_numpy(
                 assert np.array_equal(image.values, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("mode", [Mode.MIP, Mode.MINIP, Mode.AVG])
+def test_sagittal_slabs_of_a_gantry_tilted_series_match_numpy(
+    order: str, mode: Mode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slice's columns within a tilted sagittal slab, narrow to wider than the slices,
+    cut off at either edge, over more slices than are copied at a time, project as numpy
+    projects them."""
+    monkeypatch.setattr(planes, "_COPY_BYTES", 4096)  # a few slices at a time
+    rng = np.random.default_rng(11)
+    data = np.asarray(rng.integers(-1024, 3072, size=(23, 17, 40), dtype=np.int16), order=order)
+    across = 0.7 * np.arange(23)  # the slices shift 0.7 columns each
+    reduce = {Mode.MIP: np.max, Mode.MINIP: np.min, Mode.AVG: np.mean}[mode]
+    for width in (1, 3, 24, 25, 40, 60):
+        for start in (-80, -20, 0, 7, 30, 50, 80):  # -80, 80: beyond every slice
+            bounds = (start - across, start + width - across)
+            lines, inside = planes._slab_lines(data, bounds, 2, mode)
+            for k in range(len(data)):
+                low = max(0, int(np.floor(bounds[0][k] + 0.5)))
+                high = min(40, int(np.floor(bounds[1][k] + 0.5)))
+                assert inside[k] == (low < high), (width, start, k)
+                if low < high:
+                    expected = reduce(data[k, :, low:high], axis=1)
+                    assert np.allclose(lines[k], expected, rtol=0, atol=1e-3), (width, start, k)
+                    if mode is not Mode.AVG:
+                        assert np.array_equal(lines[k], expected), (width, start, k)
+
+
 def test_rescale_applies_after_projection() -> None:
     volume = Volume(numbered().data.astype(np.uint16), AXIAL_UP, slope=2.0, intercept=-1000.0)
     image = cut(volume, Plane.AXIAL, 3, mode=Mode.SLICE, slab_mm=0)

@@ -137,6 +137,8 @@ def series_json(
             "slice_thickness": first_value(first, "00180050"),
         },
         "referenced_series_uid": info.referenced_series_uid,
+        # Series of one frame of reference share patient coordinates: linked views.
+        "frame_of_reference_uid": first_value(first, "00200052"),
         "segments": [
             {"number": s.number, "label": s.label, "color": list(s.color)} for s in segments(first)
         ]

@@ -71,25 +71,32 @@ export function attachInput(app, viewport) {
       event.preventDefault();
       app.activate(viewport);
       if (event.deltaMode !== 0) {
-        viewport.step(Math.sign(event.deltaY));
+        scroll(app, viewport, () => viewport.step(Math.sign(event.deltaY)));
         return;
       }
       wheelRest += event.deltaY;
       const steps = Math.trunc(wheelRest / WHEEL_NOTCH);
       if (steps) {
         wheelRest -= steps * WHEEL_NOTCH;
-        viewport.step(steps);
+        scroll(app, viewport, () => viewport.step(steps));
       }
     },
     { passive: false },
   );
 }
 
+/** Scroll `viewport` by `move`; the views linked to it follow when it reached another image. */
+function scroll(app, viewport, move) {
+  const before = viewport.index;
+  move();
+  if (viewport.index !== before) app.followScroll(viewport);
+}
+
 function dragMove(app, viewport, drag, { dx, dy, event }) {
   switch (drag.kind) {
     case "scroll": {
       const pixelsPerSlice = Math.max(2, viewport.root.clientHeight / Math.max(viewport.count, 1));
-      viewport.setIndex(drag.index + Math.round(dy / pixelsPerSlice));
+      scroll(app, viewport, () => viewport.setIndex(drag.index + Math.round(dy / pixelsPerSlice)));
       break;
     }
     case "wl": {
@@ -147,6 +154,6 @@ export function attachKeys(app) {
     const action = actions[event.key] ?? (preset && (() => app.applyPreset(preset)));
     if (!action) return;
     event.preventDefault();
-    action();
+    scroll(app, viewport, action); // linked views follow only a change of image
   });
 }

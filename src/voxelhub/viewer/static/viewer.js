@@ -28,6 +28,7 @@ class ViewerApp {
     this.grids = new Map();
     this.overlays = new Map();
     this.overlayOpacity = 0.5;
+    this.link = true; // views of one frame of reference follow each other
     this.cine = null;
     this.grid = byId("viewports");
     this.toolbar = root.querySelector(".vx-toolbar");
@@ -247,6 +248,7 @@ class ViewerApp {
       else if (data.action === "invert") this.toggleInvert();
       else if (data.action === "reset") this.reset();
       else if (data.action === "cine") this.toggleCine();
+      else if (data.action === "link") this.toggleLink();
       this.syncToolbar();
     });
     const slab = byId("slab");
@@ -432,23 +434,65 @@ class ViewerApp {
   }
 
   /**
-   * Move the views of the series to the point of the patient under `point` (image pixels of
+   * Move the linked views to the point of the patient under `point` (image pixels of
    * `viewport`; null: the middle of its image), each to its image nearest that point.
    */
   crosshairAt(viewport, point) {
-    const series = viewport.series;
-    if (!series || !this.volumeReady(series)) return;
-    const grid = this.patientGrid(series);
+    const grid = viewport.series && this.patientGrid(viewport.series);
     const f = point ? viewport.imageFraction(point) : { fx: 0.5, fy: 0.5 };
     if (!grid || !f) return;
     const target = grid.toPatient(viewport.plane, viewport.index, f);
-    for (const other of this.visible()) {
-      if (other.series !== series) continue;
-      const { index, fx, fy } = grid.locate(other.plane, target);
+    for (const other of this.linkedViews(viewport)) {
+      const { index, fx, fy } = this.patientGrid(other.series).locate(other.plane, target);
       other.crosshair = { fx, fy };
       if (other !== viewport) other.setIndex(index);
       other.drawAnnotations();
     }
+  }
+
+  /**
+   * After the user scrolled `viewport`: the views of other series of its frame of reference
+   * move to their image nearest its cross-hair (or the middle of its image).
+   */
+  followScroll(viewport) {
+    const grid = this.link && viewport.series && this.patientGrid(viewport.series);
+    if (!grid) return;
+    const target = grid.toPatient(viewport.plane, viewport.index, viewport.crosshair ?? { fx: 0.5, fy: 0.5 });
+    for (const other of this.linkedViews(viewport)) {
+      if (other.series === viewport.series) continue;
+      const { index, fx, fy } = this.patientGrid(other.series).locate(other.plane, target);
+      if (other.crosshair) other.crosshair = { fx, fy };
+      other.setIndex(index);
+      other.drawAnnotations();
+    }
+  }
+
+  /**
+   * The visible views that follow `viewport`: those of its series, and with linking on
+   * those of every series in its frame of reference (they share patient coordinates).
+   */
+  linkedViews(viewport) {
+    const series = viewport.series;
+    const frame = series?.frame_of_reference_uid;
+    return this.visible().filter((other) => {
+      if (!other.series) return false;
+      if (other.series === series) return true;
+      return Boolean(this.link && frame && other.series.frame_of_reference_uid === frame
+        && this.patientGrid(other.series));
+    });
+  }
+
+  toggleLink() {
+    this.link = !this.link;
+    if (!this.link) {
+      for (const viewport of this.visible()) {
+        if (viewport.series !== this.active.series && viewport.crosshair) {
+          viewport.crosshair = null;
+          viewport.drawAnnotations();
+        }
+      }
+    }
+    this.pressed("[data-action=link]", () => this.link);
   }
 
   // --- segmentation overlays ----------------------------------------------------------------
