@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 import httpx
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from tests.store.conftest import ArchiveClient
@@ -117,3 +119,47 @@ def test_a_stored_policy_with_a_name_outside_ascii_keeps_ingest_working(  # type
     refused = httpx.put(url, json={"patient_name": "山田^太郎"}, headers=headers)
     assert refused.status_code == 400
     assert "printable ASCII" in refused.json()["message"]
+
+
+def _series(study_date: str, patient_id: str = "MRN-1234") -> list[Dataset]:
+    series = ct_phantom(slices=2, size=32, patient=PatientInfo(patient_id=patient_id))
+    for ds in series:
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
+        ds.StudyTime = "101112"
+    return series
+
+
+def test_stow_into_an_archive_that_shifts_dates(  # type: ignore[no-untyped-def]
+    make_archive, live_server: str
+) -> None:
+    archive: ArchiveClient = make_archive()
+    other: ArchiveClient = make_archive("Elsewhere", owner=archive.owner)
+    headers = {"Authorization": f"Bearer {archive.owner.token}"}
+    for target in (archive, other):
+        url = f"{live_server}/api/v1/archives/{target.archive_id}/deidentification"
+        both = httpx.put(url, json={"retain_dates": True, "shift_dates": True}, headers=headers)
+        assert both.status_code == 400 and "shift_dates" in both.json()["message"]
+        set_policy = httpx.put(url, json={"shift_dates": True}, headers=headers)
+        assert set_policy.status_code == 200, set_policy.text
+        assert httpx.get(url, headers=headers).json()["shift_dates"] is True
+
+    first, later = _series("20230105"), _series("20240210")
+    for series in (first, later):
+        archive.scoped.store_instances(series)
+    archive.scoped.store_instances(first)  # again: the same dates, stored once
+    other.scoped.store_instances(first)
+
+    studies = archive.scoped.search_for_studies()
+    dates = sorted(_day(study["00080020"]["Value"][0]) for study in studies)
+    assert len(dates) == 2 and [s["00201208"]["Value"] for s in studies] == [[2], [2]]
+    assert dates[1] - dates[0] == date(2024, 2, 10) - date(2023, 1, 5), "the interval is kept"
+    shift = (date(2023, 1, 5) - dates[0]).days
+    assert 1 <= shift <= 3650
+    assert {study["00080030"]["Value"][0] for study in studies} == {"101112"}
+    [elsewhere] = other.scoped.search_for_studies()
+    assert (date(2023, 1, 5) - _day(elsewhere["00080020"]["Value"][0])).days != shift
+    assert archive.scoped.search_for_studies(search_filters={"StudyDate": "20230105"}) == []
+
+
+def _day(value: str) -> date:
+    return date(int(value[:4]), int(value[4:6]), int(value[6:8]))

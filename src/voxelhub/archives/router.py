@@ -324,7 +324,8 @@ def set_deidentification(
 ) -> dict[str, Any]:
     """De-identify DICOM on ingest by the PS3.15 basic profile, with these options.
 
-    Options: retain_dates, retain_uids, retain_device_identity,
+    Options: retain_dates, shift_dates (dates moved back by a keyed number of days per
+    patient, intervals kept; not with retain_dates), retain_uids, retain_device_identity,
     retain_patient_characteristics, retain_descriptors, clean_private, patient_id,
     patient_name. UIDs are remapped consistently per archive. What is already stored is
     not changed.

@@ -38,11 +38,15 @@ _KEPT_WHEN_SHORTENED = MAX_LO - 9
 class DeidPolicy:
     """An archive's de-identification policy: the profile options it retains, and values.
 
-    `patient_id` and `patient_name` replace the patient's; left None, both become a
+    `shift_dates` (Retain Longitudinal Temporal Information with Modified Dates) moves
+    every date back by a number of days that is the same for all of a patient's instances
+    in the archive (see `voxelhub.dicom.date_shift`); it and `retain_dates` exclude each
+    other. `patient_id` and `patient_name` replace the patient's; left None, both become a
     pseudonym keyed on the original Patient ID ("ANON-" and 10 hex digits).
     """
 
     retain_dates: bool = False
+    shift_dates: bool = False
     retain_uids: bool = False
     retain_device_identity: bool = False
     retain_patient_characteristics: bool = False
@@ -62,6 +66,13 @@ class DeidPolicy:
                     code="invalid_policy",
                     attribute=spec.name,
                 )
+        if self.retain_dates and self.shift_dates:
+            raise DicomError(
+                "De-identification policy 'retain_dates' and 'shift_dates' cannot both be "
+                "true: dates are either kept as they are or shifted; set one of them to false.",
+                code="invalid_policy",
+                attribute="shift_dates",
+            )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeidPolicy:

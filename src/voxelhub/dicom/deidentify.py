@@ -29,6 +29,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from voxelhub.dicom.date_shift import patient_shift_days, shift_values
+from voxelhub.dicom.deid_method import record_method
 from voxelhub.dicom.deid_policy import DeidPolicy
 from voxelhub.dicom.deid_table import PROFILE
 from voxelhub.dicom.errors import DicomError
@@ -82,6 +84,7 @@ _DUMMIES: dict[str, Any] = {
 }
 _PATIENT_ID = Tag("PatientID")
 _PATIENT_NAME = Tag("PatientName")
+_TIMEZONE_OFFSET = Tag("TimezoneOffsetFromUTC")
 _MEDIA_STORAGE_SOP_INSTANCE_UID = Tag("MediaStorageSOPInstanceUID")
 # File meta elements naming the sending site (AE titles, network addresses) or carrying
 # private data.
@@ -91,22 +94,14 @@ _META_DEVICE_TAGS = (
 )
 _META_PRIVATE_TAGS = (Tag(0x0002, 0x0100), Tag(0x0002, 0x0102))
 
-# (policy field, CID 7050 code, meaning); the basic profile code comes first.
-_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
-_CODED_OPTIONS = (
-    ("retain_dates", "113106", "Retain Longitudinal Temporal Information Full Dates Option"),
-    ("retain_patient_characteristics", "113108", "Retain Patient Characteristics Option"),
-    ("retain_device_identity", "113109", "Retain Device Identity Option"),
-    ("retain_uids", "113110", "Retain UIDs Option"),
-)
-
 
 @dataclass(frozen=True)
 class DeidChange:
     """One attribute changed: where (keyword or tag, with the sequence path), how, what was there.
 
-    `action` is the Table E.1-1 code applied (X, Z, D, U); `summary` describes the old
-    value by size and a keyed fingerprint, never by the value itself.
+    `action` is the Table E.1-1 code applied (X, Z, D, U, or C for a date shifted by the
+    Modified Dates option); `summary` describes the old value by size and a keyed
+    fingerprint, never by the value itself (nor by how far a date moved).
     """
 
     attribute: str
@@ -153,7 +148,9 @@ def deidentify(ds: Dataset, policy: DeidPolicy, *, key: bytes) -> DeidReport:
 
     Every attribute of Table E.1-1 is removed, emptied, replaced by a dummy or given a
     new UID, in sequence items too; unless the policy retains dates, so is every other
-    date and time of a date, at any depth (emptied: see `_temporal`); private attributes
+    date and time of a date, at any depth (emptied: see `_temporal`). With `shift_dates`,
+    every DA and DT value that the Full Dates option would keep, or that the table does
+    not list, moves back by the patient's shift instead (see `_shift_date`); private attributes
     (when `policy.clean_private`), curve groups (50xx) and overlay groups (60xx) are
     removed. Pixel data is untouched, so an instance whose pixels may show the patient's
     identity is refused with DicomError(code="burned_in_annotation") before anything is
@@ -163,12 +160,13 @@ def deidentify(ds: Dataset, policy: DeidPolicy, *, key: bytes) -> DeidReport:
     _refuse_burned_in(ds)
     patient_id, patient_name = _replacements(ds, policy, key)
     run = _Run(policy, key, policy.kept_options(), patient_id, patient_name)
+    if policy.shift_dates:
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        run.shift_days = patient_shift_days(_patient_basis(ds), issuer, key=key)
     _clean(ds, run, "")
     _clean_file_meta(ds, run)
-    coded = _coded(policy)
-    method = _mark(ds, policy, coded)
-    codes = tuple(value for value, _ in coded)
-    return DeidReport(changes=tuple(run.changes), method=tuple(method), codes=codes)
+    method, codes = record_method(ds, policy)
+    return DeidReport(changes=tuple(run.changes), method=method, codes=codes)
 
 
 def deidentify_bytes(data: bytes, policy: DeidPolicy, *, key: bytes) -> tuple[bytes, DeidReport]:
@@ -198,6 +196,8 @@ class _Run:
     kept: frozenset[str]
     patient_id: str
     patient_name: str
+    # Days every date moves back (Modified Dates option); None: dates are not shifted.
+    shift_days: int | None = None
     changes: list[DeidChange] = field(default_factory=list)
 
     def note(self, attribute: str, action: str, summary: str) -> None:
@@ -242,14 +242,18 @@ def _refuse_burned_in(ds: Dataset) -> None:
 
 def _replacements(ds: Dataset, policy: DeidPolicy, key: bytes) -> tuple[str, str]:
     """The new Patient ID and Patient's Name; the pseudonym is keyed on the original ID."""
-    basis = str(ds.get("PatientID", "") or "").strip()
-    if not basis:  # no ID to key on: the name and birth date stand in for it
-        basis = f"{ds.get('PatientName', '')}|{ds.get('PatientBirthDate', '')}"
+    basis = _patient_basis(ds)
     digest = hmac.new(key, b"patient:" + basis.encode("utf-8"), hashlib.sha256).hexdigest()
     pseudonym = PSEUDONYM_PREFIX + digest[:10].upper()
     patient_id = pseudonym if policy.patient_id is None else policy.patient_id
     patient_name = pseudonym if policy.patient_name is None else policy.patient_name
     return patient_id, patient_name
+
+
+def _patient_basis(ds: Dataset) -> str:
+    """The original Patient ID; without one, the name and birth date stand in for it."""
+    basis = str(ds.get("PatientID", "") or "").strip()
+    return basis or f"{ds.get('PatientName', '')}|{ds.get('PatientBirthDate', '')}"
 
 
 def _clean(ds: Dataset, run: _Run, path: str) -> None:
@@ -263,9 +267,10 @@ def _clean(ds: Dataset, run: _Run, path: str) -> None:
 
 
 def _action(ds: Dataset, tag: BaseTag, run: _Run) -> str:
-    """The action for one attribute: a Table E.1-1 code, K (keep), P (pseudonym) or T.
+    """The action for one attribute: a Table E.1-1 code, K (keep), P (pseudonym), T or S.
 
-    T empties a date or time that the table does not list (see `_temporal`).
+    T empties a date or time that the table does not list (see `_temporal`); S shifts a
+    date (see `_shifted`).
     """
     if tag.is_private:
         return "X" if run.policy.clean_private else _temporal(ds, tag, run)
@@ -278,7 +283,23 @@ def _action(ds: Dataset, tag: BaseTag, run: _Run) -> str:
         return _temporal(ds, tag, run)
     if rule.kept_by & run.kept:
         return "K"
-    return RESOLVED_ACTIONS[rule.action]
+    action = RESOLVED_ACTIONS[rule.action]
+    shifting = "dates" in rule.kept_by and run.shift_days is not None
+    return _shifted(ds, tag, action) if shifting else action
+
+
+def _shifted(ds: Dataset, tag: BaseTag, action: str) -> str:
+    """S, K or `action` for an attribute the Full Dates option keeps, when dates shift.
+
+    PS3.15's Modified Dates option cleans what the Full Dates option keeps: its dates
+    (DA, DT) move back; its times of day stay, as does Timezone Offset From UTC (a DT's
+    own offset stays too); anything else there (Frame Origin Timestamp, OB) cannot be
+    shifted by days and gets the Basic Profile action.
+    """
+    vr = _vr(ds, tag)
+    if vr in ("DA", "DT"):
+        return "S"
+    return "K" if vr == "TM" or tag == _TIMEZONE_OFFSET else action
 
 
 def _temporal(ds: Dataset, tag: BaseTag, run: _Run) -> str:
@@ -292,12 +313,15 @@ def _temporal(ds: Dataset, tag: BaseTag, run: _Run) -> str:
     Last Calibration). Other times (Radiopharmaceutical Start Time, Contrast/Bolus Start
     Time) say nothing without a date and are kept. Zero length, as the table does for
     Study Date: the attribute's type in its context is not known here, and an empty value
-    keeps a Type 2 attribute present without inventing a date.
+    keeps a Type 2 attribute present without inventing a date. With Modified Dates the
+    DA and DT values shift instead (S) and times are kept.
     """
     if "dates" in run.kept:
         return "K"
     vr = _vr(ds, tag)
-    if vr in ("DA", "DT") or (vr == "TM" and not tag.is_private and _time_of_a_date(tag)):
+    if vr in ("DA", "DT"):
+        return "T" if run.shift_days is None else "S"
+    if vr == "TM" and run.shift_days is None and not tag.is_private and _time_of_a_date(tag):
         return "T"
     return "K"
 
@@ -364,6 +388,32 @@ def _empty_temporal(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
     elem.value = empty_value_for_VR(elem.VR)
 
 
+def _shift_date(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
+    """Move a DA or DT back by the patient's shift; empty it if it cannot be shifted.
+
+    Every value of a multi-valued attribute moves; if one does not parse, the whole
+    attribute is emptied (and reported as such) rather than left half real.
+    """
+    elem, vr = ds[tag], _vr(ds, tag)
+    if elem.is_empty or run.shift_days is None:
+        return
+    value = elem.value
+    if isinstance(value, bytes):  # read with an unknown VR
+        value = value.decode("ascii", "replace").split("\\")
+    texts = [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
+    shifted = shift_values(texts, vr, days=run.shift_days)
+    summary = run.fingerprint(elem)
+    if shifted is None:
+        run.note(name, "Z", f"emptied, a date that could not be shifted ({summary})")
+        ds[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+        return
+    if shifted == texts:
+        return
+    new = shifted if len(shifted) > 1 else shifted[0]
+    ds[tag] = DataElement(tag, vr, new)
+    run.note(name, "C", f"shifted back by the patient's date shift ({summary})")
+
+
 def _dummy(ds: Dataset, tag: BaseTag, run: _Run, name: str) -> None:
     elem = ds[tag]
     if elem.is_empty:
@@ -416,6 +466,7 @@ _ACTIONS: dict[str, Callable[[Dataset, BaseTag, _Run, str], None]] = {
     "U": _remap,
     "P": _pseudonymize,
     "T": _empty_temporal,
+    "S": _shift_date,
 }
 
 
@@ -430,63 +481,3 @@ def _clean_file_meta(ds: Dataset, run: _Run) -> None:
             _remove(meta, tag, run, "file_meta." + _name(tag))
     if _MEDIA_STORAGE_SOP_INSTANCE_UID in meta and not run.policy.retain_uids:
         _remap(meta, _MEDIA_STORAGE_SOP_INSTANCE_UID, run, "file_meta.MediaStorageSOPInstanceUID")
-
-
-def _coded(policy: DeidPolicy) -> list[tuple[str, str]]:
-    """The CID 7050 codes (value, meaning) of the profile and the options `policy` retains."""
-    options = [(code, meaning) for name, code, meaning in _CODED_OPTIONS if getattr(policy, name)]
-    return [_BASIC_PROFILE, *options]
-
-
-def _method(policy: DeidPolicy, coded: list[tuple[str, str]]) -> list[str]:
-    """The De-identification Method values: the coded profile and options, then the rest."""
-    method = [meaning for _, meaning in coded]
-    if not policy.retain_uids:
-        method.append("UIDs replaced by HMAC-SHA256 UIDs under 2.25")
-    if policy.retain_descriptors:  # not the Clean Descriptors Option: nothing was cleaned
-        method.append("Descriptors retained without cleaning")
-    if not policy.clean_private:
-        method.append("Private attributes retained")
-    return method
-
-
-def _mark(ds: Dataset, policy: DeidPolicy, coded: list[tuple[str, str]]) -> list[str]:
-    """Record this de-identification, added to any earlier one's record (PS3.15 E.1.1).
-
-    An instance de-identified before (with Clean Pixel Data, say) keeps those codes and
-    its dates' status: retaining dates that were shifted does not make them unmodified.
-    """
-    method = _method(policy, coded)
-    ds.PatientIdentityRemoved = "YES"
-    earlier = ds.get("DeidentificationMethod")
-    texts = [str(text) for text in _as_list(earlier)]
-    ds.DeidentificationMethod = texts + [text for text in method if text not in texts]
-    items = list(ds.get("DeidentificationMethodCodeSequence") or [])
-    present = {(item.get("CodeValue"), item.get("CodingSchemeDesignator")) for item in items}
-    items += [
-        _code_item(value, meaning) for value, meaning in coded if (value, "DCM") not in present
-    ]
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = _temporal_status(ds, policy)
-    return method
-
-
-def _as_list(value: object) -> list[object]:
-    if value is None or value == "":
-        return []
-    return list(value) if isinstance(value, MultiValue | list) else [value]
-
-
-def _temporal_status(ds: Dataset, policy: DeidPolicy) -> str:
-    if not policy.retain_dates:
-        return "REMOVED"
-    earlier = str(ds.get("LongitudinalTemporalInformationModified") or "").strip().upper()
-    return earlier if earlier in ("MODIFIED", "REMOVED") else "UNMODIFIED"
-
-
-def _code_item(value: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = "DCM"
-    item.CodeMeaning = meaning
-    return item

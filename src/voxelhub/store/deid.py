@@ -32,7 +32,11 @@ _warned_lock = threading.Lock()
 
 
 def deid_key(settings: Settings, archive_id: uuid.UUID) -> bytes:
-    """The archive's remapping key: the same original UID always maps to the same new one."""
+    """The archive's de-identification key: UIDs, pseudonyms and date shifts are keyed on it.
+
+    The same original UID always maps to the same new one, and one patient's dates always
+    move by the same number of days, in this archive and no other.
+    """
     return hmac.new(settings.key().encode(), b"deid:" + archive_id.bytes, hashlib.sha256).digest()
 
 
