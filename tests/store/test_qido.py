@@ -72,6 +72,7 @@ def test_every_study_attribute(make_archive, live_server: str, database_url: str
         "00081190": {"vr": "UR", "Value": [f"{scoped}/studies/{uid}"]},
         "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]},
         "00100020": {"vr": "LO", "Value": ["P1"]},
+        "00100021": {"vr": "LO"},
         "00100030": {"vr": "DA", "Value": ["19700101"]},
         "00100040": {"vr": "CS", "Value": ["O"]},
         "0020000D": {"vr": "UI", "Value": [uid]},
@@ -279,6 +280,7 @@ def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres
             "00081030": {"vr": "LO", "Value": ["CT \\ HEAD"]},
             "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Ünal^Ayşe"}]},
             "00100020": {"vr": "LO", "Value": ['P"1']},
+            "00100021": {"vr": "LO"},
             "00100030": {"vr": "DA"},
             "00100040": {"vr": "CS", "Value": ["F"]},
             "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
@@ -369,14 +371,141 @@ def test_names_indexed_before_component_groups_come_out_in_groups(
 
 
 def test_the_latest_migration_writes_the_documents_the_model_declares() -> None:
-    latest = importlib.import_module("voxelhub.migrations.versions.0008_study_person_names")
+    latest = importlib.import_module("voxelhub.migrations.versions.0009_study_issuer_of_patient_id")
+    names = importlib.import_module("voxelhub.migrations.versions.0008_study_person_names")
 
     def spaced(sql: str) -> str:
         return " ".join(sql.split())
 
     assert spaced(latest.HEAD) == spaced(qido_document.HEAD_SQL)
     assert spaced(latest.TAIL) == spaced(qido_document.TAIL_SQL)
-    assert spaced(latest.FUNCTION) == spaced(qido_document.FUNCTIONS[-1])
+    assert spaced(names.FUNCTION) == spaced(qido_document.FUNCTIONS[-1])
+
+
+def _issued(datasets: list[Any], issuer: str) -> list[Any]:
+    for ds in datasets:
+        ds.IssuerOfPatientID = issuer
+    return datasets
+
+
+def test_issuer_of_patient_id_is_matched_and_returned(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """IssuerOfPatientID (0010,0021) is a study attribute, as PatientID is: every study
+    result carries it, and it is matched on at study, series and instance level."""
+    archive: ArchiveClient = make_archive()
+    archive.scoped.store_instances(_issued(_study("I1", "Issued^One", "20200101"), "HOSP-A"))
+    archive.scoped.store_instances(_issued(_study("I1", "Issued^Two", "20200102"), "HOSP-B"))
+    archive.scoped.store_instances(_study("I1", "Not^Issued", "20200103"))
+    search = archive.scoped.search_for_studies
+
+    def issuers(**filters: str) -> list[str]:
+        found = search(search_filters={"PatientID": "I1", **filters})
+        return [s["00100021"].get("Value", [""])[0] for s in found]
+
+    assert issuers() == ["", "HOSP-B", "HOSP-A"]
+    assert issuers(IssuerOfPatientID="HOSP-A") == ["HOSP-A"]
+    assert issuers(IssuerOfPatientID="HOSP-*") == ["HOSP-B", "HOSP-A"]
+    assert issuers(IssuerOfPatientID="OTHER") == []
+    [series] = archive.scoped.search_for_series(search_filters={"IssuerOfPatientID": "HOSP-B"})
+    assert series["00080060"]["Value"] == ["CT"]
+    [instance] = archive.scoped.search_for_instances(
+        search_filters={"00100021": "HOSP-A"}, fields=["IssuerOfPatientID"]
+    )
+    assert instance["00100021"] == {"vr": "LO", "Value": ["HOSP-A"]}
+
+
+def test_a_study_keeps_the_patient_of_its_first_instance(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """Instances of one study that disagree on the patient leave the study with the
+    PatientID and IssuerOfPatientID of the instance it was made from; each instance keeps
+    its own."""
+    archive: ArchiveClient = make_archive()
+    first, second = _study("C1", "Conflict^Test", "20200101", modalities=("CT", "MR"))
+    first.IssuerOfPatientID = "HOSP-A"
+    second.PatientID, second.IssuerOfPatientID = "C2", "HOSP-B"
+    archive.scoped.store_instances([first])
+    archive.scoped.store_instances([second])
+    [study] = archive.scoped.search_for_studies()
+    assert study["00100020"]["Value"] == ["C1"]
+    assert study["00100021"]["Value"] == ["HOSP-A"]
+    assert archive.scoped.search_for_studies(search_filters={"IssuerOfPatientID": "HOSP-B"}) == []
+    [kept] = archive.scoped.search_for_instances(
+        search_filters={"SOPInstanceUID": second.SOPInstanceUID}, fields=["IssuerOfPatientID"]
+    )
+    assert kept["00100021"]["Value"] == ["HOSP-B"]
+
+
+def test_upgrade_fills_the_issuer_of_the_studies_already_indexed(
+    pg_server: EmbeddedPostgres,
+) -> None:
+    """Upgrading past 0009 gives each study the IssuerOfPatientID of its first stored
+    instance, in its column and its result document; downgrading drops it again."""
+    with _scratch_database(pg_server) as (url, dsn):
+        migrate.upgrade(url, "0008")
+        with psycopg.connect(dsn) as conn:
+            conn.execute(
+                "INSERT INTO archives (id, name, description, created_at) "
+                "VALUES (gen_random_uuid(), 'Old', '', now())"
+            )
+            # Study 1.1: two instances that disagree, the older's issuer is the study's;
+            # 1.2: an issuer with padding; 1.3: none; 1.4: an empty one.
+            conn.execute(
+                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
+                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
+                "study_date, study_time, accession_number, study_id, study_description, "
+                "referring_physician_name, modalities, number_of_series, number_of_instances) "
+                "SELECT gen_random_uuid(), now(), now(), a.id, u, 'P1', '', '', '', '', '', "
+                "'', '', '', '', '{CT}', 1, 1 FROM archives AS a, "
+                "unnest(ARRAY['1.1', '1.2', '1.3', '1.4']) AS u"
+            )
+            conn.execute(
+                "INSERT INTO dicom_series (id, created_at, updated_at, archive_id, study_id, "
+                "series_instance_uid, modality, series_number, series_description, "
+                "number_of_instances, size_bytes, version, metadata_version) "
+                "SELECT gen_random_uuid(), now(), now(), archive_id, id, "
+                "study_instance_uid || '.1', 'CT', 1, '', 1, 0, 0, -1 FROM dicom_studies"
+            )
+            issuers = [("1.1", 2, "HOSP-A"), ("1.1", 1, "HOSP-B"), ("1.2", 1, " HOSP-C "),
+                       ("1.3", 1, None), ("1.4", 1, "")]  # fmt: skip
+            for study, age, issuer in issuers:
+                element = {} if issuer is None else {"00100021": {"vr": "LO", "Value": [issuer]}}
+                if issuer == "":
+                    element = {"00100021": {"vr": "LO"}}
+                conn.execute(
+                    "INSERT INTO dicom_instances (id, created_at, archive_id, series_id, "
+                    "sop_instance_uid, sop_class_uid, instance_number, transfer_syntax_uid, "
+                    "frames_transfer_syntax_uid, number_of_frames, object_key, header_length, "
+                    "frame_offsets, size_bytes, content_sha256, dataset_json) "
+                    "SELECT gen_random_uuid(), now() - make_interval(days => %s), archive_id, "
+                    "id, %s, '1.2.840.10008.5.1.4.1.1.2', 1, '1.2.840.10008.1.2.1', "
+                    "'1.2.840.10008.1.2.1', 1, 'k', 0, '[]', 0, '', %s::jsonb "
+                    "FROM dicom_series WHERE series_instance_uid = %s",
+                    [age, generate_uid(), json.dumps(element), f"{study}.1"],
+                )
+
+        def stored() -> dict[str, Any]:
+            with psycopg.connect(dsn) as conn:
+                rows = conn.execute(
+                    "SELECT study_instance_uid, issuer_of_patient_id, qido_tail "
+                    "FROM dicom_studies ORDER BY 1"
+                ).fetchall()
+            return {uid: (issuer, json.loads("{" + tail + "}")["00100021"])
+                    for uid, issuer, tail in rows}  # fmt: skip
+
+        migrate.upgrade(url)
+        assert stored() == {
+            "1.1": ("HOSP-A", {"vr": "LO", "Value": ["HOSP-A"]}),
+            "1.2": ("HOSP-C", {"vr": "LO", "Value": ["HOSP-C"]}),
+            "1.3": ("", {"vr": "LO"}),
+            "1.4": ("", {"vr": "LO"}),
+        }
+        command.downgrade(migrate.alembic_config(url), "0008")
+        with psycopg.connect(dsn) as conn:
+            columns = {row[0] for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'dicom_studies'"
+            )}  # fmt: skip
+            row = conn.execute("SELECT qido_tail FROM dicom_studies LIMIT 1").fetchone()
+        assert "issuer_of_patient_id" not in columns
+        assert row is not None and "00100021" not in row[0]
 
 
 def test_sop_classes_in_study_are_those_of_its_instances(make_archive, make_user) -> None:  # type: ignore[no-untyped-def]

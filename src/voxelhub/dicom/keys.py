@@ -39,6 +39,7 @@ def instance_keys(ds: Attributes) -> InstanceKeys:
         sop_class_uid=_text(ds, "SOPClassUID"),
         transfer_syntax_uid=_text(meta, "TransferSyntaxUID") if meta is not None else "",
         patient_id=_text(ds, "PatientID", _LONG),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", _LONG),
         patient_name=_text(ds, "PatientName", _NAME),
         patient_birth_date=_date(ds, "PatientBirthDate"),
         patient_sex=_text(ds, "PatientSex", _CODE),

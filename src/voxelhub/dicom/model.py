@@ -21,6 +21,7 @@ class InstanceKeys:
     sop_class_uid: str
     transfer_syntax_uid: str
     patient_id: str = ""
+    issuer_of_patient_id: str = ""
     patient_name: str = ""
     patient_birth_date: str = ""
     patient_sex: str = ""

@@ -65,6 +65,7 @@ STUDY_TAGS = {
     "00081030": ("StudyDescription", "LO", "study_description"),
     "00100010": ("PatientName", "PN", "patient_name"),
     "00100020": ("PatientID", "LO", "patient_id"),
+    "00100021": ("IssuerOfPatientID", "LO", "issuer_of_patient_id"),
     "00100030": ("PatientBirthDate", "DA", "patient_birth_date"),
     "00100040": ("PatientSex", "CS", "patient_sex"),
     "0020000D": ("StudyInstanceUID", "UI", "study_instance_uid"),

@@ -83,6 +83,7 @@ def _study_values(archive_id: uuid.UUID, split: SplitInstance) -> dict[str, Any]
         archive_id=archive_id,
         study_instance_uid=k.study_instance_uid,
         patient_id=k.patient_id,
+        issuer_of_patient_id=k.issuer_of_patient_id,
         patient_name=k.patient_name,
         patient_birth_date=k.patient_birth_date,
         patient_sex=k.patient_sex,
@@ -186,9 +187,9 @@ _STUDIES = cast(Table, Study.__table__)
 _SERIES = cast(Table, Series.__table__)
 _STUDY_COLUMNS = (
     "id", "created_at", "updated_at", "archive_id", "study_instance_uid", "patient_id",
-    "patient_name", "patient_birth_date", "patient_sex", "study_date", "study_time",
-    "accession_number", "study_id", "study_description", "referring_physician_name",
-    "modalities", "number_of_series", "number_of_instances",
+    "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date",
+    "study_time", "accession_number", "study_id", "study_description",
+    "referring_physician_name", "modalities", "number_of_series", "number_of_instances",
 )  # fmt: skip
 _SERIES_COLUMNS = (
     "id", "created_at", "updated_at", "archive_id", "study_id", "series_instance_uid",

@@ -49,6 +49,8 @@ class Study(UUIDPk, Timestamped, Base):
     archive_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"))
     study_instance_uid: Mapped[str] = mapped_column(String(64))
     patient_id: Mapped[str] = mapped_column(String(64), default="")
+    # Who issued PatientID (0010,0021): a patient is the two together.
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
     patient_name: Mapped[str] = mapped_column(String(330), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
@@ -80,6 +82,14 @@ Index(
     Study.id,
 )
 Index("ix_dicom_studies_newest", Study.study_date.desc(), Study.study_time.desc(), Study.id)
+# A patient is PatientID and IssuerOfPatientID together: a PATIENT-level C-FIND groups an
+# archive's studies by them.
+Index(
+    "ix_dicom_studies_archive_patient",
+    Study.archive_id,
+    Study.patient_id,
+    Study.issuer_of_patient_id,
+)
 # The few studies that are later copies of a study another archive held first.
 Index("ix_dicom_studies_later_copies", Study.id, postgresql_where=~Study.first_copy)
 Index(

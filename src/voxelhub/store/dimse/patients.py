@@ -2,11 +2,10 @@
 
 A patient is who PatientID and IssuerOfPatientID name together (PS3.3 C.7.1.1): two studies
 under one ID are one patient, however the name was spelled in each, and one ID issued by two
-authorities is two patients. The index keeps the patient's attributes per study and the
-issuer only in the instances' DICOM JSON, so the issuer of a study is read from one of its
-instances. A patient's name, birth date and sex are those of its most recent study that has
-them, and the keys are matched against those values; its related counts add up all of its
-studies.
+authorities is two patients. The index keeps the patient's attributes, its issuer among them,
+per study, so a patient is a group of an archive's studies. A patient's name, birth date and
+sex are those of its most recent study that has them, and the keys are matched against those
+values; its related counts add up all of its studies.
 """
 
 from __future__ import annotations
@@ -15,34 +14,20 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, String, func, select
+from sqlalchemy import ARRAY, ColumnElement, String, func, select, tuple_
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from voxelhub.store import qido
 from voxelhub.store.attributes import STUDY_TAGS, element
 from voxelhub.store.dimse.identifier import ISSUER_OF_PATIENT_ID, Identifier
-from voxelhub.store.models import Instance, Series, Study
+from voxelhub.store.models import Study
 
 PATIENT_ID = "00100020"
 # The patient's attributes each study repeats: tag → (VR, study column).
 DEMOGRAPHICS = {tag: STUDY_TAGS[tag][1:] for tag in ("00100010", "00100030", "00100040")}
-
-
-def issuer_of_patient_id() -> ColumnElement[str]:
-    """IssuerOfPatientID of the study (`Study`) of the enclosing query, '' where its
-    instances have none."""
-    instance, series = aliased(Instance), aliased(Series)  # the enclosing query may join them
-    issuer = instance.dataset_json[ISSUER_OF_PATIENT_ID]["Value"][0].astext
-    one = (
-        select(issuer)
-        .join(series, series.id == instance.series_id)
-        .where(series.study_id == Study.id)
-        .correlate(Study)
-        .limit(1)
-        .scalar_subquery()
-    )
-    return func.coalesce(one, "")
+# Who the patient is: the same in each of its studies, so its keys are matched on them.
+IDENTITY = {PATIENT_ID: Study.patient_id, ISSUER_OF_PATIENT_ID: Study.issuer_of_patient_id}
 
 
 def _latest(column: Any, studies: Any) -> ColumnElement[str]:
@@ -56,27 +41,30 @@ def _latest(column: Any, studies: Any) -> ColumnElement[str]:
 
 
 def _studies(ident: Identifier, archive_id: uuid.UUID) -> tuple[Any, bool]:
-    """The studies of the patients that may match, each with its issuer; and whether some
-    match key is not one of a patient."""
+    """The studies of the patients that may match; and whether some match key is not one
+    of a patient."""
     conditions = [Study.archive_id == archive_id]
     demographics = []
     unsupported = False
     for tag, (attr, value) in ident.filters.items():
-        if tag == PATIENT_ID:
-            conditions.append(qido.match(Study.patient_id, attr, value, fuzzy=False))
+        if tag in IDENTITY:
+            conditions.append(qido.match(IDENTITY[tag], attr, value, fuzzy=False))
         elif tag in DEMOGRAPHICS:
             column = getattr(Study, DEMOGRAPHICS[tag][1])
             demographics.append(qido.match(column, attr, value, fuzzy=False))
-        elif tag != ISSUER_OF_PATIENT_ID:
+        else:
             unsupported = True
+    patient = tuple_(Study.patient_id, Study.issuer_of_patient_id)
     if demographics:
         # Only patients with a study that matches can match; whether they do is decided
         # by their most recent values.
-        candidates = select(Study.patient_id).where(Study.archive_id == archive_id, *demographics)
-        conditions.append(Study.patient_id.in_(candidates))
+        candidates = select(Study.patient_id, Study.issuer_of_patient_id).where(
+            Study.archive_id == archive_id, *demographics
+        )
+        conditions.append(patient.in_(candidates))
     columns = [getattr(Study, column) for _, column in DEMOGRAPHICS.values()]
     statement = select(
-        Study.patient_id, issuer_of_patient_id().label("issuer"), *columns,
+        Study.patient_id, Study.issuer_of_patient_id.label("issuer"), *columns,
         Study.study_date, Study.study_time, Study.created_at, Study.number_of_series,
         Study.number_of_instances,
     ).where(*conditions)  # fmt: skip
@@ -102,9 +90,8 @@ def search_patients(
     )  # fmt: skip
     statement = select(patients).order_by(patients.c.patient_id, patients.c.issuer)
     for tag, (attr, value) in ident.filters.items():
-        column = patients.c.issuer if tag == ISSUER_OF_PATIENT_ID else patients.c.get(tag)
-        if column is not None:
-            statement = statement.where(qido.match(column, attr, value, fuzzy=False))
+        if tag in DEMOGRAPHICS:
+            statement = statement.where(qido.match(patients.c[tag], attr, value, fuzzy=False))
     unsupported = unsupported or bool(ident.ignored)
     for row in db.execute(statement).mappings():
         found = {tag: element(DEMOGRAPHICS[tag][0], row[tag]) for tag in DEMOGRAPHICS}

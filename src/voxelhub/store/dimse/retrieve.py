@@ -19,8 +19,7 @@ from voxelhub.dicom.model import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_E
 from voxelhub.dicom.syntax import can_serve_as
 from voxelhub.store import qido
 from voxelhub.store.attributes import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
-from voxelhub.store.dimse.identifier import ISSUER_OF_PATIENT_ID, Identifier, check_retrieve
-from voxelhub.store.dimse.patients import issuer_of_patient_id
+from voxelhub.store.dimse.identifier import Identifier, check_retrieve
 from voxelhub.store.imagesets import pixel_of, read_instance
 from voxelhub.store.models import Instance, Series, Study
 
@@ -51,9 +50,6 @@ def matching_instances(db: Session, ident: Identifier, archive_id: uuid.UUID) ->
                     else column == value
                 )
                 statement = statement.where(condition)
-    if ISSUER_OF_PATIENT_ID in ident.filters:  # one ID issued by two authorities
-        issuer = ident.filters[ISSUER_OF_PATIENT_ID][1]
-        statement = statement.where(issuer_of_patient_id() == issuer)
     statement = statement.order_by(
         Study.study_instance_uid, Series.series_number.nulls_last(), Series.series_instance_uid,
         Instance.instance_number.nulls_last(), Instance.sop_instance_uid,

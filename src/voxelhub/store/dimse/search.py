@@ -14,7 +14,13 @@ from voxelhub.store.dimse.identifier import SERIES_COMPUTED, STUDY_COMPUTED, Ide
 from voxelhub.store.dimse.patients import search_patients
 
 PAGE = 1_000
-_INDEXED = frozenset(STUDY_TAGS) | frozenset(SERIES_TAGS) | frozenset(INSTANCE_TAGS)
+# The attributes each level's results carry from the index; others asked for are taken from
+# a stored instance (IssuerOfPatientID at SERIES level, say).
+_INDEXED = {
+    "STUDY": frozenset(STUDY_TAGS),
+    "SERIES": frozenset(SERIES_TAGS) | {"0020000D"},
+    "IMAGE": frozenset(INSTANCE_TAGS) | {"0020000D", "0020000E"},
+}
 # Filled by the index or the handler, never from an instance's JSON: InstanceAvailability,
 # RetrieveAETitle and the patient's related counts.
 _COMPUTED = (
@@ -35,7 +41,8 @@ def search(
         yield from search_patients(db, ident, archive_id)
         return
     run = _SEARCH[ident.level]
-    include = frozenset(t for t in ident.requested if t not in _INDEXED and t not in _COMPUTED)
+    indexed = _INDEXED[ident.level]
+    include = frozenset(t for t in ident.requested if t not in indexed and t not in _COMPUTED)
     offset = 0
     while True:
         query = qido.Query(dict(ident.filters), include, limit=PAGE, offset=offset)
