@@ -245,3 +245,94 @@ def test_the_window_shows_the_reconstructed_magnitudes(tmp_path: Path) -> None:
     values = np.stack([pydicom.pixels.apply_modality_lut(ds.pixel_array, ds) for ds in series])
     for ds in series:
         assert float(ds.WindowWidth) == pytest.approx(np.percentile(values, 99.5), rel=0.01)
+
+
+# ECG time stamps of the cine's phases, in ISMRMRD's 2.5 ms ticks: 30, 430 and 830 ms.
+PHASE_TICKS = (12, 172, 332)
+PHASE_SCALES = (1.0, 0.8, 0.6)  # the dot's brightness in each phase
+
+
+def _cine(path: Path, *, stamps: bool = True, **more: object) -> Path:
+    """The oblique point source as an ECG-gated cine of three phases, each phase's lines
+    stamped a tick either side of its trigger time (segments from different heartbeats)."""
+    raw = add_images(_oblique_ismrmrd(path, **more), "phase", scales=list(PHASE_SCALES[1:]))
+    with h5py.File(raw, "r+") as handle:
+        records = handle["dataset/data"][()]
+        heads = records["head"]
+        jitter = np.arange(len(heads)) % 3 - 1 if stamps else 0
+        ticks = np.asarray(PHASE_TICKS)[heads["idx"]["phase"]] + jitter
+        heads["physiology_time_stamp"][:, 0] = ticks if stamps else 0
+        records["head"] = heads
+        handle["dataset/data"][...] = records
+    return raw
+
+
+def _along(ds: pydicom.Dataset) -> float:
+    return float(np.dot([float(v) for v in ds.ImagePositionPatient], NORMAL))
+
+
+def test_a_cine_is_one_series_with_the_trigger_time_of_each_phase(tmp_path: Path) -> None:
+    raw = _cine(tmp_path / "cine.h5")
+    output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    (cine,) = _by_series(output)
+    assert len(cine) == SLICES * len(PHASE_TICKS)
+    assert cine[0].SeriesDescription == "zero-filled reconstruction, cine"
+    assert {ds.CardiacNumberOfImages for ds in cine} == {3}
+    assert {ds.NumberOfTemporalPositions for ds in cine} == {3}
+    cine.sort(key=lambda ds: int(ds.InstanceNumber))
+    assert [ds.InstanceNumber for ds in cine] == list(range(1, 10))
+    # Numbered by slice position, then trigger time: 30, 430, 830 ms at every position.
+    order = [(round(_along(ds), 3), float(ds.TriggerTime)) for ds in cine]
+    assert order == sorted(order)
+    assert [float(ds.TriggerTime) for ds in cine] == [30.0, 430.0, 830.0] * SLICES
+    assert [ds.TemporalPositionIdentifier for ds in cine] == [1, 2, 3] * SLICES
+    slice_counter = {-GAP_MM: 2, 0.0: 0, GAP_MM: 1}  # OFFSETS, by position
+    base = _along(cine[0]) + GAP_MM
+    for ds in cine:  # each image holds its own phase: the dot's brightness says which
+        phase = ds.TemporalPositionIdentifier - 1
+        k = slice_counter[round(_along(ds) - base, 3)]
+        peak = float(ds.pixel_array.max()) * float(ds.RescaleSlope)
+        assert peak == pytest.approx((100.0 + k) * PHASE_SCALES[phase], rel=1e-3)
+        assert ds.ScanOptions == "CG" and "NominalInterval" not in ds
+    settings = json.loads((output / "settings.json").read_text())
+    assert settings["cardiac"]["cardiac_phases"] == 3
+    assert settings["cardiac"]["trigger_time_source"] == "acquisitions"
+
+    # A viewer reads the series; each phase is a volume with the acquisition's spacing.
+    folder = str(output / "images")
+    files = SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(folder, cine[0].SeriesInstanceUID)
+    assert len(files) == 9
+    times = {f: float(SimpleITK.ReadImage(f).GetMetaData("0018|1060")) for f in files}
+    assert sorted(times.values()) == sorted([30.0, 430.0, 830.0] * SLICES)
+    reader = SimpleITK.ImageSeriesReader()
+    for time in (30.0, 430.0, 830.0):
+        reader.SetFileNames([f for f in files if times[f] == time])
+        volume = reader.Execute()
+        assert volume.GetSize() == (COLS, ROWS, SLICES)
+        assert volume.GetSpacing()[2] == pytest.approx(GAP_MM, abs=1e-3)
+
+
+def test_a_cine_without_time_stamps_has_no_trigger_time(tmp_path: Path) -> None:
+    raw = _cine(tmp_path / "cine.h5", stamps=False)
+    output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    (cine,) = _by_series(output)
+    assert len(cine) == SLICES * 3 and {ds.CardiacNumberOfImages for ds in cine} == {3}
+    assert not any("TriggerTime" in ds for ds in cine)
+    cine.sort(key=lambda ds: int(ds.InstanceNumber))
+    assert [ds.TemporalPositionIdentifier for ds in cine] == [1, 2, 3] * SLICES
+    cardiac = json.loads((output / "settings.json").read_text())["cardiac"]
+    assert cardiac["trigger_time_source"] == "none"
+    assert "no ECG time stamps" in cardiac["note"] and "no TriggerTime" in cardiac["note"]
+
+
+def test_a_cine_without_time_stamps_spreads_its_phases_over_the_rr_interval(
+    tmp_path: Path,
+) -> None:
+    raw = _cine(tmp_path / "cine.h5", stamps=False, rr_interval_ms=900.0, heart_rate_bpm=66.7)
+    output = _run("mri-recon-zero-filled", tmp_path / "recon", {"kspace": raw})
+    (cine,) = _by_series(output)
+    cine.sort(key=lambda ds: int(ds.InstanceNumber))
+    assert [float(ds.TriggerTime) for ds in cine] == [0.0, 300.0, 600.0] * SLICES
+    assert {(ds.NominalInterval, ds.HeartRate) for ds in cine} == {(900, 67)}
+    cardiac = json.loads((output / "settings.json").read_text())["cardiac"]
+    assert cardiac["trigger_time_source"] == "header" and "900 ms" in cardiac["note"]

@@ -12,7 +12,7 @@ import SimpleITK
 from pydicom.filewriter import dcmwrite
 
 from voxelhub.dicom.errors import DicomError
-from voxelhub.dicom.mr_series import MrContext, SliceGeometry, mr_series
+from voxelhub.dicom.mr_series import CardiacPhases, MrContext, SliceGeometry, mr_series
 
 # An oblique plane: readout along (cos, sin, 0), phase encode along z, slices along their cross.
 _C, _S = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
@@ -150,3 +150,24 @@ def test_unusable_geometry_is_refused(
 ) -> None:
     with pytest.raises(DicomError, match=message):
         mr_series(_images(2), fov_mm=fov_mm, geometry=geometry)
+
+
+def test_a_cine_is_numbered_by_position_then_trigger_time() -> None:
+    geometry = SliceGeometry(centres_mm=((0, 0, 5.0), (0, 0, 0.0), (0, 0, 5.0), (0, 0, 0.0)))
+    cardiac = CardiacPhases(phases=(1, 1, 0, 0), trigger_times_ms=(412.5, 410.0, 20.0, 22.5))
+    series = mr_series(_images(4), fov_mm=(256.0, 96.0, 5.0), geometry=geometry, cardiac=cardiac)
+    read = [(float(ds.SliceLocation), float(ds.TriggerTime)) for ds in series]
+    assert read == [(0.0, 22.5), (0.0, 410.0), (5.0, 20.0), (5.0, 412.5)]
+    assert [ds.TemporalPositionIdentifier for ds in series] == [1, 2, 1, 2]
+    assert {(ds.CardiacNumberOfImages, ds.NumberOfTemporalPositions) for ds in series} == {(2, 2)}
+
+
+def test_a_phase_twice_at_one_position_is_refused() -> None:
+    geometry = SliceGeometry(centres_mm=((0, 0, 0.0), (0, 0, 0.0)))
+    with pytest.raises(DicomError, match="same position"):
+        mr_series(
+            _images(2),
+            fov_mm=(256.0, 96.0, 5.0),
+            geometry=geometry,
+            cardiac=CardiacPhases(phases=(0, 0)),
+        )

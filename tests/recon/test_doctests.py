@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["cli", "coils", "detect", "gaps", "h5", "h5chunks", "header", "image", "io_ismrmrd",
-           "ismrmrd_types", "masks", "methods", "metrics", "phantom", "zerofilled"]  # fmt: skip
+           "ismrmrd_images", "ismrmrd_types", "masks", "methods", "metrics", "phantom",
+           "zerofilled"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)

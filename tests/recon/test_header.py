@@ -1,4 +1,5 @@
-"""The ISMRMRD header keys: a multi-echo acquisition's echo times, one per contrast."""
+"""The ISMRMRD header keys: a multi-echo acquisition's echo times, one per contrast, and the
+cardiac cycle."""
 
 from __future__ import annotations
 
@@ -14,3 +15,13 @@ def test_each_contrast_keeps_its_echo_time() -> None:
 def test_a_single_echo_has_no_list() -> None:
     header = parse_header(format_header({"encoded_matrix": [64, 48, 1], "echo_time_ms": 30}))
     assert header["echo_time_ms"] == 30.0 and "echo_times_ms" not in header
+
+
+def test_the_cardiac_cycle_comes_from_the_user_parameters() -> None:
+    written = format_header({"encoded_matrix": [8, 8, 1], "rr_interval_ms": 850.0})
+    assert parse_header(written)["rr_interval_ms"] == 850.0
+    long = written.replace("userParameterDouble", "userParameterLong").replace(
+        "RRInterval", "HeartRate"
+    )
+    parsed = parse_header(long.replace("850.0", "72"))
+    assert parsed["heart_rate_bpm"] == 72.0 and "rr_interval_ms" not in parsed

@@ -3,6 +3,11 @@
 Pixel rows run along the readout and columns along the phase encode (as the reconstruction
 lays them out), so Image Orientation (Patient) is (phase-encode, readout) direction.
 
+An ECG-gated cine (`CardiacPhases`) is one series of every slice at every cardiac phase, as
+scanners export it and cine viewers play it: instances numbered by slice position, then by
+trigger time (or phase); each with its TriggerTime where known, CardiacNumberOfImages and
+its phase as TemporalPositionIdentifier of NumberOfTemporalPositions.
+
 >>> import numpy as np
 >>> series = mr_series(np.ones((2, 8, 8), np.float32), fov_mm=(200.0, 200.0, 10.0))
 >>> len(series), series[0].Modality, series[0].Rows
@@ -36,6 +41,23 @@ class SliceGeometry:
     read_dir: Vector = (1.0, 0.0, 0.0)
     phase_dir: Vector = (0.0, 1.0, 0.0)
     slice_dir: Vector = (0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CardiacPhases:
+    """Which cardiac phase of an ECG-gated cine each image is (numbered from 0, in the order
+    of the images) and, where known, its trigger time (ms after the R wave), the nominal RR
+    interval (ms) and heart rate (beats per minute) of the acquisition."""
+
+    phases: tuple[int, ...]
+    trigger_times_ms: tuple[float, ...] | None = None
+    nominal_interval_ms: float | None = None
+    heart_rate_bpm: float | None = None
+
+    @property
+    def count(self) -> int:
+        """The number of cardiac phases (CardiacNumberOfImages)."""
+        return len(set(self.phases))
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,62 @@ def _checked(
     return centres, read, phase
 
 
+def _checked_cardiac(cardiac: CardiacPhases, *, along: npt.NDArray[np.float64]) -> None:
+    """Refuse cardiac phases that do not describe the images: one phase and (where given)
+    one finite, non-negative trigger time per image, and no phase twice at one position."""
+    slices = len(along)
+    times = cardiac.trigger_times_ms
+    if len(cardiac.phases) != slices or (times is not None and len(times) != slices):
+        raise DicomError(
+            f"{len(cardiac.phases)} cardiac phases and "
+            f"{'no' if times is None else len(times)} trigger times for {slices} images; give "
+            "one of each per image",
+            code="invalid_attribute",
+            attribute="TriggerTime",
+        )
+    if times is not None and not all(math.isfinite(t) and t >= 0 for t in times):
+        raise DicomError(
+            f"the trigger times {list(times)} ms must be finite and not negative",
+            code="invalid_attribute",
+            attribute="TriggerTime",
+        )
+    placed = set(zip(np.round(along, 3).tolist(), cardiac.phases, strict=True))
+    if len(placed) != slices:
+        raise DicomError(
+            "two images of one cardiac phase lie at the same position; a cine holds each "
+            "slice once per phase",
+            code="invalid_attribute",
+            attribute="TemporalPositionIdentifier",
+        )
+
+
+def _order(along: npt.NDArray[np.float64], cardiac: CardiacPhases | None) -> npt.NDArray[np.intp]:
+    """The images in instance order: by position along the slice normal, then (a cine) by
+    trigger time, then phase."""
+    if cardiac is None:
+        return np.argsort(along, kind="stable")
+    position = np.round(along, 3)
+    phases = np.asarray(cardiac.phases)
+    times = np.asarray(cardiac.trigger_times_ms or cardiac.phases, dtype=np.float64)
+    return np.lexsort((phases, times, position))
+
+
+def _cardiac(ds: Dataset, cardiac: CardiacPhases, *, index: int) -> None:
+    """The MR Image module's cardiac attributes of image `index` of a cine."""
+    numbers = sorted(set(cardiac.phases))
+    ds.CardiacNumberOfImages = len(numbers)
+    ds.TemporalPositionIdentifier = numbers.index(cardiac.phases[index]) + 1
+    ds.NumberOfTemporalPositions = len(numbers)
+    if cardiac.trigger_times_ms is not None:
+        ds.ScanOptions = "CG"  # cardiac gating; TriggerTime is then required
+        ds.TriggerTime = _ds(cardiac.trigger_times_ms[index])
+    # Both are integer strings (IS): whole milliseconds and beats per minute.
+    if cardiac.nominal_interval_ms is not None:
+        ds.NominalInterval = round(cardiac.nominal_interval_ms)
+    if cardiac.heart_rate_bpm is not None:
+        ds.HeartRate = round(cardiac.heart_rate_bpm)
+
+
 def _spacing(along: npt.NDArray[np.float64]) -> float | None:
     """The distance between neighbouring slice positions when it is one distance."""
     gaps = np.diff(np.unique(np.round(along, 4)))
@@ -142,6 +220,7 @@ def mr_series(
     fov_mm: tuple[float, float, float],
     geometry: SliceGeometry | None = None,
     context: MrContext | None = None,
+    cardiac: CardiacPhases | None = None,
 ) -> list[Dataset]:
     """One MR Image Storage instance per slice (slices x rows x columns magnitude images,
     rows along the readout, columns along the phase encode), numbered by position.
@@ -150,7 +229,8 @@ def mr_series(
     from it over the matrix and the slice thickness is its third value. `geometry` places
     the slices (without it, slice centres are `fov_mm[2]` apart along z, readout along x).
     Values are stored as 12-bit integers with a RescaleSlope that gives back the
-    reconstructed magnitudes; the window is in those magnitudes.
+    reconstructed magnitudes; the window is in those magnitudes. `cardiac` makes the
+    images a cine: several images per position, one per cardiac phase.
     """
     if images.ndim != 3:
         raise DicomError(
@@ -176,7 +256,9 @@ def mr_series(
     if not np.any(normal):
         normal = np.cross(read, phase)
     along = centres @ normal
-    order = np.argsort(along, kind="stable")
+    if cardiac is not None:
+        _checked_cardiac(cardiac, along=along)
+    order = _order(along, cardiac)
     # fftshift puts the FOV centre on pixel (rows // 2, columns // 2).
     corners = centres - (rows // 2) * row_mm * read - (cols // 2) * col_mm * phase
     between = _spacing(along)
@@ -198,6 +280,8 @@ def mr_series(
         ds.ImageOrientationPatient = [_ds(v) for v in (*phase, *read)]
         ds.ImagePositionPatient = [_ds(v) for v in corners[index]]
         ds.SliceLocation = _ds(float(along[index]))
+        if cardiac is not None:
+            _cardiac(ds, cardiac, index=int(index))
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:.10g}", 0, "US"
         ds.WindowCenter, ds.WindowWidth = _ds(width / 2), _ds(width)
         ds.PixelData = stored[index].tobytes()

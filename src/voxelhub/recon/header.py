@@ -11,6 +11,9 @@ the first), and
 the subject and study: `patient_name`, `patient_id`, `patient_birth_date`, `patient_sex`,
 `study_instance_uid`, `study_date`, `study_time`, `study_id`, `accession_number`,
 `referring_physician_name`, `study_description` (ISMRMRD's text, e.g. dates as 2024-05-01).
+ISMRMRD has no field for the cardiac cycle: `rr_interval_ms` and `heart_rate_bpm` come from
+`userParameters` (userParameterDouble or userParameterLong) named as `_CARDIAC` lists, where
+the file has them.
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ _OPTIONAL: dict[str, tuple[str, type]] = {
     "referring_physician_name": ("studyInformation/referringPhysicianName", str),
     "study_description": ("studyInformation/studyDescription", str),
     "study_instance_uid": ("studyInformation/studyInstanceUID", str),
+}
+
+# userParameters names (lower case) that give the cardiac cycle, → header key
+_CARDIAC = {
+    "rrinterval": "rr_interval_ms",
+    "rr_interval": "rr_interval_ms",
+    "rrinterval_ms": "rr_interval_ms",
+    "nominalinterval": "rr_interval_ms",
+    "heartrate": "heart_rate_bpm",
+    "heart_rate": "heart_rate_bpm",
 }
 
 
@@ -151,7 +164,23 @@ def parse_header(xml: str | bytes, *, encoding: int = 0) -> dict[str, Any]:
     if len(echoes) > 1:
         path = "sequenceParameters/TE"
         header["echo_times_ms"] = [_number(t.strip(), kind=float, path=path) for t in echoes]
+    header.update(_cardiac(root))
     return header
+
+
+def _cardiac(root: ET.Element) -> dict[str, float]:
+    """The RR interval (ms) and heart rate (bpm) the header's userParameters give, if any."""
+    found: dict[str, float] = {}
+    for kind in ("userParameterDouble", "userParameterLong"):
+        for node in root.findall(_path(f"userParameters/{kind}")):
+            key = _CARDIAC.get((_text(node, "name") or "").lower())
+            value = _text(node, "value")
+            if key and value:
+                path = f"userParameters/{kind}/value"
+                number = float(_number(value, kind=float, path=path))
+                if number > 0:
+                    found.setdefault(key, number)
+    return found
 
 
 def _sub(parent: ET.Element, path: str, text: object = None) -> ET.Element:
@@ -220,6 +249,11 @@ def format_header(header: dict[str, Any], *, coils: int = 1, slices: int = 1) ->
         _sub(encoding, f"encodingLimits/slice/{name}", value)
     _sub(encoding, "trajectory", header.get("trajectory", "cartesian"))
     _put_sequence(root, header)
+    for key, name in (("rr_interval_ms", "RRInterval"), ("heart_rate_bpm", "HeartRate")):
+        if key in header:
+            parameter = ET.SubElement(_sub(root, "userParameters"), "userParameterDouble")
+            _sub(parameter, "name", name)
+            _sub(parameter, "value", header[key])
     return '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode")
 
 

@@ -12,7 +12,9 @@ into the image, whose k-space holds the imaging lines only. Each combination of 
 repetition, cardiac phase and contrast (echo) is an image of its own, never averaged with
 the others: they are stacked along the slice axis, slices varying fastest, and
 `KSpace.header["images"]` then names the counters of each; every image must hold the same
-lines. One encoding space is read at a time.
+lines. Where several cardiac phases carry ECG time stamps, `KSpace.header["trigger_times_ms"]`
+gives each image's trigger time (`ismrmrd_images.trigger_times`). One encoding space is read
+at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from voxelhub.recon.detect import check_kspace, detect_sampling
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.h5 import check_fits_memory, open_h5, read_string
 from voxelhub.recon.header import parse_header, pe_offset
-from voxelhub.recon.ismrmrd_images import check_same_lines, geometry, grid, image_index, image_keys
+from voxelhub.recon.ismrmrd_images import (
+    check_same_lines,
+    geometry,
+    grid,
+    image_index,
+    image_keys,
+    trigger_times,
+)
 from voxelhub.recon.ismrmrd_write import write_ismrmrd
 from voxelhub.recon.model import Calibration, ComplexArray, KSpace
 from voxelhub.recon.noise import noise_covariance, prewhiten, prewhitening_matrix
@@ -297,7 +306,9 @@ def _imaging(
     lines, start = _lines(header, imaging, name=name)
     mask = np.zeros(shape[-1], dtype=bool)
     mask[columns] = True
-    header.update({**geometry(heads, slices), **image_keys(found)})
+    header.update(
+        {**geometry(heads, slices), **image_keys(found), **trigger_times(heads, slices, found)}
+    )
     calibration = None
     if reference.any():
         calibration = _reference(header, records[reference], images=found, shape=shape, name=name)

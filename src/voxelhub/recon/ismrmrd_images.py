@@ -95,3 +95,32 @@ def geometry(heads: Records, slices: npt.NDArray[np.intp]) -> dict[str, Any]:
     _, first = np.unique(slices, return_index=True)
     directions = {key: heads[key][0].tolist() for key in ("read_dir", "phase_dir", "slice_dir")}
     return {"slice_positions_mm": heads["position"][first].tolist(), **directions}
+
+
+# ISMRMRD leaves the unit of `physiology_time_stamp` to the vendor; scanners count it in ticks
+# of 2.5 ms (Siemens' PMU clock, which siemens_to_ismrmrd copies and Gadgetron's cine
+# reconstruction assumes), element 0 being the time since the last ECG trigger.
+PHYSIOLOGY_TICK_MS = 2.5
+
+
+def trigger_times(
+    heads: Records, slices: npt.NDArray[np.intp], found: npt.NDArray[np.intp]
+) -> dict[str, Any]:
+    """The header key of each image's trigger time (ms after the R wave) when the file holds
+    several cardiac phases and its acquisitions carry ECG time stamps: the median stamp of
+    the image's acquisitions (the lines of a segmented cine come from many heartbeats, at
+    nearly the same delay). Nothing when the stamps are all zero: that is no trigger time.
+
+    >>> from voxelhub.recon.ismrmrd_types import ACQUISITION_HEADER
+    >>> heads = np.zeros(4, dtype=ACQUISITION_HEADER)
+    >>> heads["physiology_time_stamp"][:, 0] = (0, 2, 160, 162)
+    >>> found = np.array([[0, 0, 0, 0, 0], [0, 0, 1, 0, 0]])
+    >>> trigger_times(heads, np.array([0, 0, 1, 1]), found)
+    {'trigger_times_ms': [2.5, 402.5]}
+    """
+    stamps = heads["physiology_time_stamp"][:, 0].astype(np.float64)
+    phases = found[:, IMAGE_COUNTERS.index("phase")]
+    if len(np.unique(phases)) <= 1 or not stamps.any():
+        return {}
+    times = [float(np.median(stamps[slices == image])) for image in range(len(found))]
+    return {"trigger_times_ms": [time * PHYSIOLOGY_TICK_MS for time in times]}

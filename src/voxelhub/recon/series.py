@@ -7,10 +7,23 @@ in one study. The series UID is derived from the raw file, the method, its setti
 images, so running the same reconstruction again stores nothing new, and other settings
 make another series of that study.
 
-A raw file of several contrasts (echoes), cardiac phases, repetitions or sets (the header's
-`images`) gives one series per combination, so that no two images of a series share a
-position: each with its EchoNumbers and EchoTime, its TemporalPositionIdentifier for a
-repetition, and the combination named in its SeriesDescription ("raki reconstruction, echo 2").
+A raw file of several contrasts (echoes), repetitions or sets (the header's `images`) gives
+one series per combination, so that no two images of a series are the same acquisition at
+one position: each with its EchoNumbers and EchoTime, its TemporalPositionIdentifier for a
+repetition, and the combination named in its SeriesDescription ("raki reconstruction, echo
+2").
+
+Cardiac phases (ISMRMRD `idx.phase`, an ECG-gated cine) are not split: as scanners export a
+cine, and as cine viewers (OHIF and the like) expect to play it, all phases of a slice stack
+are one series ("..., cine"), numbered by slice position then trigger time, each image with
+its TriggerTime, its phase as TemporalPositionIdentifier (a repetition of a cine is then
+named only in its SeriesDescription), and CardiacNumberOfImages (and the
+RR interval and heart rate where the header gives them; `dicom.mr_series.CardiacPhases`).
+The trigger time is the image's median ECG time stamp (`physiology_time_stamp[0]`, in ticks
+of 2.5 ms since the last R wave, `ismrmrd_images.PHYSIOLOGY_TICK_MS`); where every stamp is
+zero the file has none, and the phases are then spread evenly over the header's RR interval
+(as a retrospectively gated cine divides the cycle), or, without one, carry no TriggerTime at
+all: `cardiac_report` says which, for the reconstruction's settings.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from voxelhub.dicom.mr_series import MrContext, SliceGeometry
+from voxelhub.dicom.mr_series import CardiacPhases, MrContext, SliceGeometry
 from voxelhub.recon.errors import ReconError
 from voxelhub.recon.model import FloatArray
 
@@ -46,6 +59,7 @@ class SeriesPart:
     images: FloatArray
     geometry: SliceGeometry | None
     context: MrContext
+    cardiac: CardiacPhases | None = None
 
 
 def _uid(*parts: str) -> str:
@@ -173,13 +187,67 @@ def _series_number(series_uid: str) -> int:
     return 100 * (1 + int.from_bytes(digest[:8], "big") % 9999)
 
 
+def _varying(header: dict[str, Any]) -> list[str]:
+    """The counters besides the slice that differ between the file's images."""
+    images = header.get("images") or []
+    return [name for name in _COUNTERS if len({image[name] for image in images}) > 1]
+
+
+def _rr_interval_ms(header: dict[str, Any]) -> float | None:
+    """The header's RR interval, or the one its heart rate gives; None if neither."""
+    if header.get("rr_interval_ms"):
+        return float(header["rr_interval_ms"])
+    if header.get("heart_rate_bpm"):
+        return 60_000.0 / float(header["heart_rate_bpm"])
+    return None
+
+
+def _trigger_times(header: dict[str, Any]) -> tuple[list[float] | None, str]:
+    """Each image's trigger time (ms) and where it comes from ("acquisitions", "header" or
+    "none")."""
+    images = header["images"]
+    stamped = header.get("trigger_times_ms")
+    if stamped and len(stamped) == len(images):
+        return [float(t) for t in stamped], "acquisitions"
+    interval = _rr_interval_ms(header)
+    if interval is None:
+        return None, "none"
+    phases = sorted({int(image["phase"]) for image in images})
+    step = interval / len(phases)
+    return [phases.index(int(image["phase"])) * step for image in images], "header"
+
+
+def cardiac_report(header: dict[str, Any]) -> dict[str, Any] | None:
+    """What the settings record about a cine's timing (None when the file has one cardiac
+    phase): the number of phases and where the trigger times come from."""
+    if "phase" not in _varying(header):
+        return None
+    _, source = _trigger_times(header)
+    phases = len({int(image["phase"]) for image in header["images"]})
+    if source == "acquisitions":
+        note = "TriggerTime is each image's median ECG time stamp (physiology_time_stamp[0], "
+        note += "2.5 ms ticks)"
+    elif source == "header":
+        note = f"the acquisitions carry no ECG time stamps: TriggerTime spreads the {phases} "
+        note += f"phases evenly over the header's RR interval of {_rr_interval_ms(header):.6g} ms"
+    else:
+        note = "the acquisitions carry no ECG time stamps and the header no RR interval or "
+        note += "heart rate: the images have no TriggerTime, only their phase "
+        note += "(TemporalPositionIdentifier)"
+        logger.warning("cine without ECG time stamps or RR interval: no TriggerTime written")
+    return {"cardiac_phases": phases, "trigger_time_source": source, "note": note}
+
+
 def _combined(
     context: MrContext, counters: dict[str, int], *, index: int, header: dict[str, Any]
 ) -> MrContext:
-    """`context` for the series of one combination of counters (the `index`-th of the file)."""
+    """`context` for the series of one combination of counters (the `index`-th of the file);
+    a cine's `counters` leave out the phase, which its images share."""
     images = header["images"]
-    varying = [name for name in _COUNTERS if len({image[name] for image in images}) > 1]
-    named = ", ".join(f"{_COUNTERS[name]} {counters[name] + 1}" for name in varying)
+    varying = _varying(header)
+    named = [f"{_COUNTERS[name]} {counters[name] + 1}" for name in varying if name != "phase"]
+    if "phase" in varying:
+        named.append("cine")
     echo_times = header.get("echo_times_ms") or [header.get("echo_time_ms")]
     contrast = counters["contrast"]
     repetitions = sorted({image["repetition"] for image in images})
@@ -189,12 +257,36 @@ def _combined(
         series_instance_uid=_uid(
             "voxelhub-series", str(context.series_instance_uid), json.dumps(counters)
         ),
-        series_description=f"{context.series_description}, {named}"[:64],
+        series_description=", ".join([context.series_description, *named])[:64],
         series_number=context.series_number + index,
         echo_number=contrast + 1,
         echo_time_ms=echo_times[contrast] if contrast < len(echo_times) else None,
-        temporal_position=temporal if "repetition" in varying else None,
+        # A cine's images number their phases as temporal positions instead.
+        temporal_position=temporal if "repetition" in varying and "phase" not in varying else None,
     )
+
+
+def _cardiac(header: dict[str, Any], chosen: list[int]) -> CardiacPhases:
+    """The cardiac phases and trigger times of the images `chosen` for one cine series."""
+    times, _ = _trigger_times(header)
+    return CardiacPhases(
+        phases=tuple(int(header["images"][i]["phase"]) for i in chosen),
+        trigger_times_ms=None if times is None else tuple(times[i] for i in chosen),
+        nominal_interval_ms=header.get("rr_interval_ms"),
+        heart_rate_bpm=header.get("heart_rate_bpm"),
+    )
+
+
+def _placed(
+    placed: SliceGeometry | None, header: dict[str, Any], chosen: list[int]
+) -> SliceGeometry:
+    """Where the images `chosen` of a cine lie; without the acquisitions' geometry, slice
+    counter k at k slice thicknesses along z, so that a slice's phases share a position."""
+    if placed is not None:
+        return replace(placed, centres_mm=tuple(placed.centres_mm[i] for i in chosen))
+    thickness = float((header.get("recon_fov_mm") or [0, 0, 1.0])[2])
+    slices = [int(header["images"][i]["slice"]) for i in chosen]
+    return SliceGeometry(centres_mm=tuple((0.0, 0.0, k * thickness) for k in slices))
 
 
 def series_parts(
@@ -205,8 +297,9 @@ def series_parts(
     raw: dict[str, str],
 ) -> list[SeriesPart]:
     """The MR series a reconstruction's images make: one, or one per combination of
-    contrast, cardiac phase, repetition and set the raw file holds, each in the order of the
-    file's images. ReconError when the header's image list does not describe the images."""
+    contrast, repetition and set the raw file holds (a cine's phases staying together), each
+    in the order of the file's images. ReconError when the header's image list does not
+    describe the images."""
     context = series_context(header, images, recorded=recorded, raw=raw)
     placed = geometry(header, slices=images.shape[0])
     listed = header.get("images")
@@ -217,14 +310,17 @@ def series_parts(
             f"the header lists {len(listed)} images (ISMRMRD contrasts, phases, repetitions "
             f"and sets) for {len(images)} reconstructed ones; reconstruct from the raw file"
         )
-    keys = [tuple(int(image[name]) for name in _COUNTERS) for image in listed]
+    cine = "phase" in _varying(header)
+    names = [name for name in _COUNTERS if not (cine and name == "phase")]
+    keys = [tuple(int(image[name]) for name in names) for image in listed]
     parts = []
     for index, key in enumerate(dict.fromkeys(keys)):
         chosen = [i for i, found in enumerate(keys) if found == key]
-        where = None
-        if placed is not None:
+        where = _placed(placed, header, chosen) if cine else None
+        if placed is not None and not cine:
             where = replace(placed, centres_mm=tuple(placed.centres_mm[i] for i in chosen))
-        counters = dict(zip(_COUNTERS, key, strict=True))
+        counters = {"phase": 0, **dict(zip(names, key, strict=True))}
         combined = _combined(context, counters, index=index, header=header)
-        parts.append(SeriesPart(images[chosen], where, combined))
+        cardiac = _cardiac(header, chosen) if cine else None
+        parts.append(SeriesPart(images[chosen], where, combined, cardiac))
     return parts

@@ -1,5 +1,6 @@
 """`mri-recon-*`: raw multi-coil k-space (fastMRI, ISMRMRD or preprocessed HDF5) → a DICOM
-MR series (one per echo, repetition, cardiac phase and set of a file that holds several).
+MR series (one per echo, repetition and set of a file that holds several; a cine's cardiac
+phases are one series, its timing recorded as the settings' `cardiac`).
 
 One built-in per method (zero-filled, GRAPPA, RAKI, residual RAKI) with its default
 settings, so a trigger picks the method by the algorithm; and `mri-recon`, which takes the
@@ -131,7 +132,7 @@ def reconstruct_to(
     from voxelhub.recon.errors import ReconError
     from voxelhub.recon.methods import reconstruct
     from voxelhub.recon.readers import read_kspace
-    from voxelhub.recon.series import fov_mm, series_parts
+    from voxelhub.recon.series import cardiac_report, fov_mm, series_parts
 
     path = input_path(input_dir, input_entry(read_manifest(input_dir), "kspace"))
     try:
@@ -150,13 +151,20 @@ def reconstruct_to(
     # The timing stays out of the images: the same reconstruction is the same objects.
     recorded = {**described, "seconds_per_slice": round(result.seconds_per_slice, 3)}
     header = kspace.header
+    cardiac = cardiac_report(header)
+    if cardiac is not None:
+        recorded["cardiac"] = cardiac
     try:
         fov = fov_mm(header, result.images.shape[1:])
         datasets = [
             ds
             for part in series_parts(header, result.images, recorded=described, raw=raw)
             for ds in mr_series(
-                part.images, fov_mm=fov, geometry=part.geometry, context=part.context
+                part.images,
+                fov_mm=fov,
+                geometry=part.geometry,
+                context=part.context,
+                cardiac=part.cardiac,
             )
         ]
     except (DicomError, ReconError) as err:
