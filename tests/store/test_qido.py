@@ -49,6 +49,19 @@ def _get(archive: ArchiveClient, url: str, **params: str) -> httpx.Response:
     return httpx.get(url, params=params, headers=headers)
 
 
+# Rows as the schema of an earlier migration holds them.
+_OLD_ARCHIVE = (
+    "INSERT INTO archives (id, name, description, created_at) "
+    "VALUES (gen_random_uuid(), 'Old', '', now())"
+)
+_INSERT_STUDIES = (
+    "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
+    "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
+    "study_date, study_time, accession_number, study_id, study_description, "
+    "referring_physician_name, modalities, number_of_series, number_of_instances) "
+)
+
+
 def test_every_study_attribute(make_archive, live_server: str, database_url: str) -> None:  # type: ignore[no-untyped-def]
     archive: ArchiveClient = make_archive()
     datasets = _study("P1", "Müller^Jürgen", "20240131", modalities=("MR", "CT", "MR"))
@@ -246,11 +259,8 @@ def test_upgrade_renders_the_studies_already_indexed(pg_server: EmbeddedPostgres
                 "VALUES (gen_random_uuid(), 'Old', '', now()) RETURNING id"
             ).fetchone()
             conn.execute(
-                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
-                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
-                "study_date, study_time, accession_number, study_id, study_description, "
-                "referring_physician_name, modalities, number_of_series, number_of_instances) "
-                "VALUES (gen_random_uuid(), now(), now(), %s, '1.2.3', 'P\"1', 'Ünal^Ayşe', "
+                _INSERT_STUDIES
+                + "VALUES (gen_random_uuid(), now(), now(), %s, '1.2.3', 'P\"1', 'Ünal^Ayşe', "
                 "'', 'F', '20240101', '', 'A1', '', 'CT \\ HEAD', '', '{MR,CT}', 2, 7)",
                 [archive[0] if archive else None],
             )
@@ -331,16 +341,9 @@ def test_names_indexed_before_component_groups_come_out_in_groups(
     with _scratch_database(pg_server) as (url, dsn):
         migrate.upgrade(url, "0007")
         with psycopg.connect(dsn) as conn:
+            conn.execute(_OLD_ARCHIVE)
             conn.execute(
-                "INSERT INTO archives (id, name, description, created_at) "
-                "VALUES (gen_random_uuid(), 'Old', '', now())"
-            )
-            conn.execute(
-                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
-                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
-                "study_date, study_time, accession_number, study_id, study_description, "
-                "referring_physician_name, modalities, number_of_series, number_of_instances) "
-                "SELECT gen_random_uuid(), now(), now(), id, '1.2.3', 'P1', "
+                _INSERT_STUDIES + "SELECT gen_random_uuid(), now(), now(), id, '1.2.3', 'P1', "
                 "'Yamada^Tarou=山田^太郎=やまだ^たろう', '', '', '', '', '', '', '', "
                 "'=山田', '{MR}', 1, 1 FROM archives"
             )
@@ -441,18 +444,12 @@ def test_upgrade_fills_the_issuer_of_the_studies_already_indexed(
     with _scratch_database(pg_server) as (url, dsn):
         migrate.upgrade(url, "0008")
         with psycopg.connect(dsn) as conn:
-            conn.execute(
-                "INSERT INTO archives (id, name, description, created_at) "
-                "VALUES (gen_random_uuid(), 'Old', '', now())"
-            )
+            conn.execute(_OLD_ARCHIVE)
             # Study 1.1: two instances that disagree, the older's issuer is the study's;
             # 1.2: an issuer with padding; 1.3: none; 1.4: an empty one.
             conn.execute(
-                "INSERT INTO dicom_studies (id, created_at, updated_at, archive_id, "
-                "study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex, "
-                "study_date, study_time, accession_number, study_id, study_description, "
-                "referring_physician_name, modalities, number_of_series, number_of_instances) "
-                "SELECT gen_random_uuid(), now(), now(), a.id, u, 'P1', '', '', '', '', '', "
+                _INSERT_STUDIES
+                + "SELECT gen_random_uuid(), now(), now(), a.id, u, 'P1', '', '', '', '', '', "
                 "'', '', '', '', '{CT}', 1, 1 FROM archives AS a, "
                 "unnest(ARRAY['1.1', '1.2', '1.3', '1.4']) AS u"
             )
