@@ -13,6 +13,7 @@ from tests.dicom.test_deidentify import (
     DATED,
     KEY,
     OTHER_KEY,
+    by_path,
     part10,
     sample,
     temporal,
@@ -107,16 +108,8 @@ def test_every_date_at_any_depth_moves_by_the_same_days_and_times_stay(
     assert not [c for c in report.changes if c.summary.startswith("emptied, a date")]
 
 
-def vr_by_path(ds: Dataset, path: str = "") -> dict[str, str]:
-    found = {}
-    for elem in ds:
-        name = f"{path}{elem.tag:08X}"
-        if elem.VR == "SQ":
-            for index, item in enumerate(elem.value):
-                found.update(vr_by_path(item, f"{name}[{index}]."))
-        else:
-            found[name] = elem.VR
-    return found
+def vr_by_path(ds: Dataset) -> dict[str, str]:
+    return {name: str(elem.VR) for name, elem in by_path(ds)}
 
 
 def test_nested_unlisted_and_private_dates_are_shifted_and_reported() -> None:

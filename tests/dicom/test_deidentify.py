@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
@@ -502,15 +503,22 @@ TIMES_OF_DATES = frozenset(
 )  # fmt: skip
 
 
-def temporal(ds: Dataset, path: str = "") -> dict[str, str]:
-    """Non-empty dates, date-times and times of a date, by path, in sequence items too."""
-    found = {}
+def by_path(ds: Dataset, path: str = "") -> Iterator[tuple[str, DataElement]]:
+    """Every element that is not a sequence, with its path ("0040A730[0].0040A032")."""
     for elem in ds:
         name = f"{path}{elem.tag:08X}"
         if elem.VR == "SQ":
             for index, item in enumerate(elem.value):
-                found.update(temporal(item, f"{name}[{index}]."))
-        elif not elem.is_empty and (elem.VR in ("DA", "DT") or elem.keyword in TIMES_OF_DATES):
+                yield from by_path(item, f"{name}[{index}].")
+        else:
+            yield name, elem
+
+
+def temporal(ds: Dataset) -> dict[str, str]:
+    """Non-empty dates, date-times and times of a date, by path, in sequence items too."""
+    found = {}
+    for name, elem in by_path(ds):
+        if not elem.is_empty and (elem.VR in ("DA", "DT") or elem.keyword in TIMES_OF_DATES):
             found[name] = str(elem.value)
     return found
 

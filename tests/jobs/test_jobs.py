@@ -176,20 +176,7 @@ def test_trigger_runs_the_algorithm_once_per_new_series(
     client: TestClient, make_user, start_worker: Callable[..., Worker]
 ) -> None:  # type: ignore[no-untyped-def]
     user: Account = make_user("rad")
-    archive = client.post(
-        "/api/v1/archives", json={"name": "Triggered"}, headers=user.headers
-    ).json()
-    made = client.post(
-        f"/api/v1/archives/{archive['id']}/triggers",
-        json={
-            "algorithm": "series-statistics",
-            "input_interface": "image",
-            "modality": "CT",
-            "min_instances": 3,
-        },
-        headers=user.headers,
-    )
-    assert made.status_code == 201, made.text
+    archive, _ = _statistics_trigger(client, user, "Triggered", min_instances=3)
     start_worker()
     small = ct_phantom(slices=2, size=16)
     big = ct_phantom(slices=4, size=16)
@@ -207,19 +194,8 @@ def test_a_trigger_counts_the_frames_of_an_enhanced_image_as_images(
     client: TestClient, make_user, start_worker: Callable[..., Worker]
 ) -> None:  # type: ignore[no-untyped-def]
     user: Account = make_user("rad")
-    archive = client.post("/api/v1/archives", json={"name": "Frames"}, headers=user.headers).json()
-    made = client.post(
-        f"/api/v1/archives/{archive['id']}/triggers",
-        json={
-            "algorithm": "series-statistics",
-            "input_interface": "image",
-            "modality": "CT",
-            "min_images": 4,
-        },
-        headers=user.headers,
-    )
-    assert made.status_code == 201, made.text
-    assert made.json()["rule"]["min_images"] == 4
+    archive, trigger = _statistics_trigger(client, user, "Frames", min_images=4)
+    assert trigger["rule"]["min_images"] == 4
     start_worker()
     image = enhanced(ct_phantom(slices=6, size=16))  # one instance of 6 frames
     stow(client, user, archive["id"], ct_phantom(slices=3, size=16))  # 3 images
@@ -229,6 +205,27 @@ def test_a_trigger_counts_the_frames_of_an_enhanced_image_as_images(
     assert jobs[0]["state"] == "succeeded", jobs[0]
     time.sleep(6)
     assert len(client.get("/api/v1/jobs", headers=user.headers).json()) == 1
+
+
+def _statistics_trigger(
+    client: TestClient, user: Account, archive_name: str, **rule: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new archive, and a trigger there running series-statistics on CT series by `rule`."""
+    archive = client.post(
+        "/api/v1/archives", json={"name": archive_name}, headers=user.headers
+    ).json()
+    made = client.post(
+        f"/api/v1/archives/{archive['id']}/triggers",
+        json={
+            "algorithm": "series-statistics",
+            "input_interface": "image",
+            "modality": "CT",
+            **rule,
+        },
+        headers=user.headers,
+    )
+    assert made.status_code == 201, made.text
+    return archive, made.json()
 
 
 def _jobs_once_ended(client: TestClient, user: Account) -> list[dict[str, Any]]:

@@ -174,6 +174,13 @@ def test_config_refuses_invalid_ae_titles(title: str, fragment: str) -> None:
         DimseConfig(archive="x", remote_aes={title: ("127.0.0.1", 104)})
 
 
+def _context_id(assoc: Any, abstract_syntax: str) -> int:
+    """The ID of the accepted presentation context for `abstract_syntax`."""
+    return next(
+        cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == abstract_syntax
+    )
+
+
 def test_config_refuses_bad_ports_and_missing_archive() -> None:
     with pytest.raises(DimseConfigError, match="between 0 and 65535"):
         DimseConfig(archive="x", port=70000)
@@ -986,10 +993,7 @@ def test_a_c_cancel_ends_a_long_c_find_at_once(
     query.PatientID = PATIENT.patient_id
     query.StudyInstanceUID = ""
     query.PatientName = ""
-    find_context = next(
-        cx.context_id for cx in assoc.accepted_contexts
-        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
-    )  # fmt: skip
+    find_context = _context_id(assoc, StudyRootQueryRetrieveInformationModelFind)
     statuses: list[int] = []
     try:
         for _ in range(studies):
@@ -1192,10 +1196,7 @@ def test_a_c_cancel_ends_a_long_c_get_with_its_counts(
         evt_handlers=[(evt.EVT_C_STORE, receiver.handle)],
     )  # fmt: skip
     assert assoc.is_established
-    context = next(
-        cx.context_id for cx in assoc.accepted_contexts
-        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet
-    )  # fmt: skip
+    context = _context_id(assoc, StudyRootQueryRetrieveInformationModelGet)
     answers: list[Dataset] = []
     try:
         for answer, _ in assoc.send_c_get(
